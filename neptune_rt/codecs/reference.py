@@ -80,7 +80,8 @@ def _cast_encode(codec: str, x: np.ndarray) -> tuple[bytes, np.ndarray]:
     if codec == "none":
         return x.tobytes(), x.copy()
     if codec == "fp16":
-        h = x.astype(np.float16)
+        with np.errstate(over="ignore"):  # overflow to +-inf is the defined result
+            h = x.astype(np.float16)
         return h.tobytes(), h.astype(np.float32)
     b = _to_bf16_bits(x)
     return b.tobytes(), _from_bf16_bits(b)
