@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "codecs/payload_check.h"
 #include "codecs/quantize.h"
 #include "common/error.h"
 
@@ -14,8 +15,6 @@ namespace nrt {
 namespace cf = codec_format;
 
 namespace {
-
-constexpr const char* kNames[cf::kNumCodecs] = {"none", "fp16", "bf16", "int8", "int4", "onebit"};
 
 uint8_t id(Codec c) { return static_cast<uint8_t>(c); }
 
@@ -28,11 +27,11 @@ void checkCount(size_t n) {
 
 }  // namespace
 
-const char* codecName(Codec c) { return id(c) < cf::kNumCodecs ? kNames[id(c)] : "?"; }
+const char* codecName(Codec c) { return cf::codecNameOf(id(c)); }
 
 Codec codecFromName(const std::string& name) {
   for (uint8_t i = 0; i < cf::kNumCodecs; ++i)
-    if (name == kNames[i]) return static_cast<Codec>(i);
+    if (name == cf::codecNameOf(i)) return static_cast<Codec>(i);
   throw std::invalid_argument("neptune_rt: unknown codec '" + name + "' (none, fp16, bf16, int8, int4, onebit)");
 }
 
@@ -52,12 +51,7 @@ Rounding roundingFromName(const std::string& name) {
 
 bool codecSummable(Codec c) { return !cf::isBlockCodec(id(c)); }
 
-void checkBlockSize(Codec c, uint32_t block) {
-  if (!cf::isBlockCodec(id(c))) return;
-  NRT_CHECK_ARG(block >= cf::kMinBlockSize && block <= cf::kMaxBlockSize && block % 8 == 0,
-                "neptune_rt: invalid block size ", block, " for codec ", codecName(c), ": use a multiple of 8 in [",
-                cf::kMinBlockSize, ", ", cf::kMaxBlockSize, "] (default ", cf::kDefaultBlockSize, ")");
-}
+void checkBlockSize(Codec c, uint32_t block) { cf::checkBlock(id(c), block); }
 
 size_t payloadBytes(Codec c, size_t count, uint32_t block) {
   NRT_CHECK_ARG(id(c) < cf::kNumCodecs, "neptune_rt: unknown codec id ", int(id(c)));
@@ -107,30 +101,8 @@ cf::Header parsePayload(const void* payload, size_t bytes) {
                 " bytes is shorter than the ", cf::kHeaderBytes, "-byte header");
   cf::Header h;
   std::memcpy(&h, payload, sizeof(h));
-  NRT_CHECK_ARG(h.magic == cf::kMagic, "neptune_rt: not a codec payload (magic 0x", std::hex, h.magic, " != 0x",
-                cf::kMagic, std::dec, ")");
-  NRT_CHECK_ARG(h.version == cf::kVersion, "neptune_rt: payload format version ", int(h.version),
-                " is not supported (this build reads version ", int(cf::kVersion), ")");
-  NRT_CHECK_ARG(h.codec < cf::kNumCodecs, "neptune_rt: payload names unknown codec id ", int(h.codec));
-  NRT_CHECK_ARG((h.flags & ~cf::kKnownFlags) == 0, "neptune_rt: payload has unknown flag bits 0x", std::hex,
-                int(h.flags), std::dec);
-  NRT_CHECK_ARG(h.reserved0 == 0 && h.reserved1 == 0, "neptune_rt: payload reserved header fields are not zero");
-  NRT_CHECK_ARG(h.count <= cf::kMaxCount, "neptune_rt: payload count ", h.count, " is above the limit ",
-                cf::kMaxCount);
-  const Codec c = static_cast<Codec>(h.codec);
-  if (cf::isBlockCodec(h.codec)) {
-    checkBlockSize(c, h.blockSize);
-  } else {
-    NRT_CHECK_ARG(h.blockSize == 0, "neptune_rt: payload of cast codec ", codecName(c), " has block size ",
-                  h.blockSize, " (must be 0)");
-  }
-  NRT_CHECK_ARG((h.flags & cf::kFlagStochastic) == 0 || h.codec == cf::kInt8 || h.codec == cf::kInt4,
-                "neptune_rt: payload of codec ", codecName(c), " claims stochastic rounding");
-  const uint64_t expect = cf::payloadBytesFor(h.codec, h.count, h.blockSize);
-  NRT_CHECK_ARG(bytes == expect, "neptune_rt: ", (bytes < expect ? "truncated" : "oversized"), " payload: ", bytes,
-                " bytes, but ", h.count, " values of ", codecName(c), " (block ", h.blockSize, ") take ", expect);
-  const size_t used = cf::kHeaderBytes + cf::bodyBytes(h.codec, h.count, h.blockSize);
-  for (size_t i = used; i < bytes; ++i)
+  cf::checkHeader(h, bytes);
+  for (size_t i = bytes - cf::paddingBytes(h); i < bytes; ++i)
     NRT_CHECK_ARG(static_cast<const uint8_t*>(payload)[i] == 0, "neptune_rt: payload padding byte ", i,
                   " is not zero");
   return h;

@@ -62,8 +62,9 @@ NRT_MULTIVERSION float absSumLanes(const float* __restrict x, size_t n) {
   return s;
 }
 
-// q = clamp(rint(x * inv)) in [-lv, lv]; with error feedback r = x - q * scale.
-NRT_MULTIVERSION void quantNearest(const float* __restrict x, int8_t* __restrict q, float* __restrict r, size_t n,
+// q = clamp(rint(x * inv)) in [-lv, lv]; with error feedback r = x - q * scale (r may be x itself, so
+// neither is __restrict; each element is read before it is written).
+NRT_MULTIVERSION void quantNearest(const float* x, int8_t* __restrict q, float* r, size_t n,
                                    float inv, float scale, float lv) {
   for (size_t i = 0; i < n; ++i) {
     float v = x[i] * inv;
@@ -77,7 +78,7 @@ NRT_MULTIVERSION void quantNearest(const float* __restrict x, int8_t* __restrict
 }
 
 // q = min(floor(clamp(x * inv) + u), lv) with u = uniform01(key, base + i): unbiased, E[q] = x * inv.
-NRT_MULTIVERSION void quantStochastic(const float* __restrict x, int8_t* __restrict q, float* __restrict r,
+NRT_MULTIVERSION void quantStochastic(const float* x, int8_t* __restrict q, float* r,
                                       size_t n, float inv, float scale, float lv, uint64_t key, uint64_t base) {
   for (size_t i = 0; i < n; ++i) {
     float v = x[i] * inv;
@@ -98,7 +99,7 @@ NRT_MULTIVERSION void packNibbles(const int8_t* __restrict q, uint8_t* __restric
   if (n % 2) out[pairs] = static_cast<uint8_t>(q[n - 1] & 0x0f);
 }
 
-void encodeOneBitBlock(const float* __restrict x, float* __restrict r, size_t n, float scale, uint8_t* __restrict out) {
+void encodeOneBitBlock(const float* x, float* r, size_t n, float scale, uint8_t* __restrict out) {
   const size_t bytes = (n + 7) / 8;
   for (size_t j = 0; j < bytes; ++j) {
     uint8_t b = 0;
@@ -132,7 +133,7 @@ void decodeOneBit(const uint8_t* __restrict bits, float* __restrict dst, size_t 
   }
 }
 
-NRT_MULTIVERSION void castToHalf(const float* __restrict x, uint16_t* __restrict out, float* __restrict r, size_t n,
+NRT_MULTIVERSION void castToHalf(const float* x, uint16_t* __restrict out, float* r, size_t n,
                                  bool bf16) {
   if (bf16) {
     for (size_t i = 0; i < n; ++i) out[i] = floatToBf16(x[i]);
