@@ -23,12 +23,13 @@ __all__ = [
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "comm",
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "barrier", "join",
-    "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id",
+    "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id", "cost_model",
 ]
 
 OPS = ("sum", "average", "min", "max")
-# Codec names and their wire ids; the dense path is "none". Compressed codecs live in neptune_rt.codecs.
-CODECS = ("none",)
+# Codecs the engine can apply per bucket ("none" = dense; "auto" = the cost model picks dense, fp16 or int8).
+# Codec kernels and their numpy references live in neptune_rt.codecs.
+CODECS = ("none", "fp16", "bf16", "int8", "int4", "onebit", "auto")
 
 _state_lock = threading.Lock()
 _engine = None
@@ -44,7 +45,8 @@ def codec_id(codec: str) -> int:
     """Wire id of a codec name; ValueError naming the choices."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
-    return CODECS.index(codec)
+    from neptune_rt import _C
+    return _C.CODEC_AUTO_ID if codec == "auto" else list(_C.codec_names()).index(codec)
 
 
 def init(comm: Any = None) -> None:
@@ -73,6 +75,11 @@ def init(comm: Any = None) -> None:
             timeout=_env.get("NEPTUNE_RT_TIMEOUT_SECONDS"),
             stall_warning=_env.get("NEPTUNE_RT_STALL_WARNING_SECONDS"),
             segment_bytes=_env.get("NEPTUNE_RT_SEGMENT_BYTES"),
+            codec_block=_env.get("NEPTUNE_RT_CODEC_BLOCK"),
+            rounding=_env.get("NEPTUNE_RT_ROUNDING"),
+            seed=_env.get("NEPTUNE_RT_SEED"),
+            compressed_algorithm=_env.get("NEPTUNE_RT_COMPRESSED_ALGORITHM"),
+            cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
         )
         _comm = comm
         local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
@@ -103,6 +110,11 @@ def _require() -> Any:
     if not engine.running:
         raise RuntimeError(engine.fatal_error or "neptune_rt engine has stopped")
     return engine
+
+
+def cost_model() -> str:
+    """The probed link/codec cost model ("" until the first compressed bucket ran)."""
+    return _require().cost_model
 
 
 def rank() -> int:
@@ -145,6 +157,16 @@ class Handle:
 
     def done(self) -> bool:
         return self._native.done()
+
+    @property
+    def codec_used(self) -> str:
+        """For all-reduces: the codec that moved the data ("none" = dense), once done."""
+        return self._native.codec_used
+
+    @property
+    def wire_bytes(self) -> int:
+        """For all-reduces: payload bytes this rank sent, once done."""
+        return self._native.wire_bytes
 
     def wait(self, timeout: float | None = None) -> Any:
         """Result of the operation; TimeoutError if not done after `timeout` s, RuntimeError if it failed."""

@@ -144,3 +144,53 @@ void finalizeAverage(void* buf, size_t n, DataType dtype, int divisor) {
 }
 
 }  // namespace nrt
+
+namespace nrt {
+
+void convertToF32(const void* src, DataType dtype, size_t n, float* dst) {
+  switch (dtype) {
+    case DataType::kFloat32: std::copy_n(static_cast<const float*>(src), n, dst); return;
+    case DataType::kFloat64: {
+      const double* s = static_cast<const double*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+      return;
+    }
+    case DataType::kFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = halfToFloat(s[i]);
+      return;
+    }
+    case DataType::kBFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16ToFloat(s[i]);
+      return;
+    }
+    default:
+      throw std::invalid_argument(concat("neptune_rt: compression needs a floating dtype, got ", dtypeName(dtype)));
+  }
+}
+
+void convertFromF32(const float* src, DataType dtype, size_t n, void* dst) {
+  switch (dtype) {
+    case DataType::kFloat32: std::copy_n(src, n, static_cast<float*>(dst)); return;
+    case DataType::kFloat64: {
+      double* d = static_cast<double*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = src[i];
+      return;
+    }
+    case DataType::kFloat16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = floatToHalf(src[i]);
+      return;
+    }
+    case DataType::kBFloat16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = floatToBf16(src[i]);
+      return;
+    }
+    default:
+      throw std::invalid_argument(concat("neptune_rt: compression needs a floating dtype, got ", dtypeName(dtype)));
+  }
+}
+
+}  // namespace nrt

@@ -75,6 +75,11 @@ void Engine::shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::string Engine::costModelDescription() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return costModelText_;
+}
+
 std::string Engine::fatalError() const {
   std::lock_guard<std::mutex> lock(mu_);
   return fatal_;
@@ -269,11 +274,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   const TensorMeta& head = bucket.front()->meta;
   std::vector<Entry*> locals;
   for (const ReadyTensor* t : bucket) locals.push_back(findPending(t->meta.name));
-  if (head.codec != 0) {
-    for (Entry* e : locals)
-      if (e) finish(*e, concat("neptune_rt: codec ", static_cast<int>(head.codec), " is not available in this build"));
-    return;
-  }
+  if (head.codec != codec_format::kNone) return executeCompressedBucket(bucket, locals);
   const size_t esize = dtypeSize(head.dtype);
   size_t count = 0;
   for (const ReadyTensor* t : bucket) count += t->meta.numel();
@@ -310,10 +311,12 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.averageDivisor = participants_;
   allreduce(*comm_, o);
 
+  const uint64_t wire = denseWireBytes(count * esize, size_);
   size_t offset = 0;
   for (size_t i = 0; i < bucket.size(); ++i) {
     const size_t bytes = bucket[i]->meta.bytes();
     if (Entry* e = locals[i]) {
+      e->handle->wireBytes = wire;
       if (!direct) std::memcpy(e->output, buffer + offset, bytes);
       scaleInPlace(e->output, bucket[i]->meta.numel(), head.dtype, e->postscale);
       finish(*e);

@@ -29,6 +29,9 @@ class Handle {
   std::vector<char> output;
   std::vector<int64_t> outputShape;
   int64_t value = 0;
+  // All-reduce: the codec that moved the data ("none" = dense) and the payload bytes this rank sent.
+  std::string codecUsed = "none";
+  uint64_t wireBytes = 0;
 
   // Engine side.
   void complete(const std::string& error = std::string(), bool timedOut = false);
