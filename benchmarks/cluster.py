@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""Emulate an N-node cluster on this one machine and run a command under mpirun across it.
+
+What it builds (as root, with `ip` and `tc`):
+
+    switch namespace  <prefix>-sw : bridge br0, ports p0..p{N-1}       (tbf-shaped: switch -> node)
+    node namespaces   <prefix>-n{i}: veth eth0 = 10.77.0.{i+1}/24, lo  (tbf-shaped: node -> switch)
+
+Each node gets its own full-duplex link of `--rate` (token bucket filter on both ends of its veth), so a
+ring all-reduce sees the per-node bandwidth of a real cluster rather than one shared bus. mpirun runs inside
+node 0's namespace with a generated hostfile whose host names are the node namespaces, and a generated
+stand-in for ssh (`--prtemca plm_ssh_agent`) that starts PRRTE's daemon on a node with
+`ip netns exec <node-ns> unshare --uts` (each node also gets its own host name). Transports are restricted
+to TCP over eth0, with yield-when-idle and no binding (see /work/shared/BENCHMARKS.md for why).
+
+Usage:
+
+    sudo python benchmarks/cluster.py --nodes 4 --rate 1gbit -- python benchmarks/allreduce.py --sizes 64M
+    sudo python benchmarks/cluster.py --nodes 2 --rate none -- python benchmarks/net_probe.py
+    sudo python benchmarks/cluster.py --cleanup-stale        # remove leftovers of a crashed run
+
+Options worth knowing: `--slots K` (ranks per node), `--timeout S` (whole run; exit 124 when it expires),
+`--prefix P` (namespace names; default `nrt<pid>`), `--mpi-arg ARG` (extra mpirun argument, repeatable),
+`-x NAME` (extra environment variable for the ranks, repeatable). The topology summary goes to stderr,
+the command's output is streamed unchanged, and the exit status is the command's.
+
+Safety: every address lives inside namespaces this script creates (10.77.0.0/24 by default, private);
+no interface outside them is created, changed or addressed. It refuses to start if any of its namespace
+names already exists, and always tears down what it created (killing every process left in those
+namespaces first) on success, failure, timeout, Ctrl-C or SIGTERM. It deletes only namespaces it created
+itself, or, with --cleanup-stale, leftovers of its own prefix whose creating process is gone.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+# Any single ip/tc/kill step should take milliseconds; this only guards against a wedged kernel or tool.
+STEP_TIMEOUT_S = 20.0
+# After SIGTERM, how long processes left in a namespace get before SIGKILL.
+KILL_GRACE_S = 2.0
+TIMEOUT_EXIT_CODE = 124  # same as coreutils `timeout`
+DEFAULT_PREFIX = f"nrt{os.getpid()}"
+NS_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.]+)-(?:sw|n\d+)$")
+# Environment the ranks need; the agent inherits mpirun's environment anyway, but with `-x` the command
+# line says what the ranks depend on and it keeps working if the agent is ever replaced by a real ssh.
+PASSTHROUGH_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONUNBUFFERED",
+                   "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMP_NUM_THREADS")
+
+
+class ClusterError(RuntimeError):
+    """A set-up step failed; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    nodes: int
+    slots: int
+    subnet: ipaddress.IPv4Network
+    rate: str | None  # tc rate such as "1gbit"; None = unshaped
+    burst: str
+    latency: str
+
+    @property
+    def switch_ns(self) -> str:
+        return f"{self.prefix}-sw"
+
+    def node_ns(self, i: int) -> str:
+        return f"{self.prefix}-n{i}"
+
+    def address(self, i: int) -> str:
+        return str(self.subnet.network_address + i + 1)
+
+    def namespaces(self) -> list[str]:
+        """Creation order: the switch first, then the nodes (teardown goes in reverse)."""
+        return [self.switch_ns] + [self.node_ns(i) for i in range(self.nodes)]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def run_step(argv: Sequence[str], timeout: float = STEP_TIMEOUT_S) -> str:
+    """Runs one short system command; raises ClusterError with its stderr when it fails."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s") from None
+    except FileNotFoundError:
+        raise ClusterError(f"`{argv[0]}` not found: install iproute2 (ip, tc)") from None
+    if done.returncode != 0:
+        raise ClusterError(f"`{shlex.join(argv)}` failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def in_ns(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def existing_namespaces() -> set[str]:
+    # `ip netns list` prints "name" or "name (id: 3)" per line.
+    return {line.split()[0] for line in run_step(["ip", "netns", "list"]).splitlines() if line.strip()}
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("network namespaces need root: run as root (or with sudo)")
+    for tool in ("ip", "tc", "unshare"):
+        if shutil.which(tool) is None:
+            raise ClusterError(f"`{tool}` not found on PATH: install iproute2 / util-linux")
+    existing_namespaces()  # fails clearly when `ip netns` is not supported here
+
+
+def check_names_free(topo: Topology) -> None:
+    taken = sorted(set(topo.namespaces()) & existing_namespaces())
+    if taken:
+        raise ClusterError(
+            f"namespace(s) {', '.join(taken)} already exist: another run may be using them. Choose another "
+            f"--prefix, or if they are leftovers of a crashed run: {sys.argv[0]} --cleanup-stale --prefix "
+            f"{topo.prefix}")
+
+
+# -------------------------------------------------------------------------------------------- topology
+
+def shape_link(ns: str, dev: str, topo: Topology) -> None:
+    if topo.rate is None:
+        return
+    run_step(in_ns(ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", topo.rate,
+                   "burst", topo.burst, "latency", topo.latency))
+
+
+def add_namespace(ns: str, created: list[str]) -> None:
+    run_step(["ip", "netns", "add", ns])
+    created.append(ns)  # recorded at once, so teardown removes it even if a later step fails
+    run_step(["ip", "-n", ns, "link", "set", "lo", "up"])
+
+
+def build_switch(topo: Topology, created: list[str]) -> None:
+    sw = topo.switch_ns
+    add_namespace(sw, created)
+    run_step(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
+    run_step(["ip", "-n", sw, "link", "set", "br0", "up"])
+
+
+def build_node(topo: Topology, i: int, created: list[str]) -> None:
+    """Node i: eth0 in its namespace, its peer p{i} on the switch's bridge, both directions shaped."""
+    ns, sw, port = topo.node_ns(i), topo.switch_ns, f"p{i}"
+    add_namespace(ns, created)
+    # Created inside the switch namespace and moved straight into the node's: never in the host's.
+    run_step(["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    run_step(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
+    run_step(["ip", "-n", ns, "addr", "add", f"{topo.address(i)}/{topo.subnet.prefixlen}", "dev", "eth0"])
+    run_step(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    shape_link(ns, "eth0", topo)
+    shape_link(sw, port, topo)
+
+
+def write_hosts_files(topo: Topology) -> None:
+    """/etc/netns/<ns>/hosts is bind-mounted over /etc/hosts by `ip netns exec <ns>`: node names resolve
+    to their eth0 addresses inside the cluster only (PRRTE resolves hostfile names)."""
+    lines = ["127.0.0.1 localhost"] + [f"{topo.address(i)} {topo.node_ns(i)}" for i in range(topo.nodes)]
+    for i in range(topo.nodes):
+        d = Path("/etc/netns") / topo.node_ns(i)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "hosts").write_text("\n".join(lines) + "\n")
+
+
+def build_cluster(topo: Topology, created: list[str]) -> None:
+    build_switch(topo, created)
+    for i in range(topo.nodes):
+        build_node(topo, i, created)
+    write_hosts_files(topo)
+
+
+def ns_pids(ns: str) -> list[int]:
+    try:
+        out = run_step(["ip", "netns", "pids", ns])
+    except ClusterError:
+        return []
+    return [int(p) for p in out.split()]
+
+
+def kill_ns_processes(ns: str) -> None:
+    """Ends everything still running in ns: an mpirun timeout does not stop ranks on other nodes."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = ns_pids(ns)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + KILL_GRACE_S
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = ns_pids(ns)
+        if not pids:
+            return
+    if ns_pids(ns):
+        log(f"warning: processes {ns_pids(ns)} survive SIGKILL in {ns}")
+
+
+def remove_namespace(ns: str) -> None:
+    kill_ns_processes(ns)
+    shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+    try:
+        run_step(["ip", "netns", "del", ns])
+    except ClusterError as e:
+        log(f"warning: {e}")
+
+
+def teardown(created: list[str]) -> None:
+    """Never raises: removes every namespace in `created`, nodes before the switch."""
+    for ns in reversed(created):
+        remove_namespace(ns)
+    try:
+        etc = Path("/etc/netns")
+        if etc.is_dir() and not any(etc.iterdir()):
+            etc.rmdir()
+    except OSError:
+        pass
+    left = set(created) & existing_namespaces()
+    if left:
+        log(f"error: could not remove {sorted(left)}; remove with `ip netns del NAME`")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_namespaces(prefix: str | None) -> list[str]:
+    """Namespaces of --prefix, or without one, of `nrt<pid>` runs whose pid is no longer alive."""
+    stale = []
+    for ns in sorted(existing_namespaces()):
+        m = NS_NAME.match(ns)
+        if not m:
+            continue
+        p = m["prefix"]
+        if prefix is not None:
+            if p == prefix:
+                stale.append(ns)
+        elif (d := re.fullmatch(r"nrt(\d+)", p)) and not pid_alive(int(d[1])):
+            stale.append(ns)
+    # Nodes before switches, so no veth is left dangling mid-way.
+    return sorted(stale, key=lambda n: n.endswith("-sw"))
+
+
+# ------------------------------------------------------------------------------------------ the launch
+
+AGENT_TEMPLATE = """#!/bin/sh
+# Generated by benchmarks/cluster.py: stands in for ssh. PRRTE calls `AGENT HOST CMD...`; CMD is shell text.
+host="$1"; shift
+case "$host" in
+  {cases}) ;;
+  *) echo "cluster agent: unknown host '$host' (known: {known})" >&2; exit 255 ;;
+esac
+exec ip netns exec "$host" unshare --uts -- sh -c 'hostname "$0" && exec sh -c "$*"' "$host" "$@"
+"""
+
+
+def write_launch_files(topo: Topology, workdir: Path) -> tuple[Path, Path]:
+    names = [topo.node_ns(i) for i in range(topo.nodes)]
+    hostfile = workdir / "hostfile"
+    hostfile.write_text("".join(f"{n} slots={topo.slots}\n" for n in names))
+    agent = workdir / "agent.sh"
+    agent.write_text(AGENT_TEMPLATE.format(cases="|".join(names), known=" ".join(names)))
+    agent.chmod(0o755)
+    return hostfile, agent
+
+
+def rank_env(extra: Sequence[str]) -> list[str]:
+    names = [n for n in PASSTHROUGH_ENV if n in os.environ]
+    names += sorted(n for n in os.environ if n.startswith("NEPTUNE_RT_"))
+    return list(dict.fromkeys(names + list(extra)))
+
+
+def mpirun_argv(topo: Topology, mpirun: str, hostfile: Path, agent: Path, env_names: Sequence[str],
+                extra_args: Sequence[str], command: Sequence[str]) -> list[str]:
+    argv = [mpirun, "--hostfile", str(hostfile), "-np", str(topo.nodes * topo.slots),
+            "--prtemca", "plm_ssh_agent", str(agent),
+            "--mca", "pml", "ob1", "--mca", "btl", "tcp,self",
+            "--mca", "btl_tcp_if_include", "eth0", "--mca", "oob_tcp_if_include", "eth0",
+            "--prtemca", "oob_tcp_if_include", "eth0",
+            "--mca", "mpi_yield_when_idle", "1", "--bind-to", "none"]
+    if topo.slots > 1:
+        argv += ["--map-by", "slot"]
+    for name in env_names:
+        argv += ["-x", name]
+    return argv + list(extra_args) + list(command)
+
+
+def find_mpirun(explicit: str | None) -> str:
+    candidates = [explicit] if explicit else [str(Path(sys.executable).parent / "mpirun"), shutil.which("mpirun")]
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return str(Path(c).absolute())
+    raise ClusterError("mpirun not found: run `make build` (venv Open MPI) or pass --mpirun PATH")
+
+
+def launch_env(mpirun: str) -> dict[str, str]:
+    """The ranks find python/prted through PATH: put mpirun's bin directory first."""
+    env = dict(os.environ)
+    bindir = str(Path(mpirun).parent)
+    env["PATH"] = os.pathsep.join([bindir] + [p for p in env.get("PATH", "").split(os.pathsep) if p != bindir])
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_streaming(argv: list[str], env: dict[str, str], timeout: float) -> int:
+    """Runs argv in its own session with output passed straight through; TIMEOUT_EXIT_CODE on timeout.
+    On any exit path the whole process group is killed (teardown then ends the other namespaces)."""
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"error: command still running after --timeout {timeout:.0f} s; killing it")
+        return TIMEOUT_EXIT_CODE
+    finally:
+        if proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=KILL_GRACE_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+                except ProcessLookupError:
+                    break
+
+
+def print_summary(topo: Topology, mpirun_cmd: Sequence[str]) -> None:
+    rate = topo.rate or "unshaped"
+    shaping = f"tbf rate {topo.rate} burst {topo.burst} latency {topo.latency}, both directions" \
+        if topo.rate else "no shaping"
+    log(f"{topo.nodes} nodes x {topo.slots} slot(s), link {rate} per node ({shaping}); "
+        f"switch {topo.switch_ns} (br0), subnet {topo.subnet}")
+    for i in range(topo.nodes):
+        log(f"  {topo.node_ns(i)}  eth0 {topo.address(i)}  <->  {topo.switch_ns}:p{i}")
+    log(f"launch (in {topo.node_ns(0)}): {shlex.join(mpirun_cmd)}")
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not cut a teardown short and leave namespaces behind."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = [signal.signal(s, signal.SIG_IGN) for s in sigs]
+    try:
+        yield
+    finally:
+        for s, h in zip(sigs, old):
+            signal.signal(s, h)
+
+
+class Terminated(Exception):
+    """SIGTERM/SIGHUP turned into an exception so the `finally` that tears down still runs."""
+
+
+def on_signal(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="%(prog)s [options] -- COMMAND [ARGS...]")
+    p.add_argument("--nodes", type=int, default=4, help="emulated nodes (default 4)")
+    p.add_argument("--slots", type=int, default=1, help="ranks per node (default 1)")
+    p.add_argument("--rate", default="1gbit", help="per-node link rate as tc writes it, or 'none' (default 1gbit)")
+    p.add_argument("--burst", default="256kb", help="tbf burst (default 256kb)")
+    p.add_argument("--latency", default="50ms", help="tbf latency, i.e. max queueing (default 50ms)")
+    p.add_argument("--subnet", default="10.77.0.0/24", help="private subnet inside the namespaces")
+    p.add_argument("--prefix", default=None, help="namespace name prefix (default nrt<pid>)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is killed (default 600)")
+    p.add_argument("--mpirun", default=None, help="mpirun to use (default: the venv's, then PATH)")
+    p.add_argument("--mpi-arg", action="append", default=[], help="extra mpirun argument (repeatable)")
+    p.add_argument("-x", dest="env", action="append", default=[], help="extra env var for the ranks")
+    p.add_argument("--cleanup-stale", action="store_true",
+                   help="remove leftover namespaces (of --prefix, or of dead nrt<pid> runs) and exit")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="command run by every rank (after --)")
+    args = p.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.cleanup_stale and not args.command:
+        p.error("no command given: put it after --, e.g. -- python -c 'print(1)'")
+    if args.nodes < 1 or args.slots < 1:
+        p.error(f"--nodes and --slots must be >= 1 (got {args.nodes}, {args.slots})")
+    if args.prefix is not None and not re.fullmatch(r"[A-Za-z0-9_.]{1,10}", args.prefix):
+        p.error(f"invalid --prefix {args.prefix!r}: use 1-10 letters, digits, '_' or '.'")
+    subnet = ipaddress.ip_network(args.subnet, strict=True)
+    if not subnet.is_private or subnet.num_addresses < args.nodes + 2:
+        p.error(f"--subnet {subnet} must be private and hold {args.nodes} nodes")
+    args.subnet = subnet
+    return args
+
+
+def cleanup_stale(prefix: str | None) -> int:
+    stale = stale_namespaces(prefix)
+    if not stale:
+        log("no stale namespaces found")
+    for ns in stale:
+        log(f"removing {ns}")
+    teardown(stale[::-1])  # teardown walks its list in reverse
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    topo = Topology(prefix=args.prefix or DEFAULT_PREFIX, nodes=args.nodes, slots=args.slots,
+                    subnet=args.subnet, rate=None if args.rate.lower() == "none" else args.rate,
+                    burst=args.burst, latency=args.latency)
+    mpirun = find_mpirun(args.mpirun)
+    check_names_free(topo)
+    created: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"{topo.prefix}-") as tmp:
+        try:
+            build_cluster(topo, created)
+            hostfile, agent = write_launch_files(topo, Path(tmp))
+            cmd = mpirun_argv(topo, mpirun, hostfile, agent, rank_env(args.env), args.mpi_arg, args.command)
+            print_summary(topo, cmd)
+            return run_streaming(in_ns(topo.node_ns(0), *cmd), launch_env(mpirun), args.timeout)
+        finally:
+            with signals_ignored():
+                teardown(created)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        check_prerequisites()
+        if args.cleanup_stale:
+            return cleanup_stale(args.prefix)
+        return run_cluster(args)
+    except ClusterError as e:
+        log(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted; cluster torn down")
+        return 130
+    except Terminated as e:
+        log(f"{e}; cluster torn down")
+        return 143
+
+
+if __name__ == "__main__":
+    sys.exit(main())
