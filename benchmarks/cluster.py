@@ -22,7 +22,9 @@ Usage:
 Options worth knowing: `--slots K` (ranks per node), `--timeout S` (whole run; exit 124 when it expires),
 `--prefix P` (namespace names; default `nrt<pid>`), `--mpi-arg ARG` (extra mpirun argument, repeatable),
 `-x NAME` (extra environment variable for the ranks, repeatable). The topology summary goes to stderr,
-the command's output is streamed unchanged, and the exit status is the command's.
+the command's output is streamed unchanged, and the exit status is the command's. The ranks see
+MASTER_ADDR = node 0's address, MASTER_PORT (default 29500) and GLOO_SOCKET_IFNAME=eth0 for torch/gloo,
+and each node's host name resolves to its eth0 address (via /etc/netns/<ns>/hosts, removed afterwards).
 
 Safety: every address lives inside namespaces this script creates (10.77.0.0/24 by default, private);
 no interface outside them is created, changed or addressed. It refuses to start if any of its namespace
@@ -58,7 +60,8 @@ NS_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.]+)-(?:sw|n\d+)$")
 # Environment the ranks need; the agent inherits mpirun's environment anyway, but with `-x` the command
 # line says what the ranks depend on and it keeps working if the agent is ever replaced by a real ssh.
 PASSTHROUGH_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONUNBUFFERED",
-                   "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMP_NUM_THREADS")
+                   "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMP_NUM_THREADS",
+                   "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
 
 
 class ClusterError(RuntimeError):
@@ -318,9 +321,13 @@ def find_mpirun(explicit: str | None) -> str:
     raise ClusterError("mpirun not found: run `make build` (venv Open MPI) or pass --mpirun PATH")
 
 
-def launch_env(mpirun: str) -> dict[str, str]:
-    """The ranks find python/prted through PATH: put mpirun's bin directory first."""
+def launch_env(mpirun: str, topo: Topology) -> dict[str, str]:
+    """The ranks find python/prted through PATH: put mpirun's bin directory first. torch.distributed
+    rendezvous goes to node 0 (the only MASTER_ADDR that works inside the cluster) over eth0."""
     env = dict(os.environ)
+    env["MASTER_ADDR"] = topo.address(0)
+    env.setdefault("MASTER_PORT", "29500")
+    env.setdefault("GLOO_SOCKET_IFNAME", "eth0")
     bindir = str(Path(mpirun).parent)
     env["PATH"] = os.pathsep.join([bindir] + [p for p in env.get("PATH", "").split(os.pathsep) if p != bindir])
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -441,7 +448,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             hostfile, agent = write_launch_files(topo, Path(tmp))
             cmd = mpirun_argv(topo, mpirun, hostfile, agent, rank_env(args.env), args.mpi_arg, args.command)
             print_summary(topo, cmd)
-            return run_streaming(in_ns(topo.node_ns(0), *cmd), launch_env(mpirun), args.timeout)
+            return run_streaming(in_ns(topo.node_ns(0), *cmd), launch_env(mpirun, topo), args.timeout)
         finally:
             with signals_ignored():
                 teardown(created)
