@@ -20,7 +20,8 @@ Usage:
     sudo python benchmarks/cluster.py --cleanup-stale        # remove leftovers of a crashed run
 
 Options worth knowing: `--slots K` (ranks per node), `--timeout S` (whole run; exit 124 when it expires),
-`--prefix P` (namespace names; default `nrt<pid>`), `--mpi-arg ARG` (extra mpirun argument, repeatable),
+`--prefix P` (namespace names; default `nrt<pid>`), `--mpi-args "ARGS"` (extra mpirun arguments, split like a
+shell would, repeatable), `--tcp-put` (keep Open MPI's emulated RDMA put over TCP; see Caveats),
 `-x NAME` (extra environment variable for the ranks, repeatable). The topology summary goes to stderr,
 the command's output is streamed unchanged, and the exit status is the command's. The ranks see
 MASTER_ADDR = node 0's address, MASTER_PORT (default 29500) and GLOO_SOCKET_IFNAME=eth0 for torch/gloo,
@@ -31,6 +32,19 @@ no interface outside them is created, changed or addressed. It refuses to start 
 names already exists, and always tears down what it created (killing every process left in those
 namespaces first) on success, failure, timeout, Ctrl-C or SIGTERM. It deletes only namespaces it created
 itself, or, with --cleanup-stale, leftovers of its own prefix whose creating process is gone.
+
+Measured here (2 cores, 64 MB, median of 5; tcp put off): at 1gbit a node's link carries ~0.11-0.12 GB/s
+each way (ring-shift Sendrecv, 2 and 4 nodes); MPI_Allreduce busbw 4 nodes ~0.10-0.11 GB/s. Unshaped, the
+CPUs are the limit: 2 nodes ~1.1-1.4 GB/s Sendrecv, 4 nodes ~0.3-0.7 GB/s, and vary with other load.
+
+Caveats. All emulated nodes share this machine's cores: when ranks outnumber cores, anything that needs a
+rank on a CPU to keep data flowing runs slower than on a real cluster. Open MPI's TCP BTL emulates RDMA put
+for large messages, and that halves a pairwise exchange (both directions on one connection) under such
+contention: 4 nodes at 1gbit measured 60 vs 118 MB/s, and MPI_Allreduce's default algorithm 0.069 vs
+0.10 GB/s busbw. So by default the TCP BTL runs send/receive only (`btl_tcp_flags`), which matches what a
+real one-rank-per-node cluster gets; `--tcp-put` restores Open MPI's default. With `--slots` > 1, ranks on
+the same node talk TCP over loopback (unshaped; no shared-memory transport). PRRTE sometimes prints
+"plm:ssh: Warning: setpgid(...) failed ... Permission denied": a harmless race in its launcher.
 """
 from __future__ import annotations
 
@@ -62,6 +76,11 @@ NS_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.]+)-(?:sw|n\d+)$")
 PASSTHROUGH_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONUNBUFFERED",
                    "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMP_NUM_THREADS",
                    "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
+
+
+# Open MPI's TCP BTL default is "send,put,inplace,need-ack,need-csum,hetero-rdma"; dropping the emulated
+# put avoids an artifact of nodes sharing cores (see Caveats above).
+TCP_FLAGS_WITHOUT_PUT = "send,inplace,need-ack,need-csum"
 
 
 class ClusterError(RuntimeError):
@@ -292,9 +311,10 @@ def write_launch_files(topo: Topology, workdir: Path) -> tuple[Path, Path]:
     return hostfile, agent
 
 
-def rank_env(extra: Sequence[str]) -> list[str]:
-    names = [n for n in PASSTHROUGH_ENV if n in os.environ]
-    names += sorted(n for n in os.environ if n.startswith("NEPTUNE_RT_"))
+def rank_env(env: dict[str, str], extra: Sequence[str]) -> list[str]:
+    """Names passed with -x: the standard set, every NEPTUNE_RT_* knob, and the user's -x."""
+    names = [n for n in PASSTHROUGH_ENV if n in env]
+    names += sorted(n for n in env if n.startswith("NEPTUNE_RT_"))
     return list(dict.fromkeys(names + list(extra)))
 
 
@@ -311,6 +331,11 @@ def mpirun_argv(topo: Topology, mpirun: str, hostfile: Path, agent: Path, env_na
     for name in env_names:
         argv += ["-x", name]
     return argv + list(extra_args) + list(command)
+
+
+def mpi_extra_args(args: argparse.Namespace) -> list[str]:
+    extra = [] if args.tcp_put else ["--mca", "btl_tcp_flags", TCP_FLAGS_WITHOUT_PUT]
+    return extra + [a for chunk in args.mpi_args for a in chunk]
 
 
 def find_mpirun(explicit: str | None) -> str:
@@ -404,7 +429,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--prefix", default=None, help="namespace name prefix (default nrt<pid>)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is killed (default 600)")
     p.add_argument("--mpirun", default=None, help="mpirun to use (default: the venv's, then PATH)")
-    p.add_argument("--mpi-arg", action="append", default=[], help="extra mpirun argument (repeatable)")
+    p.add_argument("--mpi-args", action="append", default=[], type=shlex.split,
+                   help="extra mpirun arguments as one string, e.g. \"--mca coll_tuned_use_dynamic_rules 1\"")
+    p.add_argument("--tcp-put", action="store_true",
+                   help="keep the TCP BTL's emulated RDMA put (Open MPI's default; see Caveats in the module docstring)")
     p.add_argument("-x", dest="env", action="append", default=[], help="extra env var for the ranks")
     p.add_argument("--cleanup-stale", action="store_true",
                    help="remove leftover namespaces (of --prefix, or of dead nrt<pid> runs) and exit")
@@ -446,9 +474,11 @@ def run_cluster(args: argparse.Namespace) -> int:
         try:
             build_cluster(topo, created)
             hostfile, agent = write_launch_files(topo, Path(tmp))
-            cmd = mpirun_argv(topo, mpirun, hostfile, agent, rank_env(args.env), args.mpi_arg, args.command)
+            env = launch_env(mpirun, topo)
+            cmd = mpirun_argv(topo, mpirun, hostfile, agent, rank_env(env, args.env),
+                              mpi_extra_args(args), args.command)
             print_summary(topo, cmd)
-            return run_streaming(in_ns(topo.node_ns(0), *cmd), launch_env(mpirun, topo), args.timeout)
+            return run_streaming(in_ns(topo.node_ns(0), *cmd), env, args.timeout)
         finally:
             with signals_ignored():
                 teardown(created)
