@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "benchmarks" / "cluster.py"
-PREFIX = f"nt{os.getpid()}"  # unique per test session; cluster.py allows at most 10 characters
+PREFIX = f"nt{os.getpid() % 10**6}"  # + 2 hex digits per test: at most 10 characters, as cluster.py wants
 
 
 def ip_netns_usable() -> bool:
@@ -47,7 +47,7 @@ def run_cluster(*args: str, timeout: float = 50.0) -> subprocess.CompletedProces
 @pytest.fixture
 def prefix():
     """A fresh prefix per test; whatever a failing test leaves behind is removed."""
-    p = f"{PREFIX}{os.urandom(1).hex()}"[:10]
+    p = f"{PREFIX}{os.urandom(1).hex()}"
     yield p
     for ns in namespaces(p):
         subprocess.run(["ip", "netns", "del", ns], timeout=10)
