@@ -238,14 +238,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"--nodes and --slots must be >= 1 (got {args.nodes}, {args.slots})")
     if args.prefix is not None and not re.fullmatch(r"[A-Za-z0-9_.]{1,10}", args.prefix):
         p.error(f"invalid --prefix {args.prefix!r}: use 1-10 letters, digits, '_' or '.'")
-    subnet = ipaddress.ip_network(args.subnet, strict=True)
-    if not subnet.is_private or subnet.num_addresses < args.nodes + 2:
-        p.error(f"--subnet {subnet} must be private and hold {args.nodes} nodes")
+    try:
+        subnet = ipaddress.ip_network(args.subnet, strict=True)
+    except ValueError as e:
+        p.error(f"invalid --subnet {args.subnet!r}: {e} (e.g. 10.77.0.0/24)")
+    if subnet.version != 4 or not subnet.is_private or subnet.num_addresses < args.nodes + 2:
+        p.error(f"--subnet {subnet} must be a private IPv4 subnet with room for {args.nodes} nodes")
     args.subnet = subnet
     return args
 
 
 def cleanup_stale(prefix: str | None) -> int:
+    """--cleanup-stale: leftovers of a crashed run (a live run's namespaces are never touched)."""
     stale = stale_namespaces(prefix)
     if not stale:
         log("no stale namespaces found")
