@@ -33,9 +33,11 @@ names already exists, and always tears down what it created (killing every proce
 namespaces first) on success, failure, timeout, Ctrl-C or SIGTERM. It deletes only namespaces it created
 itself, or, with --cleanup-stale, leftovers of its own prefix whose creating process is gone.
 
-Measured here (2 cores, 64 MB, median of 5; tcp put off): at 1gbit a node's link carries ~0.11-0.12 GB/s
-each way (ring-shift Sendrecv, 2 and 4 nodes); MPI_Allreduce busbw 4 nodes ~0.10-0.11 GB/s. Unshaped, the
-CPUs are the limit: 2 nodes ~1.1-1.4 GB/s Sendrecv, 4 nodes ~0.3-0.7 GB/s, and vary with other load.
+Measured here (2 cores shared with other jobs, 64 MB, median of 5, benchmarks/net_probe.py; tcp put off):
+at 1gbit a ring-shift Sendrecv moves 0.113-0.120 GB/s per node (2 and 4 nodes; the link's ceiling is 0.125),
+MPI_Allreduce busbw is 0.114 GB/s on 2 nodes and 0.100-0.107 GB/s on 4 (neptune_rt's ring: 0.115).
+Unshaped, the CPUs are the limit and results swing with other load: Sendrecv 0.5-1.5 GB/s on 2 nodes,
+0.3-0.6 GB/s on 4; MPI_Allreduce busbw 0.5-0.85 and 0.25-0.43 GB/s.
 
 Caveats. All emulated nodes share this machine's cores: when ranks outnumber cores, anything that needs a
 rank on a CPU to keep data flowing runs slower than on a real cluster. Open MPI's TCP BTL emulates RDMA put
