@@ -41,12 +41,14 @@ _inflight: dict[int, "Handle"] = {}
 _failed_exit = False
 
 
-def codec_id(codec: str) -> int:
-    """Wire id of a codec name; ValueError naming the choices."""
+def codec_id(codec: str, adaptive: bool = True) -> int:
+    """Wire id of a codec name; ValueError naming the choices. adaptive=False: use exactly this codec
+    even where the cost model predicts the dense path to be faster."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
     from neptune_rt import _C
-    return _C.CODEC_AUTO_ID if codec == "auto" else list(_C.codec_names()).index(codec)
+    ident = _C.CODEC_AUTO_ID if codec == "auto" else list(_C.codec_names()).index(codec)
+    return ident if adaptive or codec == "none" else ident | _C.CODEC_FORCE_BIT
 
 
 def init(comm: Any = None) -> None:
@@ -220,19 +222,19 @@ def _written(out: Any, view: HostView) -> Callable[[], Any]:
 
 
 def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                     prescale: float = 1.0, postscale: float = 1.0) -> Handle:
+                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
     """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
     engine = _require()
     name = _auto_name("allreduce", name)
     _check_op(op, name)
     view = host_view(tensor, name, writable=True)
     native = engine.enqueue_allreduce(name, view.array, view.array, view.dtype, list(view.shape), op,
-                                      codec_id(codec), prescale, postscale)
+                                      codec_id(codec, adaptive), prescale, postscale)
     return _track(Handle(native, (tensor, view), _written(tensor, view)))
 
 
 def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                    prescale: float = 1.0, postscale: float = 1.0) -> Handle:
+                    prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
     """All-reduce into a new object of the input's type; `tensor` is left unchanged."""
     engine = _require()
     name = _auto_name("allreduce", name)
@@ -241,18 +243,21 @@ def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec
     out = empty_like(tensor)
     out_view = host_view(out, name, writable=True)
     native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
-                                      codec_id(codec), prescale, postscale)
+                                      codec_id(codec, adaptive), prescale, postscale)
     return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
 
 
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-              prescale: float = 1.0, postscale: float = 1.0) -> Any:
-    return allreduce_async(tensor, name, op, codec, prescale, postscale).wait()
+              prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
+    """All-reduce into a new object of the input's type. codec: "none" (dense), "fp16", "bf16", "int8",
+    "int4", "onebit" (error feedback kept per tensor name) or "auto"; with adaptive=True the cost model may
+    still choose the dense path (or fp16) for this bucket where it predicts that to be faster."""
+    return allreduce_async(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
 def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-               prescale: float = 1.0, postscale: float = 1.0) -> Any:
-    return allreduce_async_(tensor, name, op, codec, prescale, postscale).wait()
+               prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
+    return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:

@@ -37,6 +37,7 @@ std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
 
 void registerEngine(py::module_& m) {
   m.attr("CODEC_AUTO_ID") = kAutoCodecId;
+  m.attr("CODEC_FORCE_BIT") = kForceCodecBit;
   py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle", "Completion of one enqueued operation")
       .def_property_readonly("name", &Handle::name)
       .def("done", &Handle::done)
@@ -57,6 +58,34 @@ void registerEngine(py::module_& m) {
         return py::array_t<uint8_t>({static_cast<py::ssize_t>(owned->size())}, {1},
                                     reinterpret_cast<uint8_t*>(owned->data()), free);
       });
+
+  py::class_<CostModel>(m, "CostModel", "Per-bucket dense-vs-compressed decision (engine/cost_model.h)")
+      .def(py::init<>())
+      .def_readwrite("alpha", &CostModel::alpha, "seconds per message")
+      .def_readwrite("beta", &CostModel::beta, "seconds per wire byte")
+      .def_readwrite("reduce_sec_per_byte", &CostModel::reduceSecPerByte)
+      .def("set_codec_speed",
+           [](CostModel& cm, const std::string& codec, double encodeSecPerByte, double decodeSecPerByte) {
+             const int id = static_cast<int>(codecFromName(codec));
+             cm.encodeSecPerByte[id] = encodeSecPerByte;
+             cm.decodeSecPerByte[id] = decodeSecPerByte;
+           },
+           py::arg("codec"), py::arg("encode_sec_per_byte"), py::arg("decode_sec_per_byte"))
+      .def("predict_dense", &CostModel::predictDense, py::arg("wire_bytes"), py::arg("world_size"))
+      .def("predict_compressed",
+           [](const CostModel& cm, const std::string& codec, size_t count, int n, uint32_t block) {
+             return cm.predictCompressed(codecFromName(codec), count, n, block);
+           },
+           py::arg("codec"), py::arg("count"), py::arg("world_size"), py::arg("block") = codec_format::kDefaultBlockSize)
+      .def("choose",
+           [](const CostModel& cm, const std::string& requested, size_t count, size_t denseBytes, int n, uint32_t block) {
+             const uint8_t id = requested == "auto" ? kAutoCodecId : static_cast<uint8_t>(codecFromName(requested));
+             return std::string(codecName(static_cast<Codec>(cm.choose(id, count, denseBytes, n, block))));
+           },
+           py::arg("requested"), py::arg("count"), py::arg("dense_bytes"), py::arg("world_size"),
+           py::arg("block") = codec_format::kDefaultBlockSize,
+           "The codec the engine would use for such a bucket ('none' = dense ring)")
+      .def("describe", &CostModel::describe);
 
   py::class_<Engine>(m, "Engine", "Background communication engine over an mpi4py communicator")
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,

@@ -14,8 +14,10 @@
 
 namespace nrt {
 
-// Wire id of codec "auto" in TensorMeta::codec (the real codecs use their format ids).
-constexpr uint8_t kAutoCodecId = 255;
+// TensorMeta::codec holds a codec's format id, or kAutoCodecId for "auto"; kForceCodecBit set means "use
+// exactly this codec, do not ask the cost model" (per call, agreed across ranks like any metadata).
+constexpr uint8_t kAutoCodecId = 0x7f;
+constexpr uint8_t kForceCodecBit = 0x80;
 
 struct CostModel {
   double alpha = 0;             // seconds per message (latency)

@@ -1,6 +1,8 @@
 // The background engine loop and the execution of negotiated operations (see engine.h).
 #include "engine/engine.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cstring>
 #include <iostream>
@@ -51,6 +53,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   inFlight_[e.meta.name] = e.handle;
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
+  incomingCount_.store(incoming_.size(), std::memory_order_release);
   cv_.notify_one();
   return handle;
 }
@@ -96,6 +99,7 @@ CollectiveOptions Engine::collectiveOptions(const std::string& name) const {
 void Engine::loop() {
   try {
     while (true) {
+      if (pending_.empty()) idleSpin();
       {
         std::unique_lock<std::mutex> lock(mu_);
         // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
@@ -105,6 +109,7 @@ void Engine::loop() {
           pending_.push_back(std::move(incoming_.front()));
           incoming_.pop_front();
         }
+        incomingCount_.store(0, std::memory_order_release);
       }
       const bool progress = cycle();
       if (shutdownDone_) break;
@@ -123,6 +128,14 @@ void Engine::loop() {
                           "\n  pending on rank ", rank_, ": ", namesOf(pending_)),
                    false);
   }
+}
+
+void Engine::idleSpin() {
+  // Back-to-back operations (a training step's gradients, a benchmark loop) arrive within microseconds of
+  // the previous completion; catching them without a futex sleep saves a wake-up per operation.
+  constexpr auto kSpin = std::chrono::microseconds(200);
+  const auto until = Clock::now() + kSpin;
+  while (incomingCount_.load(std::memory_order_acquire) == 0 && Clock::now() < until) sched_yield();
 }
 
 std::vector<char> Engine::buildMessage() {

@@ -78,6 +78,7 @@ class Engine {
 
  private:
   void loop();
+  void idleSpin();
   bool cycle();  // one negotiation + execution; returns true if anything completed
   std::vector<char> buildMessage();
   void execute(const MatchResult& match);
@@ -103,6 +104,7 @@ class Engine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Entry> incoming_;
+  std::atomic<size_t> incomingCount_{0};  // incoming_.size(), readable without the lock (idle spin)
   std::unordered_map<std::string, std::shared_ptr<Handle>> inFlight_;  // name -> handle (rejects duplicates)
   uint64_t nextSeq_ = 0;
   bool stopRequested_ = false;

@@ -2,6 +2,7 @@
 // Completed by the engine thread; waited on by user threads (with a timeout).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -41,6 +42,7 @@ class Handle {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> doneFlag_{false};  // mirrors done_ for the lock-free spin in wait()
   bool timedOut_ = false;
   std::string error_;
   std::vector<std::function<void()>> callbacks_;
