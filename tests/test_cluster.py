@@ -111,3 +111,21 @@ def test_cleanup_stale_removes_only_its_prefix(prefix: str) -> None:
         assert namespaces(f"{prefix}x") == [f"{prefix}x-n0"]  # a different prefix is not touched
     finally:
         subprocess.run(["ip", "netns", "del", f"{prefix}x-n0"], timeout=10)
+
+
+def test_allreduce_benchmark_on_two_shaped_nodes(prefix: str, tmp_path: Path) -> None:
+    """The suite's own benchmark over the emulated 1 Gbit network: dense and int8 rows, all correct."""
+    out = tmp_path / "rows.json"
+    done = run_cluster("--nodes", "2", "--rate", "1gbit", "--prefix", prefix, "--timeout", "55",
+                       "--", sys.executable, str(REPO / "benchmarks" / "allreduce.py"), "--sizes", "64K,1M",
+                       "--codecs", "none,int8", "--impls", "mpi", "--trials", "2", "--link", "1gbit",
+                       "--json", str(out), timeout=58)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import json
+    rows = json.loads(out.read_text())
+    assert {(r["impl"], r["codec"]) for r in rows} == {("neptune_rt", "none"), ("neptune_rt", "int8"), ("mpi", "none")}
+    assert all(r["wrong"] == 0 and r["np"] == 2 and r["link"] == "1gbit" for r in rows), rows
+    # The link is shaped: nothing can beat 1 Gbit/s (0.125 GB/s) by much on the wire.
+    dense = [r for r in rows if r["codec"] == "none" and r["size_bytes"] == 1 << 20]
+    assert all(r["busbw_gbps"] < 0.2 for r in dense), dense
+    assert namespaces(prefix) == []
