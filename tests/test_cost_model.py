@@ -40,8 +40,8 @@ def test_tiny_buckets_stay_dense():
     assert cm.choose("int8", 16, 64, 4) == "none"
 
 
-@pytest.mark.parametrize("bandwidth,codec_speed,n", itertools.product([0.01, 0.125, 1.0, 10.0], [0.5, 5.0, 50.0],
-                                                                      [2, 4, 16]))
+@pytest.mark.parametrize("bandwidth,codec_speed,n", list(itertools.product([0.01, 0.125, 1.0, 10.0], [0.5, 5.0, 50.0],
+                                                                           [2, 4, 16])))
 def test_choice_is_never_predicted_slower_than_dense_or_fp16(bandwidth, codec_speed, n):
     cm = model(bandwidth, codec_speed)
     for count in [1 << 10, 1 << 16, 1 << 22, 1 << 26]:
