@@ -41,14 +41,20 @@ _inflight: dict[int, "Handle"] = {}
 _failed_exit = False
 
 
+_CODEC_IDS: dict[str, int] = {}
+
+
 def codec_id(codec: str, adaptive: bool = True) -> int:
     """Wire id of a codec name; ValueError naming the choices. adaptive=False: use exactly this codec
     even where the cost model predicts the dense path to be faster."""
-    if codec not in CODECS:
+    if not _CODEC_IDS:
+        from neptune_rt import _C
+        _CODEC_IDS.update({name: i for i, name in enumerate(_C.codec_names())}, auto=_C.CODEC_AUTO_ID)
+        _CODEC_IDS["_force"] = _C.CODEC_FORCE_BIT
+    ident = _CODEC_IDS.get(codec) if codec in CODECS else None
+    if ident is None:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
-    from neptune_rt import _C
-    ident = _C.CODEC_AUTO_ID if codec == "auto" else list(_C.codec_names()).index(codec)
-    return ident if adaptive or codec == "none" else ident | _C.CODEC_FORCE_BIT
+    return ident if adaptive or codec == "none" else ident | _CODEC_IDS["_force"]
 
 
 def init(comm: Any = None) -> None:
