@@ -205,7 +205,7 @@ def report(rows: list[dict], n: int, args) -> None:
                         ("spread", "spread", ""), ("algbw(GB/s)", "algbw_gbps", ".3f"),
                         ("busbw(GB/s)", "busbw_gbps", ".3f"), ("wire(B)", "wire_bytes", "d"),
                         ("err", "max_rel_err", ".2e"), ("#wrong", "wrong", "d")])
-    print("\n# ratios: peer time / neptune_rt dense fp32 time (>1: we are faster); codec rows: speed-up over it")
+    print("\n# speed-up of each row over neptune_rt dense fp32 at the same size (time ratio; >1 = faster)")
     for nbytes in sorted({r["size_bytes"] for r in rows}):
         same = [r for r in rows if r["size_bytes"] == nbytes]
         ours = next((r for r in same if r["impl"] == "neptune_rt" and r["codec"] == "none"
@@ -218,7 +218,7 @@ def report(rows: list[dict], n: int, args) -> None:
                 continue
             who = r["impl"] + ("" if r["codec"] == "none" else f"[{r['codec']}]") + \
                 ("(fp16)" if r["dtype"] == "float16" else "")
-            parts.append(f"{who}: {r['time_us'] / ours['time_us']:.2f}x")
+            parts.append(f"{who}: {ours['time_us'] / r['time_us']:.2f}x")
         print(f"{format_size(nbytes):>6}: " + ", ".join(parts))
 
 

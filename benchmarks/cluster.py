@@ -179,7 +179,7 @@ def run_streaming(argv: list[str], env: dict[str, str], timeout: float) -> int:
 
 def print_summary(topo: Topology, mpirun_cmd: Sequence[str]) -> None:
     rate = topo.rate or "unshaped"
-    shaping = f"tbf rate {topo.rate} burst {topo.burst} latency {topo.latency}, both directions" \
+    shaping = f"tbf rate {topo.rate} burst {topo.burst} latency {topo.latency}, both directions, mtu {topo.mtu}" \
         if topo.rate else "no shaping"
     log(f"{topo.nodes} nodes x {topo.slots} slot(s), link {rate} per node ({shaping}); "
         f"switch {topo.switch_ns} (br0), subnet {topo.subnet}")
@@ -219,6 +219,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--rate", default="1gbit", help="per-node link rate as tc writes it, or 'none' (default 1gbit)")
     p.add_argument("--burst", default="256kb", help="tbf burst (default 256kb)")
     p.add_argument("--latency", default="50ms", help="tbf latency, i.e. max queueing (default 50ms)")
+    p.add_argument("--mtu", type=int, default=1500,
+                   help="link MTU (default 1500; 9000 = jumbo frames: TCP headers cost 0.6%% instead of 4.4%%)")
     p.add_argument("--subnet", default="10.77.0.0/24", help="private subnet inside the namespaces")
     p.add_argument("--prefix", default=None, help="namespace name prefix (default nrt<pid>)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is killed (default 600)")
@@ -264,7 +266,7 @@ def cleanup_stale(prefix: str | None) -> int:
 def run_cluster(args: argparse.Namespace) -> int:
     topo = Topology(prefix=args.prefix or DEFAULT_PREFIX, nodes=args.nodes, slots=args.slots,
                     subnet=args.subnet, rate=None if args.rate.lower() == "none" else args.rate,
-                    burst=args.burst, latency=args.latency)
+                    burst=args.burst, latency=args.latency, mtu=args.mtu)
     mpirun = find_mpirun(args.mpirun)
     check_names_free(topo)
     created: list[str] = []

@@ -41,6 +41,7 @@ class Topology:
     rate: str | None  # tc rate such as "1gbit"; None = unshaped
     burst: str
     latency: str
+    mtu: int = 1500  # Ethernet's default; 9000 models the jumbo frames many HPC networks use
 
     @property
     def switch_ns(self) -> str:
@@ -131,6 +132,8 @@ def build_node(topo: Topology, i: int, created: list[str]) -> None:
     add_namespace(ns, created)
     # Created inside the switch namespace and moved straight into the node's: never in the host's.
     run_step(["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    run_step(["ip", "-n", sw, "link", "set", port, "mtu", str(topo.mtu)])
+    run_step(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(topo.mtu)])
     run_step(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
     run_step(["ip", "-n", ns, "addr", "add", f"{topo.address(i)}/{topo.subnet.prefixlen}", "dev", "eth0"])
     run_step(["ip", "-n", ns, "link", "set", "eth0", "up"])

@@ -48,32 +48,49 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     codec = codec_format::kInt8;
   }
 
-  work_.resize(count);
-  bucketResidual_.resize(count);
-  size_t offset = 0;
-  for (size_t i = 0; i < bucket.size(); ++i) {
-    const size_t n = bucket[i]->meta.numel();
-    if (Entry* e = locals[i]) {
-      convertToF32(e->input, head.dtype, n, work_.data() + offset);
-      scaleInPlace(work_.data() + offset, n, DataType::kFloat32, e->prescale);
-      std::vector<float>& r = residuals_[e->meta.name];
-      if (r.size() != n) r.assign(n, 0.0f);
-      std::copy(r.begin(), r.end(), bucketResidual_.begin() + offset);
-    } else {  // joined rank: contributes zeros, keeps no error feedback
-      std::fill_n(work_.data() + offset, n, 0.0f);
-      std::fill_n(bucketResidual_.data() + offset, n, 0.0f);
+  // A lone fp32 tensor is compressed in its own output buffer with its own residual; several tensors (or
+  // other float types) are gathered into the fp32 work buffer, residuals alongside.
+  const bool direct = bucket.size() == 1 && locals[0] != nullptr && head.dtype == DataType::kFloat32;
+  float* work;
+  float* residual;
+  if (direct) {
+    Entry& e = *locals[0];
+    if (e.output != e.input) std::memcpy(e.output, e.input, count * sizeof(float));
+    work = static_cast<float*>(e.output);
+    scaleInPlace(work, count, DataType::kFloat32, e.prescale);
+    std::vector<float>& r = residuals_[e.meta.name];
+    if (r.size() != count) r.assign(count, 0.0f);
+    residual = r.data();
+  } else {
+    work_.resize(count);
+    bucketResidual_.resize(count);
+    work = work_.data();
+    residual = bucketResidual_.data();
+    size_t offset = 0;
+    for (size_t i = 0; i < bucket.size(); ++i) {
+      const size_t n = bucket[i]->meta.numel();
+      if (Entry* e = locals[i]) {
+        convertToF32(e->input, head.dtype, n, work + offset);
+        scaleInPlace(work + offset, n, DataType::kFloat32, e->prescale);
+        std::vector<float>& r = residuals_[e->meta.name];
+        if (r.size() != n) r.assign(n, 0.0f);
+        std::copy(r.begin(), r.end(), residual + offset);
+      } else {  // joined rank: contributes zeros, keeps no error feedback
+        std::fill_n(work + offset, n, 0.0f);
+        std::fill_n(residual + offset, n, 0.0f);
+      }
+      offset += n;
     }
-    offset += n;
   }
 
   uint64_t wire;
   if (codec == codec_format::kNone) {
     // Dense is predicted faster: send the error-feedback residual along, exactly, and clear it.
-    for (size_t i = 0; i < count; ++i) work_[i] += bucketResidual_[i];
-    std::fill(bucketResidual_.begin(), bucketResidual_.end(), 0.0f);
+    for (size_t i = 0; i < count; ++i) work[i] += residual[i];
+    std::fill_n(residual, count, 0.0f);
     AllreduceOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
-    o.buffer = work_.data();
+    o.buffer = work;
     o.count = count;
     o.dtype = DataType::kFloat32;
     o.op = ReduceOp::kSum;
@@ -85,30 +102,32 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     if (chunkResidual.size() != mine.count) chunkResidual.assign(mine.count, 0.0f);
     CompressedAllreduceOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
-    o.buffer = work_.data();
+    o.buffer = work;
     o.count = count;
     o.codec = static_cast<Codec>(codec);
     o.blockSize = block;
     o.rounding = config_.rounding;
     o.seed = config_.seed;
     o.step = compressedStep_++;
-    o.residual = bucketResidual_.data();
+    o.residual = residual;
     o.chunkResidual = chunkResidual.data();
     o.chunkResidualCount = chunkResidual.size();
     o.algorithm = config_.compressedAlgorithm;
     wire = compressedAllreduce(*comm_, o).wireBytes;
   }
 
-  offset = 0;
+  size_t offset = 0;
   for (size_t i = 0; i < bucket.size(); ++i) {
     const size_t n = bucket[i]->meta.numel();
     if (Entry* e = locals[i]) {
-      std::vector<float>& r = residuals_[e->meta.name];
-      std::copy_n(bucketResidual_.begin() + offset, n, r.begin());
-      float* result = work_.data() + offset;
+      float* result = work + offset;
       if (head.op == ReduceOp::kAverage) scaleInPlace(result, n, DataType::kFloat32, 1.0 / participants_);
       scaleInPlace(result, n, DataType::kFloat32, e->postscale);
-      convertFromF32(result, head.dtype, n, e->output);
+      if (!direct) {
+        std::vector<float>& r = residuals_[e->meta.name];
+        std::copy_n(residual + offset, n, r.begin());
+        convertFromF32(result, head.dtype, n, e->output);
+      }
       e->handle->codecUsed = codecName(static_cast<Codec>(codec));
       e->handle->wireBytes = wire;
       finish(*e);
