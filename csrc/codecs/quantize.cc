@@ -1,8 +1,9 @@
-// CPU hot loops of the codecs (see quantize.h, format.h). Every loop is branch-free over elements so g++
-// vectorizes it; target_clones adds an AVX2 copy picked at load time. Checked with -fopt-info-vec-optimized
-// (g++ 12, -O3): absMaxBits, accumulate, the int8/int4 RTN quantize+error-feedback loops, the int8/int4
-// decode loops, the onebit lane sum and the fp16/bf16 casts report "loop vectorized"; the stochastic loops
-// (64-bit multiplies of the hash) and the onebit bit packing stay scalar.
+// CPU hot loops of the codecs (see quantize.h, format.h). Loops are branch-free over elements so g++
+// vectorizes them; target_clones adds an AVX2 copy picked at load time. Checked with g++ 12 -O3
+// -fopt-info-vec-optimized (both clones): vectorized are accumulate, absMaxBits, absSumLanes, quantNearest
+// (quantize and residual loops), nibble (un)packing, the int8/int4 decode, the onebit residual and the bf16
+// casts. Scalar: the stochastic quantize loop (64-bit hash multiplies); onebit bit (un)packing and the fp16
+// casts (half.h branches) use the AVX2/F16C intrinsics of simd_x86.cc when the CPU has them.
 //
 // Arithmetic is fixed so numpy and CUDA reproduce it bit for bit: fp32 throughout, one rounding per
 // operation (no FMA: neither clone enables -mfma, and the CUDA side uses __fmul_rn/__fadd_rn), absmax as
@@ -13,6 +14,7 @@
 #include <cstring>
 
 #include "codecs/format.h"
+#include "codecs/simd_x86.h"
 #include "common/half.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -100,8 +102,12 @@ NRT_MULTIVERSION void packNibbles(const int8_t* __restrict q, uint8_t* __restric
 }
 
 void encodeOneBitBlock(const float* x, float* r, size_t n, float scale, uint8_t* __restrict out) {
-  const size_t bytes = (n + 7) / 8;
-  for (size_t j = 0; j < bytes; ++j) {
+  size_t done = 0;
+  if (simd::haveAvx2F16c()) {
+    done = n / 8 * 8;
+    simd::packSignsAvx2(x, out, done);
+  }
+  for (size_t j = done / 8; j < (n + 7) / 8; ++j) {
     uint8_t b = 0;
     for (size_t l = 0; l < 8 && j * 8 + l < n; ++l) b |= static_cast<uint8_t>(!(x[j * 8 + l] < 0.0f)) << l;
     out[j] = b;
@@ -127,7 +133,12 @@ NRT_MULTIVERSION void unpackNibbles(const uint8_t* __restrict in, int8_t* __rest
 }
 
 void decodeOneBit(const uint8_t* __restrict bits, float* __restrict dst, size_t n, float scale, bool add) {
-  for (size_t i = 0; i < n; ++i) {
+  size_t done = 0;
+  if (simd::haveAvx2F16c()) {
+    done = n / 8 * 8;
+    simd::unpackSignsAvx2(bits, dst, done, scale, add);
+  }
+  for (size_t i = done; i < n; ++i) {
     const float v = ((bits[i / 8] >> (i % 8)) & 1u) ? scale : -scale;
     dst[i] = add ? dst[i] + v : v;
   }
@@ -139,6 +150,8 @@ NRT_MULTIVERSION void castToHalf(const float* x, uint16_t* __restrict out, float
     for (size_t i = 0; i < n; ++i) out[i] = floatToBf16(x[i]);
     if (r != nullptr)
       for (size_t i = 0; i < n; ++i) r[i] = x[i] - bf16ToFloat(out[i]);
+  } else if (simd::haveAvx2F16c()) {
+    simd::floatToHalfF16c(x, out, r, n);
   } else {
     for (size_t i = 0; i < n; ++i) out[i] = floatToHalf(x[i]);
     if (r != nullptr)
@@ -153,6 +166,8 @@ NRT_MULTIVERSION void castFromHalf(const uint16_t* __restrict in, float* __restr
     } else {
       for (size_t i = 0; i < n; ++i) dst[i] = bf16ToFloat(in[i]);
     }
+  } else if (simd::haveAvx2F16c()) {
+    simd::halfToFloatF16c(in, dst, n, add);
   } else {
     if (add) {
       for (size_t i = 0; i < n; ++i) dst[i] += halfToFloat(in[i]);
