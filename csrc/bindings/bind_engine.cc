@@ -1,3 +1,147 @@
-// placeholder until the engine lands
+// Bindings for the background engine and its handles. Python keeps the buffers alive until completion
+// (neptune_rt/engine.py); here: argument checks, GIL release, docstrings.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
 #include "bindings/bindings.h"
-namespace nrt { void registerEngine(pybind11::module_& m) {} }
+#include "bindings/buffer.h"
+#include "engine/engine.h"
+
+namespace py = pybind11;
+
+namespace nrt {
+
+namespace {
+
+TensorMeta makeMeta(const std::string& name, OpType type, const std::string& dtype, std::vector<int64_t> shape) {
+  TensorMeta m;
+  m.name = name;
+  m.type = type;
+  m.dtype = dtypeFromName(dtype);
+  m.shape = std::move(shape);
+  return m;
+}
+
+void checkSize(const TensorMeta& m, const BufferView& v) {
+  NRT_CHECK_ARG(v.count == m.numel(), "neptune_rt: tensor '", m.name, "' has ", v.count, " elements but shape ",
+                m.describe(), " needs ", m.numel());
+}
+
+std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
+  py::gil_scoped_release release;
+  return engine.enqueue(std::move(e));
+}
+
+}  // namespace
+
+void registerEngine(py::module_& m) {
+  py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle", "Completion of one enqueued operation")
+      .def_property_readonly("name", &Handle::name)
+      .def("done", &Handle::done)
+      .def("wait", &Handle::wait, py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
+           "Block until done or timeout seconds pass (<= 0: no limit). Returns False on timeout.")
+      .def_property_readonly("error", &Handle::error)
+      .def_property_readonly("timed_out", &Handle::timedOut)
+      .def("add_callback", &Handle::addCallback, py::arg("fn"),
+           "Call fn() on the engine thread when done (at once if already done)")
+      .def_property_readonly("output_shape", [](const Handle& h) { return h.outputShape; })
+      .def_property_readonly("value", [](const Handle& h) { return h.value; })
+      .def("take_output", [](Handle& h) {
+        // Hand the bytes to numpy without a copy: a capsule owns the moved vector.
+        auto* owned = new std::vector<char>(std::move(h.output));
+        py::capsule free(owned, [](void* p) { delete static_cast<std::vector<char>*>(p); });
+        return py::array_t<uint8_t>({static_cast<py::ssize_t>(owned->size())}, {1},
+                                    reinterpret_cast<uint8_t*>(owned->data()), free);
+      });
+
+  py::class_<Engine>(m, "Engine", "Background communication engine over an mpi4py communicator")
+      .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
+                       double stallWarning, size_t segmentBytes) {
+             EngineConfig c;
+             c.fusionBytes = fusionBytes;
+             c.eagerBytes = eagerBytes;
+             c.cycleSeconds = cycleMs / 1000.0;
+             c.timeoutSeconds = timeout;
+             c.stallWarningSeconds = stallWarning;
+             if (segmentBytes) c.segmentBytes = segmentBytes;
+             NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
+                           " must stay below ", c.negotiationBytes - 4096);
+             return std::make_unique<Engine>(communicatorFromMpi4py(comm), c);
+           }),
+           py::arg("mpi_comm"), py::arg("fusion_bytes"), py::arg("eager_bytes"), py::arg("cycle_ms"),
+           py::arg("timeout"), py::arg("stall_warning"), py::arg("segment_bytes"))
+      .def_property_readonly("rank", &Engine::rank)
+      .def_property_readonly("size", &Engine::size)
+      .def_property_readonly("running", &Engine::running)
+      .def_property_readonly("fatal_error", &Engine::fatalError)
+      .def(
+          "enqueue_allreduce",
+          [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
+             std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale) {
+            Entry e;
+            e.meta = makeMeta(name, OpType::kAllreduce, dtype, std::move(shape));
+            e.meta.op = reduceOpFromName(op);
+            e.meta.codec = static_cast<uint8_t>(codec);
+            BufferView in = viewBuffer(input, dtype, false, name), out = viewBuffer(output, dtype, true, name);
+            checkSize(e.meta, in);
+            checkSize(e.meta, out);
+            e.input = in.ptr;
+            e.output = out.ptr;
+            e.prescale = prescale;
+            e.postscale = postscale;
+            return submit(engine, std::move(e));
+          },
+          py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
+          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0)
+      .def(
+          "enqueue_allgather",
+          [](Engine& engine, const std::string& name, py::buffer input, const std::string& dtype,
+             std::vector<int64_t> shape) {
+            NRT_CHECK_ARG(!shape.empty(), "neptune_rt: allgather of '", name, "' needs at least one dimension");
+            Entry e;
+            e.meta = makeMeta(name, OpType::kAllgather, dtype, std::move(shape));
+            BufferView in = viewBuffer(input, dtype, false, name);
+            checkSize(e.meta, in);
+            e.input = in.ptr;
+            return submit(engine, std::move(e));
+          },
+          py::arg("name"), py::arg("input"), py::arg("dtype"), py::arg("shape"))
+      .def(
+          "enqueue_broadcast",
+          [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
+             std::vector<int64_t> shape, int root) {
+            NRT_CHECK_ARG(root >= 0 && root < engine.size(), "neptune_rt: broadcast of '", name, "': root ", root,
+                          " is not a rank of this ", engine.size(), "-rank job");
+            Entry e;
+            e.meta = makeMeta(name, OpType::kBroadcast, dtype, std::move(shape));
+            e.meta.root = root;
+            BufferView in = viewBuffer(input, dtype, false, name), out = viewBuffer(output, dtype, true, name);
+            checkSize(e.meta, in);
+            checkSize(e.meta, out);
+            e.input = in.ptr;
+            e.output = out.ptr;
+            return submit(engine, std::move(e));
+          },
+          py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("root"))
+      .def(
+          "enqueue_barrier",
+          [](Engine& engine, const std::string& name) {
+            Entry e;
+            e.meta = makeMeta(name, OpType::kBarrier, "uint8", {0});
+            return submit(engine, std::move(e));
+          },
+          py::arg("name"))
+      .def(
+          "enqueue_join",
+          [](Engine& engine, const std::string& name) {
+            Entry e;
+            e.meta = makeMeta(name, OpType::kJoin, "uint8", {0});
+            return submit(engine, std::move(e));
+          },
+          py::arg("name"))
+      .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>(),
+           "Collective: every rank calls it; completes negotiated work, then stops the thread");
+}
+
+}  // namespace nrt

@@ -1,6 +1,6 @@
 """MPI worker for tests/test_compressed_allreduce.py: runs compressed all-reduce cases on every rank and checks
 them (error vs the exact fp64 sum within the codec's bound, bitwise equal results on all ranks, exact wire
-bytes, error-feedback bookkeeping). Prints "PASS <n> cases" on rank 0; any failure aborts all ranks.
+bytes, error-feedback bookkeeping). Every rank prints "OK rank <r>: <n> cases"; any failure aborts all ranks.
 """
 
 from __future__ import annotations
@@ -198,8 +198,7 @@ def main() -> None:
         sys.stdout.flush()
         COMM.Abort(3)
     COMM.Barrier()
-    if COMM.rank == 0:
-        print(f"PASS {cases} cases")
+    print(f"OK rank {COMM.rank}: {cases} cases")
 
 
 if __name__ == "__main__":

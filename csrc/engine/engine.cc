@@ -1,0 +1,423 @@
+// The background engine loop and the execution of negotiated operations (see engine.h).
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <iostream>
+#include <unordered_set>
+
+#include "collectives/allreduce.h"
+#include "collectives/exchange.h"
+#include "collectives/reduce.h"
+#include "common/error.h"
+#include "engine/fusion.h"
+
+namespace nrt {
+
+namespace {
+const char* const kShutdownName = "__neptune_rt_shutdown__";
+
+std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
+  std::string s;
+  for (size_t i = 0; i < entries.size() && i < limit; ++i) s += (i ? ", '" : "'") + entries[i].meta.name + "'";
+  if (entries.size() > limit) s += concat(", ... (", entries.size(), " in all)");
+  return s.empty() ? "nothing" : s;
+}
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Communicator> comm, EngineConfig config)
+    : comm_(std::move(comm)), config_(config), rank_(comm_->rank()), size_(comm_->size()) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopRequested_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::shared_ptr<Handle> Engine::enqueue(Entry e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
+  if (inFlight_.count(e.meta.name))
+    throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", e.meta.name,
+                                       "' is already in flight; synchronize it before submitting the name again, "
+                                       "or give this one another name"));
+  e.handle = std::make_shared<Handle>(e.meta.name);
+  e.seq = nextSeq_++;
+  inFlight_[e.meta.name] = e.handle;
+  auto handle = e.handle;
+  incoming_.push_back(std::move(e));
+  cv_.notify_one();
+  return handle;
+}
+
+void Engine::shutdown() {
+  if (running_.load()) {
+    try {
+      Entry e;
+      e.meta.name = kShutdownName;
+      e.meta.type = OpType::kShutdown;
+      auto h = enqueue(std::move(e));
+      h->wait(0);  // bounded: the engine's own negotiation timeout fails it if a peer never shuts down
+    } catch (const std::runtime_error&) {
+      // Stopped meanwhile (fatal error): fall through to joining the thread.
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopRequested_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string Engine::fatalError() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return fatal_;
+}
+
+CollectiveOptions Engine::collectiveOptions(const std::string& name) const {
+  CollectiveOptions o;
+  o.name = name;
+  o.segmentBytes = config_.segmentBytes;
+  o.timeoutSeconds = config_.timeoutSeconds;
+  return o;
+}
+
+void Engine::loop() {
+  try {
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
+        if (pending_.empty()) cv_.wait(lock, [&] { return !incoming_.empty() || stopRequested_; });
+        if (stopRequested_) break;
+        while (!incoming_.empty()) {
+          pending_.push_back(std::move(incoming_.front()));
+          incoming_.pop_front();
+        }
+      }
+      const bool progress = cycle();
+      if (shutdownDone_) break;
+      if (!progress) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
+                     [&] { return !incoming_.empty() || stopRequested_; });
+        if (stopRequested_) break;
+      }
+    }
+    failEverything(shutdownDone_ ? "neptune_rt has been shut down" : "neptune_rt: the engine was stopped", false);
+  } catch (const TimeoutError& e) {
+    failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), true);
+  } catch (const std::exception& e) {
+    failEverything(concat("neptune_rt: rank ", rank_, ": communication failed: ", e.what(),
+                          "\n  pending on rank ", rank_, ": ", namesOf(pending_)),
+                   false);
+  }
+}
+
+std::vector<char> Engine::buildMessage() {
+  const bool joined = std::any_of(pending_.begin(), pending_.end(),
+                                  [](const Entry& e) { return e.meta.type == OpType::kJoin; });
+  MessageWriter w(joined, toAbandon_);
+  toAbandon_.clear();
+  std::vector<char> scaled;
+  for (const Entry& e : pending_) {
+    if (e.meta.type == OpType::kJoin) continue;
+    const size_t bytes = e.meta.bytes();
+    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.codec == 0 && bytes > 0 &&
+                       bytes <= config_.eagerBytes;
+    const void* data = e.input;
+    if (eager && e.prescale != 1.0) {
+      scaled.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
+      scaleInPlace(scaled.data(), e.meta.numel(), e.meta.dtype, e.prescale);
+      data = scaled.data();
+    }
+    if (eager && w.add(e.meta, data, bytes, config_.negotiationBytes)) continue;
+    if (!w.add(e.meta, nullptr, 0, config_.negotiationBytes)) break;  // the rest goes next cycle
+  }
+  return w.bytes();
+}
+
+bool Engine::cycle() {
+  ExchangeOptions o;
+  static_cast<CollectiveOptions&>(o) = collectiveOptions("negotiation");
+  o.capacity = config_.negotiationBytes;
+  o.slowSeconds = config_.stallWarningSeconds;
+  o.onSlow = [this] {
+    std::cerr << "neptune_rt: warning: rank " << rank_ << " has waited " << config_.stallWarningSeconds
+              << " s for its peers to negotiate; pending here: " << namesOf(pending_)
+              << " (a rank may be stuck, or not calling the same collectives)" << std::endl;
+  };
+  const std::vector<std::vector<char>> blocks = exchangeBlocks(*comm_, buildMessage(), o);
+  std::vector<RankMessage> msgs;
+  msgs.reserve(blocks.size());
+  for (size_t r = 0; r < blocks.size(); ++r)
+    msgs.push_back(parseRankMessage(blocks[r].data(), blocks[r].size(), static_cast<int>(r)));
+
+  MatchResult match = matchAnnouncements(msgs);
+  if (rank_ == 0) trackStalls(match);
+  const std::vector<std::string>& abandoned = msgs[0].abandoned;
+  if (!abandoned.empty()) {
+    failAbandoned(abandoned, match);
+    std::unordered_set<std::string> gone(abandoned.begin(), abandoned.end());
+    match.ready.erase(std::remove_if(match.ready.begin(), match.ready.end(),
+                                     [&](const ReadyTensor& t) { return gone.count(t.meta.name) > 0; }),
+                      match.ready.end());
+  }
+  const size_t before = pending_.size();
+  execute(match);
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const Entry& e) { return e.handle->done(); }),
+                 pending_.end());
+  return pending_.size() != before || !abandoned.empty();
+}
+
+Entry* Engine::findPending(const std::string& name) {
+  for (Entry& e : pending_)
+    if (e.meta.name == name && !e.handle->done()) return &e;
+  return nullptr;
+}
+
+void Engine::finish(Entry& e, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inFlight_.erase(e.meta.name);
+  }
+  e.handle->complete(error);
+}
+
+void Engine::execute(const MatchResult& match) {
+  participants_ = size_ - static_cast<int>(match.joined.size());
+  std::vector<const ReadyTensor*> allreduces;
+  bool shutdownReady = false;
+  for (const ReadyTensor& t : match.ready) {
+    Entry* local = findPending(t.meta.name);
+    if (!t.error.empty()) {
+      if (local) finish(*local, t.error);
+      continue;
+    }
+    switch (t.meta.type) {
+      case OpType::kAllreduce:
+        if (t.eager) {
+          executeEager(t, local);
+        } else {
+          allreduces.push_back(&t);
+        }
+        break;
+      case OpType::kShutdown:
+        shutdownReady = true;
+        break;
+      default:
+        break;
+    }
+  }
+  executeAllreduces(allreduces);
+  for (const ReadyTensor& t : match.ready) {
+    if (!t.error.empty()) continue;
+    Entry* local = findPending(t.meta.name);
+    if (t.meta.type == OpType::kAllgather) executeAllgather(t, local);
+    if (t.meta.type == OpType::kBroadcast) executeBroadcast(t, local);
+    if (t.meta.type == OpType::kBarrier && local) finish(*local);
+  }
+  if (match.allJoined) {
+    for (Entry& e : pending_)
+      if (e.meta.type == OpType::kJoin && !e.handle->done()) {
+        e.handle->value = match.joined.empty() ? rank_ : match.joined.back();
+        finish(e);
+      }
+  }
+  if (shutdownReady) {
+    for (Entry& e : pending_) {
+      if (e.handle->done() || e.meta.type == OpType::kShutdown) continue;
+      finish(e, concat("neptune_rt: shut down on rank ", rank_, " while '", e.meta.name,
+                       "' was pending (not every rank submitted it)"));
+    }
+    for (Entry& e : pending_)
+      if (e.meta.type == OpType::kShutdown) finish(e);
+    shutdownDone_ = true;
+  }
+}
+
+void Engine::executeAllreduces(const std::vector<const ReadyTensor*>& tensors) {
+  for (const auto& bucket : planBuckets(tensors, config_.fusionBytes)) executeBucket(bucket);
+}
+
+void Engine::executeEager(const ReadyTensor& t, Entry* local) {
+  if (!local) return;  // joined: contributes nothing and needs nothing
+  const size_t bytes = t.meta.bytes();
+  char* out = static_cast<char*>(local->output);
+  bool first = true;
+  for (const Announcement* a : t.perRank) {  // rank order: identical result on every rank
+    if (!a) continue;
+    if (first) {
+      std::memcpy(out, a->eager, bytes);
+      first = false;
+    } else {
+      reduceInto(out, a->eager, t.meta.numel(), t.meta.dtype, t.meta.op);
+    }
+  }
+  if (t.meta.op == ReduceOp::kAverage) finalizeAverage(out, t.meta.numel(), t.meta.dtype, participants_);
+  scaleInPlace(out, t.meta.numel(), t.meta.dtype, local->postscale);
+  finish(*local);
+}
+
+void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
+  const TensorMeta& head = bucket.front()->meta;
+  std::vector<Entry*> locals;
+  for (const ReadyTensor* t : bucket) locals.push_back(findPending(t->meta.name));
+  if (head.codec != 0) {
+    for (Entry* e : locals)
+      if (e) finish(*e, concat("neptune_rt: codec ", static_cast<int>(head.codec), " is not available in this build"));
+    return;
+  }
+  const size_t esize = dtypeSize(head.dtype);
+  size_t count = 0;
+  for (const ReadyTensor* t : bucket) count += t->meta.numel();
+
+  // A lone tensor is reduced in its own output buffer; several are packed into the fusion buffer.
+  char* buffer;
+  const bool direct = bucket.size() == 1 && locals[0] != nullptr;
+  if (direct) {
+    Entry& e = *locals[0];
+    if (e.output != e.input) std::memcpy(e.output, e.input, count * esize);
+    scaleInPlace(e.output, count, head.dtype, e.prescale);
+    buffer = static_cast<char*>(e.output);
+  } else {
+    fusion_.resize(count * esize);
+    buffer = fusion_.data();
+    size_t offset = 0;
+    for (size_t i = 0; i < bucket.size(); ++i) {
+      const size_t bytes = bucket[i]->meta.bytes();
+      if (locals[i]) {
+        std::memcpy(buffer + offset, locals[i]->input, bytes);
+        scaleInPlace(buffer + offset, bucket[i]->meta.numel(), head.dtype, locals[i]->prescale);
+      } else {
+        std::memset(buffer + offset, 0, bytes);  // joined rank: contributes zeros
+      }
+      offset += bytes;
+    }
+  }
+  AllreduceOptions o;
+  static_cast<CollectiveOptions&>(o) = collectiveOptions(bucket.size() == 1 ? head.name : "fused bucket of " + head.name);
+  o.buffer = buffer;
+  o.count = count;
+  o.dtype = head.dtype;
+  o.op = head.op;
+  o.averageDivisor = participants_;
+  allreduce(*comm_, o);
+
+  size_t offset = 0;
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    const size_t bytes = bucket[i]->meta.bytes();
+    if (Entry* e = locals[i]) {
+      if (!direct) std::memcpy(e->output, buffer + offset, bytes);
+      scaleInPlace(e->output, bucket[i]->meta.numel(), head.dtype, e->postscale);
+      finish(*e);
+    }
+    offset += bytes;
+  }
+}
+
+void Engine::executeAllgather(const ReadyTensor& t, Entry* local) {
+  const TensorMeta& m = t.meta;
+  size_t rowElems = 1;
+  for (size_t d = 1; d < m.shape.size(); ++d) rowElems *= static_cast<size_t>(m.shape[d]);
+  const size_t rowBytes = rowElems * dtypeSize(m.dtype);
+  AllgatherOptions o;
+  static_cast<CollectiveOptions&>(o) = collectiveOptions(m.name);
+  int64_t rows = 0;
+  for (const Announcement* a : t.perRank) {
+    const int64_t r = a ? a->meta.shape[0] : 0;
+    o.bytes.push_back(static_cast<size_t>(r) * rowBytes);
+    rows += r;
+  }
+  std::vector<char> discard;
+  std::vector<char>& out = local ? local->handle->output : discard;
+  out.resize(static_cast<size_t>(rows) * rowBytes);
+  size_t myOffset = 0;
+  for (int r = 0; r < rank_; ++r) myOffset += o.bytes[r];
+  if (local && o.bytes[rank_]) std::memcpy(out.data() + myOffset, local->input, o.bytes[rank_]);
+  o.buffer = out.data();
+  allgatherv(*comm_, o);
+  if (local) {
+    local->handle->outputShape = m.shape;
+    local->handle->outputShape[0] = rows;
+    finish(*local);
+  }
+}
+
+void Engine::executeBroadcast(const ReadyTensor& t, Entry* local) {
+  BroadcastOptions o;
+  static_cast<CollectiveOptions&>(o) = collectiveOptions(t.meta.name);
+  o.bytes = t.meta.bytes();
+  o.root = t.meta.root;
+  std::vector<char> discard;
+  if (local) {
+    if (local->output != local->input) std::memcpy(local->output, local->input, o.bytes);
+    o.buffer = local->output;
+  } else {
+    discard.resize(o.bytes);
+    o.buffer = discard.data();
+  }
+  broadcast(*comm_, o);
+  if (local) finish(*local);
+}
+
+void Engine::trackStalls(const MatchResult& match) {
+  const auto now = Clock::now();
+  std::unordered_set<std::string> partialNow;
+  for (const PartialTensor& p : match.partial) {
+    partialNow.insert(p.name);
+    auto it = stallSince_.emplace(p.name, now).first;
+    const double waited = std::chrono::duration<double>(now - it->second).count();
+    if (waited >= config_.stallWarningSeconds && !stallWarned_[p.name]) {
+      stallWarned_[p.name] = true;
+      std::cerr << "neptune_rt: warning: tensor '" << p.name << "' was submitted by ranks " << rankList(p.have)
+                << " but not by ranks " << rankList(p.missing) << " for " << static_cast<int>(waited) << " s"
+                << std::endl;
+    }
+    if (waited >= config_.timeoutSeconds) toAbandon_.push_back(p.name);
+  }
+  for (auto it = stallSince_.begin(); it != stallSince_.end();) {
+    if (partialNow.count(it->first) && std::find(toAbandon_.begin(), toAbandon_.end(), it->first) == toAbandon_.end()) {
+      ++it;
+    } else {
+      stallWarned_.erase(it->first);
+      it = stallSince_.erase(it);
+    }
+  }
+}
+
+void Engine::failAbandoned(const std::vector<std::string>& abandoned, const MatchResult& match) {
+  for (const std::string& name : abandoned) {
+    Entry* local = findPending(name);
+    if (!local) continue;
+    std::string who;
+    for (const PartialTensor& p : match.partial)
+      if (p.name == name) who = concat(": submitted by ranks ", rankList(p.have), " but never by ranks ", rankList(p.missing));
+    finish(*local, concat("neptune_rt: rank ", rank_, ": tensor '", name, "' timed out after ", config_.timeoutSeconds,
+                          " s", who, " (a rank skipped this collective or used another name)"));
+  }
+}
+
+void Engine::failEverything(const std::string& error, bool timedOut) {
+  std::vector<Entry> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running_ = false;
+    if (fatal_.empty()) fatal_ = error;
+    while (!incoming_.empty()) {
+      pending_.push_back(std::move(incoming_.front()));
+      incoming_.pop_front();
+    }
+    all.swap(pending_);
+    inFlight_.clear();
+  }
+  for (Entry& e : all) e.handle->complete(error, timedOut);
+}
+
+}  // namespace nrt

@@ -1,0 +1,110 @@
+// The background engine: one thread owns all communication. User threads enqueue named operations and get
+// Handles; each cycle the thread negotiates with its peers which tensors every rank has submitted (and
+// checks that their metadata agree), fuses small all-reduces into buckets, runs the collectives, and
+// completes the handles. Small all-reduces travel inside the negotiation message itself ("eager"), so
+// they cost one latency-bound exchange. Exercised by tests/test_engine.py under mpirun.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "collectives/options.h"
+#include "comm/communicator.h"
+#include "engine/handle.h"
+#include "engine/matching.h"
+#include "engine/tensor_meta.h"
+
+namespace nrt {
+
+struct EngineConfig {
+  size_t fusionBytes = 64 << 20;         // NEPTUNE_RT_FUSION_BYTES
+  size_t eagerBytes = 16 << 10;          // NEPTUNE_RT_EAGER_BYTES: all-reduces this small ride in negotiation
+  size_t negotiationBytes = 256 << 10;   // capacity of one rank's negotiation message
+  double cycleSeconds = 0.001;           // NEPTUNE_RT_CYCLE_TIME_MS: pause after a cycle that made no progress
+  double timeoutSeconds = kDefaultTimeoutSeconds;  // NEPTUNE_RT_TIMEOUT_SECONDS
+  double stallWarningSeconds = 60;       // NEPTUNE_RT_STALL_WARNING_SECONDS
+  size_t segmentBytes = kDefaultSegmentBytes;      // NEPTUNE_RT_SEGMENT_BYTES
+};
+
+struct Entry {
+  TensorMeta meta;
+  const void* input = nullptr;
+  void* output = nullptr;  // allreduce/broadcast write here (may equal input); allgather fills handle->output
+  double prescale = 1.0;
+  double postscale = 1.0;
+  std::shared_ptr<Handle> handle;
+  uint64_t seq = 0;
+};
+
+class Engine {
+ public:
+  Engine(std::unique_ptr<Communicator> comm, EngineConfig config);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const EngineConfig& config() const { return config_; }
+
+  // Throws std::invalid_argument when the name is already in flight on this rank, and runtime_error when
+  // the engine has stopped (with the reason).
+  std::shared_ptr<Handle> enqueue(Entry entry);
+  // Collective: every rank must call it. Completes pending work first; fails what can never complete.
+  void shutdown();
+  bool running() const { return running_.load(); }
+  std::string fatalError() const;
+
+ private:
+  void loop();
+  bool cycle();  // one negotiation + execution; returns true if anything completed
+  std::vector<char> buildMessage();
+  void execute(const MatchResult& match);
+  void executeAllreduces(const std::vector<const ReadyTensor*>& tensors);
+  void executeEager(const ReadyTensor& t, Entry* local);
+  void executeBucket(const std::vector<const ReadyTensor*>& bucket);
+  void executeAllgather(const ReadyTensor& t, Entry* local);
+  void executeBroadcast(const ReadyTensor& t, Entry* local);
+  void trackStalls(const MatchResult& match);
+  void failAbandoned(const std::vector<std::string>& abandoned, const MatchResult& match);
+  void finish(Entry& e, const std::string& error = std::string());
+  void failEverything(const std::string& error, bool timedOut);
+  Entry* findPending(const std::string& name);
+  CollectiveOptions collectiveOptions(const std::string& name) const;
+
+  std::unique_ptr<Communicator> comm_;
+  const EngineConfig config_;
+  const int rank_;
+  const int size_;
+
+  // Shared with user threads.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Entry> incoming_;
+  std::unordered_map<std::string, std::shared_ptr<Handle>> inFlight_;  // name -> handle (rejects duplicates)
+  uint64_t nextSeq_ = 0;
+  bool stopRequested_ = false;
+  std::string fatal_;
+  std::atomic<bool> running_{true};
+
+  // Engine thread only.
+  std::vector<Entry> pending_;  // in submission order
+  std::unordered_map<std::string, Clock::time_point> stallSince_;  // rank 0: partial tensors
+  std::unordered_map<std::string, bool> stallWarned_;
+  std::vector<std::string> toAbandon_;                              // rank 0: to announce next cycle
+  std::vector<char> fusion_;
+  std::vector<char> scratch_;
+  bool shutdownDone_ = false;
+  int participants_ = 1;  // ranks that have not joined, in the cycle being executed
+
+  std::thread thread_;
+};
+
+}  // namespace nrt

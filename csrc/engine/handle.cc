@@ -1,0 +1,65 @@
+// Handle completion and waiting (see handle.h).
+#include "engine/handle.h"
+
+#include <chrono>
+#include <iostream>
+
+namespace nrt {
+
+bool Handle::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+bool Handle::wait(double timeoutSeconds) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (timeoutSeconds <= 0) {
+    cv_.wait(lock, [&] { return done_; });
+    return true;
+  }
+  return cv_.wait_for(lock, std::chrono::duration<double>(timeoutSeconds), [&] { return done_; });
+}
+
+std::string Handle::error() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+bool Handle::timedOut() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return timedOut_;
+}
+
+void Handle::addCallback(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!done_) {
+      callbacks_.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
+
+void Handle::complete(const std::string& error, bool timedOut) {
+  std::vector<std::function<void()>> callbacks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return;
+    done_ = true;
+    error_ = error;
+    timedOut_ = timedOut;
+    callbacks.swap(callbacks_);
+  }
+  cv_.notify_all();
+  for (auto& fn : callbacks) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      // A user callback must not take the engine down; report it and go on.
+      std::cerr << "neptune_rt: completion callback of '" << name_ << "' raised: " << e.what() << std::endl;
+    }
+  }
+}
+
+}  // namespace nrt

@@ -1,0 +1,46 @@
+// A handle on one enqueued operation: completion flag, error, results (allgather output), callbacks.
+// Completed by the engine thread; waited on by user threads (with a timeout).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace nrt {
+
+class Handle {
+ public:
+  explicit Handle(std::string name) : name_(std::move(name)) {}
+
+  const std::string& name() const { return name_; }
+  bool done() const;
+  // Blocks until done or `timeoutSeconds` pass (<= 0: until done; the engine's own timeouts bound that).
+  // Returns false on timeout. Does not throw: check error() afterwards.
+  bool wait(double timeoutSeconds) const;
+  std::string error() const;
+  bool timedOut() const;
+  // Runs `fn` on the engine thread when the handle completes, or at once on this thread if it already has.
+  void addCallback(std::function<void()> fn);
+
+  // Results of an allgather (bytes and shape), and the value returned by join.
+  std::vector<char> output;
+  std::vector<int64_t> outputShape;
+  int64_t value = 0;
+
+  // Engine side.
+  void complete(const std::string& error = std::string(), bool timedOut = false);
+
+ private:
+  std::string name_;
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  bool done_ = false;
+  bool timedOut_ = false;
+  std::string error_;
+  std::vector<std::function<void()>> callbacks_;
+};
+
+}  // namespace nrt

@@ -1,0 +1,107 @@
+// Matching of announcements across ranks (see matching.h).
+#include "engine/matching.h"
+
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace nrt {
+
+std::string rankList(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  os << "]";
+  return os.str();
+}
+
+namespace {
+
+bool sameShapeFor(const TensorMeta& a, const TensorMeta& b) {
+  if (a.type != OpType::kAllgather) return a.shape == b.shape;
+  // Allgather concatenates along the first dimension: only the trailing dimensions must agree.
+  if (a.shape.size() != b.shape.size() || a.shape.empty()) return a.shape.size() == b.shape.size();
+  for (size_t d = 1; d < a.shape.size(); ++d)
+    if (a.shape[d] != b.shape[d]) return false;
+  return true;
+}
+
+bool sameMeta(const TensorMeta& a, const TensorMeta& b) {
+  return a.type == b.type && a.dtype == b.dtype && a.op == b.op && a.codec == b.codec && a.root == b.root &&
+         sameShapeFor(a, b);
+}
+
+std::string mismatchMessage(const ReadyTensor& t) {
+  std::ostringstream os;
+  os << "neptune_rt: tensor '" << t.meta.name << "' was submitted with different arguments on different ranks:";
+  for (size_t r = 0; r < t.perRank.size(); ++r)
+    if (t.perRank[r]) os << "\n  rank " << r << ": " << t.perRank[r]->meta.describe();
+  os << "\nEvery rank must submit a tensor of this name with the same operation, dtype, shape, op, codec and root.";
+  return os.str();
+}
+
+}  // namespace
+
+MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs) {
+  MatchResult result;
+  const int n = static_cast<int>(msgs.size());
+  std::vector<int> participants;
+  for (int r = 0; r < n; ++r) (msgs[r].joined ? result.joined : participants).push_back(r);
+  if (participants.empty()) {
+    result.allJoined = true;
+    return result;
+  }
+
+  std::vector<std::unordered_map<std::string, const Announcement*>> byName(n);
+  for (int r : participants)
+    for (const auto& a : msgs[r].entries) byName[r].emplace(a.meta.name, &a);
+
+  // Order: as the first participating rank announced (identical on every rank).
+  for (const auto& a : msgs[participants.front()].entries) {
+    ReadyTensor t;
+    t.meta = a.meta;
+    t.perRank.assign(n, nullptr);
+    std::vector<int> have, missing;
+    bool eager = true;
+    for (int r : participants) {
+      auto it = byName[r].find(a.meta.name);
+      if (it == byName[r].end()) {
+        missing.push_back(r);
+        continue;
+      }
+      have.push_back(r);
+      t.perRank[r] = it->second;
+      eager = eager && it->second->eager != nullptr;
+    }
+    if (!missing.empty()) {
+      result.partial.push_back({a.meta.name, have, missing});
+      continue;
+    }
+    t.eager = eager;
+    for (int r : participants)
+      if (!sameMeta(t.meta, t.perRank[r]->meta)) t.error = mismatchMessage(t);
+    if (t.error.empty() && !result.joined.empty()) {
+      if (t.meta.type == OpType::kAllreduce && (t.meta.op == ReduceOp::kMin || t.meta.op == ReduceOp::kMax))
+        t.error = "neptune_rt: tensor '" + t.meta.name + "': ranks " + rankList(result.joined) +
+                  " have joined and contribute nothing; only sum and average all-reduces can run during join";
+      if (t.meta.type == OpType::kBroadcast && msgs[t.meta.root].joined)
+        t.error = "neptune_rt: tensor '" + t.meta.name + "': broadcast root " + std::to_string(t.meta.root) +
+                  " has already joined";
+    }
+    result.ready.push_back(std::move(t));
+  }
+  // Names other participants announced that the first one did not: partial too (for stall reports).
+  std::unordered_set<std::string> seen;
+  for (const auto& a : msgs[participants.front()].entries) seen.insert(a.meta.name);
+  for (size_t i = 1; i < participants.size(); ++i) {
+    for (const auto& a : msgs[participants[i]].entries) {
+      if (!seen.insert(a.meta.name).second) continue;
+      PartialTensor p{a.meta.name, {}, {}};
+      for (int r : participants) (byName[r].count(a.meta.name) ? p.have : p.missing).push_back(r);
+      result.partial.push_back(std::move(p));
+    }
+  }
+  return result;
+}
+
+}  // namespace nrt

@@ -1,0 +1,38 @@
+// Negotiation outcome, computed identically on every rank from all ranks' messages (a pure function, so
+// no rank can decide differently): which tensors are ready everywhere, in which order, and which ones
+// disagree in metadata (an error on every rank before any data moves).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine/tensor_meta.h"
+
+namespace nrt {
+
+struct ReadyTensor {
+  TensorMeta meta;                              // from the first participating rank
+  std::vector<const Announcement*> perRank;     // nullptr for ranks that have joined
+  bool eager = false;                           // every participating rank inlined its data
+  std::string error;                            // non-empty: metadata mismatch, fail on every rank
+};
+
+struct PartialTensor {
+  std::string name;
+  std::vector<int> have;     // participating ranks that announced it
+  std::vector<int> missing;  // participating ranks that did not
+};
+
+struct MatchResult {
+  std::vector<ReadyTensor> ready;
+  std::vector<PartialTensor> partial;
+  std::vector<int> joined;  // ranks that have called join
+  bool allJoined = false;
+};
+
+MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs);
+
+// "[0, 2, 3]"
+std::string rankList(const std::vector<int>& ranks);
+
+}  // namespace nrt

@@ -1,0 +1,60 @@
+// What a rank announces about each tensor it wants to communicate, and the wire format of one rank's
+// negotiation message (a list of announcements, optionally with the data of small tensors inlined).
+// Parsing is bounds-checked: a corrupt message raises, never reads past the buffer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+
+namespace nrt {
+
+enum class OpType : uint8_t { kAllreduce = 0, kAllgather, kBroadcast, kBarrier, kJoin, kShutdown };
+const char* opTypeName(OpType t);
+
+struct TensorMeta {
+  std::string name;
+  OpType type = OpType::kAllreduce;
+  DataType dtype = DataType::kFloat32;
+  ReduceOp op = ReduceOp::kSum;
+  uint8_t codec = 0;  // 0 = dense; other ids are codecs (csrc/codecs)
+  int32_t root = 0;   // broadcast root
+  std::vector<int64_t> shape;
+
+  size_t numel() const;
+  size_t bytes() const { return numel() * dtypeSize(dtype); }
+  std::string describe() const;  // e.g. "allreduce float32[3, 4] op=sum codec=0"
+};
+
+// One announcement as received: metadata plus, for an eager allreduce, a view of its data.
+struct Announcement {
+  TensorMeta meta;
+  const char* eager = nullptr;  // points into the received message; valid while it lives
+  size_t eagerBytes = 0;
+};
+
+struct RankMessage {
+  bool joined = false;
+  std::vector<std::string> abandoned;  // rank 0 only: names whose stall timed out; all ranks fail them
+  std::vector<Announcement> entries;
+};
+
+class MessageWriter {
+ public:
+  explicit MessageWriter(bool joined, const std::vector<std::string>& abandoned);
+  // Appends an announcement if it fits in `capacity` bytes; returns false (and writes nothing) otherwise.
+  bool add(const TensorMeta& meta, const void* eager, size_t eagerBytes, size_t capacity);
+  const std::vector<char>& bytes() const { return buf_; }
+  size_t size() const { return buf_.size(); }
+
+ private:
+  std::vector<char> buf_;
+  uint32_t count_ = 0;
+  size_t countPos_ = 0;
+};
+
+RankMessage parseRankMessage(const char* data, size_t len, int fromRank);
+
+}  // namespace nrt

@@ -1,0 +1,52 @@
+"""Every NEPTUNE_RT_* environment knob, declared once with its default and meaning.
+
+Read through `get(name)`; `neptune-rt info` lists them all with their current values.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    default: str
+    meaning: str
+    parse: Callable[[str], object]
+
+
+def _bytes(text: str) -> int:
+    """'64M', '512k', '1048576' -> bytes."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1] in scale:
+        return int(float(text[:-1]) * scale[text[-1]])
+    return int(text)
+
+
+KNOBS: dict[str, Knob] = {k.name: k for k in [
+    Knob("NEPTUNE_RT_FUSION_BYTES", "64M", "small all-reduces are fused into buckets up to this size", _bytes),
+    Knob("NEPTUNE_RT_EAGER_BYTES", "16K",
+         "all-reduces up to this size travel inside the negotiation message (one round trip)", _bytes),
+    Knob("NEPTUNE_RT_CYCLE_TIME_MS", "1.0",
+         "pause between negotiation rounds that made no progress (ms)", float),
+    Knob("NEPTUNE_RT_TIMEOUT_SECONDS", "300",
+         "a collective or negotiation that waits longer fails on every rank (s)", float),
+    Knob("NEPTUNE_RT_STALL_WARNING_SECONDS", "60",
+         "warn (naming the missing ranks and tensors) after waiting this long (s)", float),
+    Knob("NEPTUNE_RT_SEGMENT_BYTES", "0", "ring segment size; 0 = built-in default", _bytes),
+    Knob("NEPTUNE_RT_MPI", "wheel",
+         "build time (Makefile): 'wheel' uses the Open MPI + mpi4py wheels, 'system' the mpicc on PATH", str),
+]}
+
+
+def get(name: str):
+    """The parsed value of knob `name` (environment, else default); a bad value raises ValueError."""
+    knob = KNOBS[name]
+    raw = os.environ.get(name, knob.default)
+    try:
+        return knob.parse(raw)
+    except ValueError as err:
+        raise ValueError(f"{name}={raw!r} is not valid ({knob.meaning}; default {knob.default})") from err

@@ -1,0 +1,326 @@
+"""The Python face of the C++ background engine: init/shutdown, rank queries, and the collective operations
+on numpy arrays, torch tensors, cupy arrays or any contiguous buffer. Launch with mpirun; exercised by
+tests/test_engine.py.
+
+Every operation has a name. Ranks must submit the same names (with the same shape, dtype and op); they may
+do so in any order and from any thread. Unnamed operations get `<op>.<n>` names, which match across ranks
+as long as every rank issues its unnamed operations in the same order.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import sys
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from neptune_rt import _env
+from neptune_rt.buffers import HostView, empty_like, from_bytes, host_view
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "comm",
+    "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
+    "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "barrier", "join",
+    "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id",
+]
+
+OPS = ("sum", "average", "min", "max")
+# Codec names and their wire ids; the dense path is "none". Compressed codecs live in neptune_rt.codecs.
+CODECS = ("none",)
+
+_state_lock = threading.Lock()
+_engine = None
+_comm = None
+_local_rank = 0
+_local_size = 1
+_counters: dict[str, itertools.count] = {}
+_inflight: dict[int, "Handle"] = {}
+_failed_exit = False
+
+
+def codec_id(codec: str) -> int:
+    """Wire id of a codec name; ValueError naming the choices."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
+    return CODECS.index(codec)
+
+
+def init(comm: Any = None) -> None:
+    """Starts the engine over `comm` (an mpi4py communicator; default COMM_WORLD). Idempotent."""
+    global _engine, _comm, _local_rank, _local_size
+    with _state_lock:
+        if _engine is not None and _engine.running:
+            if comm is not None and comm is not _comm:
+                raise RuntimeError("neptune_rt is already initialized on another communicator; "
+                                   "call shutdown() first")
+            return
+        from mpi4py import MPI
+        from neptune_rt import _C
+        level = MPI.Query_thread()
+        if level < MPI.THREAD_MULTIPLE:
+            raise RuntimeError(
+                f"neptune_rt needs MPI_THREAD_MULTIPLE (its engine thread communicates while Python runs), "
+                f"but MPI was initialized with thread level {level}. Do not lower mpi4py.rc.thread_level, "
+                f"and use an MPI library built with thread support.")
+        comm = MPI.COMM_WORLD if comm is None else comm
+        _engine = _C.Engine(
+            comm,
+            fusion_bytes=_env.get("NEPTUNE_RT_FUSION_BYTES"),
+            eager_bytes=_env.get("NEPTUNE_RT_EAGER_BYTES"),
+            cycle_ms=_env.get("NEPTUNE_RT_CYCLE_TIME_MS"),
+            timeout=_env.get("NEPTUNE_RT_TIMEOUT_SECONDS"),
+            stall_warning=_env.get("NEPTUNE_RT_STALL_WARNING_SECONDS"),
+            segment_bytes=_env.get("NEPTUNE_RT_SEGMENT_BYTES"),
+        )
+        _comm = comm
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+        _local_rank, _local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+        _counters.clear()
+        _install_exit_handlers()
+
+
+def shutdown() -> None:
+    """Collective: every rank calls it. Finishes negotiated work and stops the engine thread."""
+    global _engine
+    with _state_lock:
+        engine, _engine = _engine, None
+    if engine is not None:
+        engine.shutdown()
+    _inflight.clear()
+
+
+def is_initialized() -> bool:
+    return _engine is not None and _engine.running
+
+
+def _require() -> Any:
+    engine = _engine
+    if engine is None:
+        raise RuntimeError("neptune_rt is not initialized: call neptune_rt.init() first")
+    if not engine.running:
+        raise RuntimeError(engine.fatal_error or "neptune_rt engine has stopped")
+    return engine
+
+
+def rank() -> int:
+    return _require().rank
+
+
+def size() -> int:
+    return _require().size
+
+
+def local_rank() -> int:
+    _require()
+    return _local_rank
+
+
+def local_size() -> int:
+    _require()
+    return _local_size
+
+
+def comm() -> Any:
+    """The mpi4py communicator the engine runs over."""
+    _require()
+    return _comm
+
+
+class Handle:
+    """An operation in flight. `wait()` returns its result; `done()` polls; callbacks run on completion."""
+
+    def __init__(self, native: Any, keep: tuple, finalize: Callable[[], Any]):
+        self._native = native
+        self._keep = keep  # buffers the engine reads/writes: alive until completion
+        self._finalize = finalize
+        self._result: Any = None
+        self._finalized = False
+
+    @property
+    def name(self) -> str:
+        return self._native.name
+
+    def done(self) -> bool:
+        return self._native.done()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Result of the operation; TimeoutError if not done after `timeout` s, RuntimeError if it failed."""
+        if not self._native.wait(0.0 if timeout is None else max(timeout, 1e-6)):
+            where = f"rank {_engine.rank}: " if _engine is not None else ""
+            raise TimeoutError(f"neptune_rt: {where}'{self.name}' not complete after {timeout} s")
+        _inflight.pop(id(self), None)
+        error = self._native.error
+        if error:
+            raise (TimeoutError if self._native.timed_out else RuntimeError)(error)
+        if not self._finalized:
+            self._result = self._finalize()
+            self._finalized = True
+            self._keep = ()
+        return self._result
+
+    def add_done_callback(self, fn: Callable[["Handle"], None]) -> None:
+        """Calls fn(handle) when done, on the engine thread (keep it short: it holds up communication)."""
+        self._native.add_callback(lambda: fn(self))
+
+
+def _track(handle: Handle) -> Handle:
+    # Handles the caller drops must still keep their buffers alive: hold them until they are done.
+    if len(_inflight) > 64:
+        for key in [k for k, h in _inflight.items() if h.done()]:
+            del _inflight[key]
+    _inflight[id(handle)] = handle
+    return handle
+
+
+def _auto_name(kind: str, name: str | None) -> str:
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tensor name must be a non-empty string, got {name!r}")
+        return name
+    return f"{kind}.{next(_counters.setdefault(kind, itertools.count()))}"
+
+
+def _check_op(op: str, name: str) -> str:
+    if op not in OPS:
+        raise ValueError(f"tensor '{name}': unknown op {op!r} (use one of {', '.join(OPS)})")
+    return op
+
+
+def _written(out: Any, view: HostView) -> Callable[[], Any]:
+    def finalize() -> Any:
+        if view.write_back is not None:
+            view.write_back(view.array)
+        return out
+    return finalize
+
+
+def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+                     prescale: float = 1.0, postscale: float = 1.0) -> Handle:
+    """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
+    engine = _require()
+    name = _auto_name("allreduce", name)
+    _check_op(op, name)
+    view = host_view(tensor, name, writable=True)
+    native = engine.enqueue_allreduce(name, view.array, view.array, view.dtype, list(view.shape), op,
+                                      codec_id(codec), prescale, postscale)
+    return _track(Handle(native, (tensor, view), _written(tensor, view)))
+
+
+def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+                    prescale: float = 1.0, postscale: float = 1.0) -> Handle:
+    """All-reduce into a new object of the input's type; `tensor` is left unchanged."""
+    engine = _require()
+    name = _auto_name("allreduce", name)
+    _check_op(op, name)
+    view = host_view(tensor, name, writable=False)
+    out = empty_like(tensor)
+    out_view = host_view(out, name, writable=True)
+    native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
+                                      codec_id(codec), prescale, postscale)
+    return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
+
+
+def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+              prescale: float = 1.0, postscale: float = 1.0) -> Any:
+    return allreduce_async(tensor, name, op, codec, prescale, postscale).wait()
+
+
+def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+               prescale: float = 1.0, postscale: float = 1.0) -> Any:
+    return allreduce_async_(tensor, name, op, codec, prescale, postscale).wait()
+
+
+def allgather_async(tensor: Any, name: str | None = None) -> Handle:
+    """Concatenation of every rank's `tensor` along dimension 0 (first dimensions may differ)."""
+    engine = _require()
+    name = _auto_name("allgather", name)
+    if len(getattr(tensor, "shape", ())) == 0:
+        raise ValueError(f"tensor '{name}': allgather needs at least one dimension (reshape scalars to [1])")
+    view = host_view(tensor, name, writable=False)
+    native = engine.enqueue_allgather(name, view.array, view.dtype, list(view.shape))
+
+    def finalize() -> Any:
+        return from_bytes(tensor, native.take_output(), tuple(native.output_shape))
+    return _track(Handle(native, (tensor, view), finalize))
+
+
+def allgather(tensor: Any, name: str | None = None) -> Any:
+    return allgather_async(tensor, name).wait()
+
+
+def broadcast_async_(tensor: Any, root: int = 0, name: str | None = None) -> Handle:
+    engine = _require()
+    name = _auto_name("broadcast", name)
+    view = host_view(tensor, name, writable=True)
+    native = engine.enqueue_broadcast(name, view.array, view.array, view.dtype, list(view.shape), root)
+    return _track(Handle(native, (tensor, view), _written(tensor, view)))
+
+
+def broadcast_async(tensor: Any, root: int = 0, name: str | None = None) -> Handle:
+    engine = _require()
+    name = _auto_name("broadcast", name)
+    view = host_view(tensor, name, writable=False)
+    out = empty_like(tensor)
+    out_view = host_view(out, name, writable=True)
+    native = engine.enqueue_broadcast(name, view.array, out_view.array, view.dtype, list(view.shape), root)
+    return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
+
+
+def broadcast(tensor: Any, root: int = 0, name: str | None = None) -> Any:
+    return broadcast_async(tensor, root, name).wait()
+
+
+def broadcast_(tensor: Any, root: int = 0, name: str | None = None) -> Any:
+    return broadcast_async_(tensor, root, name).wait()
+
+
+def barrier(name: str | None = None, timeout: float | None = None) -> None:
+    """Returns once every rank has reached a barrier of the same name."""
+    engine = _require()
+    Handle(engine.enqueue_barrier(_auto_name("barrier", name)), (), lambda: None).wait(timeout)
+
+
+def join(name: str = "join") -> int:
+    """Blocks until every rank has called join; meanwhile this rank takes part in the others' all-reduces
+    (sum/average) with zeros and in their allgathers with no rows. Returns the last rank to join."""
+    native = _require().enqueue_join(name)
+    Handle(native, (), lambda: None).wait()
+    return int(native.value)
+
+
+def synchronize(handle: Handle, timeout: float | None = None) -> Any:
+    """Waits for `handle` and returns its result (Horovod's name for Handle.wait)."""
+    return handle.wait(timeout)
+
+
+def poll(handle: Handle) -> bool:
+    return handle.done()
+
+
+def _install_exit_handlers() -> None:
+    """At exit: shut down collectively after a clean run; after an uncaught exception or a fatal
+    communication error, abort the MPI job so that no peer hangs waiting for this rank."""
+    if getattr(_install_exit_handlers, "done", False):
+        return
+    _install_exit_handlers.done = True
+    previous_hook = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        global _failed_exit
+        _failed_exit = True
+        previous_hook(kind, value, tb)
+    sys.excepthook = excepthook
+
+    def at_exit() -> None:
+        engine = _engine
+        if engine is None:
+            return
+        from neptune_rt import _C
+        if _failed_exit or not engine.running:
+            sys.stderr.flush()
+            _C.abort_mpi(1)
+        shutdown()
+    atexit.register(at_exit)
