@@ -2,8 +2,8 @@
 // vectorizes them; target_clones adds an AVX2 copy picked at load time. Checked with g++ 12 -O3
 // -fopt-info-vec-optimized (both clones): vectorized are accumulate, absMaxBits, absSumLanes, quantNearest
 // (quantize and residual loops), nibble (un)packing, the int8/int4 decode, the onebit residual and the bf16
-// casts. Scalar: the stochastic quantize loop (64-bit hash multiplies); onebit bit (un)packing and the fp16
-// casts (half.h branches) use the AVX2/F16C intrinsics of simd_x86.cc when the CPU has them.
+// casts, and the stochastic draws + quantize loops (the AVX2 clone emulates the hash's 64-bit multiplies).
+// Onebit bit (un)packing and the fp16 casts (half.h branches) use the AVX2/F16C intrinsics of simd_x86.cc.
 //
 // Arithmetic is fixed so numpy and CUDA reproduce it bit for bit: fp32 throughout, one rounding per
 // operation (no FMA: neither clone enables -mfma, and the CUDA side uses __fmul_rn/__fadd_rn), absmax as
@@ -79,16 +79,32 @@ NRT_MULTIVERSION void quantNearest(const float* x, int8_t* __restrict q, float* 
     for (size_t i = 0; i < n; ++i) r[i] = x[i] - static_cast<float>(q[i]) * scale;
 }
 
+// u[i] = uniform01(key, base + i). A loop of its own so it vectorizes (AVX2 emulates the 64-bit multiplies);
+// inlined into each clone of its caller.
+inline void uniforms(uint64_t key, uint64_t base, float* __restrict u, size_t n) {
+  for (size_t i = 0; i < n; ++i) u[i] = cf::uniform01(key, base + i);
+}
+
 // q = min(floor(clamp(x * inv) + u), lv) with u = uniform01(key, base + i): unbiased, E[q] = x * inv.
+// floor(t) is computed as trunc(t) - (trunc(t) > t), exact for |t| < 2^31 and vectorizable without SSE4.1.
 NRT_MULTIVERSION void quantStochastic(const float* x, int8_t* __restrict q, float* r,
                                       size_t n, float inv, float scale, float lv, uint64_t key, uint64_t base) {
-  for (size_t i = 0; i < n; ++i) {
-    float v = x[i] * inv;
-    v = v > -lv ? v : -lv;
-    v = v < lv ? v : lv;
-    float f = std::floor(v + cf::uniform01(key, base + i));
-    f = f < lv ? f : lv;
-    q[i] = static_cast<int8_t>(static_cast<int32_t>(f));
+  constexpr size_t kPiece = 256;
+  float u[kPiece];
+  const int32_t top = static_cast<int32_t>(lv);
+  for (size_t off = 0; off < n; off += kPiece) {
+    const size_t len = n - off < kPiece ? n - off : kPiece;
+    uniforms(key, base + off, u, len);
+    for (size_t i = 0; i < len; ++i) {
+      float v = x[off + i] * inv;
+      v = v > -lv ? v : -lv;
+      v = v < lv ? v : lv;
+      const float t = v + u[i];
+      int32_t f = static_cast<int32_t>(t);
+      f -= static_cast<float>(f) > t ? 1 : 0;
+      f = f < top ? f : top;
+      q[off + i] = static_cast<int8_t>(f);
+    }
   }
   if (r != nullptr)
     for (size_t i = 0; i < n; ++i) r[i] = x[i] - static_cast<float>(q[i]) * scale;
