@@ -37,3 +37,11 @@ def test_bad_arguments_rejected() -> None:
     proc = run_mpi(WORKER, 2, "--mode", "args", timeout=120)
     _passed(proc, 2, at_least=8)
     assert "invalid block size 100" in proc.stdout
+
+
+@pytest.mark.parametrize("algo", ["two_phase", "ring"])
+def test_codec_mismatch_fails_every_rank_without_hanging(algo: str) -> None:
+    """One rank with another codec: every rank raises (size check, truncation or the 5 s deadline)."""
+    proc = run_mpi(WORKER, 3, "--algo", algo, "--mode", "mismatch", timeout=120)
+    _passed(proc, 3, at_least=1)
+    assert proc.stdout.count("failed as it should") == 3, proc.stdout
