@@ -2,7 +2,7 @@
 // vectorizes them; target_clones adds an AVX2 copy picked at load time. Checked with g++ 12 -O3
 // -fopt-info-vec-optimized (both clones): vectorized are accumulate, absMaxBits, absSumLanes, quantNearest
 // (quantize and residual loops), nibble (un)packing, the int8/int4 decode, the onebit residual and the bf16
-// casts, and the stochastic draws + quantize loops (the AVX2 clone emulates the hash's 64-bit multiplies).
+// casts, and the stochastic draws + quantize loops.
 // Onebit bit (un)packing and the fp16 casts (half.h branches) use the AVX2/F16C intrinsics of simd_x86.cc.
 //
 // Arithmetic is fixed so numpy and CUDA reproduce it bit for bit: fp32 throughout, one rounding per
@@ -79,8 +79,7 @@ NRT_MULTIVERSION void quantNearest(const float* x, int8_t* __restrict q, float* 
     for (size_t i = 0; i < n; ++i) r[i] = x[i] - static_cast<float>(q[i]) * scale;
 }
 
-// u[i] = uniform01(key, base + i). A loop of its own so it vectorizes (AVX2 emulates the 64-bit multiplies);
-// inlined into each clone of its caller.
+// u[i] = uniform01(key, base + i). A loop of its own so it vectorizes; inlined into each clone of its caller.
 inline void uniforms(uint64_t key, uint64_t base, float* __restrict u, size_t n) {
   for (size_t i = 0; i < n; ++i) u[i] = cf::uniform01(key, base + i);
 }
