@@ -86,7 +86,9 @@ __attribute__((target("avx2"))) void unpackSignsAvx2(const uint8_t* bits, float*
 
 // Never called: haveAvx2F16c() is false here, and callers check it first.
 bool haveAvx2F16c() { return false && gEnabled.load(); }
-[[noreturn]] static void unavailable() { throw std::logic_error("neptune_rt: x86 SIMD codec path called on another CPU"); }
+[[noreturn]] static void unavailable() {
+  throw std::logic_error("neptune_rt: x86 SIMD codec path called on another CPU");
+}
 void floatToHalfF16c(const float*, uint16_t*, float*, size_t) { unavailable(); }
 void halfToFloatF16c(const uint16_t*, float*, size_t, bool) { unavailable(); }
 void packSignsAvx2(const float*, uint8_t*, size_t) { unavailable(); }
