@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def mpirun_path() -> str:
+@dataclass
+class MpiResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def mpirun_path() -> str | None:
     venv_mpirun = Path(sys.executable).parent / "mpirun"
-    found = str(venv_mpirun) if venv_mpirun.exists() else shutil.which("mpirun")
-    if not found:
-        raise RuntimeError("mpirun not found: run `make test` (it installs Open MPI into .venv)")
-    return found
+    return str(venv_mpirun) if venv_mpirun.exists() else shutil.which("mpirun")
 
 
 def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -28,30 +38,40 @@ def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env.setdefault("OMP_NUM_THREADS", "1")
+    # Ranks outnumber the 2 cores here: yield instead of busy-polling, or waiting ranks starve the others.
+    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     env.update(extra or {})
     return env
 
 
 def run_mpi(script: str | Path, np: int, *args: str, timeout: float = 180,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Runs `python script args` on `np` ranks; a hang fails the test after `timeout` seconds."""
+            env: dict[str, str] | None = None) -> MpiResult:
+    """Runs `python script args` on `np` ranks; a hang fails the test after `timeout` seconds, and the
+    whole process group is killed so that no rank outlives the test."""
+    mpirun = mpirun_path()
+    if mpirun is None:
+        raise RuntimeError("mpirun not found: run `make test` (it installs Open MPI into .venv)")
     path = Path(script)
     if not path.is_absolute():
         path = WORKERS / path
-    cmd = [mpirun_path(), "-np", str(np), "--oversubscribe", "--bind-to", "none",
-           sys.executable, str(path), *args]
+    cmd = [mpirun, "-np", str(np), "--oversubscribe", "--bind-to", "none", sys.executable, str(path),
+           *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mpi_env(env), stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env(env),
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"mpirun -np {np} {path.name} {' '.join(args)} hung for {timeout} s:\n"
-                             f"{(err.stdout or b'')[-3000:]!r}\n{(err.stderr or b'')[-3000:]!r}") from None
-    if "not enough slots" in proc.stdout + proc.stderr:
-        raise AssertionError(f"mpirun refused to start {np} ranks:\n{proc.stderr}")
-    return proc
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"mpirun -np {np} {path.name} {' '.join(map(str, args))} hung for {timeout} s:\n"
+                             f"{out[-3000:]}\n{err[-3000:]}") from None
+    result = MpiResult(proc.returncode, out, err)
+    if "not enough slots" in result.output:
+        raise AssertionError(f"mpirun refused to start {np} ranks:\n{err}")
+    return result
 
 
-def assert_ok(proc: subprocess.CompletedProcess, np: int, marker: str = "OK") -> None:
+def assert_ok(proc: MpiResult, np: int, marker: str = "OK") -> None:
     """Every rank printed a line starting with `marker` and mpirun exited 0."""
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-6000:]}"

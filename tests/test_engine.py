@@ -19,6 +19,12 @@ def test_engine_small_fusion_and_no_eager():
     assert_ok(run_mpi("engine_worker.py", 3, "api", timeout=300, env=env), 3)
 
 
+@pytest.mark.parametrize("np_,algorithm", [(1, "two_phase"), (3, "two_phase"), (4, "ring"), (5, "two_phase")])
+def test_codecs_through_the_engine(np_, algorithm):
+    env = {"NEPTUNE_RT_COMPRESSED_ALGORITHM": algorithm, "NEPTUNE_RT_FUSION_BYTES": "64K"}
+    assert_ok(run_mpi("engine_worker.py", np_, "codecs", timeout=300, env=env), np_)
+
+
 def test_sub_communicator():
     assert_ok(run_mpi("engine_worker.py", 4, "subcomm"), 4)
 

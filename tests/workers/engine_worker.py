@@ -99,6 +99,50 @@ def scenario_api() -> None:
     assert not nrt.is_initialized()
 
 
+def scenario_codecs() -> None:
+    """Every codec through the engine (forced and adaptive): results identical on all ranks, within the
+    codec's bound of the exact sum, and error feedback makes the running mean of results converge."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    bound = {"fp16": 2e-3, "bf16": 2e-2, "int8": 3e-2, "int4": 0.4, "onebit": 2.0, "auto": 3e-2}
+    for codec in ["fp16", "bf16", "int8", "int4", "onebit", "auto"]:
+        for dtype in ["float32", "float64", "float16"]:
+            for count in [1, 7, 1000, 70001]:
+                x = np.random.default_rng(r * 31 + count).standard_normal(count).astype(dtype)
+                exact = np.sum([np.random.default_rng(k * 31 + count).standard_normal(count).astype(dtype)
+                                .astype(np.float64) for k in range(n)], axis=0)
+                h = nrt.allreduce_async(x, name=f"{codec}.{dtype}.{count}", codec=codec,
+                                        adaptive=codec == "auto")
+                y = h.wait()
+                assert y.dtype == x.dtype
+                err = np.abs(y.astype(np.float64) - exact).max() / np.abs(exact).max()
+                assert err <= bound[codec], (codec, dtype, count, err)
+                gathered = WORLD.allgather(y)
+                assert all(np.array_equal(gathered[0], g) for g in gathered), (codec, "ranks differ")
+                assert len(set(WORLD.allgather(h.codec_used))) == 1
+                assert h.wire_bytes > 0 or n == 1
+    # error feedback: the same gradient every step; the mean of onebit results approaches the exact mean
+    if n == 1:
+        nrt.shutdown()
+        return
+    g = np.random.default_rng(r).standard_normal(4096).astype(np.float32)
+    exact = np.sum([np.random.default_rng(k).standard_normal(4096).astype(np.float32) for k in range(n)], axis=0)
+    for codec, steps, factor in [("int8", 40, 0.1), ("onebit", 60, 0.75)]:
+        total = np.zeros_like(g, dtype=np.float64)
+        for step in range(steps):
+            y = nrt.allreduce(g, name=f"ef.{codec}", codec=codec, adaptive=False)
+            total += y
+            if step == 0:
+                first_err = np.abs(y - exact).max()
+        # sum of results = sum of exact - residuals: the mean's error shrinks as the residuals stay bounded
+        mean_err = np.abs(total / steps - exact).max()
+        assert mean_err < factor * first_err, (codec, mean_err, first_err)
+    # integer tensors cannot be compressed: a clear error on every rank
+    expect_error(lambda: nrt.allreduce(np.ones(5, np.int32), name="ints", codec="int8", adaptive=False),
+                 RuntimeError, "'ints'", "floating")
+    nrt.shutdown()
+
+
 def scenario_subcomm() -> None:
     r = WORLD.rank
     sub = WORLD.Split(color=r % 2, key=r)
