@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neptune_rt import codecs
+from neptune_rt import _C, codecs
 from neptune_rt.codecs import reference as ref
 
 CODECS = list(codecs.CODECS)
@@ -38,6 +38,14 @@ def _data(n: int, seed: int) -> np.ndarray:
     return x
 
 
+@pytest.fixture(params=["simd", "portable"])
+def cpu_path(request):
+    """Run a test on the AVX2/F16C paths (where the CPU has them) and on the portable loops."""
+    _C._codec_simd(request.param == "simd")
+    yield request.param
+    _C._codec_simd(True)
+
+
 def _bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, np.float32).view(np.uint32)
 
@@ -46,7 +54,7 @@ def _bits(a: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("block", [8, 256, 1024])
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 255, 257, 1000, 5003])
-def test_matches_reference(codec: str, rounding: str, block: int, n: int) -> None:
+def test_matches_reference(codec: str, rounding: str, block: int, n: int, cpu_path: str) -> None:
     x = _data(n, seed=n + block)
     r_ours = np.random.default_rng(1).standard_normal(n).astype(np.float32)
     r_ref = r_ours.copy()
@@ -64,14 +72,20 @@ def test_matches_reference(codec: str, rounding: str, block: int, n: int) -> Non
     np.testing.assert_array_equal(codecs.encode(codec, x, **kw)[24:], ref.encode(codec, x, **kw)[24:])
 
 
-def test_fp16_bf16_special_values_match_numpy() -> None:
-    x = np.array([65504, 65519, 65520, 1e6, -1e6, 6e-8, 2.9e-8, 1e-10, np.inf, -np.inf, 0.0, -0.0, 1 / 3],
+def test_fp16_bf16_special_values_match_numpy(cpu_path: str) -> None:
+    x = np.array([65504, 65519, 65520, 1e6, -1e6, 6e-8, 2.9e-8, 1e-10, np.inf, -np.inf, 0.0, -0.0, 1 / 3] * 3,
                  np.float32)
     with np.errstate(over="ignore"):
         want = x.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(codecs.decode(codecs.encode("fp16", x)), want)
-    nan = codecs.decode(codecs.encode("bf16", np.array([np.nan], np.float32)))
-    assert np.isnan(nan).all()
+    for codec in ("fp16", "bf16"):
+        with_nan = x.copy()
+        with_nan[5] = np.nan
+        got = codecs.decode(codecs.encode(codec, with_nan))
+        want = codecs.decode(codecs.encode(codec, x))
+        assert np.isnan(got[5])
+        np.testing.assert_array_equal(np.delete(got, 5), np.delete(want, 5))
+        np.testing.assert_array_equal(codecs.encode(codec, with_nan), ref.encode(codec, with_nan))
     np.testing.assert_array_equal(codecs.encode("bf16", x), ref.encode("bf16", x))
 
 

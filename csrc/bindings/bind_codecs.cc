@@ -6,6 +6,7 @@
 #include "bindings/bindings.h"
 #include "bindings/buffer.h"
 #include "codecs/codec.h"
+#include "codecs/simd_x86.h"
 
 namespace py = pybind11;
 
@@ -37,41 +38,64 @@ void registerCodecs(py::module_& m) {
         },
         py::arg("codec"), py::arg("count"), py::arg("block") = codec_format::kDefaultBlockSize,
         "Exact size in bytes (header and padding included) of an encoded buffer of `count` values");
+  m.def(
+      "_codec_simd",
+      [](bool enabled) {
+        simd::setSimdEnabled(enabled);
+        return simd::haveAvx2F16c();
+      },
+      py::arg("enabled"), "Testing hook: switch the AVX2/F16C codec paths; returns whether they are in use");
   m.attr("DEFAULT_BLOCK_SIZE") = codec_format::kDefaultBlockSize;
   m.attr("PAYLOAD_HEADER_BYTES") = codec_format::kHeaderBytes;
 
+  // Shared by encode (allocates the payload) and encode_into (caller's buffer, for benchmarks and reuse).
+  const auto encodeTo = [](const std::string& codec, py::buffer& src, std::optional<py::buffer>& residual,
+                           uint32_t block, const std::string& rounding, uint64_t seed, uint64_t step, uint64_t rank,
+                           uint64_t indexBase, void* out, size_t outBytes) {
+    BufferView s = floatView(src, false, "src");
+    BufferView r;
+    if (residual) {
+      r = floatView(*residual, true, "residual");
+      NRT_CHECK_ARG(r.count == s.count, "neptune_rt: residual has ", r.count, " values, src has ", s.count);
+    }
+    EncodeParams p;
+    p.codec = codecFromName(codec);
+    p.blockSize = block;
+    p.rounding = roundingFromName(rounding);
+    p.seed = seed;
+    p.step = step;
+    p.rank = rank;
+    p.indexBase = indexBase;
+    if (out == nullptr) return payloadBytes(p.codec, s.count, block);
+    py::gil_scoped_release release;
+    return encode(p, static_cast<const float*>(s.ptr), s.count, static_cast<float*>(r.ptr), out, outBytes);
+  };
   m.def(
       "encode",
-      [](const std::string& codec, py::buffer src, std::optional<py::buffer> residual, uint32_t block,
-         const std::string& rounding, uint64_t seed, uint64_t step, uint64_t rank, uint64_t indexBase) {
-        BufferView s = floatView(src, false, "src");
-        BufferView r;
-        if (residual) {
-          r = floatView(*residual, true, "residual");
-          NRT_CHECK_ARG(r.count == s.count, "neptune_rt: residual has ", r.count, " values, src has ", s.count);
-        }
-        EncodeParams p;
-        p.codec = codecFromName(codec);
-        p.blockSize = block;
-        p.rounding = roundingFromName(rounding);
-        p.seed = seed;
-        p.step = step;
-        p.rank = rank;
-        p.indexBase = indexBase;
-        const size_t bytes = payloadBytes(p.codec, s.count, block);
+      [encodeTo](const std::string& codec, py::buffer src, std::optional<py::buffer> residual, uint32_t block,
+                 const std::string& rounding, uint64_t seed, uint64_t step, uint64_t rank, uint64_t indexBase) {
+        const size_t bytes = encodeTo(codec, src, residual, block, rounding, seed, step, rank, indexBase, nullptr, 0);
         py::array_t<uint8_t> out(static_cast<py::ssize_t>(bytes));
-        void* outPtr = out.mutable_data();
-        {
-          py::gil_scoped_release release;
-          encode(p, static_cast<const float*>(s.ptr), s.count, static_cast<float*>(r.ptr), outPtr, bytes);
-        }
+        encodeTo(codec, src, residual, block, rounding, seed, step, rank, indexBase, out.mutable_data(), bytes);
         return out;
       },
       py::arg("codec"), py::arg("src"), py::arg("residual") = py::none(),
       py::arg("block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest", py::arg("seed") = 0,
       py::arg("step") = 0, py::arg("rank") = 0, py::arg("index_base") = 0,
-      "Encode float32 `src` into a uint8 payload; with `residual` (float32, same length, updated in place) "
+      "Encode float32 `src` into a new uint8 payload; with `residual` (float32, same length, updated in place) "
       "error feedback is fused: r += src; q = Q(r); r -= D(q)");
+  m.def(
+      "encode_into",
+      [encodeTo](const std::string& codec, py::buffer src, py::buffer out, std::optional<py::buffer> residual,
+                 uint32_t block, const std::string& rounding, uint64_t seed, uint64_t step, uint64_t rank,
+                 uint64_t indexBase) {
+        BufferView o = viewBuffer(out, "uint8", true, "out");
+        return encodeTo(codec, src, residual, block, rounding, seed, step, rank, indexBase, o.ptr, o.bytes);
+      },
+      py::arg("codec"), py::arg("src"), py::arg("out"), py::arg("residual") = py::none(),
+      py::arg("block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest", py::arg("seed") = 0,
+      py::arg("step") = 0, py::arg("rank") = 0, py::arg("index_base") = 0,
+      "Encode into a caller-owned writable buffer of at least payload_bytes(...) bytes; returns the bytes written");
 
   const auto decodeInto = [](py::buffer payload, py::buffer dst, bool add) {
     BufferView p = viewBuffer(payload, "uint8", false, "payload");

@@ -85,13 +85,22 @@ NRT_HD uint64_t payloadBytesFor(uint8_t codec, uint64_t count, uint32_t block) {
 // Quantization levels either side of zero: int8 -> 127, int4 -> 7 (symmetric, -128 / -8 never used).
 NRT_HD float levels(uint8_t codec) { return codec == kInt8 ? 127.0f : 7.0f; }
 
-// Counter-based generator for stochastic rounding (splitmix64's finalizer): a stream key from
-// (seed, step, rank), then one independent 64-bit draw per element index. Pure integer arithmetic, so
-// CPU, CUDA and numpy (uint64) produce identical bits.
+// Counter-based generator for stochastic rounding. A 64-bit stream key from (seed, step, rank) via
+// splitmix64's finalizer (once per call), then per element index two rounds of the 32-bit "lowbias32" mix
+// (C. Wellons' hash prospector): 32-bit multiplies vectorize natively, where 64-bit ones are emulated.
+// Pure integer arithmetic, so CPU, CUDA and numpy produce identical bits.
 NRT_HD uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+NRT_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
 }
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 NRT_HD uint64_t streamKey(uint64_t seed, uint64_t step, uint64_t rank) {
@@ -99,8 +108,9 @@ NRT_HD uint64_t streamKey(uint64_t seed, uint64_t step, uint64_t rank) {
 }
 // Uniform in [0, 1) with 24 random bits (exact in fp32).
 NRT_HD float uniform01(uint64_t key, uint64_t index) {
-  const uint64_t h = mix64(key + (index + 1) * kGolden);
-  return static_cast<float>(static_cast<uint32_t>(h >> 40)) * (1.0f / 16777216.0f);
+  const uint32_t lo = mix32(static_cast<uint32_t>(index) + static_cast<uint32_t>(key));
+  const uint32_t h = mix32(lo ^ static_cast<uint32_t>(index >> 32) ^ static_cast<uint32_t>(key >> 32));
+  return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
 }
 
 }  // namespace codec_format

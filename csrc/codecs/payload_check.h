@@ -43,8 +43,8 @@ inline void checkHeader(const Header& h, size_t bytes) {
     NRT_CHECK_ARG(h.blockSize == 0, "neptune_rt: payload of cast codec ", codecNameOf(h.codec), " has block size ",
                   h.blockSize, " (must be 0)");
   }
-  NRT_CHECK_ARG((h.flags & kFlagStochastic) == 0 || h.codec == kInt8 || h.codec == kInt4, "neptune_rt: payload of codec ",
-                codecNameOf(h.codec), " claims stochastic rounding");
+  NRT_CHECK_ARG((h.flags & kFlagStochastic) == 0 || h.codec == kInt8 || h.codec == kInt4,
+                "neptune_rt: payload of codec ", codecNameOf(h.codec), " claims stochastic rounding");
   const uint64_t expect = payloadBytesFor(h.codec, h.count, h.blockSize);
   NRT_CHECK_ARG(bytes == expect, "neptune_rt: ", (bytes < expect ? "truncated" : "oversized"), " payload: ", bytes,
                 " bytes, but ", h.count, " values of ", codecNameOf(h.codec), " (block ", h.blockSize, ") take ",

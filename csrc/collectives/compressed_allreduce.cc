@@ -89,35 +89,45 @@ size_t encodeSegment(EncodeParams p, const Layout& L, int c, size_t k, const flo
   return encode(p, src, L.segLen(c, k), residual, out, L.segPayload(c, k));
 }
 
-// All-gather the reduced payloads (slot p, owned by rank p, holds chunk chunkOfSlot(p)) along the ring,
-// forwarding bytes unchanged, then decode every segment into the buffer: all ranks decode the same bytes.
-template <typename ChunkOfSlot>
-size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, const Layout& L, Bytes& gather,
-                       const std::vector<size_t>& slotOffset, ChunkOfSlot chunkOfSlot) {
+// The all-gather of reduced payloads: slot p (rank p's contribution, at slotOffset[p] in the gather buffer)
+// holds chunk (p + shift) mod n, the chunk rank p finished reducing.
+struct GatherPlan {
+  std::vector<int> chunkOfSlot;
+  std::vector<size_t> slotOffset;  // n + 1 entries, the last one is the total
+};
+
+GatherPlan makeGatherPlan(const Layout& L, int n, int shift) {
+  GatherPlan g;
+  g.slotOffset.assign(n + 1, 0);
+  for (int p = 0; p < n; ++p) {
+    g.chunkOfSlot.push_back((p + shift) % n);
+    g.slotOffset[p + 1] = g.slotOffset[p] + L.chunkPayload[g.chunkOfSlot[p]];
+  }
+  return g;
+}
+
+// All-gather the slots along the ring, forwarding bytes unchanged, then decode every segment into the
+// buffer: all ranks decode the same bytes, so all end bitwise equal. Returns the bytes this rank sent.
+size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, const Layout& L,
+                       const GatherPlan& g, Bytes& gather) {
   const int n = comm.size();
   AllgatherOptions ag;
   static_cast<CollectiveOptions&>(ag) = o;
   ag.tag = o.tag + 1;
   ag.buffer = gather.at(0);
-  for (int p = 0; p < n; ++p) ag.bytes.push_back(L.chunkPayload[chunkOfSlot(p)]);
+  for (int p = 0; p < n; ++p) ag.bytes.push_back(g.slotOffset[p + 1] - g.slotOffset[p]);
   allgatherv(comm, ag);
   for (int p = 0; p < n; ++p) {
-    const int c = chunkOfSlot(p);
+    const int c = g.chunkOfSlot[p];
     for (size_t k = 0; k < L.segs(c); ++k)
-      decode(gather.at(slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
+      decode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
              L.segLen(c, k));
   }
-  // The ring all-gather sends every slot but the one of the right neighbour (it starts from its own).
+  // The ring all-gather sends every slot but the right neighbour's (it starts from its own).
   size_t sent = 0;
   for (int p = 0; p < n; ++p)
     if (n > 1 && p != (comm.rank() + 1) % n) sent += ag.bytes[p];
   return sent;
-}
-
-std::vector<size_t> slotOffsets(const Layout& L, int n, int (*chunkOfSlot)(int, int)) {
-  std::vector<size_t> off(n + 1, 0);
-  for (int p = 0; p < n; ++p) off[p + 1] = off[p] + L.chunkPayload[chunkOfSlot(p, n)];
-  return off;
 }
 
 CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduceOptions& o) {
@@ -125,7 +135,6 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   const Layout L = makeLayout(o, n);
   const Deadline deadline = Deadline::after(o.timeoutSeconds);
   CompressedAllreduceResult result;
-  InFlight inflight{comm, {}};
 
   // Phase 1 (all-to-all): post every receive of our chunk first, then encode chunk j once and send it to
   // rank j, segment by segment across peers, so each peer can start reducing segment 0 early.
@@ -133,6 +142,7 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
   Bytes mine(chunkArea[n]);
   Bytes incoming(static_cast<size_t>(n) * L.chunkPayload[r]);
+  InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
   const size_t mySegs = L.segs(r);
   std::vector<size_t> recvIndex(static_cast<size_t>(n) * mySegs);  // [peer * mySegs + k] -> inflight index
   for (size_t k = 0; k < mySegs; ++k)
@@ -161,8 +171,8 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
 
   // Reduce our chunk in fp32, contributions in rank order (deterministic), then quantize the sum again with
   // the second error feedback into our all-gather slot.
-  const std::vector<size_t> slot = slotOffsets(L, n, [](int p, int) { return p; });
-  Bytes gather(slot[n]);
+  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
+  Bytes gather(plan.slotOffset[n]);
   const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
   for (size_t k = 0; k < mySegs; ++k) {
     float* acc = o.buffer + L.segOffset(r, k);
@@ -180,12 +190,12 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
       }
     }
     float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
-    encodeSegment(second, L, r, k, acc, res2, gather.at(slot[r] + L.segPayloadOffset(k)));
+    encodeSegment(second, L, r, k, acc, res2, gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
   }
   comm.waitAll(inflight.reqs, deadline, o.name.c_str());
 
   // Phase 2: all-gather the encoded sums.
-  result.wireBytes += gatherAndDecode(comm, o, L, gather, slot, [](int p) { return p; });
+  result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
   return result;
 }
 
@@ -196,14 +206,12 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
   const Deadline deadline = Deadline::after(o.timeoutSeconds);
   const auto mod = [n](int x) { return ((x % n) + n) % n; };
   CompressedAllreduceResult result;
-  InFlight inflight{comm, {}};
   const EncodeParams params = encodeParams(o, static_cast<uint64_t>(r));
   const auto residualAt = [&](size_t off) { return o.residual ? o.residual + off : nullptr; };
 
   // Rank p finishes the reduce-scatter holding chunk p+1, so all-gather slot p holds chunk p+1.
-  int (*chunkOfSlotN)(int, int) = [](int p, int nn) { return (p + 1) % nn; };
-  const std::vector<size_t> slot = slotOffsets(L, n, chunkOfSlotN);
-  Bytes gather(slot[n]);
+  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/1);
+  Bytes gather(plan.slotOffset[n]);
 
   // Reduce-scatter step s sends chunk r-s and receives chunk r-s-1 (as the dense ring does). Receives are
   // posted for all steps up front (each step has its own area, so nothing is overwritten early).
@@ -213,6 +221,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
   for (int s = 0; s + 1 < n; ++s) sendArea[s + 1] = sendArea[s] + L.chunkPayload[mod(r - s)];
   Bytes incoming(stepArea[n - 1]);
   Bytes outgoing(sendArea[n - 1]);
+  InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
   std::vector<std::vector<size_t>> recvIndex(n);
   for (int s = 0; s + 1 < n; ++s) {
     const int c = mod(r - s - 1);
@@ -226,7 +235,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
   if (n == 1) {  // no hops: quantize once with error feedback
     for (size_t k = 0; k < L.segs(0); ++k)
       encodeSegment(params, L, 0, k, o.buffer + L.segOffset(0, k), residualAt(L.segOffset(0, k)),
-                    gather.at(L.segPayloadOffset(k)));
+                    gather.at(plan.slotOffset[0] + L.segPayloadOffset(k)));
   } else {
     for (size_t k = 0; k < L.segs(r); ++k) {  // step 0: our own contribution to chunk r
       char* out = outgoing.at(sendArea[0] + L.segPayloadOffset(k));
@@ -246,7 +255,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
       const size_t off = L.segOffset(c, k);
       decodeAdd(incoming.at(stepArea[s] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + off,
                 L.segLen(c, k));
-      char* out = last ? gather.at(slot[r] + L.segPayloadOffset(k))
+      char* out = last ? gather.at(plan.slotOffset[r] + L.segPayloadOffset(k))
                        : outgoing.at(sendArea[s + 1] + L.segPayloadOffset(k));
       const size_t bytes = encodeSegment(params, L, c, k, o.buffer + off, residualAt(off), out);
       if (!last) {
@@ -256,7 +265,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
     }
   }
   comm.waitAll(inflight.reqs, deadline, o.name.c_str());
-  result.wireBytes += gatherAndDecode(comm, o, L, gather, slot, [n](int p) { return (p + 1) % n; });
+  result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
   return result;
 }
 

@@ -207,7 +207,9 @@ __global__ void decode_blocks_kernel(uint8_t codec, const uint8_t* body, size_t 
   }
 }
 
-unsigned gridFor(uint64_t work) { return static_cast<unsigned>(std::min<uint64_t>(std::max<uint64_t>(work, 1), kMaxGrid)); }
+unsigned gridFor(uint64_t work) {
+  return static_cast<unsigned>(std::min<uint64_t>(std::max<uint64_t>(work, 1), kMaxGrid));
+}
 
 void checkAligned(const void* p, const char* what) {
   NRT_CHECK_ARG((reinterpret_cast<uintptr_t>(p) & 3u) == 0, "neptune_rt: CUDA codec ", what, " pointer 0x", std::hex,

@@ -19,13 +19,16 @@ DEFAULT_BLOCK: int = _C.DEFAULT_BLOCK_SIZE
 
 def encode(codec: str, src: np.ndarray, residual: np.ndarray | None = None, block: int = DEFAULT_BLOCK,
            rounding: str = "nearest", seed: int = 0, step: int = 0, rank: int = 0,
-           index_base: int = 0) -> np.ndarray:
-    """Encode float32 `src` into a uint8 payload.
+           index_base: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Encode float32 `src` into a uint8 payload (a new array, or the first payload_bytes of `out`).
 
     With `residual` (float32, same size, owned by the caller) error feedback is fused and the residual is
     updated in place: r += src; q = Q(r); r -= D(q). Stochastic rounding (int8/int4) draws from a
     counter-based hash of (seed, step, rank, index_base + i): the same arguments give the same bytes.
     """
+    if out is not None:
+        n = _C.encode_into(codec, src, out, residual, block, rounding, seed, step, rank, index_base)
+        return out[:n]
     return _C.encode(codec, src, residual, block, rounding, seed, step, rank, index_base)
 
 

@@ -40,7 +40,7 @@ def payload_bytes(codec: str, count: int, block: int = DEFAULT_BLOCK) -> int:
     return (HEADER.size + _body_bytes(codec, count, block) + 3) // 4 * 4
 
 
-# ---- counter-based generator (format.h: mix64 / streamKey / uniform01) ----
+# ---- counter-based generator (format.h: mix64 / mix32 / streamKey / uniform01) ----
 def _mix64_int(z: int) -> int:
     z &= _M64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
@@ -48,10 +48,12 @@ def _mix64_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def _mix32(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
 
 def stream_key(seed: int, step: int, rank: int) -> int:
@@ -60,8 +62,10 @@ def stream_key(seed: int, step: int, rank: int) -> int:
 
 def uniform01(key: int, index: np.ndarray) -> np.ndarray:
     """24-bit uniforms in [0, 1) for element indices `index` (uint64)."""
-    h = _mix64(np.uint64(key) + (index.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
-    return (h >> np.uint64(40)).astype(np.uint32).astype(np.float32) * np.float32(1.0 / 16777216.0)
+    index = index.astype(np.uint64)
+    lo = _mix32(index.astype(np.uint32) + np.uint32(key & 0xFFFFFFFF))
+    h = _mix32(lo ^ (index >> np.uint64(32)).astype(np.uint32) ^ np.uint32(key >> 32))
+    return (h >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
 
 
 # ---- casts ----

@@ -1,12 +1,13 @@
 """MPI worker for tests/test_compressed_allreduce.py: runs compressed all-reduce cases on every rank and checks
 them (error vs the exact fp64 sum within the codec's bound, bitwise equal results on all ranks, exact wire
-bytes, error-feedback bookkeeping). Prints "PASS <n> cases" on rank 0; any failure aborts all ranks.
+bytes, error-feedback bookkeeping). Every rank prints "OK rank <r>: <n> cases"; any failure aborts all ranks.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -183,23 +184,40 @@ def run_bad_arguments(comm, args):
     return len(bad) + 1
 
 
+def run_mismatch(comm, args):
+    """Rank 0 uses another codec: every rank must fail (size check, MPI truncation or the deadline), none hang."""
+    r = COMM.rank
+    buf = np.ones(10_000, np.float32)
+    t0 = time.monotonic()
+    try:
+        _C.compressed_allreduce_inplace(comm, buf, "int4" if r == 0 else "int8", algorithm=args.algo,
+                                        segment_bytes=4096, timeout=5.0, name="mismatched")
+    except (RuntimeError, TimeoutError) as e:
+        print(f"rank {r} failed as it should after {time.monotonic() - t0:.1f}s: {e}")
+    else:
+        raise AssertionError(f"rank {r}: a codec mismatch between ranks went unnoticed")
+    if time.monotonic() - t0 > 30:
+        raise AssertionError(f"rank {r}: took {time.monotonic() - t0:.0f}s to notice the mismatch")
+    return 1
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--algo", default="two_phase")
-    p.add_argument("--mode", choices=("sweep", "ef", "args"), default="sweep")
+    p.add_argument("--mode", choices=("sweep", "ef", "args", "mismatch"), default="sweep")
     p.add_argument("--codecs", nargs="+", default=list(codecs.CODECS))
     args = p.parse_args()
     comm = _C.Communicator(COMM)
     try:
-        run = {"sweep": run_sweep, "ef": run_error_feedback, "args": run_bad_arguments}[args.mode]
+        run = {"sweep": run_sweep, "ef": run_error_feedback, "args": run_bad_arguments,
+               "mismatch": run_mismatch}[args.mode]
         cases = run(comm, args)
     except Exception:  # noqa: BLE001 - any failure must take every rank down, never hang them
         traceback.print_exc()
         sys.stdout.flush()
         COMM.Abort(3)
     COMM.Barrier()
-    if COMM.rank == 0:
-        print(f"PASS {cases} cases")
+    print(f"OK rank {COMM.rank}: {cases} cases")
 
 
 if __name__ == "__main__":
