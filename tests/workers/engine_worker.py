@@ -185,8 +185,14 @@ def scenario_errors() -> None:
     expect_error(lambda: nrt.allreduce(np.ones(3), name="o", op="prod"), ValueError, "'o'", "prod")
     expect_error(lambda: nrt.broadcast(np.ones(3), root=99, name="b"), ValueError, "root 99")
     expect_error(lambda: nrt.allreduce(np.ones(3), codec="zip"), ValueError, "zip")
-    h = nrt.allreduce_async(np.ones(3), name="dup")
-    expect_error(lambda: nrt.allreduce_async(np.ones(3), name="dup"), ValueError, "'dup'", "in flight")
+    # Rank 0 submits "dup" twice while the others hold back theirs (so it cannot complete in between).
+    if nrt.rank() == 0:
+        h = nrt.allreduce_async(np.ones(3), name="dup")
+        expect_error(lambda: nrt.allreduce_async(np.ones(3), name="dup"), ValueError, "'dup'", "in flight")
+        WORLD.Barrier()
+    else:
+        WORLD.Barrier()
+        h = nrt.allreduce_async(np.ones(3), name="dup")
     assert np.all(h.wait() == nrt.size())
     nrt.shutdown()
 
