@@ -116,13 +116,17 @@ size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, 
   ag.tag = o.tag + 1;
   ag.buffer = gather.at(0);
   for (int p = 0; p < n; ++p) ag.bytes.push_back(g.slotOffset[p + 1] - g.slotOffset[p]);
-  allgatherv(comm, ag);
-  for (int p = 0; p < n; ++p) {
+  const auto decodeSegment = [&](int p, size_t k) {
     const int c = g.chunkOfSlot[p];
-    for (size_t k = 0; k < L.segs(c); ++k)
-      decode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
-             L.segLen(c, k));
-  }
+    decode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
+           L.segLen(c, k));
+  };
+  // One ring segment per payload segment, so each payload is decoded the moment it has arrived (and been
+  // forwarded): decoding overlaps the rest of the all-gather instead of following it.
+  ag.segmentBytes = std::max<size_t>(1, L.fullSegPayload);
+  ag.onGathered = decodeSegment;
+  for (size_t k = 0; k < L.segs(g.chunkOfSlot[comm.rank()]); ++k) decodeSegment(comm.rank(), k);
+  allgatherv(comm, ag);
   // The ring all-gather sends every slot but the right neighbour's (it starts from its own).
   size_t sent = 0;
   for (int p = 0; p < n; ++p)
