@@ -1,5 +1,7 @@
-// Recursive-doubling allgather of variable-size blocks (see exchange.h). Blocks travel packed as
-// [i32 rank][u32 length][bytes]...; a non-power-of-two world folds its first 2*rem ranks pairwise first.
+// Recursive-doubling exchange with a combine step (see exchange.h); a non-power-of-two world folds its first
+// 2*rem ranks pairwise first. Messages travel framed (u64 length, bytes) and cut into pieces below the
+// usual MPI eager limits, so a message just over 4 KiB costs a second eager send rather than a rendezvous
+// handshake (which needs the receiving rank on a CPU, expensive when ranks share cores).
 #include "collectives/exchange.h"
 
 #include <cstring>
@@ -10,62 +12,60 @@ namespace nrt {
 
 namespace {
 
-constexpr size_t kBlockHeader = 8;
-
-void appendBlock(std::vector<char>& packed, int rank, const char* data, size_t len) {
-  const int32_t r = rank;
-  const uint32_t l = static_cast<uint32_t>(len);
-  packed.insert(packed.end(), reinterpret_cast<const char*>(&r), reinterpret_cast<const char*>(&r) + 4);
-  packed.insert(packed.end(), reinterpret_cast<const char*>(&l), reinterpret_cast<const char*>(&l) + 4);
-  packed.insert(packed.end(), data, data + len);
-}
-
-void unpackInto(const char* data, size_t len, std::vector<std::vector<char>>& out, int fromRank) {
-  size_t pos = 0;
-  while (pos < len) {
-    NRT_CHECK(len - pos >= kBlockHeader, "neptune_rt: truncated exchange block from rank ", fromRank);
-    int32_t r;
-    uint32_t l;
-    std::memcpy(&r, data + pos, 4);
-    std::memcpy(&l, data + pos + 4, 4);
-    pos += kBlockHeader;
-    NRT_CHECK(r >= 0 && static_cast<size_t>(r) < out.size() && l <= len - pos, "neptune_rt: corrupt exchange block from rank ",
-              fromRank, " (claims rank ", r, ", ", l, " bytes)");
-    out[r].assign(data + pos, data + pos + l);
-    pos += l;
-  }
-}
-
 class Exchanger {
  public:
   Exchanger(Communicator& comm, const ExchangeOptions& o)
       : comm_(comm), o_(o), deadline_(Deadline::after(o.timeoutSeconds)), start_(Clock::now()) {}
 
-  // Receive up to `maxBytes` from `peer`; returns the bytes that arrived.
+  // Receive one message of at most `maxBytes` from `peer`.
   std::vector<char> recv(int peer, size_t maxBytes) {
-    std::vector<char> buf(maxBytes);
-    Request rq = comm_.irecv(buf.data(), maxBytes, peer, o_.tag);
+    char first[kPiece];
+    Request rq = comm_.irecv(first, kPiece, peer, o_.tag);
     size_t got = 0;
     waitReporting(rq, &got);
-    buf.resize(got);
-    return buf;
+    NRT_CHECK(got >= sizeof(uint64_t), "neptune_rt: rank ", comm_.rank(), ": short negotiation piece from rank ", peer);
+    uint64_t total;
+    std::memcpy(&total, first, sizeof(total));
+    NRT_CHECK(total <= maxBytes && got == std::min<uint64_t>(kPiece, total + sizeof(total)), "neptune_rt: rank ",
+              comm_.rank(), ": bad negotiation message from rank ", peer, " (", total, " bytes announced, at most ",
+              maxBytes, " expected)");
+    std::vector<char> out(total);
+    std::memcpy(out.data(), first + sizeof(total), got - sizeof(total));
+    std::vector<Request> rest;
+    for (size_t off = kPiece; off < total + sizeof(total); off += kPiece)
+      rest.push_back(comm_.irecv(out.data() + off - sizeof(total), std::min(kPiece, total + sizeof(total) - off), peer,
+                                 o_.tag));
+    for (Request& r : rest) waitReporting(r, nullptr);
+    return out;
   }
   void send(const std::vector<char>& data, int peer) {
-    Request rq = comm_.isend(data.data(), data.size(), peer, o_.tag);
-    waitReporting(rq, nullptr);
+    std::vector<char> framed;
+    std::vector<Request> reqs = postSend(data, peer, framed);
+    for (Request& r : reqs) waitReporting(r, nullptr);
   }
   std::vector<char> sendRecv(const std::vector<char>& data, int peer, size_t maxBytes) {
-    std::vector<char> buf(maxBytes);
-    Request rr = comm_.irecv(buf.data(), maxBytes, peer, o_.tag);
-    Request rs = comm_.isend(data.data(), data.size(), peer, o_.tag);
-    size_t got = 0;
-    waitReporting(rr, &got);
-    waitReporting(rs, nullptr);
-    buf.resize(got);
-    return buf;
+    std::vector<char> framed;
+    std::vector<Request> reqs = postSend(data, peer, framed);
+    std::vector<char> out = recv(peer, maxBytes);
+    for (Request& r : reqs) waitReporting(r, nullptr);
+    return out;
   }
 
  private:
+  // Below Open MPI's shared-memory eager limit (4 KiB including its header); other transports' are larger.
+  static constexpr size_t kPiece = 4000;
+
+  std::vector<Request> postSend(const std::vector<char>& data, int peer, std::vector<char>& framed) {
+    const uint64_t total = data.size();
+    framed.resize(sizeof(total) + data.size());
+    std::memcpy(framed.data(), &total, sizeof(total));
+    std::memcpy(framed.data() + sizeof(total), data.data(), data.size());
+    std::vector<Request> reqs;
+    for (size_t off = 0; off < framed.size(); off += kPiece)
+      reqs.push_back(comm_.isend(framed.data() + off, std::min(kPiece, framed.size() - off), peer, o_.tag));
+    return reqs;
+  }
+
   void waitReporting(Request& rq, size_t* got) {
     if (o_.slowSeconds > 0 && !warned_ && o_.onSlow) {
       const auto warnAt = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.slowSeconds));
@@ -94,43 +94,32 @@ class Exchanger {
 
 }  // namespace
 
-std::vector<std::vector<char>> exchangeBlocks(Communicator& comm, const std::vector<char>& mine,
-                                              const ExchangeOptions& o) {
+std::vector<char> exchangeCombine(Communicator& comm, std::vector<char> mine, const ExchangeOptions& o,
+                                  const Combine& combine) {
   const int n = comm.size();
   const int r = comm.rank();
-  NRT_CHECK_ARG(mine.size() <= o.capacity, "neptune_rt: exchange block of ", mine.size(),
+  NRT_CHECK_ARG(mine.size() <= o.capacity, "neptune_rt: exchange message of ", mine.size(),
                 " bytes exceeds the capacity of ", o.capacity);
-  std::vector<std::vector<char>> out(n);
-  out[r] = mine;
-  if (n == 1) return out;
-  const size_t slot = o.capacity + kBlockHeader;
+  if (n == 1) return mine;
   int p = 1;
   while (p * 2 <= n) p *= 2;
   const int rem = n - p;
   Exchanger ex(comm, o);
 
-  std::vector<char> packed;
-  appendBlock(packed, r, mine.data(), mine.size());
-  if (r < 2 * rem && r % 2 == 0) {  // folded away: hand our block to r+1, get everything back at the end
-    ex.send(packed, r + 1);
-    std::vector<char> all = ex.recv(r + 1, slot * n);
-    unpackInto(all.data(), all.size(), out, r + 1);
-    return out;
+  if (r < 2 * rem && r % 2 == 0) {  // folded away: hand our message to r+1, get the whole one back at the end
+    ex.send(mine, r + 1);
+    return ex.recv(r + 1, o.capacity * n);
   }
-  if (r < 2 * rem) {
-    std::vector<char> theirs = ex.recv(r - 1, slot);
-    packed.insert(packed.end(), theirs.begin(), theirs.end());
-  }
+  if (r < 2 * rem) mine = combine(mine, ex.recv(r - 1, o.capacity), r - 1);
   const int v = r < 2 * rem ? r / 2 : r - rem;
   const auto real = [rem](int vr) { return vr < rem ? vr * 2 + 1 : vr + rem; };
   for (int mask = 1; mask < p; mask <<= 1) {
     // The partner's side holds `mask` virtual ranks, each standing for at most two real ones.
-    std::vector<char> theirs = ex.sendRecv(packed, real(v ^ mask), slot * 2 * mask);
-    packed.insert(packed.end(), theirs.begin(), theirs.end());
+    const int partner = real(v ^ mask);
+    mine = combine(mine, ex.sendRecv(mine, partner, o.capacity * 2 * mask), partner);
   }
-  unpackInto(packed.data(), packed.size(), out, r);
-  if (r < 2 * rem) ex.send(packed, r - 1);
-  return out;
+  if (r < 2 * rem) ex.send(mine, r - 1);
+  return mine;
 }
 
 }  // namespace nrt

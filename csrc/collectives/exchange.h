@@ -1,6 +1,8 @@
-// Allgather of blocks whose sizes nobody knows in advance (each at most `capacity` bytes), in one
-// recursive-doubling pass: receivers post `capacity`-sized buffers and read the actual length. The engine
-// negotiates with it every cycle, so it must cost one latency-bound collective, not two.
+// A recursive-doubling exchange of messages whose sizes nobody knows in advance: receivers post buffers
+// of the largest possible size and read the actual length, and at every step the two groups' messages
+// are merged by a caller-supplied `combine`. With concatenation it is an allgather; the engine's
+// negotiation combines announcement lists and reduces small tensors on the way. Either way it costs one
+// latency-bound collective (ceil(log2 n) steps, +2 for a non-power-of-two world), not two.
 #pragma once
 
 #include <functional>
@@ -17,8 +19,14 @@ struct ExchangeOptions : CollectiveOptions {
   std::function<void()> onSlow;
 };
 
-// Returns every rank's block, indexed by rank.
-std::vector<std::vector<char>> exchangeBlocks(Communicator& comm, const std::vector<char>& mine,
-                                              const ExchangeOptions& opts);
+// Merges two groups' messages (the caller's group first); must give the same bytes whichever side calls
+// it with which order of arguments, so that every rank ends with the same message.
+using Combine = std::function<std::vector<char>(const std::vector<char>& ours, const std::vector<char>& theirs,
+                                                int theirRank)>;
+
+// Returns the message of the whole communicator. Each rank's own message must be at most `capacity`
+// bytes, and a combined message at most the sum of its parts.
+std::vector<char> exchangeCombine(Communicator& comm, std::vector<char> mine, const ExchangeOptions& opts,
+                                  const Combine& combine);
 
 }  // namespace nrt

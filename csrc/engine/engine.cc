@@ -13,6 +13,7 @@
 #include "collectives/reduce.h"
 #include "common/error.h"
 #include "engine/fusion.h"
+#include "engine/negotiation.h"
 
 namespace nrt {
 
@@ -143,22 +144,26 @@ std::vector<char> Engine::buildMessage() {
                                   [](const Entry& e) { return e.meta.type == OpType::kJoin; });
   MessageWriter w(joined, toAbandon_);
   toAbandon_.clear();
-  std::vector<char> scaled;
+  GroupMessage own;
+  size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half
   for (const Entry& e : pending_) {
     if (e.meta.type == OpType::kJoin) continue;
+    if (!w.add(e.meta, config_.negotiationBytes / 2)) break;  // the rest is announced next cycle
     const size_t bytes = e.meta.bytes();
     const bool eager = e.meta.type == OpType::kAllreduce && e.meta.codec == 0 && bytes > 0 &&
-                       bytes <= config_.eagerBytes;
-    const void* data = e.input;
-    if (eager && e.prescale != 1.0) {
-      scaled.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
-      scaleInPlace(scaled.data(), e.meta.numel(), e.meta.dtype, e.prescale);
-      data = scaled.data();
-    }
-    if (eager && w.add(e.meta, data, bytes, config_.negotiationBytes)) continue;
-    if (!w.add(e.meta, nullptr, 0, config_.negotiationBytes)) break;  // the rest goes next cycle
+                       bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
+    if (!eager) continue;
+    EagerSum& sum = own.sums[e.meta.name];
+    sum.dtype = e.meta.dtype;
+    sum.op = e.meta.op;
+    sum.count = e.meta.numel();
+    sum.contributors = 1;
+    sum.data.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
+    scaleInPlace(sum.data.data(), sum.count, sum.dtype, e.prescale);
+    eagerBudget -= bytes + e.meta.name.size() + 64;
   }
-  return w.bytes();
+  own.ranks[rank_] = w.bytes();
+  return own.serialize();
 }
 
 bool Engine::cycle() {
@@ -171,13 +176,29 @@ bool Engine::cycle() {
               << " s for its peers to negotiate; pending here: " << namesOf(pending_)
               << " (a rank may be stuck, or not calling the same collectives)" << std::endl;
   };
-  const std::vector<std::vector<char>> blocks = exchangeBlocks(*comm_, buildMessage(), o);
+  const std::vector<char> combined = exchangeCombine(
+      *comm_, buildMessage(), o, [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
+        return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
+                                     GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
+            .serialize();
+      });
+  const GroupMessage all = GroupMessage::parse(combined.data(), combined.size(), -1);
   std::vector<RankMessage> msgs;
-  msgs.reserve(blocks.size());
-  for (size_t r = 0; r < blocks.size(); ++r)
-    msgs.push_back(parseRankMessage(blocks[r].data(), blocks[r].size(), static_cast<int>(r)));
-
+  msgs.reserve(size_);
+  for (int r = 0; r < size_; ++r) {
+    auto it = all.ranks.find(r);
+    NRT_CHECK(it != all.ranks.end(), "neptune_rt: rank ", rank_, ": the negotiation lost rank ", r, "'s message");
+    msgs.push_back(parseRankMessage(it->second.data(), it->second.size(), r));
+  }
   MatchResult match = matchAnnouncements(msgs);
+  // A small all-reduce is done already if every participating rank's data made it into the sum.
+  const uint32_t participants = static_cast<uint32_t>(size_ - match.joined.size());
+  for (ReadyTensor& t : match.ready) {
+    auto it = all.sums.find(t.meta.name);
+    if (t.meta.type == OpType::kAllreduce && t.error.empty() && it != all.sums.end() &&
+        it->second.contributors == participants && it->second.count == t.meta.numel())
+      t.eagerResult = it->second.data.data();
+  }
   if (rank_ == 0) trackStalls(match);
   const std::vector<std::string>& abandoned = msgs[0].abandoned;
   if (!abandoned.empty()) {
@@ -220,7 +241,7 @@ void Engine::execute(const MatchResult& match) {
     }
     switch (t.meta.type) {
       case OpType::kAllreduce:
-        if (t.eager) {
+        if (t.eagerResult) {
           executeEager(t, local);
         } else {
           allreduces.push_back(&t);
@@ -266,20 +287,9 @@ void Engine::executeAllreduces(const std::vector<const ReadyTensor*>& tensors) {
 
 void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   if (!local) return;  // joined: contributes nothing and needs nothing
-  const size_t bytes = t.meta.bytes();
-  char* out = static_cast<char*>(local->output);
-  bool first = true;
-  for (const Announcement* a : t.perRank) {  // rank order: identical result on every rank
-    if (!a) continue;
-    if (first) {
-      std::memcpy(out, a->eager, bytes);
-      first = false;
-    } else {
-      reduceInto(out, a->eager, t.meta.numel(), t.meta.dtype, t.meta.op);
-    }
-  }
-  if (t.meta.op == ReduceOp::kAverage) finalizeAverage(out, t.meta.numel(), t.meta.dtype, participants_);
-  scaleInPlace(out, t.meta.numel(), t.meta.dtype, local->postscale);
+  std::memcpy(local->output, t.eagerResult, t.meta.bytes());
+  if (t.meta.op == ReduceOp::kAverage) finalizeAverage(local->output, t.meta.numel(), t.meta.dtype, participants_);
+  scaleInPlace(local->output, t.meta.numel(), t.meta.dtype, local->postscale);
   finish(*local);
 }
 

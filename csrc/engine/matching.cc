@@ -62,7 +62,6 @@ MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs) {
     t.meta = a.meta;
     t.perRank.assign(n, nullptr);
     std::vector<int> have, missing;
-    bool eager = true;
     for (int r : participants) {
       auto it = byName[r].find(a.meta.name);
       if (it == byName[r].end()) {
@@ -71,13 +70,11 @@ MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs) {
       }
       have.push_back(r);
       t.perRank[r] = it->second;
-      eager = eager && it->second->eager != nullptr;
     }
     if (!missing.empty()) {
       result.partial.push_back({a.meta.name, have, missing});
       continue;
     }
-    t.eager = eager;
     for (int r : participants)
       if (!sameMeta(t.meta, t.perRank[r]->meta)) t.error = mismatchMessage(t);
     if (t.error.empty() && !result.joined.empty()) {

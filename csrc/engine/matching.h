@@ -13,7 +13,7 @@ namespace nrt {
 struct ReadyTensor {
   TensorMeta meta;                              // from the first participating rank
   std::vector<const Announcement*> perRank;     // nullptr for ranks that have joined
-  bool eager = false;                           // every participating rank inlined its data
+  const char* eagerResult = nullptr;            // set by the engine: the reduction arrived with negotiation
   std::string error;                            // non-empty: metadata mismatch, fail on every rank
 };
 

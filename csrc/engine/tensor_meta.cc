@@ -2,7 +2,6 @@
 // job runs the same build on the same kind of machine.
 //   header:  u32 magic | u8 joined | u32 nAbandoned | {u16 len, name}* | u32 nEntries (patched at the end)
 //   entry:   u16 nameLen | name | u8 type | u8 dtype | u8 op | u8 codec | i32 root | u8 ndim | i64 shape[ndim]
-//            | u64 eagerBytes | eager data
 #include "engine/tensor_meta.h"
 
 #include <cstring>
@@ -10,57 +9,14 @@
 #include <stdexcept>
 
 #include "common/error.h"
+#include "engine/wire.h"
 
 namespace nrt {
 
 namespace {
 constexpr uint32_t kMagic = 0x4e52544e;  // "NRTN"
-
-template <typename T>
-void put(std::vector<char>& b, T v) {
-  const char* p = reinterpret_cast<const char*>(&v);
-  b.insert(b.end(), p, p + sizeof(T));
-}
-
-class Reader {
- public:
-  Reader(const char* d, size_t n, int rank) : d_(d), n_(n), rank_(rank) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, d_ + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  const char* take(size_t bytes) {
-    need(bytes);
-    const char* p = d_ + pos_;
-    pos_ += bytes;
-    return p;
-  }
-  std::string str() {
-    const uint16_t len = get<uint16_t>();
-    const char* p = take(len);
-    return std::string(p, len);
-  }
-
- private:
-  void need(size_t bytes) const {
-    if (bytes > n_ - pos_)
-      throw std::runtime_error(concat("neptune_rt: negotiation message from rank ", rank_, " is truncated (",
-                                      n_, " bytes, needed ", pos_ + bytes, "); ranks may run different builds"));
-  }
-  const char* d_;
-  size_t n_;
-  size_t pos_ = 0;
-  int rank_;
-};
-
-void putString(std::vector<char>& b, const std::string& s) {
-  put<uint16_t>(b, static_cast<uint16_t>(s.size()));
-  b.insert(b.end(), s.begin(), s.end());
-}
+using wire::put;
+using wire::putString;
 }  // namespace
 
 const char* opTypeName(OpType t) {
@@ -100,9 +56,8 @@ MessageWriter::MessageWriter(bool joined, const std::vector<std::string>& abando
   put<uint32_t>(buf_, 0);  // entry count, patched by add()
 }
 
-bool MessageWriter::add(const TensorMeta& m, const void* eager, size_t eagerBytes, size_t capacity) {
-  NRT_CHECK_ARG(m.name.size() <= 65535, "neptune_rt: tensor name of ", m.name.size(), " characters is too long");
-  const size_t need = 2 + m.name.size() + 4 + 4 + 1 + 8 * m.shape.size() + 8 + eagerBytes;
+bool MessageWriter::add(const TensorMeta& m, size_t capacity) {
+  const size_t need = 2 + m.name.size() + 4 + 4 + 1 + 8 * m.shape.size();
   if (buf_.size() + need > capacity) return false;
   putString(buf_, m.name);
   put<uint8_t>(buf_, static_cast<uint8_t>(m.type));
@@ -112,19 +67,15 @@ bool MessageWriter::add(const TensorMeta& m, const void* eager, size_t eagerByte
   put<int32_t>(buf_, m.root);
   put<uint8_t>(buf_, static_cast<uint8_t>(m.shape.size()));
   for (int64_t d : m.shape) put<int64_t>(buf_, d);
-  put<uint64_t>(buf_, eagerBytes);
-  if (eagerBytes) buf_.insert(buf_.end(), static_cast<const char*>(eager), static_cast<const char*>(eager) + eagerBytes);
   ++count_;
   std::memcpy(buf_.data() + countPos_, &count_, sizeof(count_));
   return true;
 }
 
 RankMessage parseRankMessage(const char* data, size_t len, int fromRank) {
-  Reader r(data, len, fromRank);
+  wire::Reader r(data, len, fromRank);
   const uint32_t magic = r.get<uint32_t>();
-  if (magic != kMagic)
-    throw std::runtime_error(concat("neptune_rt: negotiation message from rank ", fromRank,
-                                    " has a bad magic number; is another library using this communicator?"));
+  if (magic != kMagic) r.corrupt("bad magic number");
   RankMessage msg;
   msg.joined = r.get<uint8_t>() != 0;
   const uint32_t nAbandoned = r.get<uint32_t>();
@@ -137,7 +88,7 @@ RankMessage parseRankMessage(const char* data, size_t len, int fromRank) {
     const uint8_t type = r.get<uint8_t>(), dtype = r.get<uint8_t>(), op = r.get<uint8_t>();
     if (type > static_cast<uint8_t>(OpType::kShutdown) || dtype > static_cast<uint8_t>(DataType::kInt8) ||
         op > static_cast<uint8_t>(ReduceOp::kMax))
-      throw std::runtime_error(concat("neptune_rt: negotiation message from rank ", fromRank, " is corrupt"));
+      r.corrupt("unknown operation, dtype or op");
     a.meta.type = static_cast<OpType>(type);
     a.meta.dtype = static_cast<DataType>(dtype);
     a.meta.op = static_cast<ReduceOp>(op);
@@ -146,8 +97,6 @@ RankMessage parseRankMessage(const char* data, size_t len, int fromRank) {
     const uint8_t ndim = r.get<uint8_t>();
     a.meta.shape.resize(ndim);
     for (auto& d : a.meta.shape) d = r.get<int64_t>();
-    a.eagerBytes = r.get<uint64_t>();
-    a.eager = a.eagerBytes ? r.take(a.eagerBytes) : nullptr;
     msg.entries.push_back(std::move(a));
   }
   return msg;

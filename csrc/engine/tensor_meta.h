@@ -1,5 +1,5 @@
 // What a rank announces about each tensor it wants to communicate, and the wire format of one rank's
-// negotiation message (a list of announcements, optionally with the data of small tensors inlined).
+// negotiation message (a list of announcements; small tensors' data travels beside it, negotiation.h).
 // Parsing is bounds-checked: a corrupt message raises, never reads past the buffer.
 #pragma once
 
@@ -28,11 +28,9 @@ struct TensorMeta {
   std::string describe() const;  // e.g. "allreduce float32[3, 4] op=sum codec=0"
 };
 
-// One announcement as received: metadata plus, for an eager allreduce, a view of its data.
+// One announcement as received.
 struct Announcement {
   TensorMeta meta;
-  const char* eager = nullptr;  // points into the received message; valid while it lives
-  size_t eagerBytes = 0;
 };
 
 struct RankMessage {
@@ -44,8 +42,9 @@ struct RankMessage {
 class MessageWriter {
  public:
   explicit MessageWriter(bool joined, const std::vector<std::string>& abandoned);
-  // Appends an announcement if it fits in `capacity` bytes; returns false (and writes nothing) otherwise.
-  bool add(const TensorMeta& meta, const void* eager, size_t eagerBytes, size_t capacity);
+  // Appends an announcement if the message stays within `capacity` bytes; returns false (and writes
+  // nothing) otherwise.
+  bool add(const TensorMeta& meta, size_t capacity);
   const std::vector<char>& bytes() const { return buf_; }
   size_t size() const { return buf_.size(); }
 
