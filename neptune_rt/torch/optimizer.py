@@ -16,10 +16,12 @@ import torch
 from neptune_rt import engine as _engine
 from neptune_rt.torch import ops
 from neptune_rt.torch.compression import Compression, Compressor
+from neptune_rt.torch.grad_buckets import GradBucket, plan_buckets
 
 __all__ = ["DistributedOptimizer"]
 
 _NAME_PREFIX = "grad."
+DEFAULT_BUCKET_BYTES = 25 << 20  # as DDP: large enough for the ring's bandwidth, small enough to overlap
 
 
 class DistributedOptimizer(torch.optim.Optimizer):
@@ -27,7 +29,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
 
     Same arguments and semantics as `horovod.torch.DistributedOptimizer`; plus `weight` / `set_weight(w)` for
     ranks with different batch sizes: with a weight w_i (local batch / global batch) the applied gradient is
-    sum_i w_i g_i, exact whatever the split (implemented as the engine's prescale with op=Sum).
+    sum_i w_i g_i, exact whatever the split (implemented as the engine's prescale with op=Sum); and
+    `bucket_bytes`, the size of the flat gradient buffers that travel as one engine tensor (`.grad` of each
+    parameter becomes a view into its bucket, as with DDP's gradient_as_bucket_view).
     The constructor is collective: every rank must wrap an optimizer over the same named parameters.
     """
 
@@ -36,7 +40,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
     def __init__(self, optimizer: torch.optim.Optimizer,
                  named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
                  compression: Compressor = Compression.none, backward_passes_per_step: int = 1,
-                 op: str = ops.Average, gradient_predivide_factor: float = 1.0, weight: float | None = None):
+                 op: str = ops.Average, gradient_predivide_factor: float = 1.0, weight: float | None = None,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"neptune_rt: DistributedOptimizer wraps a torch.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
@@ -56,13 +61,17 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.set_weight(weight)
         self._names: dict[torch.Tensor, str] = {}
         self._given_names = _check_named(named_parameters)
-        self._handles: dict[torch.Tensor, tuple[ops.Handle | None, Any]] = {}
+        if bucket_bytes < 1:
+            raise ValueError(f"neptune_rt: bucket_bytes must be >= 1, got {bucket_bytes}")
+        self._bucket_bytes = int(bucket_bytes)
+        self._buckets: list[GradBucket] = []
+        self._bucket_of: dict[torch.Tensor, GradBucket] = {}
         self._delay: dict[torch.Tensor, int] = {}
         self._hooks: list[Any] = []
         self._should_synchronize = True
         self._synchronized = False
         self._add_params(optimizer.param_groups)
-        _check_same_parameters_everywhere(self._names)
+        _check_same_parameters_everywhere(self._names, self._bucket_bytes)
 
     # --- the wrapped optimizer's state, seen through the wrapper -------------------------------------------
     @property
@@ -115,7 +124,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._add_params([self._opt.param_groups[-1]])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        if any(h is not None for h, _ in self._handles.values()):
+        if any(b.submitted for b in self._buckets):
             raise AssertionError(
                 "neptune_rt: optimizer.zero_grad() was called after loss.backward() but before optimizer.step() "
                 "or optimizer.synchronize(): gradients are still being all-reduced in place. Call zero_grad() "
@@ -141,6 +150,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
     # --- hooks and communication --------------------------------------------------------------------------
     def _add_params(self, groups: list[dict[str, Any]]) -> None:
         index = len(self._names)
+        fresh = []
         for group in groups:
             for p in group["params"]:
                 if p in self._names:
@@ -156,57 +166,55 @@ class DistributedOptimizer(torch.optim.Optimizer):
                     name = f"allreduce.noname.{index}"
                 index += 1
                 self._names[p] = name
-                if p.requires_grad:
-                    self._delay[p] = self._passes
-                    self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(p)))
+                if p.requires_grad and p.numel() > 0:
+                    fresh.append(p)
+        for bucket in plan_buckets(fresh, self._names, self._bucket_bytes, _NAME_PREFIX):
+            self._buckets.append(bucket)
+            for p in bucket.params:
+                self._bucket_of[p] = bucket
+                self._delay[p] = self._passes
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(p)))
 
     def _make_hook(self, p: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        bucket = self._bucket_of[p]
+
         def hook(_param: torch.Tensor) -> None:
-            handle = self._handles.get(p, (None, None))[0]
-            if handle is not None and self._delay[p] <= 0:
+            if self._delay[p] <= 0:
                 raise AssertionError(
                     f"neptune_rt: rank {_engine.rank()}: gradient of '{self._names[p]}' was computed more than "
                     f"backward_passes_per_step={self._passes} times before step(); increase "
                     f"backward_passes_per_step to accumulate gradients locally")
             self._delay[p] -= 1
             if self._delay[p] == 0:
-                self._handles[p] = self._submit(p)
-            else:
-                self._handles[p] = (None, None)
+                bucket.take_grad(p)
+                if bucket.full():
+                    self._submit(bucket)
         return hook
 
-    def _submit(self, p: torch.Tensor) -> tuple[ops.Handle, Any]:
-        if p.grad is None:
-            # This rank produced no gradient (e.g. a branch it did not take): the others still wait for one.
-            p.grad = torch.zeros_like(p)
+    def _submit(self, bucket: GradBucket) -> None:
         if self._weight is not None:
             op, prescale, postscale = ops.Sum, self._weight, 1.0
         elif self._op == ops.Average:
             op, prescale, postscale = self._op, 1.0 / self._predivide, self._predivide
         else:
             op, prescale, postscale = self._op, 1.0, 1.0
-        compressed, ctx = self._compression.compress(p.grad)
-        handle = ops.Handle(_engine.allreduce_async_(compressed, _NAME_PREFIX + self._names[p], op,
-                                                     getattr(self._compression, "codec", "none"),
-                                                     prescale, postscale))
-        return handle, (compressed, ctx)
+        bucket.submit(self._compression, op, prescale, postscale)
 
     def synchronize(self) -> None:
-        """Waits until every gradient is all-reduced (submitting those whose hooks did not fire)."""
-        for p in self._delay:
-            handle = self._handles.get(p, (None, None))[0]
-            if handle is None:
-                self._handles[p] = self._submit(p)
+        """Waits until every gradient is all-reduced (submitting those whose hooks did not fire: this rank
+        then contributes its partial or zero gradient, so that no other rank waits for it)."""
+        for bucket in self._buckets:
+            if not bucket.submitted:
+                for p in bucket.params:
+                    if p not in bucket.ready:
+                        bucket.take_grad(p)
+                self._submit(bucket)
         try:
-            for p, (handle, (compressed, ctx)) in self._handles.items():
-                out = handle.wait()
-                if compressed is not p.grad:
-                    with torch.no_grad():
-                        p.grad.copy_(self._compression.decompress(out, ctx))
+            for bucket in self._buckets:
+                bucket.wait(self._compression)
         finally:
-            for p in self._handles:
+            for p in self._delay:
                 self._delay[p] = self._passes
-            self._handles.clear()
         self._synchronized = True
 
     @contextlib.contextmanager
@@ -250,16 +258,16 @@ def _check_named(named_parameters: Iterable[tuple[str, torch.Tensor]] | None) ->
     return {p: n for n, p in named}
 
 
-def _signature(names: dict[torch.Tensor, str]) -> list[str]:
-    return sorted(f"{n}:{tuple(p.shape)}:{str(p.dtype).removeprefix('torch.')}:{int(p.requires_grad)}"
+def _signature(names: dict[torch.Tensor, str], bucket_bytes: int) -> list[str]:
+    return [f"bucket_bytes:{bucket_bytes}"] + sorted(f"{n}:{tuple(p.shape)}:{str(p.dtype).removeprefix('torch.')}:{int(p.requires_grad)}"
                   for p, n in names.items())
 
 
-def _check_same_parameters_everywhere(names: dict[torch.Tensor, str]) -> None:
+def _check_same_parameters_everywhere(names: dict[torch.Tensor, str], bucket_bytes: int) -> None:
     """One small collective at construction: every rank must hold the same named parameters, otherwise a
     rank would wait for gradients that never come. Fails on every rank with the differences."""
     from neptune_rt.torch.functions import allgather_object
-    signature = _signature(names)
+    signature = _signature(names, bucket_bytes)
     digest = hashlib.sha256("\n".join(signature).encode()).hexdigest()
     digests = allgather_object(digest, name="DistributedOptimizer.check")
     if len(set(digests)) == 1:
@@ -274,5 +282,5 @@ def _check_same_parameters_everywhere(names: dict[torch.Tensor, str]) -> None:
             lines.append(f"  vs rank {r}: only here {only_mine}, only there {only_theirs}")
     raise ValueError(
         f"neptune_rt: rank {_engine.rank()}: DistributedOptimizer parameters differ across ranks "
-        f"(name:shape:dtype:requires_grad):\n" + "\n".join(lines) +
+        f"(bucket_bytes, then name:shape:dtype:requires_grad):\n" + "\n".join(lines) +
         "\nEvery rank must build the same model and wrap an optimizer over the same parameters.")

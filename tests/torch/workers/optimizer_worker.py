@@ -50,9 +50,11 @@ def compare(what: str, ours: nn.Module, ref: nn.Module, atol: float = 1e-6) -> N
 
 
 # 1. Dense: plain steps, and every other step an explicit synchronize + gradient clipping + skip_synchronize.
+# Small buckets (4 KiB), so that several travel while backward runs.
 ours, ref = make_model(), make_model()
 opt = nrt.DistributedOptimizer(torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9),
-                               named_parameters=ours.named_parameters())
+                               named_parameters=ours.named_parameters(), bucket_bytes=4096)
+assert len(opt._buckets) == 3, f"rank {rank}: expected 3 buckets, got {len(opt._buckets)}"
 sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # works on the wrapper
 ddp = DDP(ref)
 ref_opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
@@ -126,7 +128,7 @@ opt.remove_hooks()
 # 3. A layer that some ranks skip in some steps: no stall, same result as DDP(find_unused_parameters=True).
 ours, ref = make_model(), make_model()
 opt = nrt.DistributedOptimizer(torch.optim.SGD(ours.parameters(), lr=0.1),
-                               named_parameters=ours.named_parameters())
+                               named_parameters=ours.named_parameters(), bucket_bytes=4096)
 ddp = DDP(ref, find_unused_parameters=True)
 ref_opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 for step in range(STEPS):
