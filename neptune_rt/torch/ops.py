@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from neptune_rt import engine as _engine
+from neptune_rt.torch.autograd import AllgatherFn, AllreduceFn, BroadcastFn
 from neptune_rt.torch.compression import Compression, Compressor
 
 __all__ = ["Average", "Sum", "Min", "Max", "Handle", "allreduce", "allreduce_", "allreduce_async",
@@ -65,6 +66,10 @@ def resolve_op(op: str | None, average: bool | None = None) -> str:
     return op
 
 
+def _differentiable(tensor: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and isinstance(tensor, torch.Tensor) and tensor.requires_grad
+
+
 def _codec(compression: Compressor) -> str:
     # Horovod users may pass their own compressor class with static methods: no codec attribute, dense wire.
     return getattr(compression, "codec", "none")
@@ -104,7 +109,15 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
 def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
               compression: Compressor = Compression.none, op: str | None = None,
               prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> torch.Tensor:
-    """All-reduce (default: average over ranks) into a new tensor."""
+    """All-reduce (default: average over ranks) into a new tensor; differentiable, as Horovod's."""
+    if _differentiable(tensor):
+        op = resolve_op(op, average)
+        compressed, ctx = compression.compress(tensor)
+        if _codec(compression) != "none":
+            raise ValueError(f"neptune_rt: a differentiable allreduce cannot use the engine codec "
+                             f"{_codec(compression)!r}; detach the tensor or use Compression.fp16/bf16")
+        out = AllreduceFn.apply(compressed, name, op, prescale_factor, postscale_factor)
+        return compression.decompress(out, ctx)
     return allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor, compression).wait()
 
 
@@ -121,6 +134,8 @@ def allgather_async(tensor: torch.Tensor, name: str | None = None) -> Handle:
 
 
 def allgather(tensor: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    if _differentiable(tensor):
+        return AllgatherFn.apply(tensor, name)
     return allgather_async(tensor, name).wait()
 
 
@@ -135,6 +150,8 @@ def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: str | None = No
 
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> torch.Tensor:
+    if _differentiable(tensor):
+        return BroadcastFn.apply(tensor, root_rank, name)
     return broadcast_async(tensor, root_rank, name).wait()
 
 

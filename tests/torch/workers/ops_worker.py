@@ -101,6 +101,22 @@ assert last == size - 1, f"rank {rank}: join returned {last}, expected {size - 1
 if rank != size - 1:
     close("allreduce with one rank joined", s, torch.full((4,), float(size - 1)), atol=0)
 
+# Autograd through the collectives, as Horovod's: rank r's loss is sum(c_r * y) with c_r = r + 1.
+c = float(rank + 1)
+csum = sum(range(1, size + 1))
+x = torch.randn(5, generator=g, requires_grad=True)
+(nrt.allreduce(x, name="ad.sum", op=nrt.Sum) * c).sum().backward()
+close("grad of allreduce Sum", x.grad, torch.full((5,), float(csum)))  # sum over ranks of c_r
+x.grad = None
+(nrt.allreduce(x, name="ad.avg", compression=nrt.Compression.fp16) * c).sum().backward()
+close("grad of fp16 allreduce Average", x.grad, torch.full((5,), csum / size), atol=1e-3)  # Average again
+x.grad = None
+rows = torch.randn(rank + 1, 2, generator=g, requires_grad=True)
+(nrt.allgather(rows, name="ad.gather") * c).sum().backward()
+close("grad of allgather", rows.grad, torch.full((rank + 1, 2), csum / size))  # averaged, this rank's rows
+(nrt.broadcast(x, 1, name="ad.bcast") * c).sum().backward()
+close("grad of broadcast", x.grad, torch.full((5,), csum / size if rank == 1 else 0.0))
+
 # Errors name the problem.
 try:
     nrt.allreduce(x, name="badop", op="median")
