@@ -48,16 +48,14 @@ def init_gloo(rank: int, size: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=size)
 
 
-def make_step(impl: str, width: int, depth: int, lr: float, buckets_mb: float) -> Callable[[torch.Tensor,
-                                                                                           torch.Tensor], None]:
+def make_step(impl: str, width: int, depth: int, lr: float, buckets_mb: float,
+              nrt_bucket_mb: float) -> Callable[[torch.Tensor, torch.Tensor], None]:
     model = mlp(width, depth)
-    if impl == "neptune_rt":
+    if impl in ("neptune_rt", "neptune_rt_fp16"):
+        compression = nrt.Compression.fp16 if impl.endswith("fp16") else nrt.Compression.none
         opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr),
-                                       named_parameters=model.named_parameters())
-    elif impl == "neptune_rt_fp16":
-        opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr),
-                                       named_parameters=model.named_parameters(),
-                                       compression=nrt.Compression.fp16)
+                                       named_parameters=model.named_parameters(), compression=compression,
+                                       bucket_bytes=int(nrt_bucket_mb * 2**20))
     elif impl in ("ddp_gloo", "ddp_gloo_fp16"):
         model = DDP(model, bucket_cap_mb=buckets_mb)
         if impl == "ddp_gloo_fp16":
@@ -85,7 +83,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1, help="untimed trials per impl first")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    ap.add_argument("--ddp-bucket-mb", type=float, default=25.0)
+    ap.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
+    ap.add_argument("--nrt-bucket-mb", type=float, default=25.0, help="DistributedOptimizer's bucket_bytes in MiB")
     ap.add_argument("--impls", default="neptune_rt,ddp_gloo,compute_only",
                     help="comma list of neptune_rt, neptune_rt_fp16, ddp_gloo, ddp_gloo_fp16, compute_only")
     ap.add_argument("--json", help="write the rows here (rank 0)")
@@ -96,7 +95,7 @@ def main() -> None:
     rank, size = nrt.rank(), nrt.size()
     init_gloo(rank, size)
     impls = args.impls.split(",")
-    steps = {impl: make_step(impl, args.width, args.depth, 1e-3, args.ddp_bucket_mb) for impl in impls}
+    steps = {impl: make_step(impl, args.width, args.depth, 1e-3, args.ddp_bucket_mb, args.nrt_bucket_mb) for impl in impls}
     params = sum(p.numel() for p in mlp(args.width, args.depth).parameters())
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(args.batch, args.width, generator=g)
@@ -122,7 +121,8 @@ def main() -> None:
             t = statistics.median(times[impl])
             rows.append({
                 "impl": impl, "np": size, "params": params, "batch_per_rank": args.batch,
-                "threads_per_rank": args.threads, "trials": args.trials, "steps_per_trial": args.steps,
+                "threads_per_rank": args.threads, "ddp_bucket_mb": args.ddp_bucket_mb,
+                "nrt_bucket_mb": args.nrt_bucket_mb, "trials": args.trials, "steps_per_trial": args.steps,
                 "step_ms": t * 1e3, "step_ms_min": min(times[impl]) * 1e3, "step_ms_max": max(times[impl]) * 1e3,
                 "samples_per_s": args.batch * size / t,
                 "exposed_comm_ms": None if compute is None else (t - compute) * 1e3,

@@ -15,7 +15,7 @@ import torch
 
 from neptune_rt import engine as _engine
 from neptune_rt.torch import ops
-from neptune_rt.torch.compression import Compression, Compressor
+from neptune_rt.torch.compression import Compression, Compressor, require_codec
 from neptune_rt.torch.grad_buckets import GradBucket, plan_buckets
 
 __all__ = ["DistributedOptimizer"]
@@ -52,6 +52,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
         op = ops.resolve_op(op)
         if gradient_predivide_factor != 1.0 and op != ops.Average:
             raise ValueError("neptune_rt: gradient_predivide_factor is only supported with op=Average")
+        codec = getattr(compression, "codec", "none")
+        if codec != "none":
+            require_codec(codec)  # fail here, not inside the first backward
         self._opt = optimizer
         self._compression = compression
         self._passes = backward_passes_per_step
