@@ -5,7 +5,7 @@ PyTorch users import neptune_rt.torch. Launch every program with mpirun.
 """
 from neptune_rt.engine import (  # noqa: F401
     CODECS, OPS, Handle, allgather, allgather_async, allreduce, allreduce_, allreduce_async, allreduce_async_,
-    barrier, broadcast, broadcast_, broadcast_async, broadcast_async_, codec_id, comm, init, is_initialized,
+    barrier, broadcast, cost_model, broadcast_, broadcast_async, broadcast_async_, codec_id, comm, init, is_initialized,
     join, local_rank, local_size, poll, rank, shutdown, size, synchronize,
 )
 from neptune_rt.engine import __all__ as _engine_all

@@ -28,11 +28,18 @@ def _is_cupy(obj: Any) -> bool:
     return type(obj).__module__.startswith("cupy") and hasattr(obj, "__cuda_array_interface__")
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # dtype object -> engine name; str(numpy dtype) costs microseconds
+
+
 def dtype_name(obj: Any) -> str:
     """Engine dtype name of a numpy/torch/cupy object; ValueError for unsupported types."""
-    name = str(obj.dtype).removeprefix("torch.")
-    if name not in _NUMPY_DTYPES:
-        raise ValueError(f"unsupported dtype {obj.dtype} (supported: {', '.join(sorted(_NUMPY_DTYPES))})")
+    dtype = obj.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = str(dtype).removeprefix("torch.")
+        if name not in _NUMPY_DTYPES:
+            raise ValueError(f"unsupported dtype {dtype} (supported: {', '.join(sorted(_NUMPY_DTYPES))})")
+        _DTYPE_NAMES[dtype] = name
     return name
 
 

@@ -23,12 +23,13 @@ __all__ = [
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "comm",
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "barrier", "join",
-    "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id",
+    "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id", "cost_model",
 ]
 
 OPS = ("sum", "average", "min", "max")
-# Codec names and their wire ids; the dense path is "none". Compressed codecs live in neptune_rt.codecs.
-CODECS = ("none",)
+# Codecs the engine can apply per bucket ("none" = dense; "auto" = the cost model picks dense, fp16 or int8).
+# Codec kernels and their numpy references live in neptune_rt.codecs.
+CODECS = ("none", "fp16", "bf16", "int8", "int4", "onebit", "auto")
 
 _state_lock = threading.Lock()
 _engine = None
@@ -40,11 +41,20 @@ _inflight: dict[int, "Handle"] = {}
 _failed_exit = False
 
 
-def codec_id(codec: str) -> int:
-    """Wire id of a codec name; ValueError naming the choices."""
-    if codec not in CODECS:
+_CODEC_IDS: dict[str, int] = {}
+
+
+def codec_id(codec: str, adaptive: bool = True) -> int:
+    """Wire id of a codec name; ValueError naming the choices. adaptive=False: use exactly this codec
+    even where the cost model predicts the dense path to be faster."""
+    if not _CODEC_IDS:
+        from neptune_rt import _C
+        _CODEC_IDS.update({name: i for i, name in enumerate(_C.codec_names())}, auto=_C.CODEC_AUTO_ID)
+        _CODEC_IDS["_force"] = _C.CODEC_FORCE_BIT
+    ident = _CODEC_IDS.get(codec) if codec in CODECS else None
+    if ident is None:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
-    return CODECS.index(codec)
+    return ident if adaptive or codec == "none" else ident | _CODEC_IDS["_force"]
 
 
 def init(comm: Any = None) -> None:
@@ -73,6 +83,11 @@ def init(comm: Any = None) -> None:
             timeout=_env.get("NEPTUNE_RT_TIMEOUT_SECONDS"),
             stall_warning=_env.get("NEPTUNE_RT_STALL_WARNING_SECONDS"),
             segment_bytes=_env.get("NEPTUNE_RT_SEGMENT_BYTES"),
+            codec_block=_env.get("NEPTUNE_RT_CODEC_BLOCK"),
+            rounding=_env.get("NEPTUNE_RT_ROUNDING"),
+            seed=_env.get("NEPTUNE_RT_SEED"),
+            compressed_algorithm=_env.get("NEPTUNE_RT_COMPRESSED_ALGORITHM"),
+            cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
         )
         _comm = comm
         local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
@@ -103,6 +118,11 @@ def _require() -> Any:
     if not engine.running:
         raise RuntimeError(engine.fatal_error or "neptune_rt engine has stopped")
     return engine
+
+
+def cost_model() -> str:
+    """The probed link/codec cost model ("" until the first compressed bucket ran)."""
+    return _require().cost_model
 
 
 def rank() -> int:
@@ -145,6 +165,16 @@ class Handle:
 
     def done(self) -> bool:
         return self._native.done()
+
+    @property
+    def codec_used(self) -> str:
+        """For all-reduces: the codec that moved the data ("none" = dense), once done."""
+        return self._native.codec_used
+
+    @property
+    def wire_bytes(self) -> int:
+        """For all-reduces: payload bytes this rank sent, once done."""
+        return self._native.wire_bytes
 
     def wait(self, timeout: float | None = None) -> Any:
         """Result of the operation; TimeoutError if not done after `timeout` s, RuntimeError if it failed."""
@@ -198,19 +228,19 @@ def _written(out: Any, view: HostView) -> Callable[[], Any]:
 
 
 def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                     prescale: float = 1.0, postscale: float = 1.0) -> Handle:
+                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
     """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
     engine = _require()
     name = _auto_name("allreduce", name)
     _check_op(op, name)
     view = host_view(tensor, name, writable=True)
     native = engine.enqueue_allreduce(name, view.array, view.array, view.dtype, list(view.shape), op,
-                                      codec_id(codec), prescale, postscale)
+                                      codec_id(codec, adaptive), prescale, postscale)
     return _track(Handle(native, (tensor, view), _written(tensor, view)))
 
 
 def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                    prescale: float = 1.0, postscale: float = 1.0) -> Handle:
+                    prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
     """All-reduce into a new object of the input's type; `tensor` is left unchanged."""
     engine = _require()
     name = _auto_name("allreduce", name)
@@ -219,18 +249,21 @@ def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec
     out = empty_like(tensor)
     out_view = host_view(out, name, writable=True)
     native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
-                                      codec_id(codec), prescale, postscale)
+                                      codec_id(codec, adaptive), prescale, postscale)
     return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
 
 
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-              prescale: float = 1.0, postscale: float = 1.0) -> Any:
-    return allreduce_async(tensor, name, op, codec, prescale, postscale).wait()
+              prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
+    """All-reduce into a new object of the input's type. codec: "none" (dense), "fp16", "bf16", "int8",
+    "int4", "onebit" (error feedback kept per tensor name) or "auto"; with adaptive=True the cost model may
+    still choose the dense path (or fp16) for this bucket where it predicts that to be faster."""
+    return allreduce_async(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
 def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-               prescale: float = 1.0, postscale: float = 1.0) -> Any:
-    return allreduce_async_(tensor, name, op, codec, prescale, postscale).wait()
+               prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
+    return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:

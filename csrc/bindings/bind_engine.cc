@@ -36,6 +36,8 @@ std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
 }  // namespace
 
 void registerEngine(py::module_& m) {
+  m.attr("CODEC_AUTO_ID") = kAutoCodecId;
+  m.attr("CODEC_FORCE_BIT") = kForceCodecBit;
   py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle", "Completion of one enqueued operation")
       .def_property_readonly("name", &Handle::name)
       .def("done", &Handle::done)
@@ -47,6 +49,8 @@ void registerEngine(py::module_& m) {
            "Call fn() on the engine thread when done (at once if already done)")
       .def_property_readonly("output_shape", [](const Handle& h) { return h.outputShape; })
       .def_property_readonly("value", [](const Handle& h) { return h.value; })
+      .def_property_readonly("codec_used", [](const Handle& h) { return h.codecUsed; })
+      .def_property_readonly("wire_bytes", [](const Handle& h) { return h.wireBytes; })
       .def("take_output", [](Handle& h) {
         // Hand the bytes to numpy without a copy: a capsule owns the moved vector.
         auto* owned = new std::vector<char>(std::move(h.output));
@@ -55,9 +59,38 @@ void registerEngine(py::module_& m) {
                                     reinterpret_cast<uint8_t*>(owned->data()), free);
       });
 
+  py::class_<CostModel>(m, "CostModel", "Per-bucket dense-vs-compressed decision (engine/cost_model.h)")
+      .def(py::init<>())
+      .def_readwrite("alpha", &CostModel::alpha, "seconds per message")
+      .def_readwrite("beta", &CostModel::beta, "seconds per wire byte")
+      .def_readwrite("reduce_sec_per_byte", &CostModel::reduceSecPerByte)
+      .def("set_codec_speed",
+           [](CostModel& cm, const std::string& codec, double encodeSecPerByte, double decodeSecPerByte) {
+             const int id = static_cast<int>(codecFromName(codec));
+             cm.encodeSecPerByte[id] = encodeSecPerByte;
+             cm.decodeSecPerByte[id] = decodeSecPerByte;
+           },
+           py::arg("codec"), py::arg("encode_sec_per_byte"), py::arg("decode_sec_per_byte"))
+      .def("predict_dense", &CostModel::predictDense, py::arg("wire_bytes"), py::arg("world_size"))
+      .def("predict_compressed",
+           [](const CostModel& cm, const std::string& codec, size_t count, int n, uint32_t block) {
+             return cm.predictCompressed(codecFromName(codec), count, n, block);
+           },
+           py::arg("codec"), py::arg("count"), py::arg("world_size"), py::arg("block") = codec_format::kDefaultBlockSize)
+      .def("choose",
+           [](const CostModel& cm, const std::string& requested, size_t count, size_t denseBytes, int n, uint32_t block) {
+             const uint8_t id = requested == "auto" ? kAutoCodecId : static_cast<uint8_t>(codecFromName(requested));
+             return std::string(codecName(static_cast<Codec>(cm.choose(id, count, denseBytes, n, block))));
+           },
+           py::arg("requested"), py::arg("count"), py::arg("dense_bytes"), py::arg("world_size"),
+           py::arg("block") = codec_format::kDefaultBlockSize,
+           "The codec the engine would use for such a bucket ('none' = dense ring)")
+      .def("describe", &CostModel::describe);
+
   py::class_<Engine>(m, "Engine", "Background communication engine over an mpi4py communicator")
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
-                       double stallWarning, size_t segmentBytes) {
+                       double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
+                       uint64_t seed, const std::string& compressedAlgorithm, bool costModel) {
              EngineConfig c;
              c.fusionBytes = fusionBytes;
              c.eagerBytes = eagerBytes;
@@ -65,16 +98,26 @@ void registerEngine(py::module_& m) {
              c.timeoutSeconds = timeout;
              c.stallWarningSeconds = stallWarning;
              if (segmentBytes) c.segmentBytes = segmentBytes;
+             checkBlockSize(Codec::kInt8, codecBlock);
+             c.codecBlock = codecBlock;
+             c.rounding = roundingFromName(rounding);
+             c.seed = seed;
+             c.compressedAlgorithm = compressedAlgorithmFromName(compressedAlgorithm);
+             c.useCostModel = costModel;
              NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
                            " must stay below ", c.negotiationBytes - 4096);
              return std::make_unique<Engine>(communicatorFromMpi4py(comm), c);
            }),
            py::arg("mpi_comm"), py::arg("fusion_bytes"), py::arg("eager_bytes"), py::arg("cycle_ms"),
-           py::arg("timeout"), py::arg("stall_warning"), py::arg("segment_bytes"))
+           py::arg("timeout"), py::arg("stall_warning"), py::arg("segment_bytes"),
+           py::arg("codec_block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest",
+           py::arg("seed") = 0, py::arg("compressed_algorithm") = "two_phase", py::arg("cost_model") = true)
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)
       .def_property_readonly("fatal_error", &Engine::fatalError)
+      .def_property_readonly("cost_model", &Engine::costModelDescription,
+                             "The probed cost model (empty until the first compressed bucket)")
       .def(
           "enqueue_allreduce",
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,

@@ -14,4 +14,5 @@ std::unique_ptr<Communicator> communicatorFromMpi4py(pybind11::handle comm);
 void registerCollectives(pybind11::module_& m);  // bind_collectives.cc: direct collectives + info
 void registerEngine(pybind11::module_& m);       // bind_engine.cc: background engine and handles
 void registerCodecs(pybind11::module_& m);       // bind_codecs.cc: quantization codecs (CPU)
+void registerCompressed(pybind11::module_& m);   // bind_compressed.cc: compressed all-reduce
 }  // namespace nrt

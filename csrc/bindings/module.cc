@@ -8,4 +8,5 @@ PYBIND11_MODULE(_C, m) {
   nrt::registerCollectives(m);
   nrt::registerEngine(m);
   nrt::registerCodecs(m);
+  nrt::registerCompressed(m);
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "collectives/options.h"
@@ -49,6 +50,8 @@ void reduceScatter(Communicator& comm, const ReduceScatterOptions& opts);
 struct AllgatherOptions : CollectiveOptions {
   void* buffer = nullptr;
   std::vector<size_t> bytes;
+  // Optional: called as each segment (segmentBytes long, the block's last shorter) of block `rank` lands.
+  std::function<void(int rank, size_t seg)> onGathered;
 };
 void allgatherv(Communicator& comm, const AllgatherOptions& opts);
 

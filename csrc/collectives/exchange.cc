@@ -71,7 +71,9 @@ class Exchanger {
       const auto warnAt = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.slowSeconds));
       Backoff backoff;
       while (!comm_.test(rq, got)) {
-        if (Clock::now() >= warnAt) {
+        const auto now = Clock::now();
+        if (now >= deadline_.at()) break;  // let wait() raise the timeout
+        if (now >= warnAt) {
           warned_ = true;
           o_.onSlow();
           break;

@@ -15,3 +15,9 @@ void finalizeAverage(void* buf, size_t count, DataType dtype, int divisor);
 void scaleInPlace(void* buf, size_t count, DataType dtype, double factor);
 
 }  // namespace nrt
+
+namespace nrt {
+// Widen any floating dtype to fp32 (the codecs' input) and narrow back (round to nearest even).
+void convertToF32(const void* src, DataType dtype, size_t count, float* dst);
+void convertFromF32(const float* src, DataType dtype, size_t count, void* dst);
+}  // namespace nrt

@@ -122,6 +122,7 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
       if (u.step == lastReduceStep && p.averageDivisor > 1) finalizeAverage(place, u.elems, p.dtype, p.averageDivisor);
     }
     if (u.step + 1 < steps.size()) postStepSends(u.step + 1, u.seg);
+    if (!st.reduce && p.onGathered) p.onGathered(st.recvChunk, u.seg);
   }
   // A chunk that arrives with no segments (count < n) still has to be divided when it is ours: nothing to do.
   comm.waitAll(sends, deadline, opts.name.c_str());

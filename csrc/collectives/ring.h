@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "collectives/options.h"
@@ -29,6 +30,9 @@ struct RingPlan {
   DataType dtype = DataType::kFloat32;
   ReduceOp op = ReduceOp::kSum;
   int averageDivisor = 0;  // >1: divide each fully reduced segment before it is all-gathered
+  // Called for each all-gather segment once it has arrived and been forwarded (chunk, segment index), so
+  // callers can consume data while the rest is still on the wire.
+  std::function<void(int chunk, size_t seg)> onGathered;
 };
 
 void runRing(Communicator& comm, const RingPlan& plan, const CollectiveOptions& opts);

@@ -15,9 +15,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "codecs/codec.h"
+#include "collectives/compressed_allreduce.h"
 #include "collectives/options.h"
 #include "comm/communicator.h"
 #include "engine/handle.h"
+#include "engine/cost_model.h"
 #include "engine/matching.h"
 #include "engine/tensor_meta.h"
 
@@ -31,7 +34,16 @@ struct EngineConfig {
   double timeoutSeconds = kDefaultTimeoutSeconds;  // NEPTUNE_RT_TIMEOUT_SECONDS
   double stallWarningSeconds = 60;       // NEPTUNE_RT_STALL_WARNING_SECONDS
   size_t segmentBytes = kDefaultSegmentBytes;      // NEPTUNE_RT_SEGMENT_BYTES
+  // Compression (codec != none): NEPTUNE_RT_CODEC_BLOCK, _ROUNDING, _SEED, _COMPRESSED_ALGORITHM, _COST_MODEL.
+  uint32_t codecBlock = codec_format::kDefaultBlockSize;
+  Rounding rounding = Rounding::kNearest;
+  uint64_t seed = 0;
+  CompressedAlgorithm compressedAlgorithm = CompressedAlgorithm::kTwoPhase;
+  bool useCostModel = true;  // false: always use the requested codec ("auto" then means int8)
 };
+
+// Bytes one rank sends in a dense all-reduce of `bytes` (ring: 2(n-1)/n S; recursive doubling: log2 n S).
+uint64_t denseWireBytes(size_t bytes, int n);
 
 struct Entry {
   TensorMeta meta;
@@ -61,15 +73,19 @@ class Engine {
   void shutdown();
   bool running() const { return running_.load(); }
   std::string fatalError() const;
+  // The cost model's figures once probed (empty before the first compressed bucket).
+  std::string costModelDescription() const;
 
  private:
   void loop();
+  void idleSpin();
   bool cycle();  // one negotiation + execution; returns true if anything completed
   std::vector<char> buildMessage();
   void execute(const MatchResult& match);
   void executeAllreduces(const std::vector<const ReadyTensor*>& tensors);
   void executeEager(const ReadyTensor& t, Entry* local);
   void executeBucket(const std::vector<const ReadyTensor*>& bucket);
+  void executeCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals);
   void executeAllgather(const ReadyTensor& t, Entry* local);
   void executeBroadcast(const ReadyTensor& t, Entry* local);
   void trackStalls(const MatchResult& match);
@@ -88,10 +104,12 @@ class Engine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Entry> incoming_;
+  std::atomic<size_t> incomingCount_{0};  // incoming_.size(), readable without the lock (idle spin)
   std::unordered_map<std::string, std::shared_ptr<Handle>> inFlight_;  // name -> handle (rejects duplicates)
   uint64_t nextSeq_ = 0;
   bool stopRequested_ = false;
   std::string fatal_;
+  std::string costModelText_;
   std::atomic<bool> running_{true};
 
   // Engine thread only.
@@ -103,6 +121,14 @@ class Engine {
   std::vector<char> scratch_;
   bool shutdownDone_ = false;
   int participants_ = 1;  // ranks that have not joined, in the cycle being executed
+  // Compression state (engine thread). Error feedback is keyed by tensor name, so it survives re-bucketing;
+  // the second quantization's residual is keyed by the bucket's composition.
+  CostModel costModel_;
+  std::unordered_map<std::string, std::vector<float>> residuals_;
+  std::unordered_map<std::string, std::vector<float>> chunkResiduals_;
+  std::vector<float> work_;
+  std::vector<float> bucketResidual_;
+  uint64_t compressedStep_ = 0;
 
   std::thread thread_;
 };

@@ -2,6 +2,7 @@
 // Completed by the engine thread; waited on by user threads (with a timeout).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -29,6 +30,9 @@ class Handle {
   std::vector<char> output;
   std::vector<int64_t> outputShape;
   int64_t value = 0;
+  // All-reduce: the codec that moved the data ("none" = dense) and the payload bytes this rank sent.
+  std::string codecUsed = "none";
+  uint64_t wireBytes = 0;
 
   // Engine side.
   void complete(const std::string& error = std::string(), bool timedOut = false);
@@ -38,6 +42,7 @@ class Handle {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> doneFlag_{false};  // mirrors done_ for the lock-free spin in wait()
   bool timedOut_ = false;
   std::string error_;
   std::vector<std::function<void()>> callbacks_;

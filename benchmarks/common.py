@@ -1,0 +1,70 @@
+"""Shared benchmark plumbing: interleaved timed trials (A B A B ...) with the slowest rank's time, medians
+with min-max spread, nccl-tests style tables and --json output (see ../shared/BENCHMARKS.md)."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Callable, Sequence
+
+SIZE_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'4K' -> 4096, '64M' -> 67108864, '1000' -> 1000."""
+    text = text.strip().upper().removesuffix("B")
+    if text and text[-1] in SIZE_SUFFIX:
+        return int(float(text[:-1]) * SIZE_SUFFIX[text[-1]])
+    return int(text)
+
+
+def format_size(nbytes: int) -> str:
+    for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if nbytes >= scale and nbytes % scale == 0:
+            return f"{nbytes // scale}{suffix}"
+    return str(nbytes)
+
+
+def timed_interleaved(comm, cases: dict[str, Callable[[], None]], trials: int, reps: int,
+                      warmup: int = 1, prepare: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Runs each case `reps` times per trial, cases interleaved within every trial. Returns per case the list
+    of per-operation seconds of each trial, taken as the slowest rank's (an all-reduce is done when the last
+    rank is done)."""
+    from mpi4py import MPI
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for trial in range(warmup + trials):
+        for name, run in cases.items():
+            if prepare:
+                prepare(name)
+            comm.Barrier()
+            start = time.perf_counter()
+            for _ in range(reps):
+                run()
+            elapsed = (time.perf_counter() - start) / reps
+            slowest = comm.allreduce(elapsed, op=MPI.MAX)
+            if trial >= warmup:
+                times[name].append(slowest)
+    return times
+
+
+def summarize(samples: Sequence[float]) -> tuple[float, float, float]:
+    return statistics.median(samples), min(samples), max(samples)
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """columns: (header, key, format spec)."""
+    header = "  ".join(f"{h:>{max(len(h), 10)}}" for h, _, _ in columns)
+    print(header)
+    for row in rows:
+        cells = []
+        for h, key, spec in columns:
+            value = row.get(key, "")
+            text = format(value, spec) if value != "" and value is not None else "-"
+            cells.append(f"{text:>{max(len(h), 10)}}")
+        print("  ".join(cells))
+
+
+def write_json(path: str | None, rows: list[dict]) -> None:
+    if path:
+        with open(path, "w") as fh:
+            json.dump(rows, fh, indent=1)

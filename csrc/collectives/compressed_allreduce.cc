@@ -1,0 +1,309 @@
+// Compressed all-reduce (see compressed_allreduce.h): the two-phase and requantizing-ring algorithms share
+// the segment layout, the payload all-gather and the final decode; they differ in how the reduced chunks
+// are produced. Exercised by tests/test_compressed_allreduce.py.
+#include "collectives/compressed_allreduce.h"
+
+#include <algorithm>
+
+#include "collectives/allreduce.h"
+#include "collectives/ring.h"
+#include "common/error.h"
+
+namespace nrt {
+
+namespace {
+
+// Where every segment lives: chunk c covers elements [chunkOffset[c], +chunkCount[c]); its segments are
+// segElems long (the last shorter) and their payloads sit back to back in a per-chunk payload area.
+struct Layout {
+  std::vector<size_t> chunkOffset, chunkCount, chunkPayload;
+  size_t segElems = 1;
+  size_t fullSegPayload = 0;
+  Codec codec = Codec::kNone;
+  uint32_t block = 0;
+
+  size_t segs(int c) const { return (chunkCount[c] + segElems - 1) / segElems; }
+  size_t segOffset(int c, size_t k) const { return chunkOffset[c] + k * segElems; }  // elements
+  size_t segLen(int c, size_t k) const { return std::min(segElems, chunkCount[c] - k * segElems); }
+  size_t segPayloadOffset(size_t k) const { return k * fullSegPayload; }  // bytes, within the chunk's area
+  size_t segPayload(int c, size_t k) const { return payloadBytes(codec, segLen(c, k), block); }
+};
+
+Layout makeLayout(const CompressedAllreduceOptions& o, int n) {
+  Layout L;
+  L.codec = o.codec;
+  L.block = o.blockSize;
+  splitEvenly(o.count, n, L.chunkOffset, L.chunkCount);
+  const size_t unit = codecSummable(o.codec) ? 1 : o.blockSize;  // segments hold whole blocks
+  L.segElems = std::max(unit, o.segmentBytes / sizeof(float) / unit * unit);
+  L.fullSegPayload = payloadBytes(o.codec, L.segElems, o.blockSize);
+  L.chunkPayload.resize(n);
+  for (int c = 0; c < n; ++c) {
+    const size_t s = L.segs(c);
+    L.chunkPayload[c] = s == 0 ? 0 : (s - 1) * L.fullSegPayload + L.segPayload(c, s - 1);
+  }
+  return L;
+}
+
+// 4-byte aligned scratch for payloads (payload sizes are multiples of 4, so every one stays aligned).
+struct Bytes {
+  explicit Bytes(size_t n) : words((n + 3) / 4) {}
+  char* at(size_t offset) { return reinterpret_cast<char*>(words.data()) + offset; }
+  std::vector<uint32_t> words;
+};
+
+// On an exception (timeout, bad payload) abandon what is still in flight before the buffers are freed.
+struct InFlight {
+  Communicator& comm;
+  std::vector<Request> reqs;
+  ~InFlight() {
+    for (Request& r : reqs)
+      if (r.active) comm.cancel(r);
+  }
+};
+
+void waitExact(Communicator& comm, Request& req, const Deadline& deadline, const std::string& name) {
+  size_t got = 0;
+  const size_t expected = req.bytes;
+  const int peer = req.peer;
+  comm.wait(req, deadline, name.c_str(), &got);
+  NRT_CHECK(got == expected, "neptune_rt: compressed all-reduce '", name, "': rank ", comm.rank(), " received ",
+            got, " bytes from rank ", peer, ", expected ", expected,
+            " (do all ranks use the same codec, block size, count and segment size?)");
+}
+
+EncodeParams encodeParams(const CompressedAllreduceOptions& o, uint64_t stream) {
+  EncodeParams p;
+  p.codec = o.codec;
+  p.blockSize = o.blockSize;
+  p.rounding = o.rounding;
+  p.seed = o.seed;
+  p.step = o.step;
+  p.rank = stream;
+  return p;
+}
+
+size_t encodeSegment(EncodeParams p, const Layout& L, int c, size_t k, const float* src, float* residual,
+                     char* out) {
+  p.indexBase = L.segOffset(c, k);
+  return encode(p, src, L.segLen(c, k), residual, out, L.segPayload(c, k));
+}
+
+// The all-gather of reduced payloads: slot p (rank p's contribution, at slotOffset[p] in the gather buffer)
+// holds chunk (p + shift) mod n, the chunk rank p finished reducing.
+struct GatherPlan {
+  std::vector<int> chunkOfSlot;
+  std::vector<size_t> slotOffset;  // n + 1 entries, the last one is the total
+};
+
+GatherPlan makeGatherPlan(const Layout& L, int n, int shift) {
+  GatherPlan g;
+  g.slotOffset.assign(n + 1, 0);
+  for (int p = 0; p < n; ++p) {
+    g.chunkOfSlot.push_back((p + shift) % n);
+    g.slotOffset[p + 1] = g.slotOffset[p] + L.chunkPayload[g.chunkOfSlot[p]];
+  }
+  return g;
+}
+
+// All-gather the slots along the ring, forwarding bytes unchanged, then decode every segment into the
+// buffer: all ranks decode the same bytes, so all end bitwise equal. Returns the bytes this rank sent.
+size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, const Layout& L,
+                       const GatherPlan& g, Bytes& gather) {
+  const int n = comm.size();
+  AllgatherOptions ag;
+  static_cast<CollectiveOptions&>(ag) = o;
+  ag.tag = o.tag + 1;
+  ag.buffer = gather.at(0);
+  for (int p = 0; p < n; ++p) ag.bytes.push_back(g.slotOffset[p + 1] - g.slotOffset[p]);
+  const auto decodeSegment = [&](int p, size_t k) {
+    const int c = g.chunkOfSlot[p];
+    decode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
+           L.segLen(c, k));
+  };
+  // One ring segment per payload segment, so each payload is decoded the moment it has arrived (and been
+  // forwarded): decoding overlaps the rest of the all-gather instead of following it.
+  ag.segmentBytes = std::max<size_t>(1, L.fullSegPayload);
+  ag.onGathered = decodeSegment;
+  for (size_t k = 0; k < L.segs(g.chunkOfSlot[comm.rank()]); ++k) decodeSegment(comm.rank(), k);
+  allgatherv(comm, ag);
+  // The ring all-gather sends every slot but the right neighbour's (it starts from its own).
+  size_t sent = 0;
+  for (int p = 0; p < n; ++p)
+    if (n > 1 && p != (comm.rank() + 1) % n) sent += ag.bytes[p];
+  return sent;
+}
+
+CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduceOptions& o) {
+  const int n = comm.size(), r = comm.rank();
+  const Layout L = makeLayout(o, n);
+  const Deadline deadline = Deadline::after(o.timeoutSeconds);
+  CompressedAllreduceResult result;
+
+  // Phase 1 (all-to-all): post every receive of our chunk first, then encode chunk j once and send it to
+  // rank j, segment by segment across peers, so each peer can start reducing segment 0 early.
+  std::vector<size_t> chunkArea(n + 1, 0);
+  for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
+  Bytes mine(chunkArea[n]);
+  Bytes incoming(static_cast<size_t>(n) * L.chunkPayload[r]);
+  InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
+  const size_t mySegs = L.segs(r);
+  std::vector<size_t> recvIndex(static_cast<size_t>(n) * mySegs);  // [peer * mySegs + k] -> inflight index
+  for (size_t k = 0; k < mySegs; ++k)
+    for (int p = 0; p < n; ++p) {
+      if (p == r) continue;
+      recvIndex[p * mySegs + k] = inflight.reqs.size();
+      inflight.reqs.push_back(comm.irecv(incoming.at(p * L.chunkPayload[r] + L.segPayloadOffset(k)),
+                                         L.segPayload(r, k), p, o.tag));
+    }
+  const EncodeParams first = encodeParams(o, static_cast<uint64_t>(r));
+  size_t maxSegs = 0;
+  for (int c = 0; c < n; ++c) maxSegs = std::max(maxSegs, L.segs(c));
+  for (size_t k = 0; k < maxSegs; ++k)
+    for (int d = 1; d <= n; ++d) {  // d == n: our own chunk, encoded last and kept here
+      const int j = (r + d) % n;
+      if (k >= L.segs(j)) continue;
+      char* out = mine.at(chunkArea[j] + L.segPayloadOffset(k));
+      const size_t off = L.segOffset(j, k);
+      const size_t bytes =
+          encodeSegment(first, L, j, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
+      if (j != r) {
+        inflight.reqs.push_back(comm.isend(out, bytes, j, o.tag));
+        result.wireBytes += bytes;
+      }
+    }
+
+  // Reduce our chunk in fp32, contributions in rank order (deterministic), then quantize the sum again with
+  // the second error feedback into our all-gather slot.
+  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
+  Bytes gather(plan.slotOffset[n]);
+  const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
+  for (size_t k = 0; k < mySegs; ++k) {
+    float* acc = o.buffer + L.segOffset(r, k);
+    const size_t len = L.segLen(r, k), bytes = L.segPayload(r, k);
+    for (int p = 0; p < n; ++p) {
+      const char* payload = mine.at(chunkArea[r] + L.segPayloadOffset(k));
+      if (p != r) {
+        waitExact(comm, inflight.reqs[recvIndex[p * mySegs + k]], deadline, o.name);
+        payload = incoming.at(p * L.chunkPayload[r] + L.segPayloadOffset(k));
+      }
+      if (p == 0) {
+        decode(payload, bytes, acc, len);
+      } else {
+        decodeAdd(payload, bytes, acc, len);
+      }
+    }
+    float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
+    encodeSegment(second, L, r, k, acc, res2, gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
+  }
+  comm.waitAll(inflight.reqs, deadline, o.name.c_str());
+
+  // Phase 2: all-gather the encoded sums.
+  result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
+  return result;
+}
+
+CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedAllreduceOptions& o) {
+  const int n = comm.size(), r = comm.rank();
+  const int right = (r + 1) % n, left = (r - 1 + n) % n;
+  const Layout L = makeLayout(o, n);
+  const Deadline deadline = Deadline::after(o.timeoutSeconds);
+  const auto mod = [n](int x) { return ((x % n) + n) % n; };
+  CompressedAllreduceResult result;
+  const EncodeParams params = encodeParams(o, static_cast<uint64_t>(r));
+  const auto residualAt = [&](size_t off) { return o.residual ? o.residual + off : nullptr; };
+
+  // Rank p finishes the reduce-scatter holding chunk p+1, so all-gather slot p holds chunk p+1.
+  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/1);
+  Bytes gather(plan.slotOffset[n]);
+
+  // Reduce-scatter step s sends chunk r-s and receives chunk r-s-1 (as the dense ring does). Receives are
+  // posted for all steps up front (each step has its own area, so nothing is overwritten early).
+  std::vector<size_t> stepArea(n, 0);
+  for (int s = 0; s + 1 < n; ++s) stepArea[s + 1] = stepArea[s] + L.chunkPayload[mod(r - s - 1)];
+  std::vector<size_t> sendArea(n, 0);  // step s sends chunk r-s
+  for (int s = 0; s + 1 < n; ++s) sendArea[s + 1] = sendArea[s] + L.chunkPayload[mod(r - s)];
+  Bytes incoming(stepArea[n - 1]);
+  Bytes outgoing(sendArea[n - 1]);
+  InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
+  std::vector<std::vector<size_t>> recvIndex(n);
+  for (int s = 0; s + 1 < n; ++s) {
+    const int c = mod(r - s - 1);
+    for (size_t k = 0; k < L.segs(c); ++k) {
+      recvIndex[s].push_back(inflight.reqs.size());
+      inflight.reqs.push_back(
+          comm.irecv(incoming.at(stepArea[s] + L.segPayloadOffset(k)), L.segPayload(c, k), left, o.tag));
+    }
+  }
+
+  if (n == 1) {  // no hops: quantize once with error feedback
+    for (size_t k = 0; k < L.segs(0); ++k)
+      encodeSegment(params, L, 0, k, o.buffer + L.segOffset(0, k), residualAt(L.segOffset(0, k)),
+                    gather.at(plan.slotOffset[0] + L.segPayloadOffset(k)));
+  } else {
+    for (size_t k = 0; k < L.segs(r); ++k) {  // step 0: our own contribution to chunk r
+      char* out = outgoing.at(sendArea[0] + L.segPayloadOffset(k));
+      const size_t off = L.segOffset(r, k);
+      const size_t bytes = encodeSegment(params, L, r, k, o.buffer + off, residualAt(off), out);
+      inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
+      result.wireBytes += bytes;
+    }
+  }
+  // Each received segment: add it to our own values of that chunk, quantize the partial sum (our residual
+  // absorbs the error) and pass it on; the last step's result is our final chunk, into our gather slot.
+  for (int s = 0; s + 1 < n; ++s) {
+    const int c = mod(r - s - 1);
+    const bool last = s + 2 == n;
+    for (size_t k = 0; k < L.segs(c); ++k) {
+      waitExact(comm, inflight.reqs[recvIndex[s][k]], deadline, o.name);
+      const size_t off = L.segOffset(c, k);
+      decodeAdd(incoming.at(stepArea[s] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + off,
+                L.segLen(c, k));
+      char* out = last ? gather.at(plan.slotOffset[r] + L.segPayloadOffset(k))
+                       : outgoing.at(sendArea[s + 1] + L.segPayloadOffset(k));
+      const size_t bytes = encodeSegment(params, L, c, k, o.buffer + off, residualAt(off), out);
+      if (!last) {
+        inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
+        result.wireBytes += bytes;
+      }
+    }
+  }
+  comm.waitAll(inflight.reqs, deadline, o.name.c_str());
+  result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
+  return result;
+}
+
+}  // namespace
+
+const char* compressedAlgorithmName(CompressedAlgorithm a) {
+  return a == CompressedAlgorithm::kRequantizingRing ? "ring" : "two_phase";
+}
+
+CompressedAlgorithm compressedAlgorithmFromName(const std::string& name) {
+  if (name == "two_phase") return CompressedAlgorithm::kTwoPhase;
+  if (name == "ring") return CompressedAlgorithm::kRequantizingRing;
+  throw std::invalid_argument("neptune_rt: unknown compressed all-reduce algorithm '" + name +
+                              "' (two_phase, ring)");
+}
+
+ChunkRange ownedChunk(size_t count, int worldSize, int rank) {
+  std::vector<size_t> off, len;
+  splitEvenly(count, worldSize, off, len);
+  return {off.at(rank), len.at(rank)};
+}
+
+CompressedAllreduceResult compressedAllreduce(Communicator& comm, const CompressedAllreduceOptions& o) {
+  NRT_CHECK_ARG(o.buffer != nullptr || o.count == 0, "neptune_rt: compressed all-reduce '", o.name,
+                "' got a null buffer");
+  checkBlockSize(o.codec, o.blockSize);
+  if (o.algorithm == CompressedAlgorithm::kTwoPhase && o.chunkResidual != nullptr) {
+    const size_t need = ownedChunk(o.count, comm.size(), comm.rank()).count;
+    NRT_CHECK_ARG(o.chunkResidualCount == need, "neptune_rt: compressed all-reduce '", o.name, "': rank ",
+                  comm.rank(), " needs a chunk residual of ", need, " floats (ownedChunk), got ",
+                  o.chunkResidualCount);
+  }
+  if (o.count == 0) return {};
+  return o.algorithm == CompressedAlgorithm::kTwoPhase ? twoPhase(comm, o) : requantizingRing(comm, o);
+}
+
+}  // namespace nrt

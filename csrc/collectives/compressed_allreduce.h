@@ -1,0 +1,65 @@
+// Compressed all-reduce (sum) of an fp32 buffer through a codec, over the Communicator seam. Two
+// algorithms, both pipelined by segments and both ending bitwise identical on every rank (every rank
+// decodes the same bytes). Exercised by tests/test_compressed_allreduce.py under mpirun (2..5 ranks).
+//
+// Vocabulary: one chunk per rank (splitEvenly), each chunk cut into segments of whole codec blocks; every
+// segment travels as its own self-describing payload. Bytes sent per rank ~ 2(n-1)/n * S * ratio.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "codecs/codec.h"
+#include "collectives/options.h"
+#include "comm/communicator.h"
+
+namespace nrt {
+
+enum class CompressedAlgorithm {
+  // Each rank encodes its n chunks once (with its error feedback) and sends chunk j to rank j (all-to-all);
+  // rank j sums the n decoded contributions in fp32 (in rank order), re-encodes the sum (second error
+  // feedback, chunkResidual), and the encoded sums are all-gathered along the ring unchanged.
+  kTwoPhase = 0,
+  // The dense ring with decode-add-encode at every reduce-scatter hop, then the same payload all-gather.
+  // Each hop's quantization error goes into the residual of the rank that made it, so the error stays
+  // fed back; it still grows with the number of hops (partial sums get larger scales).
+  kRequantizingRing,
+};
+const char* compressedAlgorithmName(CompressedAlgorithm a);
+CompressedAlgorithm compressedAlgorithmFromName(const std::string& name);
+
+struct CompressedAllreduceOptions : CollectiveOptions {
+  // segmentBytes (inherited) counts uncompressed fp32 bytes per segment, rounded down to whole blocks
+  // (at least one block). Messages use tags `tag` and `tag + 1`.
+  float* buffer = nullptr;  // in: this rank's gradient; out: the sum over ranks (same on every rank)
+  size_t count = 0;
+  Codec codec = Codec::kInt8;
+  uint32_t blockSize = codec_format::kDefaultBlockSize;
+  Rounding rounding = Rounding::kNearest;
+  uint64_t seed = 0;
+  uint64_t step = 0;  // advance every call so stochastic draws differ between steps
+  // This rank's error feedback, `count` floats (nullable: no error feedback). Updated in place.
+  float* residual = nullptr;
+  // Two-phase only: error feedback of the second quantization of the chunk this rank reduces;
+  // ownedChunk(count, n, rank).count floats (nullable). Ignored by the requantizing ring.
+  float* chunkResidual = nullptr;
+  size_t chunkResidualCount = 0;
+  CompressedAlgorithm algorithm = CompressedAlgorithm::kTwoPhase;
+};
+
+struct ChunkRange {
+  size_t offset = 0;
+  size_t count = 0;
+};
+// The chunk a rank reduces in the two-phase algorithm (the size of its chunkResidual).
+ChunkRange ownedChunk(size_t count, int worldSize, int rank);
+
+struct CompressedAllreduceResult {
+  size_t wireBytes = 0;  // payload bytes this rank sent (headers included)
+};
+
+// Stochastic draws use (seed, step, rank, element index) for a rank's own contribution and rank + n
+// (two-phase second quantization) so that no two quantizations of one call share a stream.
+CompressedAllreduceResult compressedAllreduce(Communicator& comm, const CompressedAllreduceOptions& opts);
+
+}  // namespace nrt

@@ -1,0 +1,139 @@
+// Compressed buckets: gather the bucket's tensors into fp32 with their error-feedback residuals, let the
+// cost model pick dense or a codec, run the compressed all-reduce, scatter results and residuals back.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "collectives/allreduce.h"
+#include "collectives/reduce.h"
+#include "common/error.h"
+#include "engine/engine.h"
+
+namespace nrt {
+
+uint64_t denseWireBytes(size_t bytes, int n) {
+  if (n <= 1) return 0;
+  if (chooseAllreduceAlgorithm(bytes, n) == AllreduceAlgorithm::kRecursiveDoubling)
+    return static_cast<uint64_t>(std::ceil(std::log2(n))) * bytes;
+  return static_cast<uint64_t>(2.0 * (n - 1) / n * static_cast<double>(bytes));
+}
+
+void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
+  const TensorMeta& head = bucket.front()->meta;
+  if (!isFloating(head.dtype)) {  // metadata is agreed, so every rank fails these identically
+    for (Entry* e : locals)
+      if (e) finish(*e, concat("neptune_rt: tensor '", e->meta.name, "' is ", dtypeName(head.dtype),
+                               "; compression codecs need a floating dtype (use codec='none')"));
+    return;
+  }
+  size_t count = 0;
+  std::string key;  // the bucket's composition: keys the second quantization's residual
+  for (const ReadyTensor* t : bucket) {
+    count += t->meta.numel();
+    key += t->meta.name + '\n';
+  }
+  const uint32_t block = config_.codecBlock;
+  if (config_.useCostModel && !(head.codec & kForceCodecBit) && !costModel_.valid) {
+    costModel_ = probeCostModel(*comm_, collectiveOptions("cost model probe"), block);
+    std::lock_guard<std::mutex> lock(mu_);
+    costModelText_ = costModel_.describe();
+  }
+  const bool adaptive = config_.useCostModel && !(head.codec & kForceCodecBit);
+  uint8_t codec = head.codec & ~kForceCodecBit;
+  if (size_ == 1) {
+    codec = codec_format::kNone;  // nothing travels: the exact value costs nothing
+  } else if (adaptive) {
+    codec = costModel_.choose(codec, count, count * dtypeSize(head.dtype), size_, block);
+  } else if (codec == kAutoCodecId) {
+    codec = codec_format::kInt8;
+  }
+
+  // A lone fp32 tensor is compressed in its own output buffer with its own residual; several tensors (or
+  // other float types) are gathered into the fp32 work buffer, residuals alongside.
+  const bool direct = bucket.size() == 1 && locals[0] != nullptr && head.dtype == DataType::kFloat32;
+  float* work;
+  float* residual;
+  if (direct) {
+    Entry& e = *locals[0];
+    if (e.output != e.input) std::memcpy(e.output, e.input, count * sizeof(float));
+    work = static_cast<float*>(e.output);
+    scaleInPlace(work, count, DataType::kFloat32, e.prescale);
+    std::vector<float>& r = residuals_[e.meta.name];
+    if (r.size() != count) r.assign(count, 0.0f);
+    residual = r.data();
+  } else {
+    work_.resize(count);
+    bucketResidual_.resize(count);
+    work = work_.data();
+    residual = bucketResidual_.data();
+    size_t offset = 0;
+    for (size_t i = 0; i < bucket.size(); ++i) {
+      const size_t n = bucket[i]->meta.numel();
+      if (Entry* e = locals[i]) {
+        convertToF32(e->input, head.dtype, n, work + offset);
+        scaleInPlace(work + offset, n, DataType::kFloat32, e->prescale);
+        std::vector<float>& r = residuals_[e->meta.name];
+        if (r.size() != n) r.assign(n, 0.0f);
+        std::copy(r.begin(), r.end(), residual + offset);
+      } else {  // joined rank: contributes zeros, keeps no error feedback
+        std::fill_n(work + offset, n, 0.0f);
+        std::fill_n(residual + offset, n, 0.0f);
+      }
+      offset += n;
+    }
+  }
+
+  uint64_t wire;
+  if (codec == codec_format::kNone) {
+    // Dense is predicted faster: send the error-feedback residual along, exactly, and clear it.
+    for (size_t i = 0; i < count; ++i) work[i] += residual[i];
+    std::fill_n(residual, count, 0.0f);
+    AllreduceOptions o;
+    static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
+    o.buffer = work;
+    o.count = count;
+    o.dtype = DataType::kFloat32;
+    o.op = ReduceOp::kSum;
+    allreduce(*comm_, o);
+    wire = denseWireBytes(count * sizeof(float), size_);
+  } else {
+    const ChunkRange mine = ownedChunk(count, size_, rank_);
+    std::vector<float>& chunkResidual = chunkResiduals_[key];
+    if (chunkResidual.size() != mine.count) chunkResidual.assign(mine.count, 0.0f);
+    CompressedAllreduceOptions o;
+    static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
+    o.buffer = work;
+    o.count = count;
+    o.codec = static_cast<Codec>(codec);
+    o.blockSize = block;
+    o.rounding = config_.rounding;
+    o.seed = config_.seed;
+    o.step = compressedStep_++;
+    o.residual = residual;
+    o.chunkResidual = chunkResidual.data();
+    o.chunkResidualCount = chunkResidual.size();
+    o.algorithm = config_.compressedAlgorithm;
+    wire = compressedAllreduce(*comm_, o).wireBytes;
+  }
+
+  size_t offset = 0;
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    const size_t n = bucket[i]->meta.numel();
+    if (Entry* e = locals[i]) {
+      float* result = work + offset;
+      if (head.op == ReduceOp::kAverage) scaleInPlace(result, n, DataType::kFloat32, 1.0 / participants_);
+      scaleInPlace(result, n, DataType::kFloat32, e->postscale);
+      if (!direct) {
+        std::vector<float>& r = residuals_[e->meta.name];
+        std::copy_n(residual + offset, n, r.begin());
+        convertFromF32(result, head.dtype, n, e->output);
+      }
+      e->handle->codecUsed = codecName(static_cast<Codec>(codec));
+      e->handle->wireBytes = wire;
+      finish(*e);
+    }
+    offset += n;
+  }
+}
+
+}  // namespace nrt

@@ -1,0 +1,59 @@
+"""The background engine under real mpirun: results vs numpy/mpi4py for every dtype and op, concurrent
+named operations in different orders, fusion and eager paths, sub-communicators, join, and failures
+(mismatches, stalls, dead ranks) that must end in errors on every rank, never in a hang."""
+import time
+
+import pytest
+
+from mpi_helpers import assert_ok, run_mpi
+
+
+@pytest.mark.parametrize("np_", [1, 2, 3, 4, 5])
+def test_engine_api(np_):
+    assert_ok(run_mpi("engine_worker.py", np_, "api", timeout=300), np_)
+
+
+def test_engine_small_fusion_and_no_eager():
+    # Tiny fusion buckets and no eager path: every tensor goes through negotiated buckets.
+    env = {"NEPTUNE_RT_FUSION_BYTES": "4K", "NEPTUNE_RT_EAGER_BYTES": "0", "NEPTUNE_RT_SEGMENT_BYTES": "1K"}
+    assert_ok(run_mpi("engine_worker.py", 3, "api", timeout=300, env=env), 3)
+
+
+@pytest.mark.parametrize("np_,algorithm", [(1, "two_phase"), (3, "two_phase"), (4, "ring"), (5, "two_phase")])
+def test_codecs_through_the_engine(np_, algorithm):
+    env = {"NEPTUNE_RT_COMPRESSED_ALGORITHM": algorithm, "NEPTUNE_RT_FUSION_BYTES": "64K"}
+    assert_ok(run_mpi("engine_worker.py", np_, "codecs", timeout=300, env=env), np_)
+
+
+def test_sub_communicator():
+    assert_ok(run_mpi("engine_worker.py", 4, "subcomm"), 4)
+
+
+@pytest.mark.parametrize("kind", ["shape", "dtype", "op", "name"])
+def test_mismatch_fails_on_every_rank(kind):
+    env = {"NEPTUNE_RT_TIMEOUT_SECONDS": "4", "NEPTUNE_RT_STALL_WARNING_SECONDS": "1"}
+    proc = run_mpi("engine_worker.py", 3, f"mismatch_{kind}", timeout=60, env=env)
+    assert_ok(proc, 3)
+
+
+def test_bad_arguments_raise():
+    assert_ok(run_mpi("engine_worker.py", 2, "errors"), 2)
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_join_with_uneven_batches(np_):
+    assert_ok(run_mpi("engine_worker.py", np_, "join"), np_)
+
+
+def test_missing_rank_times_out_instead_of_hanging():
+    start = time.time()
+    proc = run_mpi("engine_worker.py", 2, "timeout", timeout=60, env={"NEPTUNE_RT_TIMEOUT_SECONDS": "3"})
+    assert "TIMEOUT-OK" in proc.stdout, proc.stdout + proc.stderr
+    assert time.time() - start < 45
+
+
+def test_dead_rank_ends_the_job():
+    start = time.time()
+    proc = run_mpi("engine_worker.py", 3, "dead_rank", timeout=90, env={"NEPTUNE_RT_TIMEOUT_SECONDS": "10"})
+    assert proc.returncode != 0
+    assert time.time() - start < 80

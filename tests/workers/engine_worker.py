@@ -1,0 +1,238 @@
+"""MPI worker for the engine API: `python engine_worker.py SCENARIO`. Each scenario asserts real results
+against numpy / mpi4py and prints 'OK <rank>' per rank on success."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+import neptune_rt as nrt
+from reference import DTYPES, OPS, close, make_data, reduce_reference
+
+WORLD = MPI.COMM_WORLD
+
+
+def expect_error(fn, kind, *fragments):
+    try:
+        fn()
+    except kind as err:
+        for f in fragments:
+            assert f in str(err), f"error lacks {f!r}: {err}"
+        return str(err)
+    raise AssertionError(f"expected {kind.__name__} containing {fragments}")
+
+
+def as_user(x: np.ndarray, dtype: str):
+    """numpy has no bfloat16: bfloat16 test data (uint16 words) goes in as a torch tensor."""
+    if dtype != "bfloat16":
+        return x
+    import torch
+    return torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16)
+
+
+def from_user(x, dtype: str) -> np.ndarray:
+    if dtype != "bfloat16":
+        return x
+    import torch
+    return x.view(torch.int16).numpy().view(np.uint16)
+
+
+def scenario_api() -> None:
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    assert (n, r) == (WORLD.size, WORLD.rank)
+    assert 0 <= nrt.local_rank() < nrt.local_size() <= n
+    nrt.init()  # idempotent
+    for count in [0, 1, 7, 1000, 10007, 300000]:
+        for dtype in DTYPES:
+            for op in OPS:
+                inputs = [make_data(dtype, count, k, count) for k in range(n)]
+                out = nrt.allreduce(as_user(inputs[r], dtype), name=f"{dtype}.{op}.{count}", op=op)
+                out = from_user(out, dtype)
+                assert out.dtype == inputs[r].dtype and out.shape == inputs[r].shape
+                assert close(out, reduce_reference(inputs, dtype, op), dtype, n), (count, dtype, op)
+                assert np.array_equal(inputs[r], make_data(dtype, count, r, count)), "input modified"
+    # in place, 2-D, against mpi4py
+    x = np.random.default_rng(r).standard_normal((33, 17))
+    ref = np.empty_like(x)
+    WORLD.Allreduce(x, ref)
+    nrt.allreduce_(x, name="inplace2d")
+    assert np.allclose(x, ref)
+    # many concurrent named operations, submitted in a different order on every rank
+    sizes = [1 + (i * 7919) % 5000 for i in range(120)] + [200000, 1 << 20]
+    order = np.random.default_rng(100 + r).permutation(len(sizes))
+    handles = {}
+    for i in order:
+        handles[i] = nrt.allreduce_async(np.full(sizes[i], r + i, np.float32), name=f"grad{i}", op="sum")
+    for i, h in handles.items():
+        assert nrt.poll(h) in (True, False)
+        got = nrt.synchronize(h)
+        assert np.all(got == sum(k + i for k in range(n))), f"grad{i}"
+    # prescale / postscale (weighted averaging)
+    w = (r + 1) / sum(range(1, n + 1))
+    got = nrt.allreduce(np.full(50, 2.0), name="weighted", prescale=w, postscale=3.0)
+    assert np.allclose(got, 6.0)
+    # allgather with different first dimensions; broadcast from every root
+    g = nrt.allgather(np.full((r + 1, 3), r, np.int32), name="gather")
+    assert g.shape == (n * (n + 1) // 2, 3)
+    assert np.array_equal(g[:, 0], np.concatenate([np.full(k + 1, k) for k in range(n)]))
+    for root in range(n):
+        b = nrt.broadcast(np.full(1000, r, np.float64), root=root, name=f"bcast{root}")
+        assert np.all(b == root)
+        big = np.full(600000, r, np.uint8)
+        nrt.broadcast_(big, root=root, name=f"bigbcast{root}")
+        assert np.all(big == root)
+    nrt.barrier()
+    # torch tensors, including bfloat16
+    import torch
+    t = torch.arange(10, dtype=torch.float32) * (r + 1)
+    assert torch.allclose(nrt.allreduce(t, name="torch", op="average"), torch.arange(10.0) * (n + 1) / 2)
+    tb = torch.full((5,), float(r + 1), dtype=torch.bfloat16)
+    nrt.allreduce_(tb, name="torch_bf16")
+    assert tb.dtype == torch.bfloat16 and float(tb[0]) == n * (n + 1) / 2
+    tg = nrt.allgather(torch.full((2,), float(r)), name="torch_gather")
+    assert isinstance(tg, torch.Tensor) and tg.shape == (2 * n,)
+    nrt.shutdown()
+    assert not nrt.is_initialized()
+
+
+def scenario_codecs() -> None:
+    """Every codec through the engine (forced and adaptive): results identical on all ranks, within the
+    codec's bound of the exact sum, and error feedback makes the running mean of results converge."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    bound = {"fp16": 2e-3, "bf16": 2e-2, "int8": 3e-2, "int4": 0.4, "onebit": 2.0, "auto": 3e-2}
+    for codec in ["fp16", "bf16", "int8", "int4", "onebit", "auto"]:
+        for dtype in ["float32", "float64", "float16"]:
+            for count in [1, 7, 1000, 70001]:
+                x = np.random.default_rng(r * 31 + count).standard_normal(count).astype(dtype)
+                exact = np.sum([np.random.default_rng(k * 31 + count).standard_normal(count).astype(dtype)
+                                .astype(np.float64) for k in range(n)], axis=0)
+                h = nrt.allreduce_async(x, name=f"{codec}.{dtype}.{count}", codec=codec,
+                                        adaptive=codec == "auto")
+                y = h.wait()
+                assert y.dtype == x.dtype
+                err = np.abs(y.astype(np.float64) - exact).max() / np.abs(exact).max()
+                assert err <= bound[codec], (codec, dtype, count, err)
+                gathered = WORLD.allgather(y)
+                assert all(np.array_equal(gathered[0], g) for g in gathered), (codec, "ranks differ")
+                assert len(set(WORLD.allgather(h.codec_used))) == 1
+                assert h.wire_bytes > 0 or n == 1
+    # error feedback: the same gradient every step; the mean of onebit results approaches the exact mean
+    if n == 1:
+        nrt.shutdown()
+        return
+    g = np.random.default_rng(r).standard_normal(4096).astype(np.float32)
+    exact = np.sum([np.random.default_rng(k).standard_normal(4096).astype(np.float32) for k in range(n)], axis=0)
+    for codec, steps, factor in [("int8", 40, 0.1), ("onebit", 60, 0.75)]:
+        total = np.zeros_like(g, dtype=np.float64)
+        for step in range(steps):
+            y = nrt.allreduce(g, name=f"ef.{codec}", codec=codec, adaptive=False)
+            total += y
+            if step == 0:
+                first_err = np.abs(y - exact).max()
+        # sum of results = sum of exact - residuals: the mean's error shrinks as the residuals stay bounded
+        mean_err = np.abs(total / steps - exact).max()
+        assert mean_err < factor * first_err, (codec, mean_err, first_err)
+    # integer tensors cannot be compressed: a clear error on every rank
+    expect_error(lambda: nrt.allreduce(np.ones(5, np.int32), name="ints", codec="int8", adaptive=False),
+                 RuntimeError, "'ints'", "floating")
+    nrt.shutdown()
+
+
+def scenario_subcomm() -> None:
+    r = WORLD.rank
+    sub = WORLD.Split(color=r % 2, key=r)
+    nrt.init(sub)
+    assert nrt.size() == sub.size and nrt.rank() == sub.rank
+    x = np.random.default_rng(r).standard_normal(5000)
+    ref = np.empty_like(x)
+    sub.Allreduce(x, ref)
+    assert np.allclose(nrt.allreduce(x, name="sub"), ref)
+    nrt.shutdown()
+
+
+def scenario_mismatch(kind: str) -> None:
+    nrt.init()
+    r = nrt.rank()
+    if kind == "shape":
+        x = np.ones(10 + (r == 1), np.float32)
+        msg = expect_error(lambda: nrt.allreduce(x, name="w"), RuntimeError, "'w'", "rank 0", "rank 1",
+                           "float32[10]", "float32[11]")
+    elif kind == "dtype":
+        x = np.ones(10, np.float32 if r == 0 else np.float64)
+        msg = expect_error(lambda: nrt.allreduce(x, name="w"), RuntimeError, "'w'", "float64")
+    elif kind == "op":
+        msg = expect_error(lambda: nrt.allreduce(np.ones(4), name="w", op="sum" if r == 0 else "max"),
+                           RuntimeError, "op=sum", "op=max")
+    else:  # names differ: nobody can match; the stall times out on every rank with the ranks named
+        msg = expect_error(lambda: nrt.allreduce(np.ones(4), name=f"only_on_{r}"), RuntimeError,
+                           f"'only_on_{r}'", "never by ranks")
+    # the engine is still usable after a metadata error
+    assert np.all(nrt.allreduce(np.ones(3), name="after") == nrt.size())
+    print(f"rank {r} got: {msg.splitlines()[0]}", flush=True)
+    nrt.shutdown()
+
+
+def scenario_errors() -> None:
+    expect_error(lambda: nrt.allreduce(np.ones(3)), RuntimeError, "init")
+    nrt.init()
+    expect_error(lambda: nrt.allreduce(np.ones(3, np.complex64), name="c"), ValueError, "complex64")
+    expect_error(lambda: nrt.allreduce(np.ones((4, 4))[:, 1], name="nc"), ValueError, "'nc'", "contiguous")
+    expect_error(lambda: nrt.allreduce(np.ones(3), name="o", op="prod"), ValueError, "'o'", "prod")
+    expect_error(lambda: nrt.broadcast(np.ones(3), root=99, name="b"), ValueError, "root 99")
+    expect_error(lambda: nrt.allreduce(np.ones(3), codec="zip"), ValueError, "zip")
+    # Rank 0 submits "dup" twice while the others hold back theirs (so it cannot complete in between).
+    if nrt.rank() == 0:
+        h = nrt.allreduce_async(np.ones(3), name="dup")
+        expect_error(lambda: nrt.allreduce_async(np.ones(3), name="dup"), ValueError, "'dup'", "in flight")
+        WORLD.Barrier()
+    else:
+        WORLD.Barrier()
+        h = nrt.allreduce_async(np.ones(3), name="dup")
+    assert np.all(h.wait() == nrt.size())
+    nrt.shutdown()
+
+
+def scenario_join() -> None:
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    for step in range(r + 1):  # rank r has r+1 batches
+        contributors = n - step  # ranks k >= step still have a batch this step
+        got = nrt.allreduce(np.full(7, 1.0), name=f"step{step}", op="sum")
+        assert np.all(got == contributors), (step, got)
+        avg = nrt.allreduce(np.full(3, 2.0), name=f"avg{step}", op="average")
+        assert np.allclose(avg, 2.0), avg
+    last = nrt.join()
+    assert last in range(n)
+    nrt.shutdown()
+
+
+def scenario_timeout() -> None:
+    nrt.init()
+    r = nrt.rank()
+    if r == 0:
+        t0 = time.time()
+        expect_error(lambda: nrt.allreduce(np.ones(3), name="lonely"), TimeoutError, "rank 0", "lonely")
+        print(f"TIMEOUT-OK after {time.time() - t0:.1f} s", flush=True)
+        return  # exiting with a failed engine aborts the job, so rank 1 does not linger
+    time.sleep(60)  # never submits; the job is aborted by rank 0's exit handler long before
+
+
+def scenario_dead_rank() -> None:
+    nrt.init()
+    if nrt.rank() == 1:
+        os._exit(3)  # dies without a word
+    nrt.allreduce(np.ones(3), name="never")
+
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    if name.startswith("mismatch_"):
+        scenario_mismatch(name.removeprefix("mismatch_"))
+    else:
+        globals()[f"scenario_{name}"]()
+    print(f"OK {WORLD.rank}", flush=True)
