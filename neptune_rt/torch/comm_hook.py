@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from neptune_rt import engine as _engine
 from neptune_rt.torch import ops
-from neptune_rt.torch.compression import Compressor, compressor_for
+from neptune_rt.torch.compression import Compression, Compressor, compressor_for
 
 __all__ = ["CommHookState", "hook"]
 
@@ -30,8 +30,10 @@ class CommHookState:
 
     module: the model whose parameters DDP holds; gives engine tensors the parameters' names. Without it,
         parameters are numbered in the order DDP first hands them over (identical on every rank).
-    codec: "none" (dense), "fp16", "bf16" (cast here), "int8", "int4", "onebit" (engine codecs with error
-        feedback kept per parameter), or a Compressor.
+    codec: "none" (dense), "fp16", "bf16" (cast here), "int8", "int4", "onebit", "auto" (engine codecs with
+        error feedback kept per parameter), or a Compressor.
+    adaptive: for engine codecs, let the engine's cost model send a bucket densely where that is faster
+        (default); False quantizes every bucket.
     op: "average" (DDP's semantics) or "sum".
     weight: if set, this rank's gradient is scaled by it and summed (sum_i w_i g_i; weights sum to 1), for
         ranks with different batch sizes; `set_weight` changes it between steps.
@@ -39,8 +41,10 @@ class CommHookState:
     """
 
     def __init__(self, module: torch.nn.Module | None = None, codec: str | Compressor = "none",
-                 op: str = ops.Average, weight: float | None = None, prefix: str = "ddp"):
+                 op: str = ops.Average, weight: float | None = None, prefix: str = "ddp", adaptive: bool = True):
         self.compressor = compressor_for(codec)
+        if not adaptive and self.compressor.codec != "none":
+            self.compressor = Compression.forced(self.compressor.codec)
         if self.compressor.codec != "none":
             from neptune_rt.torch.compression import require_codec
             require_codec(self.compressor.codec)
@@ -132,7 +136,8 @@ def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[
             complete()
 
     for name, part in parts:
-        handles.append(_engine.allreduce_async_(part, name, op, compressor.codec, prescale, 1.0))
+        handles.append(_engine.allreduce_async_(part, name, op, compressor.codec, prescale, 1.0,
+                                                getattr(compressor, "adaptive", True)))
     for h in handles:
         h.add_done_callback(one_done)
     return future

@@ -5,8 +5,10 @@ one attribute, `codec`: the engine codec that carries the (compressed) tensor on
 
 * casting compressors (`fp16`, `bf16`): cast here, in PyTorch, before the all-reduce and back after it; the
   engine moves a dense half-precision tensor (`codec="none"`). This is Horovod's scheme and works today.
-* engine codecs (`int8`, `int4`, `onebit`): the tensor passes through unchanged and `codec` names the engine's
-  quantizer. These need error feedback, which the engine fuses into its encoder.
+* engine codecs (`int8`, `int4`, `onebit`, and `auto`): the tensor passes through unchanged and `codec` names
+  the engine's quantizer. These need error feedback, which the engine fuses into its encoder. By default the
+  engine's cost model may still send a bucket densely where that is predicted faster (`adaptive`);
+  `Compression.forced("int8")` always quantizes.
 
 The seam with the engine's codecs (issue 3), for whoever lands them:
   - the engine keeps one error-feedback residual per (tensor name, codec); this binding always names gradient
@@ -39,9 +41,11 @@ def require_codec(codec: str) -> None:
 
 
 class Compressor:
-    """Horovod's compressor interface, plus `codec` (the engine codec used on the wire)."""
+    """Horovod's compressor interface, plus `codec` (the engine codec used on the wire) and `adaptive` (the
+    engine may fall back to dense where its cost model predicts that to be faster)."""
     name = "none"
     codec = "none"
+    adaptive = True
 
     def compress(self, tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return tensor, None
@@ -76,9 +80,10 @@ class CastCompressor(Compressor):
 class EngineCodecCompressor(Compressor):
     """Leaves the tensor as it is and asks the engine to quantize it with `codec` (with error feedback)."""
 
-    def __init__(self, codec: str):
-        self.name = codec
+    def __init__(self, codec: str, adaptive: bool = True):
+        self.name = codec if adaptive else f"forced({codec!r})"
         self.codec = codec
+        self.adaptive = adaptive
 
     def compress(self, tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
         require_codec(self.codec)
@@ -86,6 +91,9 @@ class EngineCodecCompressor(Compressor):
             raise ValueError(f"neptune_rt: codec {self.codec!r} quantizes floating-point gradients, "
                              f"got a {tensor.dtype} tensor; use Compression.none for it")
         return tensor, None
+
+
+_ENGINE_CODECS = ("int8", "int4", "onebit", "auto")
 
 
 class Compression:
@@ -96,14 +104,24 @@ class Compression:
     int8: Compressor = EngineCodecCompressor("int8")
     int4: Compressor = EngineCodecCompressor("int4")
     onebit: Compressor = EngineCodecCompressor("onebit")
+    auto: Compressor = EngineCodecCompressor("auto")  # the engine's cost model picks dense, fp16 or int8
+
+    @staticmethod
+    def forced(codec: str) -> Compressor:
+        """An engine codec applied to every bucket, even where dense would be faster (tests, experiments)."""
+        if codec not in _ENGINE_CODECS:
+            raise ValueError(f"neptune_rt: forced() takes an engine codec ({', '.join(_ENGINE_CODECS)}), "
+                             f"got {codec!r}")
+        return EngineCodecCompressor(codec, adaptive=False)
 
 
 _BY_NAME = {c.name: c for c in (Compression.none, Compression.fp16, Compression.bf16, Compression.int8,
-                                Compression.int4, Compression.onebit)}
+                                Compression.int4, Compression.onebit, Compression.auto)}
 
 
 def compressor_for(codec: str | Compressor) -> Compressor:
-    """The compressor for a codec name ("none", "fp16", "bf16", "int8", "int4", "onebit"), or `codec` itself."""
+    """The compressor for a codec name ("none", "fp16", "bf16", "int8", "int4", "onebit", "auto"), or `codec`
+    itself."""
     if isinstance(codec, Compressor):
         return codec
     if codec not in _BY_NAME:

@@ -60,6 +60,7 @@ class GradBucket:
 
     def submit(self, compression: Compressor, op: str, prescale: float, postscale: float) -> None:
         codec = getattr(compression, "codec", "none")
+        adaptive = getattr(compression, "adaptive", True)
         wire, ctx = compression.compress(self.flat)
         self._wire = (wire, ctx)
         if codec == "none":
@@ -69,7 +70,7 @@ class GradBucket:
             for p, name in zip(self.params, self.names):
                 part = wire[offset:offset + p.numel()]
                 self.handles.append(ops.Handle(_engine.allreduce_async_(part, self.prefix + name, op, codec,
-                                                                        prescale, postscale)))
+                                                                        prescale, postscale, adaptive)))
                 offset += p.numel()
 
     def wait(self, compression: Compressor) -> None:

@@ -66,6 +66,10 @@ def resolve_op(op: str | None, average: bool | None = None) -> str:
     return op
 
 
+def _adaptive(compression: Compressor) -> bool:
+    return getattr(compression, "adaptive", True)
+
+
 def _differentiable(tensor: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and isinstance(tensor, torch.Tensor) and tensor.requires_grad
 
@@ -82,10 +86,11 @@ def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str
     op = resolve_op(op, average)
     compressed, ctx = compression.compress(tensor)
     if compressed is tensor:
-        inner = _engine.allreduce_async(tensor, name, op, _codec(compression), prescale_factor, postscale_factor)
+        inner = _engine.allreduce_async(tensor, name, op, _codec(compression), prescale_factor, postscale_factor,
+                                        _adaptive(compression))
     else:  # the compressor made a fresh tensor: reduce it in place, no second copy
         inner = _engine.allreduce_async_(compressed, name, op, _codec(compression), prescale_factor,
-                                         postscale_factor)
+                                         postscale_factor, _adaptive(compression))
     return Handle(inner, lambda out: compression.decompress(out, ctx))
 
 
@@ -95,7 +100,8 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
     """Starts an in-place all-reduce of `tensor`; the result is `tensor`."""
     op = resolve_op(op, average)
     compressed, ctx = compression.compress(tensor)
-    inner = _engine.allreduce_async_(compressed, name, op, _codec(compression), prescale_factor, postscale_factor)
+    inner = _engine.allreduce_async_(compressed, name, op, _codec(compression), prescale_factor, postscale_factor,
+                                     _adaptive(compression))
     if compressed is tensor:
         return Handle(inner)
 

@@ -1,5 +1,6 @@
 """Compression: the compressors in-process, and load_digits training under mpirun where every compression
-mode must land within 1 point of dense accuracy. Engine codecs are skipped until the engine has them."""
+mode must land within 1 point of dense accuracy. Engine codecs run forced (no cost-model fallback to dense),
+and are skipped where the engine lacks them."""
 import pytest
 import torch
 
@@ -41,12 +42,19 @@ def test_engine_codecs_pass_through_or_name_the_missing_codec(codec: str) -> Non
 def test_unknown_codec_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown codec 'int3'"):
         compressor_for("int3")
+    with pytest.raises(ValueError, match="forced.. takes an engine codec"):
+        Compression.forced("fp16")
+
+
+def test_forced_codec_is_not_adaptive() -> None:
+    forced = Compression.forced("int8")
+    assert forced.codec == "int8" and not forced.adaptive and Compression.int8.adaptive
 
 
 @pytest.fixture(scope="module")
 def digits_accuracy() -> dict[str, float]:
     pytest.importorskip("sklearn")
-    modes = ["none"] + CAST + [c for c in ENGINE_CODECS if c in engine.CODECS]
+    modes = ["none"] + CAST + [f"forced:{c}" for c in ENGINE_CODECS if c in engine.CODECS]
     proc = run_workers("digits_worker.py", 4, *modes, timeout=150)
     assert_ok(proc, 4)
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("ACC")]
@@ -62,7 +70,14 @@ def test_dense_training_learns_digits(digits_accuracy: dict[str, float]) -> None
     assert digits_accuracy["none"] > 90, digits_accuracy
 
 
-@pytest.mark.parametrize("mode", CAST + ENGINE_CODECS)
+ONEBIT_XFAIL = pytest.mark.xfail(
+    reason="engine onebit: error feedback does not keep the residual bounded (per-call error grows 0.8 -> 2.9 "
+           "over 320 calls of a fixed input); training with momentum 0.9 ends near 30% (reported to the lead)",
+    strict=True)
+
+
+@pytest.mark.parametrize("mode", CAST + ["forced:int8", "forced:int4", pytest.param("forced:onebit",
+                                                                                      marks=ONEBIT_XFAIL)])
 def test_compressed_training_within_one_point_of_dense(mode: str, digits_accuracy: dict[str, float]) -> None:
     if mode not in digits_accuracy:
         pytest.skip(f"codec {mode!r} is not in this engine build (neptune_rt.engine.CODECS)")

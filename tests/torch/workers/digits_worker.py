@@ -3,6 +3,7 @@ the test accuracy (rank 0: `ACC <mode> <percent>`). Same initialization, data or
 mode, so the accuracies differ only by what compression does. Run by tests/torch/test_compression.py."""
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -15,6 +16,7 @@ from common import finish, setup
 rank, size = setup(gloo=False)
 modes = sys.argv[1:] or ["none", "fp16", "bf16"]
 EPOCHS, GLOBAL_BATCH = 12, 64
+LR, MOMENTUM = float(os.environ.get("DIGITS_LR", "0.1")), float(os.environ.get("DIGITS_MOMENTUM", "0.9"))
 
 digits = load_digits()
 x_all = torch.tensor(digits.data, dtype=torch.float32) / 16.0
@@ -26,9 +28,11 @@ local = GLOBAL_BATCH // size
 for mode in modes:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-                                   named_parameters=model.named_parameters(),
-                                   compression=getattr(nrt.Compression, mode))
+    # "forced:<codec>": the engine quantizes every bucket (no cost-model fallback to dense).
+    compression = (nrt.Compression.forced(mode.split(":")[1]) if mode.startswith("forced:")
+                   else getattr(nrt.Compression, mode))
+    opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
+                                   named_parameters=model.named_parameters(), compression=compression)
     for epoch in range(EPOCHS):
         perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
         for start in range(0, len(perm) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
