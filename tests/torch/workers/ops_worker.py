@@ -2,6 +2,7 @@
 ranks of one mpirun job. Run by tests/torch/test_ops.py."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -12,6 +13,13 @@ from common import close, finish, setup
 
 rank, size = setup()
 g = torch.Generator().manual_seed(1234 + rank)
+
+# Topology queries against gloo and Open MPI's own variables (all ranks share this one machine).
+assert nrt.is_initialized()
+assert (rank, size) == (dist.get_rank(), dist.get_world_size()), f"rank {rank}: rank/size differ from gloo's"
+assert nrt.local_rank() == int(os.environ["OMPI_COMM_WORLD_LOCAL_RANK"]), f"rank {rank}: local_rank"
+assert nrt.local_size() == int(os.environ["OMPI_COMM_WORLD_LOCAL_SIZE"]) == size, f"rank {rank}: local_size"
+nrt.barrier()
 
 
 def gloo_sum(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
