@@ -46,7 +46,7 @@ test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: build
-	mpirun -np 4 --oversubscribe $(PY) benchmarks/allreduce.py --max-size 64M --trials 5
+	mpirun -np 4 --oversubscribe --bind-to none $(PY) benchmarks/allreduce.py --max-size 64M --codecs none,int8,auto --impls neptune_rt_direct,mpi,gloo --trials 5
 
 clean:
 	rm -rf build $(VENV)/.stamp-build neptune_rt/*.so

@@ -7,15 +7,18 @@ import pytest
 from neptune_rt import _C
 
 CODECS = ["fp16", "bf16", "int8", "int4", "onebit"]
+RATIO = {"fp16": 0.5, "bf16": 0.5, "int8": 0.254, "int4": 0.129, "onebit": 0.035}
 
 
-def model(bandwidth_gbps: float, codec_gbps: float, alpha_us: float = 20.0) -> "_C.CostModel":
+def model(bandwidth_gbps: float, codec_gbps: float, n: int = 4, alpha_us: float = 20.0) -> "_C.CostModel":
+    """A model as the probe would measure it: the ring moves 2(n-1)/n bytes per buffer byte; a codec moves
+    RATIO of that and costs about four passes of codec work per byte."""
+    share = 2 * (n - 1) / n
     cm = _C.CostModel()
     cm.alpha = alpha_us * 1e-6
-    cm.beta = 1e-9 / bandwidth_gbps
-    cm.reduce_sec_per_byte = 1e-9 / 5.0
+    cm.dense_sec_per_byte = share / (bandwidth_gbps * 1e9)
     for codec in CODECS:
-        cm.set_codec_speed(codec, 1e-9 / codec_gbps, 1e-9 / codec_gbps)
+        cm.set_codec_cost(codec, share * RATIO[codec] / (bandwidth_gbps * 1e9) + 4 / (codec_gbps * 1e9))
     return cm
 
 
@@ -40,10 +43,18 @@ def test_tiny_buckets_stay_dense():
     assert cm.choose("int8", 16, 64, 4) == "none"
 
 
-@pytest.mark.parametrize("bandwidth,codec_speed,n", list(itertools.product([0.01, 0.125, 1.0, 10.0], [0.5, 5.0, 50.0],
-                                                                           [2, 4, 16])))
+def test_fp16_buffer_dense_path_counts_its_own_bytes():
+    cm = model(bandwidth_gbps=0.125, codec_gbps=5.0)
+    count = 16 << 20
+    # An fp16 gradient's dense ring moves half the bytes: the fp16 codec cannot beat it, int8 still can.
+    assert cm.choose("fp16", count, count * 2, 4) == "none"
+    assert cm.choose("int8", count, count * 2, 4) == "int8"
+
+
+@pytest.mark.parametrize("bandwidth,codec_speed,n", list(itertools.product([0.01, 0.125, 1.0, 10.0],
+                                                                           [0.5, 5.0, 50.0], [2, 4, 16])))
 def test_choice_is_never_predicted_slower_than_dense_or_fp16(bandwidth, codec_speed, n):
-    cm = model(bandwidth, codec_speed)
+    cm = model(bandwidth, codec_speed, n)
     for count in [1 << 10, 1 << 16, 1 << 22, 1 << 26]:
         for requested in ["int8", "int4", "onebit", "auto"]:
             chosen = cm.choose(requested, count, count * 4, n)

@@ -62,28 +62,24 @@ void registerEngine(py::module_& m) {
   py::class_<CostModel>(m, "CostModel", "Per-bucket dense-vs-compressed decision (engine/cost_model.h)")
       .def(py::init<>())
       .def_readwrite("alpha", &CostModel::alpha, "seconds per message")
-      .def_readwrite("beta", &CostModel::beta, "seconds per wire byte")
-      .def_readwrite("reduce_sec_per_byte", &CostModel::reduceSecPerByte)
-      .def("set_codec_speed",
-           [](CostModel& cm, const std::string& codec, double encodeSecPerByte, double decodeSecPerByte) {
-             const int id = static_cast<int>(codecFromName(codec));
-             cm.encodeSecPerByte[id] = encodeSecPerByte;
-             cm.decodeSecPerByte[id] = decodeSecPerByte;
+      .def_readwrite("dense_sec_per_byte", &CostModel::denseSecPerByte, "dense ring, per buffer byte")
+      .def("set_codec_cost",
+           [](CostModel& cm, const std::string& codec, double secPerByte) {
+             cm.codecSecPerByte[static_cast<int>(codecFromName(codec))] = secPerByte;
            },
-           py::arg("codec"), py::arg("encode_sec_per_byte"), py::arg("decode_sec_per_byte"))
-      .def("predict_dense", &CostModel::predictDense, py::arg("wire_bytes"), py::arg("world_size"))
+           py::arg("codec"), py::arg("sec_per_byte"), "compressed all-reduce, per fp32 input byte")
+      .def("predict_dense", &CostModel::predictDense, py::arg("nbytes"), py::arg("world_size"))
       .def("predict_compressed",
-           [](const CostModel& cm, const std::string& codec, size_t count, int n, uint32_t block) {
-             return cm.predictCompressed(codecFromName(codec), count, n, block);
+           [](const CostModel& cm, const std::string& codec, size_t count, int n) {
+             return cm.predictCompressed(codecFromName(codec), count, n);
            },
-           py::arg("codec"), py::arg("count"), py::arg("world_size"), py::arg("block") = codec_format::kDefaultBlockSize)
+           py::arg("codec"), py::arg("count"), py::arg("world_size"))
       .def("choose",
-           [](const CostModel& cm, const std::string& requested, size_t count, size_t denseBytes, int n, uint32_t block) {
+           [](const CostModel& cm, const std::string& requested, size_t count, size_t denseBytes, int n) {
              const uint8_t id = requested == "auto" ? kAutoCodecId : static_cast<uint8_t>(codecFromName(requested));
-             return std::string(codecName(static_cast<Codec>(cm.choose(id, count, denseBytes, n, block))));
+             return std::string(codecName(static_cast<Codec>(cm.choose(id, count, denseBytes, n))));
            },
            py::arg("requested"), py::arg("count"), py::arg("dense_bytes"), py::arg("world_size"),
-           py::arg("block") = codec_format::kDefaultBlockSize,
            "The codec the engine would use for such a bucket ('none' = dense ring)")
       .def("describe", &CostModel::describe);
 

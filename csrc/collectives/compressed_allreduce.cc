@@ -140,63 +140,58 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   const Deadline deadline = Deadline::after(o.timeoutSeconds);
   CompressedAllreduceResult result;
 
-  // Phase 1 (all-to-all): post every receive of our chunk first, then encode chunk j once and send it to
-  // rank j, segment by segment across peers, so each peer can start reducing segment 0 early.
+  // Phase 1, an all-to-all as n-1 pairwise steps: in step d rank r sends its encoded chunk r+d to rank r+d
+  // and receives rank r-d's encoding of chunk r. One flow per link at a time: sending to every peer at once
+  // makes n-1 senders converge on each receiver (incast), which overflows switch queues on real Ethernet
+  // and halved throughput on the emulated 1 Gbit network. Within a step, segments pipeline: each arriving
+  // segment is decoded and added while the next ones are on the wire.
   std::vector<size_t> chunkArea(n + 1, 0);
   for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
   Bytes mine(chunkArea[n]);
-  Bytes incoming(static_cast<size_t>(n) * L.chunkPayload[r]);
-  InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
-  const size_t mySegs = L.segs(r);
-  std::vector<size_t> recvIndex(static_cast<size_t>(n) * mySegs);  // [peer * mySegs + k] -> inflight index
-  for (size_t k = 0; k < mySegs; ++k)
-    for (int p = 0; p < n; ++p) {
-      if (p == r) continue;
-      recvIndex[p * mySegs + k] = inflight.reqs.size();
-      inflight.reqs.push_back(comm.irecv(incoming.at(p * L.chunkPayload[r] + L.segPayloadOffset(k)),
-                                         L.segPayload(r, k), p, o.tag));
-    }
+  Bytes incoming(L.chunkPayload[r]);
   const EncodeParams first = encodeParams(o, static_cast<uint64_t>(r));
-  size_t maxSegs = 0;
-  for (int c = 0; c < n; ++c) maxSegs = std::max(maxSegs, L.segs(c));
-  for (size_t k = 0; k < maxSegs; ++k)
-    for (int d = 1; d <= n; ++d) {  // d == n: our own chunk, encoded last and kept here
-      const int j = (r + d) % n;
-      if (k >= L.segs(j)) continue;
-      char* out = mine.at(chunkArea[j] + L.segPayloadOffset(k));
-      const size_t off = L.segOffset(j, k);
-      const size_t bytes =
-          encodeSegment(first, L, j, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
-      if (j != r) {
-        inflight.reqs.push_back(comm.isend(out, bytes, j, o.tag));
-        result.wireBytes += bytes;
-      }
+  const auto encodeChunk = [&](int c) {
+    size_t bytes = 0;
+    for (size_t k = 0; k < L.segs(c); ++k) {
+      const size_t off = L.segOffset(c, k);
+      bytes += encodeSegment(first, L, c, k, o.buffer + off, o.residual ? o.residual + off : nullptr,
+                             mine.at(chunkArea[c] + L.segPayloadOffset(k)));
     }
+    return bytes;
+  };
+  // Our own contribution goes through the codec too (with its error feedback), like everybody else's.
+  encodeChunk(r);
+  const size_t mySegs = L.segs(r);
+  for (size_t k = 0; k < mySegs; ++k)
+    decode(mine.at(chunkArea[r] + L.segPayloadOffset(k)), L.segPayload(r, k), o.buffer + L.segOffset(r, k),
+           L.segLen(r, k));
+  for (int d = 1; d < n; ++d) {
+    const int to = (r + d) % n, from = (r - d + n) % n;
+    InFlight step{comm, {}};  // declared after the buffers it points into: cancelled before they are freed
+    for (size_t k = 0; k < mySegs; ++k)
+      step.reqs.push_back(comm.irecv(incoming.at(L.segPayloadOffset(k)), L.segPayload(r, k), from, o.tag));
+    encodeChunk(to);
+    for (size_t k = 0; k < L.segs(to); ++k) {
+      const size_t bytes = L.segPayload(to, k);
+      step.reqs.push_back(comm.isend(mine.at(chunkArea[to] + L.segPayloadOffset(k)), bytes, to, o.tag));
+      result.wireBytes += bytes;
+    }
+    for (size_t k = 0; k < mySegs; ++k) {
+      waitExact(comm, step.reqs[k], deadline, o.name);
+      decodeAdd(incoming.at(L.segPayloadOffset(k)), L.segPayload(r, k), o.buffer + L.segOffset(r, k), L.segLen(r, k));
+    }
+    comm.waitAll(step.reqs, deadline, o.name.c_str());
+  }
 
-  // Reduce our chunk in fp32, contributions in rank order (deterministic), then quantize the sum again with
-  // the second error feedback into our all-gather slot.
+  // Quantize our reduced chunk again, with the second error feedback, into our all-gather slot.
   const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
   Bytes gather(plan.slotOffset[n]);
   const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
   for (size_t k = 0; k < mySegs; ++k) {
-    float* acc = o.buffer + L.segOffset(r, k);
-    const size_t len = L.segLen(r, k), bytes = L.segPayload(r, k);
-    for (int p = 0; p < n; ++p) {
-      const char* payload = mine.at(chunkArea[r] + L.segPayloadOffset(k));
-      if (p != r) {
-        waitExact(comm, inflight.reqs[recvIndex[p * mySegs + k]], deadline, o.name);
-        payload = incoming.at(p * L.chunkPayload[r] + L.segPayloadOffset(k));
-      }
-      if (p == 0) {
-        decode(payload, bytes, acc, len);
-      } else {
-        decodeAdd(payload, bytes, acc, len);
-      }
-    }
     float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
-    encodeSegment(second, L, r, k, acc, res2, gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
+    encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
+                  gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
   }
-  comm.waitAll(inflight.reqs, deadline, o.name.c_str());
 
   // Phase 2: all-gather the encoded sums.
   result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);

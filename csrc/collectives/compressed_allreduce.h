@@ -16,8 +16,9 @@
 namespace nrt {
 
 enum class CompressedAlgorithm {
-  // Each rank encodes its n chunks once (with its error feedback) and sends chunk j to rank j (all-to-all);
-  // rank j sums the n decoded contributions in fp32 (in rank order), re-encodes the sum (second error
+  // Each rank encodes its n chunks once (with its error feedback) and sends chunk j to rank j (an all-to-all
+  // in n-1 pairwise steps, one flow per link); rank j sums the n decoded contributions in fp32 in a fixed
+  // order (its own, then r-1, r-2, ...), re-encodes the sum (second error
   // feedback, chunkResidual), and the encoded sums are all-gathered along the ring unchanged.
   kTwoPhase = 0,
   // The dense ring with decode-add-encode at every reduce-scatter hop, then the same payload all-gather.

@@ -9,13 +9,18 @@
 #include <vector>
 
 #include "collectives/allreduce.h"
-#include "collectives/reduce.h"
+#include "collectives/compressed_allreduce.h"
 
 namespace nrt {
 
 namespace {
 
-double secondsOf(const std::function<void()>& fn, int reps) {
+// Large enough to be bandwidth-bound on any link (the per-byte costs are what we extrapolate), small
+// enough that the whole probe stays well under a second on 1 Gbit Ethernet.
+constexpr size_t kProbeCount = 4 << 20;  // fp32 values: 16 MB, past the caches like real buckets
+constexpr int kProbeReps = 2;
+
+double fastest(const std::function<void()>& fn, int reps = kProbeReps) {
   double best = 1e30;
   for (int i = 0; i < reps; ++i) {
     const auto t0 = Clock::now();
@@ -25,40 +30,33 @@ double secondsOf(const std::function<void()>& fn, int reps) {
   return best;
 }
 
+double messages(int n) { return 2.0 * (n - 1); }  // ring and two-phase both take 2(n-1) message steps
+
 }  // namespace
 
-double CostModel::predictDense(size_t wireBytes, int n) const {
+double CostModel::predictDense(size_t bytes, int n) const {
   if (n <= 1) return 0;
-  const double share = 2.0 * (n - 1) / n;
-  if (wireBytes <= kRecursiveDoublingMaxBytes)
-    return std::ceil(std::log2(n)) * (alpha + wireBytes * beta) + std::ceil(std::log2(n)) * wireBytes * reduceSecPerByte;
-  return 2.0 * (n - 1) * alpha + share * wireBytes * beta + 0.5 * share * wireBytes * reduceSecPerByte;
+  if (bytes <= kRecursiveDoublingMaxBytes) return std::ceil(std::log2(n)) * alpha + bytes * denseSecPerByte;
+  return messages(n) * alpha + bytes * denseSecPerByte;
 }
 
-double CostModel::predictCompressed(Codec c, size_t count, int n, uint32_t block) const {
+double CostModel::predictCompressed(Codec c, size_t count, int n) const {
   if (n <= 1) return 0;
-  const size_t bytes = count * sizeof(float);
-  const double wire = static_cast<double>(payloadBytes(c, count, block));
-  const int id = static_cast<int>(c);
-  // two-phase: encode all, all-to-all, decode-add n chunk contributions (= S), re-encode S/n,
-  // all-gather, decode everything (= S).
-  const double compute = encodeSecPerByte[id] * bytes * (1.0 + 1.0 / n) + decodeSecPerByte[id] * bytes * 2.0;
-  return 2.0 * (n - 1) * alpha + 2.0 * (n - 1) / n * wire * beta + compute;
+  return messages(n) * alpha + count * sizeof(float) * codecSecPerByte[static_cast<int>(c)];
 }
 
-uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, int n, uint32_t block) const {
-  std::vector<uint8_t> candidates;
-  if (requested == kAutoCodecId) {
-    candidates = {codec_format::kFp16, codec_format::kInt8};
-  } else if (requested == codec_format::kFp16 || requested == codec_format::kBf16) {
-    candidates = {requested};
-  } else {
-    candidates = {codec_format::kFp16, requested};
-  }
+std::vector<uint8_t> candidateCodecs(uint8_t requested) {
+  if (requested == kAutoCodecId) return {codec_format::kFp16, codec_format::kInt8};
+  if (requested == codec_format::kFp16 || requested == codec_format::kBf16) return {requested};
+  return {codec_format::kFp16, requested};
+}
+
+uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, int n) const {
+  const std::vector<uint8_t> candidates = candidateCodecs(requested);
   uint8_t best = codec_format::kNone;
   double bestTime = predictDense(denseBytes, n);
   for (uint8_t c : candidates) {
-    const double t = predictCompressed(static_cast<Codec>(c), count, n, block);
+    const double t = predictCompressed(static_cast<Codec>(c), count, n);
     if (t < bestTime) {
       bestTime = t;
       best = c;
@@ -69,62 +67,61 @@ uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, in
 
 std::string CostModel::describe() const {
   std::ostringstream os;
-  os << "alpha=" << alpha * 1e6 << "us bandwidth=" << (beta > 0 ? 1e-9 / beta : 0) << "GB/s reduce="
-     << (reduceSecPerByte > 0 ? 1e-9 / reduceSecPerByte : 0) << "GB/s";
+  os << "alpha=" << alpha * 1e6 << "us dense=" << (denseSecPerByte > 0 ? 1e-9 / denseSecPerByte : 0) << "GB/s";
   for (Codec c : allCodecs()) {
-    const int id = static_cast<int>(c);
-    if (c == Codec::kNone) continue;
-    os << " " << codecName(c) << "(enc " << (encodeSecPerByte[id] > 0 ? 1e-9 / encodeSecPerByte[id] : 0)
-       << " dec " << (decodeSecPerByte[id] > 0 ? 1e-9 / decodeSecPerByte[id] : 0) << " GB/s)";
+    const double s = codecSecPerByte[static_cast<int>(c)];
+    if (c != Codec::kNone && s > 0) os << " " << codecName(c) << "=" << 1e-9 / s << "GB/s";
   }
+  os << " (effective all-reduce speed per fp32 byte)";
   return os.str();
 }
 
-CostModel probeCostModel(Communicator& comm, const CollectiveOptions& opts, uint32_t block) {
-  constexpr size_t kCodecProbeCount = 1 << 20;   // 4 MB of fp32: past the caches, like real buckets
-  constexpr size_t kLinkProbeBytes = 4 << 20;    // bandwidth-bound on any link we care about
+void CostModel::probe(Communicator& comm, const CollectiveOptions& opts, uint8_t requested, uint32_t block) {
+  std::vector<uint8_t> todo;
+  for (uint8_t c : candidateCodecs(requested))
+    if (!codecProbed[c]) todo.push_back(c);
+  if (denseProbed && todo.empty()) return;
   const int n = comm.size();
-  CostModel m;
-  std::vector<float> grad(kCodecProbeCount), out(kCodecProbeCount);
-  for (size_t i = 0; i < grad.size(); ++i) grad[i] = std::sin(0.001f * static_cast<float>(i)) * 1e-3f;
-  std::vector<char> payload(payloadBytes(Codec::kNone, kCodecProbeCount, block));
-  const double bytes = kCodecProbeCount * sizeof(float);
-  m.reduceSecPerByte = secondsOf([&] { reduceInto(out.data(), grad.data(), kCodecProbeCount, DataType::kFloat32, ReduceOp::kSum); }, 3) / bytes;
-  for (Codec c : allCodecs()) {
-    const int id = static_cast<int>(c);
-    payload.resize(payloadBytes(c, kCodecProbeCount, block));
-    EncodeParams p;
-    p.codec = c;
-    p.blockSize = block;
-    m.encodeSecPerByte[id] = secondsOf([&] { encode(p, grad.data(), kCodecProbeCount, nullptr, payload.data(), payload.size()); }, 3) / bytes;
-    m.decodeSecPerByte[id] = secondsOf([&] { decodeAdd(payload.data(), payload.size(), out.data(), kCodecProbeCount); }, 3) / bytes;
+  std::vector<float> grad(kProbeCount), work(kProbeCount);
+  for (size_t i = 0; i < grad.size(); ++i) grad[i] = std::sin(0.001f * static_cast<float>(i + comm.rank())) * 1e-3f;
+  std::vector<double> figures;  // [latency, dense] if not yet probed, then one time per codec in `todo`
+
+  if (!denseProbed) {
+    AllreduceOptions small;
+    static_cast<CollectiveOptions&>(small) = opts;
+    small.name = "cost model probe (latency)";
+    small.buffer = work.data();
+    small.count = 2;
+    small.algorithm = AllreduceAlgorithm::kRecursiveDoubling;
+    figures.push_back(fastest([&] { allreduce(comm, small); }, 20));  // cheap: take the best of many
+    AllreduceOptions dense = small;
+    dense.name = "cost model probe (dense)";
+    dense.count = kProbeCount;
+    dense.algorithm = AllreduceAlgorithm::kRing;
+    figures.push_back(fastest([&] {
+      std::copy(grad.begin(), grad.end(), work.begin());
+      allreduce(comm, dense);
+    }));
+  }
+  std::vector<float> residual(todo.empty() ? 0 : kProbeCount), chunkResidual(residual.size());
+  for (uint8_t c : todo) {
+    CompressedAllreduceOptions o;
+    static_cast<CollectiveOptions&>(o) = opts;
+    o.name = std::string("cost model probe (") + codecName(static_cast<Codec>(c)) + ")";
+    o.buffer = work.data();
+    o.count = kProbeCount;
+    o.codec = static_cast<Codec>(c);
+    o.blockSize = block;
+    o.residual = residual.data();
+    o.chunkResidual = chunkResidual.data();
+    o.chunkResidualCount = ownedChunk(kProbeCount, n, comm.rank()).count;
+    figures.push_back(fastest([&] {
+      std::copy(grad.begin(), grad.end(), work.begin());
+      compressedAllreduce(comm, o);
+    }));
   }
 
-  AllreduceOptions o;
-  static_cast<CollectiveOptions&>(o) = opts;
-  o.name = "cost model probe";
-  o.dtype = DataType::kFloat32;
-  o.op = ReduceOp::kSum;
-  std::vector<float> small(2), large(kLinkProbeBytes / sizeof(float));
-  o.buffer = small.data();
-  o.count = small.size();
-  o.algorithm = AllreduceAlgorithm::kRecursiveDoubling;
-  const double tSmall = secondsOf([&] { allreduce(comm, o); }, 10);
-  o.buffer = large.data();
-  o.count = large.size();
-  o.algorithm = AllreduceAlgorithm::kRing;
-  const double tLarge = secondsOf([&] { allreduce(comm, o); }, 3);
-  if (n > 1) {
-    m.alpha = tSmall / std::max(1.0, std::ceil(std::log2(n)));
-    const double share = 2.0 * (n - 1) / n;
-    const double wireTime = tLarge - 2.0 * (n - 1) * m.alpha - 0.5 * share * kLinkProbeBytes * m.reduceSecPerByte;
-    m.beta = std::max(wireTime, 0.1 * tLarge) / (share * kLinkProbeBytes);
-  }
-
-  // Every rank must decide identically: agree on the slowest rank's figures.
-  std::vector<double> figures = {m.alpha, m.beta, m.reduceSecPerByte};
-  figures.insert(figures.end(), m.encodeSecPerByte.begin(), m.encodeSecPerByte.end());
-  figures.insert(figures.end(), m.decodeSecPerByte.begin(), m.decodeSecPerByte.end());
+  // Every rank must decide identically: agree on the slowest rank's timings.
   AllreduceOptions agree;
   static_cast<CollectiveOptions&>(agree) = opts;
   agree.name = "cost model agreement";
@@ -133,14 +130,21 @@ CostModel probeCostModel(Communicator& comm, const CollectiveOptions& opts, uint
   agree.dtype = DataType::kFloat64;
   agree.op = ReduceOp::kMax;
   allreduce(comm, agree);
-  m.alpha = figures[0];
-  m.beta = figures[1];
-  m.reduceSecPerByte = figures[2];
-  const size_t k = codec_format::kNumCodecs;
-  std::copy_n(figures.begin() + 3, k, m.encodeSecPerByte.begin());
-  std::copy_n(figures.begin() + 3 + k, k, m.decodeSecPerByte.begin());
-  m.valid = true;
-  return m;
+
+  size_t i = 0;
+  if (!denseProbed) {
+    alpha = n > 1 ? figures[i] / std::max(1.0, std::ceil(std::log2(n))) : 0;
+    ++i;
+  }
+  const double latency = n > 1 ? messages(n) * alpha : 0;
+  // Never let a noisy probe claim a path is free: keep at least 10% of its measured time per byte.
+  const auto perByte = [&](double t) { return std::max(t - latency, 0.1 * t) / (kProbeCount * sizeof(float)); };
+  if (!denseProbed) denseSecPerByte = perByte(figures[i++]);
+  for (uint8_t c : todo) {
+    codecSecPerByte[c] = perByte(figures[i++]);
+    codecProbed[c] = true;
+  }
+  denseProbed = true;
 }
 
 }  // namespace nrt

@@ -1,12 +1,15 @@
 // The cost model that decides, per bucket, between the dense ring and a compressed all-reduce (and, for
-// codec "auto", which codec). A short collective probe measures link latency (alpha), wire time per byte
-// (beta), the local reduction speed and each codec's encode/decode speed; ranks agree on the slowest
-// rank's figures, so every rank predicts and chooses identically. Tested by tests/test_cost_model.py.
+// codec "auto", which codec). A short collective probe times the real thing on this communicator: a dense
+// ring all-reduce and each codec's compressed all-reduce of the same buffer. From those it keeps an
+// effective cost per byte for each path (wire, codec work, contention between ranks sharing cores, all of
+// it) plus the per-message latency. Ranks agree on the slowest rank's timings, so every rank predicts and
+// chooses identically. Tested by tests/test_cost_model.py (decisions) and tests/test_engine.py (probe).
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "codecs/codec.h"
 #include "collectives/options.h"
@@ -21,23 +24,28 @@ constexpr uint8_t kForceCodecBit = 0x80;
 
 struct CostModel {
   double alpha = 0;             // seconds per message (latency)
-  double beta = 0;              // seconds per wire byte (inverse bandwidth)
-  double reduceSecPerByte = 0;  // local fp32 reduction, per byte
-  std::array<double, codec_format::kNumCodecs> encodeSecPerByte{};  // per fp32 input byte
-  std::array<double, codec_format::kNumCodecs> decodeSecPerByte{};
-  bool valid = false;
+  double denseSecPerByte = 0;   // dense ring, per byte of the buffer (wire + reduction), latency excluded
+  std::array<double, codec_format::kNumCodecs> codecSecPerByte{};  // compressed, per fp32 input byte
+  bool denseProbed = false;
+  std::array<bool, codec_format::kNumCodecs> codecProbed{};
 
-  // Predicted seconds of an all-reduce of `count` fp32 values over n ranks.
-  double predictDense(size_t wireBytes, int n) const;  // dense ring on `wireBytes` per rank-buffer
-  double predictCompressed(Codec c, size_t count, int n, uint32_t block) const;
+  // Predicted seconds of an all-reduce over n ranks: dense, of a `bytes` buffer; compressed, of `count` fp32.
+  double predictDense(size_t bytes, int n) const;
+  double predictCompressed(Codec c, size_t count, int n) const;
   // The fastest predicted choice among the dense path (buffer of `denseBytes`) and the candidates that
   // `requested` allows: kAutoCodecId -> {fp16, int8}; a lossy codec -> {fp16, it}; fp16/bf16 -> {it}.
   // Returns codec_format::kNone for dense.
-  uint8_t choose(uint8_t requested, size_t count, size_t denseBytes, int n, uint32_t block) const;
+  uint8_t choose(uint8_t requested, size_t count, size_t denseBytes, int n) const;
   std::string describe() const;
+
+  // Collective: every rank of `comm` calls it at the same point (the engine does, before deciding on a
+  // bucket). Probes latency and the dense ring once, and each candidate codec of `requested` the first
+  // time it can be chosen: a few all-reduces of a 16 MB buffer (tens of ms on shared memory, about a
+  // second on 1 Gbit Ethernet), timed as they really run.
+  void probe(Communicator& comm, const CollectiveOptions& opts, uint8_t requested, uint32_t block);
 };
 
-// Collective: every rank of `comm` calls it at the same point. Takes ~10-200 ms depending on the link.
-CostModel probeCostModel(Communicator& comm, const CollectiveOptions& opts, uint32_t block);
+// The codecs `requested` may turn into (besides the dense path).
+std::vector<uint8_t> candidateCodecs(uint8_t requested);
 
 }  // namespace nrt

@@ -33,17 +33,17 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     key += t->meta.name + '\n';
   }
   const uint32_t block = config_.codecBlock;
-  if (config_.useCostModel && !(head.codec & kForceCodecBit) && !costModel_.valid) {
-    costModel_ = probeCostModel(*comm_, collectiveOptions("cost model probe"), block);
-    std::lock_guard<std::mutex> lock(mu_);
-    costModelText_ = costModel_.describe();
-  }
   const bool adaptive = config_.useCostModel && !(head.codec & kForceCodecBit);
   uint8_t codec = head.codec & ~kForceCodecBit;
   if (size_ == 1) {
     codec = codec_format::kNone;  // nothing travels: the exact value costs nothing
   } else if (adaptive) {
-    codec = costModel_.choose(codec, count, count * dtypeSize(head.dtype), size_, block);
+    costModel_.probe(*comm_, collectiveOptions("cost model probe"), codec, block);  // no-op once probed
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      costModelText_ = costModel_.describe();
+    }
+    codec = costModel_.choose(codec, count, count * dtypeSize(head.dtype), size_);
   } else if (codec == kAutoCodecId) {
     codec = codec_format::kInt8;
   }
