@@ -18,6 +18,7 @@ SOURCES := $(shell find csrc -type f \( -name '*.cc' -o -name '*.h' -o -name '*.
 .PHONY: all venv build test demo bench clean info
 all: build
 
+# scikit-learn (below) provides load_digits, the bundled data set that tests/torch's compressed training learns.
 $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip

@@ -1,0 +1,26 @@
+"""neptune_rt for PyTorch: Horovod's `horovod.torch` surface over the neptune_rt engine, so a Horovod script
+runs by changing its import (`import neptune_rt.torch as hvd`), plus a DDP communication hook (`comm_hook`).
+Launch with mpirun. Deliberate differences from Horovod are listed in docs/torch.md; tests in tests/torch/.
+"""
+from neptune_rt.engine import (
+    init, is_initialized, local_rank, local_size, rank, shutdown, size,
+)
+from neptune_rt.torch import comm_hook
+from neptune_rt.torch.compression import Compression, Compressor
+from neptune_rt.torch.functions import (
+    allgather_object, broadcast_object, broadcast_optimizer_state, broadcast_parameters,
+)
+from neptune_rt.torch.ops import (
+    Average, Handle, Max, Min, Sum, allgather, allgather_async, allreduce, allreduce_, allreduce_async,
+    allreduce_async_, barrier, broadcast, broadcast_, broadcast_async, broadcast_async_, join, poll,
+    synchronize,
+)
+from neptune_rt.torch.optimizer import DistributedOptimizer
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size",
+    "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
+    "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "synchronize", "poll", "join", "barrier",
+    "broadcast_parameters", "broadcast_optimizer_state", "broadcast_object", "allgather_object",
+    "Average", "Sum", "Min", "Max", "Compression", "Compressor", "Handle", "DistributedOptimizer", "comm_hook",
+]

@@ -1,0 +1,143 @@
+"""A DDP communication hook: torch's DistributedDataParallel keeps its bucketing and autograd integration
+(over a gloo process group used only for set-up), and neptune_rt moves the gradients.
+
+    import neptune_rt.torch as nrt
+    nrt.init()
+    ddp = DistributedDataParallel(model, process_group=gloo_group)
+    ddp.register_comm_hook(nrt.comm_hook.CommHookState(model, codec="int8"), nrt.comm_hook.hook)
+
+Engine tensors are named by the bucket's parameters, never by the bucket index, so DDP may rebuild its buckets
+(it does after the first iteration) and error-feedback state stays attached to parameters: dense buckets travel
+as one tensor named after their parameters; compressed buckets as one engine tensor per parameter (the engine
+fuses them again). Tested by tests/torch/test_comm_hook.py against DDP's default hook on 4 ranks.
+"""
+# No `from __future__ import annotations`: DDP checks the hook's annotations as real objects.
+import threading
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from neptune_rt import engine as _engine
+from neptune_rt.torch import ops
+from neptune_rt.torch.compression import Compression, Compressor, compressor_for
+
+__all__ = ["CommHookState", "hook"]
+
+
+class CommHookState:
+    """Knobs of the neptune_rt DDP hook.
+
+    module: the model whose parameters DDP holds; gives engine tensors the parameters' names. Without it,
+        parameters are numbered in the order DDP first hands them over (identical on every rank).
+    codec: "none" (dense), "fp16", "bf16" (cast here), "int8", "int4", "onebit", "auto" (engine codecs with
+        error feedback kept per parameter), or a Compressor.
+    adaptive: for engine codecs, let the engine's cost model send a bucket densely where that is faster
+        (default); False quantizes every bucket.
+    op: "average" (DDP's semantics) or "sum".
+    weight: if set, this rank's gradient is scaled by it and summed (sum_i w_i g_i; weights sum to 1), for
+        ranks with different batch sizes; `set_weight` changes it between steps.
+    prefix: leading part of every engine tensor name, to keep two DDP models apart.
+    """
+
+    def __init__(self, module: torch.nn.Module | None = None, codec: str | Compressor = "none",
+                 op: str = ops.Average, weight: float | None = None, prefix: str = "ddp", adaptive: bool = True):
+        self.compressor = compressor_for(codec)
+        if not adaptive and self.compressor.codec != "none":
+            self.compressor = Compression.forced(self.compressor.codec)
+        if self.compressor.codec != "none":
+            from neptune_rt.torch.compression import require_codec
+            require_codec(self.compressor.codec)
+        if op not in (ops.Average, ops.Sum):
+            raise ValueError(f"neptune_rt: the DDP hook reduces with op 'average' or 'sum', not {op!r}")
+        self.op = op
+        self.prefix = prefix
+        self.weight: float | None = None
+        self.set_weight(weight)
+        self._names: dict[torch.Tensor, str] = {}
+        if module is not None:
+            self._names = {p: n for n, p in module.named_parameters()}
+        self._lock = threading.Lock()
+
+    def set_weight(self, weight: float | None) -> None:
+        if weight is not None and not (weight >= 0 and weight != float("inf")):
+            raise ValueError(f"neptune_rt: weight must be finite and >= 0, got {weight}")
+        self.weight = None if weight is None else float(weight)
+
+    def name_of(self, param: torch.Tensor) -> str:
+        name = self._names.get(param)
+        if name is None:
+            with self._lock:
+                name = self._names.setdefault(param, f"param{len(self._names)}")
+        return name
+
+    def scaling(self) -> tuple[str, float]:
+        """(engine op, prescale) for this step."""
+        return (ops.Sum, self.weight) if self.weight is not None else (self.op, 1.0)
+
+
+def _stage(t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """A host tensor the engine can read (t itself on the CPU; a pinned copy of a GPU tensor), and a function
+    that brings the reduced values back. The blocking copy orders after the stream that produced t."""
+    if t.device.type == "cpu":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t)
+    return host, lambda: t.copy_(host)
+
+
+def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """All-reduces one DDP bucket through neptune_rt; the future completes when every part has arrived."""
+    buffer = bucket.buffer()
+    params = bucket.parameters()
+    grads = bucket.gradients()
+    op, prescale = state.scaling()
+    compressor = state.compressor
+    compressed, ctx = compressor.compress(buffer)
+    host, copy_back = _stage(compressed)
+    names = [f"{state.prefix}.{state.name_of(p)}" for p in params]
+
+    if compressor.codec == "none":
+        # One engine tensor per bucket, named after its parameters (stable across bucket rebuilds).
+        parts = [(f"{names[0]}+{len(names)}" if len(names) > 1 else names[0], host)]
+    else:
+        # One engine tensor per parameter: error feedback is kept per parameter name.
+        esize = buffer.element_size()
+        parts = []
+        for name, g in zip(names, grads):
+            offset = (g.data_ptr() - buffer.data_ptr()) // esize
+            parts.append((name, host[offset:offset + g.numel()]))
+
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    remaining = [len(parts)]
+    lock = threading.Lock()
+    handles: list[_engine.Handle] = []
+
+    def complete() -> None:
+        # Runs on the engine thread once the last part has arrived: keep it to a copy or two.
+        try:
+            for h in handles:
+                h.wait()
+            if copy_back is not None:
+                copy_back()
+            result = compressor.decompress(compressed, ctx)
+            if result is not buffer:
+                buffer.copy_(result)
+            future.set_result(buffer)
+        except Exception as err:  # noqa: BLE001 -- handed to DDP, which raises it in backward()
+            future.set_exception(RuntimeError(f"neptune_rt: rank {_engine.rank()}: DDP bucket with "
+                                              f"{names[0]} ...: {err}"))
+
+    def one_done(_handle: _engine.Handle) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            complete()
+
+    for name, part in parts:
+        handles.append(_engine.allreduce_async_(part, name, op, compressor.codec, prescale, 1.0,
+                                                getattr(compressor, "adaptive", True)))
+    for h in handles:
+        h.add_done_callback(one_done)
+    return future
