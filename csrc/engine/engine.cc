@@ -150,7 +150,11 @@ std::vector<char> Engine::buildMessage() {
     if (e.meta.type == OpType::kJoin) continue;
     if (!w.add(e.meta, config_.negotiationBytes / 2)) break;  // the rest is announced next cycle
     const size_t bytes = e.meta.bytes();
-    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.codec == 0 && bytes > 0 &&
+    // Small all-reduces ride along; with an adaptive codec too, since no codec beats the dense path on a
+    // latency-bound message (a forced codec is honoured).
+    const bool codecAllows = e.meta.codec == codec_format::kNone ||
+                             (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
+    const bool eager = e.meta.type == OpType::kAllreduce && codecAllows && bytes > 0 &&
                        bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
     if (!eager) continue;
     EagerSum& sum = own.sums[e.meta.name];
@@ -290,6 +294,7 @@ void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   std::memcpy(local->output, t.eagerResult, t.meta.bytes());
   if (t.meta.op == ReduceOp::kAverage) finalizeAverage(local->output, t.meta.numel(), t.meta.dtype, participants_);
   scaleInPlace(local->output, t.meta.numel(), t.meta.dtype, local->postscale);
+  local->handle->wireBytes = denseWireBytes(t.meta.bytes(), size_);  // it travelled with the negotiation
   finish(*local);
 }
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "codecs/codec.h"
@@ -125,6 +126,7 @@ class Engine {
   // the second quantization's residual is keyed by the bucket's composition.
   CostModel costModel_;
   std::unordered_map<std::string, std::vector<float>> residuals_;
+  std::unordered_set<std::string> dirtyResiduals_;  // names whose residual may be non-zero
   std::unordered_map<std::string, std::vector<float>> chunkResiduals_;
   std::vector<float> work_;
   std::vector<float> bucketResidual_;

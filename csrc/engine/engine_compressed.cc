@@ -48,46 +48,61 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     codec = codec_format::kInt8;
   }
 
-  // A lone fp32 tensor is compressed in its own output buffer with its own residual; several tensors (or
+  // Residuals exist only for tensors that have been compressed; a bucket that goes dense and has none
+  // skips them entirely (no allocation, no extra passes over memory).
+  const bool compress = codec != codec_format::kNone;
+  bool dirty = false;
+  for (Entry* e : locals) dirty = dirty || (e && dirtyResiduals_.count(e->meta.name));
+  const bool withResidual = compress || dirty;
+  const auto residualOf = [&](const std::string& name, size_t n) -> std::vector<float>& {
+    std::vector<float>& r = residuals_[name];
+    if (r.size() != n) r.assign(n, 0.0f);
+    return r;
+  };
+
+  // A lone fp32 tensor is worked on in its own output buffer with its own residual; several tensors (or
   // other float types) are gathered into the fp32 work buffer, residuals alongside.
   const bool direct = bucket.size() == 1 && locals[0] != nullptr && head.dtype == DataType::kFloat32;
   float* work;
-  float* residual;
+  float* residual = nullptr;
   if (direct) {
     Entry& e = *locals[0];
     if (e.output != e.input) std::memcpy(e.output, e.input, count * sizeof(float));
     work = static_cast<float*>(e.output);
     scaleInPlace(work, count, DataType::kFloat32, e.prescale);
-    std::vector<float>& r = residuals_[e.meta.name];
-    if (r.size() != count) r.assign(count, 0.0f);
-    residual = r.data();
+    if (withResidual) residual = residualOf(e.meta.name, count).data();
   } else {
     work_.resize(count);
-    bucketResidual_.resize(count);
     work = work_.data();
-    residual = bucketResidual_.data();
+    if (withResidual) {
+      bucketResidual_.resize(count);
+      residual = bucketResidual_.data();
+    }
     size_t offset = 0;
     for (size_t i = 0; i < bucket.size(); ++i) {
       const size_t n = bucket[i]->meta.numel();
       if (Entry* e = locals[i]) {
         convertToF32(e->input, head.dtype, n, work + offset);
         scaleInPlace(work + offset, n, DataType::kFloat32, e->prescale);
-        std::vector<float>& r = residuals_[e->meta.name];
-        if (r.size() != n) r.assign(n, 0.0f);
-        std::copy(r.begin(), r.end(), residual + offset);
+        if (residual) {
+          const std::vector<float>& r = residualOf(e->meta.name, n);
+          std::copy(r.begin(), r.end(), residual + offset);
+        }
       } else {  // joined rank: contributes zeros, keeps no error feedback
         std::fill_n(work + offset, n, 0.0f);
-        std::fill_n(residual + offset, n, 0.0f);
+        if (residual) std::fill_n(residual + offset, n, 0.0f);
       }
       offset += n;
     }
   }
 
   uint64_t wire;
-  if (codec == codec_format::kNone) {
-    // Dense is predicted faster: send the error-feedback residual along, exactly, and clear it.
-    for (size_t i = 0; i < count; ++i) work[i] += residual[i];
-    std::fill_n(residual, count, 0.0f);
+  if (!compress) {
+    // Dense is predicted faster: send any error-feedback residual along, exactly, and clear it.
+    if (residual) {
+      for (size_t i = 0; i < count; ++i) work[i] += residual[i];
+      std::fill_n(residual, count, 0.0f);
+    }
     AllreduceOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
     o.buffer = work;
@@ -124,9 +139,13 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
       if (head.op == ReduceOp::kAverage) scaleInPlace(result, n, DataType::kFloat32, 1.0 / participants_);
       scaleInPlace(result, n, DataType::kFloat32, e->postscale);
       if (!direct) {
-        std::vector<float>& r = residuals_[e->meta.name];
-        std::copy_n(residual + offset, n, r.begin());
+        if (residual) std::copy_n(residual + offset, n, residuals_[e->meta.name].begin());
         convertFromF32(result, head.dtype, n, e->output);
+      }
+      if (compress) {
+        dirtyResiduals_.insert(e->meta.name);
+      } else {
+        dirtyResiduals_.erase(e->meta.name);
       }
       e->handle->codecUsed = codecName(static_cast<Codec>(codec));
       e->handle->wireBytes = wire;
