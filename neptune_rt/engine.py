@@ -178,7 +178,11 @@ class Handle:
 
     def wait(self, timeout: float | None = None) -> Any:
         """Result of the operation; TimeoutError if not done after `timeout` s, RuntimeError if it failed."""
-        if not self._native.wait(0.0 if timeout is None else max(timeout, 1e-6)):
+        engine = _engine
+        limit = 0.0 if timeout is None else max(timeout, 1e-6)
+        done = engine.wait(self._native, limit) if engine is not None and engine.running \
+            else self._native.wait(limit)
+        if not done:
             where = f"rank {_engine.rank}: " if _engine is not None else ""
             raise TimeoutError(f"neptune_rt: {where}'{self.name}' not complete after {timeout} s")
         _inflight.pop(id(self), None)

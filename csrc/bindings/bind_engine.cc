@@ -179,6 +179,9 @@ void registerEngine(py::module_& m) {
             return submit(engine, std::move(e));
           },
           py::arg("name"))
+      .def("wait", [](Engine& e, Handle& h, double timeout) { return e.waitFor(h, timeout); }, py::arg("handle"),
+           py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
+           "Wait for a handle, running negotiation cycles on this thread while the engine thread is idle")
       .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>(),
            "Collective: every rank calls it; completes negotiated work, then stops the thread");
 }

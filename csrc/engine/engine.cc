@@ -54,7 +54,6 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   inFlight_[e.meta.name] = e.handle;
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
-  incomingCount_.store(incoming_.size(), std::memory_order_release);
   cv_.notify_one();
   return handle;
 }
@@ -66,7 +65,7 @@ void Engine::shutdown() {
       e.meta.name = kShutdownName;
       e.meta.type = OpType::kShutdown;
       auto h = enqueue(std::move(e));
-      h->wait(0);  // bounded: the engine's own negotiation timeout fails it if a peer never shuts down
+      waitFor(*h, 0);  // bounded: the negotiation timeout fails it if a peer never shuts down
     } catch (const std::runtime_error&) {
       // Stopped meanwhile (fatal error): fall through to joining the thread.
     }
@@ -97,31 +96,28 @@ CollectiveOptions Engine::collectiveOptions(const std::string& name) const {
   return o;
 }
 
-void Engine::loop() {
-  try {
-    while (true) {
-      if (pending_.empty()) idleSpin();
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
-        if (pending_.empty()) cv_.wait(lock, [&] { return !incoming_.empty() || stopRequested_; });
-        if (stopRequested_) break;
-        while (!incoming_.empty()) {
-          pending_.push_back(std::move(incoming_.front()));
-          incoming_.pop_front();
-        }
-        incomingCount_.store(0, std::memory_order_release);
-      }
-      const bool progress = cycle();
-      if (shutdownDone_) break;
-      if (!progress) {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
-                     [&] { return !incoming_.empty() || stopRequested_; });
-        if (stopRequested_) break;
-      }
+Engine::StepResult Engine::step() {
+  std::unique_lock<std::mutex> cycleLock(cycleMu_, std::try_to_lock);
+  if (!cycleLock) return StepResult::kBusy;
+  if (!running_.load() || shutdownDone_) return StepResult::kStopped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!incoming_.empty()) {
+      pending_.push_back(std::move(incoming_.front()));
+      incoming_.pop_front();
     }
-    failEverything(shutdownDone_ ? "neptune_rt has been shut down" : "neptune_rt: the engine was stopped", false);
+  }
+  pendingCount_.store(pending_.size(), std::memory_order_release);
+  if (pending_.empty()) return StepResult::kNoProgress;  // nothing to negotiate: do not enter the exchange
+  try {
+    const bool progress = cycle();
+    pendingCount_.store(pending_.size(), std::memory_order_release);
+    if (shutdownDone_) {
+      failEverything("neptune_rt has been shut down", false);
+      cv_.notify_all();
+      return StepResult::kStopped;
+    }
+    return progress ? StepResult::kProgress : StepResult::kNoProgress;
   } catch (const TimeoutError& e) {
     failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), true);
   } catch (const std::exception& e) {
@@ -129,14 +125,64 @@ void Engine::loop() {
                           "\n  pending on rank ", rank_, ": ", namesOf(pending_)),
                    false);
   }
+  cv_.notify_all();
+  return StepResult::kStopped;
 }
 
-void Engine::idleSpin() {
-  // Back-to-back operations (a training step's gradients, a benchmark loop) arrive within microseconds of
-  // the previous completion; catching them without a futex sleep saves a wake-up per operation.
-  constexpr auto kSpin = std::chrono::microseconds(200);
-  const auto until = Clock::now() + kSpin;
-  while (incomingCount_.load(std::memory_order_acquire) == 0 && Clock::now() < until) sched_yield();
+void Engine::loop() {
+  Backoff busy;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
+      cv_.wait(lock, [&] {
+        return !incoming_.empty() || stopRequested_ || !running_.load() ||
+               pendingCount_.load(std::memory_order_acquire) > 0;
+      });
+      if (stopRequested_ || !running_.load()) break;
+    }
+    switch (step()) {
+      case StepResult::kStopped:
+        return;
+      case StepResult::kBusy:  // a waiting user thread is driving the cycles: stay out of its way
+        busy.pause();
+        break;
+      case StepResult::kProgress:
+        busy.reset();
+        break;
+      case StepResult::kNoProgress: {
+        busy.reset();
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
+                     [&] { return !incoming_.empty() || stopRequested_; });
+        break;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> cycleLock(cycleMu_);
+  failEverything(shutdownDone_ ? "neptune_rt has been shut down" : "neptune_rt: the engine was stopped", false);
+}
+
+bool Engine::waitFor(Handle& h, double timeoutSeconds) {
+  // A thread that waits drives the cycles itself while the engine thread is idle: a synchronous
+  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_).
+  const Deadline deadline = Deadline::after(timeoutSeconds);
+  while (!h.done()) {
+    if (deadline.expired()) return false;
+    switch (step()) {
+      case StepResult::kProgress:
+        continue;
+      case StepResult::kStopped:
+        return h.wait(timeoutSeconds);  // completed (or failed) by now
+      case StepResult::kBusy:
+        h.wait(0.001);  // the engine thread is driving; it will complete us or hand back
+        break;
+      case StepResult::kNoProgress:
+        h.wait(config_.cycleSeconds);  // peers have not submitted yet
+        break;
+    }
+  }
+  return true;
 }
 
 std::vector<char> Engine::buildMessage() {

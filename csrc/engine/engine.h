@@ -70,6 +70,9 @@ class Engine {
   // Throws std::invalid_argument when the name is already in flight on this rank, and runtime_error when
   // the engine has stopped (with the reason).
   std::shared_ptr<Handle> enqueue(Entry entry);
+  // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
+  // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
+  bool waitFor(Handle& h, double timeoutSeconds);
   // Collective: every rank must call it. Completes pending work first; fails what can never complete.
   void shutdown();
   bool running() const { return running_.load(); }
@@ -78,8 +81,10 @@ class Engine {
   std::string costModelDescription() const;
 
  private:
+  enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
   void loop();
-  void idleSpin();
+  // One negotiation cycle, unless another thread is running one (kBusy). Errors stop the engine.
+  StepResult step();
   bool cycle();  // one negotiation + execution; returns true if anything completed
   std::vector<char> buildMessage();
   void execute(const MatchResult& match);
@@ -105,7 +110,10 @@ class Engine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Entry> incoming_;
-  std::atomic<size_t> incomingCount_{0};  // incoming_.size(), readable without the lock (idle spin)
+  std::atomic<size_t> pendingCount_{0};   // pending_.size() after the last cycle
+  // Held by whichever thread runs a cycle (the engine thread, or a user thread waiting in waitFor):
+  // one thread at a time owns all communication.
+  std::mutex cycleMu_;
   std::unordered_map<std::string, std::shared_ptr<Handle>> inFlight_;  // name -> handle (rejects duplicates)
   uint64_t nextSeq_ = 0;
   bool stopRequested_ = false;
@@ -113,7 +121,7 @@ class Engine {
   std::string costModelText_;
   std::atomic<bool> running_{true};
 
-  // Engine thread only.
+  // Only under cycleMu_.
   std::vector<Entry> pending_;  // in submission order
   std::unordered_map<std::string, Clock::time_point> stallSince_;  // rank 0: partial tensors
   std::unordered_map<std::string, bool> stallWarned_;
