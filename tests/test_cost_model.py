@@ -43,6 +43,12 @@ def test_tiny_buckets_stay_dense():
     assert cm.choose("int8", 16, 64, 4) == "none"
 
 
+def test_small_buckets_stay_dense_even_on_slow_links():
+    cm = model(bandwidth_gbps=0.01, codec_gbps=50.0)
+    assert cm.choose("int8", (64 << 10) // 4, 64 << 10, 4) == "none"
+    assert cm.choose("int8", (1 << 20) // 4, 1 << 20, 4) == "int8"
+
+
 def test_fp16_buffer_dense_path_counts_its_own_bytes():
     cm = model(bandwidth_gbps=0.125, codec_gbps=5.0)
     count = 16 << 20

@@ -52,6 +52,7 @@ std::vector<uint8_t> candidateCodecs(uint8_t requested) {
 }
 
 uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, int n) const {
+  if (count * sizeof(float) < kMinCompressedBytes) return codec_format::kNone;
   const std::vector<uint8_t> candidates = candidateCodecs(requested);
   uint8_t best = codec_format::kNone;
   double bestTime = predictDense(denseBytes, n);

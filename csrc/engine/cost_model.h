@@ -22,6 +22,11 @@ namespace nrt {
 constexpr uint8_t kAutoCodecId = 0x7f;
 constexpr uint8_t kForceCodecBit = 0x80;
 
+// Below this many fp32 bytes a bucket stays dense: per-message costs dominate there, and the per-byte
+// figures probed at 16 MB do not extrapolate down (measured: a 64 KB bucket predicted faster as int8 ran
+// 1.3x slower than dense on shared memory).
+constexpr size_t kMinCompressedBytes = 256 << 10;
+
 struct CostModel {
   double alpha = 0;             // seconds per message (latency)
   double denseSecPerByte = 0;   // dense ring, per byte of the buffer (wire + reduction), latency excluded
