@@ -38,6 +38,7 @@ std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
 void registerEngine(py::module_& m) {
   m.attr("CODEC_AUTO_ID") = kAutoCodecId;
   m.attr("CODEC_FORCE_BIT") = kForceCodecBit;
+  m.attr("MIN_COMPRESSED_BYTES") = kMinCompressedBytes;
   py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle", "Completion of one enqueued operation")
       .def_property_readonly("name", &Handle::name)
       .def("done", &Handle::done)
