@@ -170,10 +170,12 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
     InFlight step{comm, {}};  // declared after the buffers it points into: cancelled before they are freed
     for (size_t k = 0; k < mySegs; ++k)
       step.reqs.push_back(comm.irecv(incoming.at(L.segPayloadOffset(k)), L.segPayload(r, k), from, o.tag));
-    encodeChunk(to);
-    for (size_t k = 0; k < L.segs(to); ++k) {
-      const size_t bytes = L.segPayload(to, k);
-      step.reqs.push_back(comm.isend(mine.at(chunkArea[to] + L.segPayloadOffset(k)), bytes, to, o.tag));
+    for (size_t k = 0; k < L.segs(to); ++k) {  // encode and send segment by segment: the wire starts early
+      const size_t off = L.segOffset(to, k);
+      char* out = mine.at(chunkArea[to] + L.segPayloadOffset(k));
+      const size_t bytes =
+          encodeSegment(first, L, to, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
+      step.reqs.push_back(comm.isend(out, bytes, to, o.tag));
       result.wireBytes += bytes;
     }
     for (size_t k = 0; k < mySegs; ++k) {

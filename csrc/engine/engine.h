@@ -138,6 +138,7 @@ class Engine {
   std::unordered_map<std::string, std::vector<float>> chunkResiduals_;
   std::vector<float> work_;
   std::vector<float> bucketResidual_;
+  std::vector<char> halfWork_;  // fp16/bf16 buckets travel as 16-bit values
   uint64_t compressedStep_ = 0;
 
   std::thread thread_;

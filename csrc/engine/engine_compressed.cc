@@ -111,6 +111,25 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     o.op = ReduceOp::kSum;
     allreduce(*comm_, o);
     wire = denseWireBytes(count * sizeof(float), size_);
+  } else if (codecSummable(static_cast<Codec>(codec))) {
+    // fp16/bf16 payloads can be summed as they are: the dense ring on the 16-bit values (each addition
+    // widened to fp32) moves the same bytes as the two-phase algorithm in one pipelined pass. Error
+    // feedback keeps what the cast dropped: r += g; q = cast(r); r -= q.
+    const DataType half = codec == codec_format::kFp16 ? DataType::kFloat16 : DataType::kBFloat16;
+    halfWork_.resize(count * 2);
+    for (size_t i = 0; i < count; ++i) work[i] += residual[i];
+    convertFromF32(work, half, count, halfWork_.data());
+    convertToF32(halfWork_.data(), half, count, residual);
+    for (size_t i = 0; i < count; ++i) residual[i] = work[i] - residual[i];
+    AllreduceOptions o;
+    static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
+    o.buffer = halfWork_.data();
+    o.count = count;
+    o.dtype = half;
+    o.op = ReduceOp::kSum;
+    allreduce(*comm_, o);
+    convertToF32(halfWork_.data(), half, count, work);
+    wire = denseWireBytes(count * 2, size_);
   } else {
     const ChunkRange mine = ownedChunk(count, size_, rank_);
     std::vector<float>& chunkResidual = chunkResiduals_[key];
