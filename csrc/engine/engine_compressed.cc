@@ -117,10 +117,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     // feedback keeps what the cast dropped: r += g; q = cast(r); r -= q.
     const DataType half = codec == codec_format::kFp16 ? DataType::kFloat16 : DataType::kBFloat16;
     halfWork_.resize(count * 2);
-    for (size_t i = 0; i < count; ++i) work[i] += residual[i];
-    convertFromF32(work, half, count, halfWork_.data());
-    convertToF32(halfWork_.data(), half, count, residual);
-    for (size_t i = 0; i < count; ++i) residual[i] = work[i] - residual[i];
+    castWithFeedback(work, residual, half, count, reinterpret_cast<uint16_t*>(halfWork_.data()));
     AllreduceOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
     o.buffer = halfWork_.data();
