@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -50,6 +51,7 @@ class Communicator {
 };
 
 // Spin briefly, then yield, then sleep: waits stay responsive without starving ranks that share a core.
+// How a waiter polls: spin, then yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
 class Backoff {
  public:
   void pause();
@@ -57,6 +59,7 @@ class Backoff {
 
  private:
   uint32_t iter_ = 0;
+  std::chrono::steady_clock::time_point yieldingSince_{};
 };
 
 }  // namespace nrt
