@@ -191,8 +191,11 @@ def main() -> None:
                 "wire_bytes": last[c.label]["wire"], "max_rel_err": err, "wrong": wrong, "link": args.link,
                 "trials": args.trials, "reps": reps,
             })
+    model = nrt.cost_model()
     if WORLD.rank == 0:
         report(rows, n, args)
+        if model:
+            print(f"\n# cost model (probed at the first adaptive compressed bucket): {model}")
         write_json(args.json, rows)
     nrt.shutdown()
 

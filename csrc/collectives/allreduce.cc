@@ -52,11 +52,11 @@ void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
   if (r < 2 * rem) {
     if (r % 2 == 0) {
       Request s = comm.isend(o.buffer, bytes, r + 1, o.tag);
-      comm.wait(s, deadline, what);
+      comm.wait(s, deadline, what, nullptr, kLatencyYieldWindow);
       virtualRank = -1;
     } else {
       Request rv = comm.irecv(incoming.data(), bytes, r - 1, o.tag);
-      comm.wait(rv, deadline, what);
+      comm.wait(rv, deadline, what, nullptr, kLatencyYieldWindow);
       reduceInto(o.buffer, incoming.data(), o.count, o.dtype, o.op);
       virtualRank = r / 2;
     }
@@ -70,8 +70,8 @@ void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
       const int partner = realRank(virtualRank ^ mask);
       Request rv = comm.irecv(incoming.data(), bytes, partner, o.tag);
       Request s = comm.isend(o.buffer, bytes, partner, o.tag);
-      comm.wait(rv, deadline, what);
-      comm.wait(s, deadline, what);
+      comm.wait(rv, deadline, what, nullptr, kLatencyYieldWindow);
+      comm.wait(s, deadline, what, nullptr, kLatencyYieldWindow);
       reduceInto(o.buffer, incoming.data(), o.count, o.dtype, o.op);
     }
   }
@@ -81,10 +81,10 @@ void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
   if (r < 2 * rem) {  // unfold: odd ranks hand the result back to their even partner
     if (r % 2 == 0) {
       Request rv = comm.irecv(o.buffer, bytes, r + 1, o.tag);
-      comm.wait(rv, deadline, what);
+      comm.wait(rv, deadline, what, nullptr, kLatencyYieldWindow);
     } else {
       Request s = comm.isend(o.buffer, bytes, r - 1, o.tag);
-      comm.wait(s, deadline, what);
+      comm.wait(s, deadline, what, nullptr, kLatencyYieldWindow);
     }
   }
 }

@@ -69,7 +69,7 @@ class Exchanger {
   void waitReporting(Request& rq, size_t* got) {
     if (o_.slowSeconds > 0 && !warned_ && o_.onSlow) {
       const auto warnAt = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.slowSeconds));
-      Backoff backoff;
+      Backoff backoff(kLatencyYieldWindow);
       while (!comm_.test(rq, got)) {
         const auto now = Clock::now();
         if (now >= deadline_.at()) break;  // let wait() raise the timeout
@@ -82,7 +82,7 @@ class Exchanger {
       }
       if (!rq.active) return;  // completed while polling: `got` is already set
     }
-    comm_.wait(rq, deadline_, o_.name.c_str(), got);
+    comm_.wait(rq, deadline_, o_.name.c_str(), got, kLatencyYieldWindow);
   }
 
   Communicator& comm_;

@@ -24,6 +24,24 @@ struct Request {
   size_t bytes = 0;
 };
 
+// How a waiter polls: spin, then yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
+// Bulk transfers: short, so waiting ranks leave the cores to ranks that encode or reduce (communicator.cc).
+constexpr std::chrono::microseconds kBulkYieldWindow{200};
+// Negotiation: peers arrive within a few ms of each other, and a nap then adds straight to latency.
+constexpr std::chrono::microseconds kLatencyYieldWindow{5000};
+
+class Backoff {
+ public:
+  explicit Backoff(std::chrono::microseconds yieldWindow = kBulkYieldWindow) : yieldWindow_(yieldWindow) {}
+  void pause();
+  void reset() { iter_ = 0; }
+
+ private:
+  uint32_t iter_ = 0;
+  std::chrono::microseconds yieldWindow_;
+  std::chrono::steady_clock::time_point yieldingSince_{};
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -39,8 +57,10 @@ class Communicator {
   // actually arrived, for receives that may be shorter than posted) when not null.
   virtual bool test(Request& req, size_t* received = nullptr) = 0;
 
-  // Wait for one request; throws TimeoutError naming the peer when the deadline passes.
-  void wait(Request& req, const Deadline& deadline, const char* what = "transfer", size_t* received = nullptr);
+  // Wait for one request; throws TimeoutError naming the peer when the deadline passes. `yieldWindow`: how
+  // long to keep yielding before napping between polls (longer for latency-critical small messages).
+  void wait(Request& req, const Deadline& deadline, const char* what = "transfer", size_t* received = nullptr,
+            std::chrono::microseconds yieldWindow = kBulkYieldWindow);
   void waitAll(std::vector<Request>& reqs, const Deadline& deadline, const char* what = "transfer");
 
   // Abandon a request that will never complete (after a timeout), so its buffer may be released.
@@ -51,15 +71,4 @@ class Communicator {
 };
 
 // Spin briefly, then yield, then sleep: waits stay responsive without starving ranks that share a core.
-// How a waiter polls: spin, then yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
-class Backoff {
- public:
-  void pause();
-  void reset() { iter_ = 0; }
-
- private:
-  uint32_t iter_ = 0;
-  std::chrono::steady_clock::time_point yieldingSince_{};
-};
-
 }  // namespace nrt

@@ -130,7 +130,7 @@ Engine::StepResult Engine::step() {
 }
 
 void Engine::loop() {
-  Backoff busy;
+  Backoff busy(kLatencyYieldWindow);
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
