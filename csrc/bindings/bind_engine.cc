@@ -39,6 +39,7 @@ void registerEngine(py::module_& m) {
   m.attr("CODEC_AUTO_ID") = kAutoCodecId;
   m.attr("CODEC_FORCE_BIT") = kForceCodecBit;
   m.attr("MIN_COMPRESSED_BYTES") = kMinCompressedBytes;
+  m.attr("COMPRESSION_REQUIRED_SPEEDUP") = kCompressionRequiredSpeedup;
   py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle", "Completion of one enqueued operation")
       .def_property_readonly("name", &Handle::name)
       .def("done", &Handle::done)

@@ -20,9 +20,11 @@ namespace {
 constexpr size_t kProbeCount = 4 << 20;  // fp32 values: 16 MB, past the caches like real buckets
 constexpr int kProbeReps = 2;
 
-double fastest(const std::function<void()>& fn, int reps = kProbeReps) {
+// Best time of `fn` over `reps` runs; `setup` (untimed) restores its input before each.
+double fastest(const std::function<void()>& fn, int reps = kProbeReps, const std::function<void()>& setup = {}) {
   double best = 1e30;
   for (int i = 0; i < reps; ++i) {
+    if (setup) setup();
     const auto t0 = Clock::now();
     fn();
     best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
@@ -57,7 +59,7 @@ uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, in
   uint8_t best = codec_format::kNone;
   double bestTime = predictDense(denseBytes, n);
   for (uint8_t c : candidates) {
-    const double t = predictCompressed(static_cast<Codec>(c), count, n);
+    const double t = predictCompressed(static_cast<Codec>(c), count, n) * kCompressionRequiredSpeedup;
     if (t < bestTime) {
       bestTime = t;
       best = c;
@@ -99,10 +101,8 @@ void CostModel::probe(Communicator& comm, const CollectiveOptions& opts, uint8_t
     dense.name = "cost model probe (dense)";
     dense.count = kProbeCount;
     dense.algorithm = AllreduceAlgorithm::kRing;
-    figures.push_back(fastest([&] {
-      std::copy(grad.begin(), grad.end(), work.begin());
-      allreduce(comm, dense);
-    }));
+    figures.push_back(fastest([&] { allreduce(comm, dense); }, kProbeReps,
+                              [&] { std::copy(grad.begin(), grad.end(), work.begin()); }));
   }
   std::vector<float> residual(todo.empty() ? 0 : kProbeCount), chunkResidual(residual.size());
   for (uint8_t c : todo) {
@@ -116,10 +116,8 @@ void CostModel::probe(Communicator& comm, const CollectiveOptions& opts, uint8_t
     o.residual = residual.data();
     o.chunkResidual = chunkResidual.data();
     o.chunkResidualCount = ownedChunk(kProbeCount, n, comm.rank()).count;
-    figures.push_back(fastest([&] {
-      std::copy(grad.begin(), grad.end(), work.begin());
-      compressedAllreduce(comm, o);
-    }));
+    figures.push_back(fastest([&] { compressedAllreduce(comm, o); }, kProbeReps,
+                              [&] { std::copy(grad.begin(), grad.end(), work.begin()); }));
   }
 
   // Every rank must decide identically: agree on the slowest rank's timings.

@@ -27,6 +27,11 @@ constexpr uint8_t kForceCodecBit = 0x80;
 // 1.3x slower than dense on shared memory).
 constexpr size_t kMinCompressedBytes = 256 << 10;
 
+// Compression must pay clearly: a near-tie in a probe of a few runs is noise (seen on shared memory: a
+// 4% "win" for int8 that was a 2.5x loss at 64 MB), and losing to the dense path is the one outcome we
+// promise not to have.
+constexpr double kCompressionRequiredSpeedup = 1.25;
+
 struct CostModel {
   double alpha = 0;             // seconds per message (latency)
   double denseSecPerByte = 0;   // dense ring, per byte of the buffer (wire + reduction), latency excluded
