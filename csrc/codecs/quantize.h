@@ -1,5 +1,6 @@
 // Internal: the CPU hot loops behind codec.h, on already-validated arguments (no header, no checks).
-// codec.cc is their only caller; tests reach them through nrt::encode / nrt::decode.
+// Callers: codec.cc, and the dtype conversions and fp16/bf16 buckets of the collectives and the engine
+// (the cast loops with error feedback); tests reach them through nrt::encode / nrt::decode.
 #pragma once
 
 #include <cstddef>

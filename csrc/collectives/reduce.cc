@@ -11,6 +11,8 @@
 #include <stdexcept>
 
 #include "common/error.h"
+#include "codecs/format.h"
+#include "codecs/quantize.h"
 #include "common/half.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -178,53 +180,6 @@ void finalizeAverage(void* buf, size_t n, DataType dtype, int divisor) {
 
 namespace nrt {
 
-namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2,f16c"))) void halfToF32F16c(const uint16_t* src, float* dst, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  for (; i < n; ++i) dst[i] = halfToFloat(src[i]);
-}
-__attribute__((target("avx2,f16c"))) void f32ToHalfF16c(const float* src, uint16_t* dst, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-  for (; i < n; ++i) dst[i] = floatToHalf(src[i]);
-}
-__attribute__((target("avx2,f16c"))) void castFeedbackF16c(const float* work, float* residual, size_t n,
-                                                           uint16_t* out) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 w = _mm256_add_ps(_mm256_loadu_ps(work + i), _mm256_loadu_ps(residual + i));
-    const __m128i h = _mm256_cvtps_ph(w, _MM_FROUND_TO_NEAREST_INT);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
-    _mm256_storeu_ps(residual + i, _mm256_sub_ps(w, _mm256_cvtph_ps(h)));
-  }
-  for (; i < n; ++i) {
-    const float w = work[i] + residual[i];
-    out[i] = floatToHalf(w);
-    residual[i] = w - halfToFloat(out[i]);
-  }
-}
-#endif
-
-}  // namespace
-
-void castWithFeedback(const float* work, float* residual, DataType half, size_t n, uint16_t* out) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (half == DataType::kFloat16 && kHasF16c) return castFeedbackF16c(work, residual, n, out);
-#endif
-  const bool bf = half == DataType::kBFloat16;
-  for (size_t i = 0; i < n; ++i) {
-    const float w = work[i] + residual[i];
-    out[i] = bf ? floatToBf16(w) : floatToHalf(w);
-    residual[i] = w - (bf ? bf16ToFloat(out[i]) : halfToFloat(out[i]));
-  }
-}
-
 void convertToF32(const void* src, DataType dtype, size_t n, float* dst) {
   switch (dtype) {
     case DataType::kFloat32: std::copy_n(static_cast<const float*>(src), n, dst); return;
@@ -233,19 +188,10 @@ void convertToF32(const void* src, DataType dtype, size_t n, float* dst) {
       for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
       return;
     }
-    case DataType::kFloat16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-#if defined(__x86_64__) && defined(__GNUC__)
-      if (kHasF16c) return halfToF32F16c(s, dst, n);
-#endif
-      for (size_t i = 0; i < n; ++i) dst[i] = halfToFloat(s[i]);
-      return;
-    }
-    case DataType::kBFloat16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16ToFloat(s[i]);
-      return;
-    }
+    case DataType::kFloat16:  // the codecs' cast loops (vectorized, F16C where the CPU has it)
+      return quantize::decodeCast(codec_format::kFp16, src, n, dst, /*add=*/false);
+    case DataType::kBFloat16:
+      return quantize::decodeCast(codec_format::kBf16, src, n, dst, /*add=*/false);
     default:
       throw std::invalid_argument(concat("neptune_rt: compression needs a floating dtype, got ", dtypeName(dtype)));
   }
@@ -259,19 +205,10 @@ void convertFromF32(const float* src, DataType dtype, size_t n, void* dst) {
       for (size_t i = 0; i < n; ++i) d[i] = src[i];
       return;
     }
-    case DataType::kFloat16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-#if defined(__x86_64__) && defined(__GNUC__)
-      if (kHasF16c) return f32ToHalfF16c(src, d, n);
-#endif
-      for (size_t i = 0; i < n; ++i) d[i] = floatToHalf(src[i]);
-      return;
-    }
-    case DataType::kBFloat16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = floatToBf16(src[i]);
-      return;
-    }
+    case DataType::kFloat16:
+      return quantize::encodeCast(codec_format::kFp16, src, /*residual=*/nullptr, n, dst);
+    case DataType::kBFloat16:
+      return quantize::encodeCast(codec_format::kBf16, src, /*residual=*/nullptr, n, dst);
     default:
       throw std::invalid_argument(concat("neptune_rt: compression needs a floating dtype, got ", dtypeName(dtype)));
   }

@@ -20,6 +20,4 @@ namespace nrt {
 // Widen any floating dtype to fp32 (the codecs' input) and narrow back (round to nearest even).
 void convertToF32(const void* src, DataType dtype, size_t count, float* dst);
 void convertFromF32(const float* src, DataType dtype, size_t count, void* dst);
-// Error-feedback cast to fp16/bf16 in one pass: w = work + residual; out = cast(w); residual = w - out.
-void castWithFeedback(const float* work, float* residual, DataType half, size_t count, uint16_t* out);
 }  // namespace nrt

@@ -6,6 +6,7 @@
 
 #include "collectives/allreduce.h"
 #include "collectives/reduce.h"
+#include "codecs/quantize.h"
 #include "common/error.h"
 #include "engine/engine.h"
 
@@ -117,7 +118,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     // feedback keeps what the cast dropped: r += g; q = cast(r); r -= q.
     const DataType half = codec == codec_format::kFp16 ? DataType::kFloat16 : DataType::kBFloat16;
     halfWork_.resize(count * 2);
-    castWithFeedback(work, residual, half, count, reinterpret_cast<uint16_t*>(halfWork_.data()));
+    quantize::encodeCast(codec, work, residual, count, halfWork_.data());
     AllreduceOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
     o.buffer = halfWork_.data();
