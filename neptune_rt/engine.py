@@ -231,30 +231,32 @@ def _written(out: Any, view: HostView) -> Callable[[], Any]:
     return finalize
 
 
-def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
-    """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
+def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
+                       postscale: float, adaptive: bool) -> Handle:
     engine = _require()
     name = _auto_name("allreduce", name)
     _check_op(op, name)
-    view = host_view(tensor, name, writable=True)
-    native = engine.enqueue_allreduce(name, view.array, view.array, view.dtype, list(view.shape), op,
+    view = host_view(tensor, name, writable=in_place)
+    if in_place:
+        out, out_view = tensor, view
+    else:
+        out = empty_like(tensor)
+        out_view = host_view(out, name, writable=True)
+    native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
                                       codec_id(codec, adaptive), prescale, postscale)
-    return _track(Handle(native, (tensor, view), _written(tensor, view)))
+    return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
+
+
+def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
+    """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
+    return _enqueue_allreduce(tensor, True, name, op, codec, prescale, postscale, adaptive)
 
 
 def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
     """All-reduce into a new object of the input's type; `tensor` is left unchanged."""
-    engine = _require()
-    name = _auto_name("allreduce", name)
-    _check_op(op, name)
-    view = host_view(tensor, name, writable=False)
-    out = empty_like(tensor)
-    out_view = host_view(out, name, writable=True)
-    native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
-                                      codec_id(codec, adaptive), prescale, postscale)
-    return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
+    return _enqueue_allreduce(tensor, False, name, op, codec, prescale, postscale, adaptive)
 
 
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
