@@ -240,6 +240,9 @@ bool Engine::cycle() {
     NRT_CHECK(it != all.ranks.end(), "neptune_rt: rank ", rank_, ": the negotiation lost rank ", r, "'s message");
     msgs.push_back(parseRankMessage(it->second.data(), it->second.size(), r));
   }
+  // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
+  pendingByName_.clear();
+  for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
   MatchResult match = matchAnnouncements(msgs);
   // A small all-reduce is done already if every participating rank's data made it into the sum.
   const uint32_t participants = static_cast<uint32_t>(size_ - match.joined.size());
@@ -266,9 +269,8 @@ bool Engine::cycle() {
 }
 
 Entry* Engine::findPending(const std::string& name) {
-  for (Entry& e : pending_)
-    if (e.meta.name == name && !e.handle->done()) return &e;
-  return nullptr;
+  auto it = pendingByName_.find(name);
+  return it == pendingByName_.end() || it->second->handle->done() ? nullptr : it->second;
 }
 
 void Engine::finish(Entry& e, const std::string& error) {

@@ -123,6 +123,7 @@ class Engine {
 
   // Only under cycleMu_.
   std::vector<Entry> pending_;  // in submission order
+  std::unordered_map<std::string, Entry*> pendingByName_;  // index of pending_, rebuilt every cycle
   std::unordered_map<std::string, Clock::time_point> stallSince_;  // rank 0: partial tensors
   std::unordered_map<std::string, bool> stallWarned_;
   std::vector<std::string> toAbandon_;                              // rank 0: to announce next cycle
