@@ -4,6 +4,9 @@
 # GPU tests and the CUDA codec benchmark, and writes logs + JSON to $OUT (default ./gpu_check_out).
 #
 #   bash benchmarks/gpu_check.sh            # expects the Open MPI and mpi4py wheels in .whl/ (see below)
+#   NRT_GPU_BENCH=0 bash benchmarks/gpu_check.sh   # tests only
+#
+# A test file that dies by a signal is run again under cuda-gdb (it debugs host code too) for a native backtrace.
 #
 # The wheels travel with the tree because the machine cannot reach a registry:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
@@ -35,14 +38,32 @@ tail -5 "$OUT/build.log"
 "$VENV/bin/python" -c "import neptune_rt._C, neptune_rt._C_cuda as c; print('cuda devices:', c.device_count())" \
   || { echo "build failed (rc=$build_rc)"; tail -60 "$OUT/build.log"; exit 1; }
 
-step "GPU tests"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_codecs_cuda.py tests/torch/test_gpu.py \
-  2>&1 | tee "$OUT/gpu_tests.log" | tail -25
-tests_rc=${PIPESTATUS[0]}
+step "versions"
+"$VENV/bin/python" -c "import pybind11, torch, numpy, mpi4py; print('pybind11', pybind11.__version__, 'torch',
+  torch.__version__, 'numpy', numpy.__version__, 'mpi4py', mpi4py.__version__)"; c++ --version | head -1
 
-step "CUDA codec benchmark"
-"$VENV/bin/python" benchmarks/codecs_cuda.py --json "$OUT/codecs_cuda.json" 2>&1 | tee "$OUT/codecs_cuda.txt"
-bench_rc=${PIPESTATUS[0]}
+step "GPU tests"
+# pytest-xdist (when present) runs the tests in worker processes, so one crashing test does not hide the rest.
+XDIST=$("$VENV/bin/python" -c "import xdist" 2>/dev/null && echo "-n 4")
+tests_rc=0
+for t in tests/test_codecs_cuda.py tests/torch/test_gpu.py; do
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider $XDIST "$t" 2>&1 | tee -a "$OUT/gpu_tests.log" | tail -15
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -ne 0 ] && tests_rc=$rc
+done
+crashed=$(grep -o "crashed while running '[^']*'" "$OUT/gpu_tests.log" | head -1 | cut -d"'" -f2)
+if [ -n "$crashed" ] && command -v cuda-gdb >/dev/null; then  # a test died by a signal: its native backtrace
+  step "$crashed crashed; native backtrace (cuda-gdb debugs host code too)"
+  timeout 300 cuda-gdb -q -batch -ex run -ex bt --args "$VENV/bin/python" -m pytest -x -q -p no:cacheprovider \
+    "$crashed" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tee "$OUT/crash_bt.log" | tail -60
+fi
+
+bench_rc=0
+if [ "${NRT_GPU_BENCH:-1}" != 0 ]; then
+  step "CUDA codec benchmark"
+  "$VENV/bin/python" benchmarks/codecs_cuda.py --json "$OUT/codecs_cuda.json" 2>&1 | tee "$OUT/codecs_cuda.txt"
+  bench_rc=${PIPESTATUS[0]}
+fi
 
 step "done: tests rc=$tests_rc, benchmark rc=$bench_rc"
 exit $((tests_rc || bench_rc))
