@@ -45,11 +45,19 @@ Layout makeLayout(const CompressedAllreduceOptions& o, int n) {
   return L;
 }
 
-// 4-byte aligned scratch for payloads (payload sizes are multiples of 4, so every one stays aligned).
-struct Bytes {
-  explicit Bytes(size_t n) : words((n + 3) / 4) {}
-  char* at(size_t offset) { return reinterpret_cast<char*>(words.data()) + offset; }
-  std::vector<uint32_t> words;
+// A payload area of one call: a slot of the caller's PayloadScratch, or the call's own (payload sizes are
+// multiples of 4, so every payload in it stays 4-byte aligned).
+class Bytes {
+ public:
+  Bytes(PayloadScratch* shared, int slot, size_t n) : base_(shared ? shared : &own_) {
+    data_ = base_->reserve(slot, n);
+  }
+  char* at(size_t offset) { return data_ + offset; }
+
+ private:
+  PayloadScratch own_;
+  PayloadScratch* base_;
+  char* data_ = nullptr;
 };
 
 // On an exception (timeout, bad payload) abandon what is still in flight before the buffers are freed.
@@ -147,24 +155,32 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   // segment is decoded and added while the next ones are on the wire.
   std::vector<size_t> chunkArea(n + 1, 0);
   for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
-  Bytes mine(chunkArea[n]);
-  Bytes incoming(L.chunkPayload[r]);
+  Bytes mine(o.scratch, 0, chunkArea[n]);
+  Bytes incoming(o.scratch, 1, L.chunkPayload[r]);
+  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
+  Bytes gather(o.scratch, 2, plan.slotOffset[n]);
   const EncodeParams first = encodeParams(o, static_cast<uint64_t>(r));
-  const auto encodeChunk = [&](int c) {
-    size_t bytes = 0;
-    for (size_t k = 0; k < L.segs(c); ++k) {
-      const size_t off = L.segOffset(c, k);
-      bytes += encodeSegment(first, L, c, k, o.buffer + off, o.residual ? o.residual + off : nullptr,
-                             mine.at(chunkArea[c] + L.segPayloadOffset(k)));
-    }
-    return bytes;
-  };
-  // Our own contribution goes through the codec too (with its error feedback), like everybody else's.
-  encodeChunk(r);
+  const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
   const size_t mySegs = L.segs(r);
-  for (size_t k = 0; k < mySegs; ++k)
-    decode(mine.at(chunkArea[r] + L.segPayloadOffset(k)), L.segPayload(r, k), o.buffer + L.segOffset(r, k),
-           L.segLen(r, k));
+  // Our own contribution goes through the codec too (with its error feedback), like everybody else's:
+  // encode it and decode it back into place before the first decode-add into our chunk.
+  const auto quantizeOwnChunk = [&] {
+    for (size_t k = 0; k < mySegs; ++k) {
+      const size_t off = L.segOffset(r, k);
+      char* out = mine.at(chunkArea[r] + L.segPayloadOffset(k));
+      const size_t bytes =
+          encodeSegment(first, L, r, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
+      decode(out, bytes, o.buffer + off, L.segLen(r, k));
+    }
+  };
+  // A fully reduced segment of our chunk is quantized again at once (second error feedback) into our
+  // all-gather slot, so that work overlaps the last step's transfers instead of delaying the all-gather.
+  const auto encodeReducedSegment = [&](size_t k) {
+    float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
+    encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
+                  gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
+  };
+  if (n == 1) quantizeOwnChunk();
   for (int d = 1; d < n; ++d) {
     const int to = (r + d) % n, from = (r - d + n) % n;
     InFlight step{comm, {}};  // declared after the buffers it points into: cancelled before they are freed
@@ -178,22 +194,16 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
       step.reqs.push_back(comm.isend(out, bytes, to, o.tag));
       result.wireBytes += bytes;
     }
+    if (d == 1) quantizeOwnChunk();  // while the first step's segments are on the wire
     for (size_t k = 0; k < mySegs; ++k) {
       waitExact(comm, step.reqs[k], deadline, o.name);
       decodeAdd(incoming.at(L.segPayloadOffset(k)), L.segPayload(r, k), o.buffer + L.segOffset(r, k), L.segLen(r, k));
+      if (d == n - 1) encodeReducedSegment(k);
     }
     comm.waitAll(step.reqs, deadline, o.name.c_str());
   }
-
-  // Quantize our reduced chunk again, with the second error feedback, into our all-gather slot.
-  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
-  Bytes gather(plan.slotOffset[n]);
-  const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
-  for (size_t k = 0; k < mySegs; ++k) {
-    float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
-    encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
-                  gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
-  }
+  if (n == 1)
+    for (size_t k = 0; k < mySegs; ++k) encodeReducedSegment(k);
 
   // Phase 2: all-gather the encoded sums.
   result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
@@ -212,7 +222,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
 
   // Rank p finishes the reduce-scatter holding chunk p+1, so all-gather slot p holds chunk p+1.
   const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/1);
-  Bytes gather(plan.slotOffset[n]);
+  Bytes gather(o.scratch, 2, plan.slotOffset[n]);
 
   // Reduce-scatter step s sends chunk r-s and receives chunk r-s-1 (as the dense ring does). Receives are
   // posted for all steps up front (each step has its own area, so nothing is overwritten early).
@@ -220,8 +230,8 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
   for (int s = 0; s + 1 < n; ++s) stepArea[s + 1] = stepArea[s] + L.chunkPayload[mod(r - s - 1)];
   std::vector<size_t> sendArea(n, 0);  // step s sends chunk r-s
   for (int s = 0; s + 1 < n; ++s) sendArea[s + 1] = sendArea[s] + L.chunkPayload[mod(r - s)];
-  Bytes incoming(stepArea[n - 1]);
-  Bytes outgoing(sendArea[n - 1]);
+  Bytes incoming(o.scratch, 0, stepArea[n - 1]);
+  Bytes outgoing(o.scratch, 1, sendArea[n - 1]);
   InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
   std::vector<std::vector<size_t>> recvIndex(n);
   for (int s = 0; s + 1 < n; ++s) {
@@ -271,6 +281,17 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
 }
 
 }  // namespace
+
+char* PayloadScratch::reserve(int slot, size_t bytes) {
+  Area& a = areas_[slot];
+  const size_t words = (bytes + 3) / 4;
+  if (words > a.capacityWords) {
+    a.words.reset();  // release first: the old and the new area need not both exist
+    a.words.reset(new uint32_t[words]);  // default-initialized: no zero fill, pages touched when written
+    a.capacityWords = words;
+  }
+  return reinterpret_cast<char*>(a.words.get());
+}
 
 const char* compressedAlgorithmName(CompressedAlgorithm a) {
   return a == CompressedAlgorithm::kRequantizingRing ? "ring" : "two_phase";

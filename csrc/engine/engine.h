@@ -140,6 +140,7 @@ class Engine {
   std::vector<float> work_;
   std::vector<float> bucketResidual_;
   std::vector<char> halfWork_;  // fp16/bf16 buckets travel as 16-bit values
+  PayloadScratch payloadScratch_;  // compressed all-reduce payloads, reused from bucket to bucket
   uint64_t compressedStep_ = 0;
 
   std::thread thread_;

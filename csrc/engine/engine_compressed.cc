@@ -145,6 +145,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     o.chunkResidual = chunkResidual.data();
     o.chunkResidualCount = chunkResidual.size();
     o.algorithm = config_.compressedAlgorithm;
+    o.scratch = &payloadScratch_;
     wire = compressedAllreduce(*comm_, o).wireBytes;
   }
 
