@@ -181,7 +181,10 @@ def main() -> None:
                     _C.choose_allreduce_algorithm(nbytes * (2 if c.dtype == "float16" else 4) // 4, n)) \
                 if c.impl.startswith("neptune_rt") else "default"
             if c.impl == "neptune_rt" and c.codec != "none":
-                algo = os.environ.get("NEPTUNE_RT_COMPRESSED_ALGORITHM", "two_phase")
+                algo = os.environ.get("NEPTUNE_RT_COMPRESSED_ALGORITHM", "auto")
+                algo = _C.choose_compressed_algorithm(n) if algo == "auto" else algo
+                if c.codec in ("fp16", "bf16"):  # summable: the dense ring on 16-bit values
+                    algo = "ring16"
             rows.append({
                 "impl": c.impl, "algo": algo, "np": n, "size_bytes": nbytes, "count": count, "dtype": c.dtype,
                 "op": "sum", "codec": c.codec, "codec_used": last[c.label]["codec"] if c.impl == "neptune_rt"

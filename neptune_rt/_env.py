@@ -40,8 +40,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_CODEC_BLOCK", "256", "values per scale block of the int8/int4/onebit codecs", int),
     Knob("NEPTUNE_RT_ROUNDING", "nearest", "int8/int4 rounding: 'nearest' or 'stochastic'", str),
     Knob("NEPTUNE_RT_SEED", "0", "seed of the stochastic-rounding generator (with step, rank, index)", int),
-    Knob("NEPTUNE_RT_COMPRESSED_ALGORITHM", "two_phase",
-         "compressed all-reduce: 'two_phase' (scatter-reduce + all-gather) or 'ring' (requantizing ring)", str),
+    Knob("NEPTUNE_RT_COMPRESSED_ALGORITHM", "auto",
+         "compressed all-reduce: 'ring' (requantizing ring), 'two_phase' (scatter-reduce + all-gather), or "
+         "'auto' (ring up to 8 ranks, two_phase above)", str),
     Knob("NEPTUNE_RT_COST_MODEL", "1",
          "1: per bucket, use compression only where the probed cost model predicts it is faster; "
          "0: always use the requested codec", lambda v: v.strip().lower() not in ("0", "false", "no", "off")),

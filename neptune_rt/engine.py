@@ -75,6 +75,9 @@ def init(comm: Any = None) -> None:
                 f"but MPI was initialized with thread level {level}. Do not lower mpi4py.rc.thread_level, "
                 f"and use an MPI library built with thread support.")
         comm = MPI.COMM_WORLD if comm is None else comm
+        algorithm = _env.get("NEPTUNE_RT_COMPRESSED_ALGORITHM")
+        if algorithm == "auto":
+            algorithm = _C.choose_compressed_algorithm(comm.Get_size())
         _engine = _C.Engine(
             comm,
             fusion_bytes=_env.get("NEPTUNE_RT_FUSION_BYTES"),
@@ -86,7 +89,7 @@ def init(comm: Any = None) -> None:
             codec_block=_env.get("NEPTUNE_RT_CODEC_BLOCK"),
             rounding=_env.get("NEPTUNE_RT_ROUNDING"),
             seed=_env.get("NEPTUNE_RT_SEED"),
-            compressed_algorithm=_env.get("NEPTUNE_RT_COMPRESSED_ALGORITHM"),
+            compressed_algorithm=algorithm,
             cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
         )
         _comm = comm

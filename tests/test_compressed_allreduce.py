@@ -45,3 +45,10 @@ def test_codec_mismatch_fails_every_rank_without_hanging(algo: str) -> None:
     proc = run_mpi(WORKER, 3, "--algo", algo, "--mode", "mismatch", timeout=120)
     _passed(proc, 3, at_least=1)
     assert proc.stdout.count("failed as it should") == 3, proc.stdout
+
+
+def test_default_algorithm_by_world_size():
+    # NEPTUNE_RT_COMPRESSED_ALGORITHM=auto: the requantizing ring up to 8 ranks, the two-phase above.
+    from neptune_rt import _C
+
+    assert [_C.choose_compressed_algorithm(n) for n in (1, 2, 8, 9, 64)] == ["ring"] * 3 + ["two_phase"] * 2

@@ -28,6 +28,10 @@ float* floatData(py::buffer& buf, const std::string& what, size_t* count) {
 
 void registerCompressed(py::module_& m) {
   m.def(
+      "choose_compressed_algorithm",
+      [](int worldSize) { return std::string(compressedAlgorithmName(chooseCompressedAlgorithm(worldSize))); },
+      py::arg("world_size"), "The compressed all-reduce algorithm used by default for this many ranks");
+  m.def(
       "owned_chunk",
       [](size_t count, int world, int rank) {
         NRT_CHECK_ARG(world > 0 && rank >= 0 && rank < world, "neptune_rt: rank ", rank, " is not in a world of ",

@@ -149,19 +149,21 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   CompressedAllreduceResult result;
 
   // Phase 1, an all-to-all as n-1 pairwise steps: in step d rank r sends its encoded chunk r+d to rank r+d
-  // and receives rank r-d's encoding of chunk r. One flow per link at a time: sending to every peer at once
+  // and receives rank r-d's encoding of chunk r. One outgoing flow at a time: sending to every peer at once
   // makes n-1 senders converge on each receiver (incast), which overflows switch queues on real Ethernet
-  // and halved throughput on the emulated 1 Gbit network. Within a step, segments pipeline: each arriving
-  // segment is decoded and added while the next ones are on the wire.
+  // and halved throughput on the emulated 1 Gbit network. Steps are paced by our own sends only: receives of
+  // every step are posted up front, each into its own area, and decoded in step order as they arrive, so a
+  // late sender delays only what it sends, not our next step. Segments pipeline within a step.
   std::vector<size_t> chunkArea(n + 1, 0);
   for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
+  const size_t mySegs = L.segs(r);
+  const size_t stepArea = L.chunkPayload[r];
   Bytes mine(o.scratch, 0, chunkArea[n]);
-  Bytes incoming(o.scratch, 1, L.chunkPayload[r]);
+  Bytes incoming(o.scratch, 1, stepArea * static_cast<size_t>(std::max(n - 1, 1)));
   const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
   Bytes gather(o.scratch, 2, plan.slotOffset[n]);
   const EncodeParams first = encodeParams(o, static_cast<uint64_t>(r));
   const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
-  const size_t mySegs = L.segs(r);
   // Our own contribution goes through the codec too (with its error feedback), like everybody else's:
   // encode it and decode it back into place before the first decode-add into our chunk.
   const auto quantizeOwnChunk = [&] {
@@ -180,30 +182,70 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
     encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
                   gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
   };
-  if (n == 1) quantizeOwnChunk();
-  for (int d = 1; d < n; ++d) {
-    const int to = (r + d) % n, from = (r - d + n) % n;
-    InFlight step{comm, {}};  // declared after the buffers it points into: cancelled before they are freed
+  if (n == 1) {
+    quantizeOwnChunk();
+    for (size_t k = 0; k < mySegs; ++k) encodeReducedSegment(k);
+  }
+
+  InFlight inflight{comm, {}};  // declared after the buffers it points into: cancelled before they are freed
+  // Receive i = (d - 1) * mySegs + k is segment k of step d; requests 0 .. received-1 are receives.
+  const size_t receives = static_cast<size_t>(n - 1) * mySegs;
+  for (int d = 1; d < n; ++d)
     for (size_t k = 0; k < mySegs; ++k)
-      step.reqs.push_back(comm.irecv(incoming.at(L.segPayloadOffset(k)), L.segPayload(r, k), from, o.tag));
+      inflight.reqs.push_back(comm.irecv(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
+                                         (r - d + n) % n, o.tag));
+  size_t nextReceive = 0;  // decoded strictly in order: the sum's order is fixed (own, r-1, r-2, ...)
+  const auto addReceived = [&](size_t i) {
+    const int d = 1 + static_cast<int>(i / mySegs);
+    const size_t k = i % mySegs;
+    decodeAdd(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
+              o.buffer + L.segOffset(r, k), L.segLen(r, k));
+    if (d == n - 1) encodeReducedSegment(k);
+  };
+  const auto addArrived = [&] {  // true when at least one receive was handled
+    bool any = false;
+    size_t got = 0;
+    while (nextReceive < receives && comm.test(inflight.reqs[nextReceive], &got)) {
+      const size_t expected = L.segPayload(r, nextReceive % mySegs);
+      const int peer = (r - 1 - static_cast<int>(nextReceive / mySegs) + n) % n;
+      NRT_CHECK(got == expected, "neptune_rt: compressed all-reduce '", o.name, "': rank ", r, " received ", got,
+                " bytes from rank ", peer, ", expected ", expected,
+                " (do all ranks use the same codec, block size, count and segment size?)");
+      addReceived(nextReceive++);
+      any = true;
+    }
+    return any;
+  };
+  for (int d = 1; d < n; ++d) {
+    const int to = (r + d) % n;
+    const size_t firstSend = inflight.reqs.size();
     for (size_t k = 0; k < L.segs(to); ++k) {  // encode and send segment by segment: the wire starts early
       const size_t off = L.segOffset(to, k);
       char* out = mine.at(chunkArea[to] + L.segPayloadOffset(k));
       const size_t bytes =
           encodeSegment(first, L, to, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
-      step.reqs.push_back(comm.isend(out, bytes, to, o.tag));
+      inflight.reqs.push_back(comm.isend(out, bytes, to, o.tag));
       result.wireBytes += bytes;
     }
-    if (d == 1) quantizeOwnChunk();  // while the first step's segments are on the wire
-    for (size_t k = 0; k < mySegs; ++k) {
-      waitExact(comm, step.reqs[k], deadline, o.name);
-      decodeAdd(incoming.at(L.segPayloadOffset(k)), L.segPayload(r, k), o.buffer + L.segOffset(r, k), L.segLen(r, k));
-      if (d == n - 1) encodeReducedSegment(k);
+    if (d == 1) quantizeOwnChunk();  // while the first step is on the wire, before any decode-add
+    if (d + 1 == n) break;
+    Backoff backoff;  // this step's sends leave before the next step's start; meanwhile, add what arrived
+    for (size_t i = firstSend; i < inflight.reqs.size(); ++i) {
+      while (!comm.test(inflight.reqs[i])) {
+        if (deadline.expired()) comm.wait(inflight.reqs[i], deadline, o.name.c_str());  // raises the timeout
+        if (addArrived()) {
+          backoff.reset();
+        } else {
+          backoff.pause();
+        }
+      }
     }
-    comm.waitAll(step.reqs, deadline, o.name.c_str());
   }
-  if (n == 1)
-    for (size_t k = 0; k < mySegs; ++k) encodeReducedSegment(k);
+  for (; nextReceive < receives; ++nextReceive) {
+    waitExact(comm, inflight.reqs[nextReceive], deadline, o.name);
+    addReceived(nextReceive);
+  }
+  comm.waitAll(inflight.reqs, deadline, o.name.c_str());
 
   // Phase 2: all-gather the encoded sums.
   result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
@@ -295,6 +337,10 @@ char* PayloadScratch::reserve(int slot, size_t bytes) {
 
 const char* compressedAlgorithmName(CompressedAlgorithm a) {
   return a == CompressedAlgorithm::kRequantizingRing ? "ring" : "two_phase";
+}
+
+CompressedAlgorithm chooseCompressedAlgorithm(int worldSize) {
+  return worldSize <= kRingMaxRanks ? CompressedAlgorithm::kRequantizingRing : CompressedAlgorithm::kTwoPhase;
 }
 
 CompressedAlgorithm compressedAlgorithmFromName(const std::string& name) {

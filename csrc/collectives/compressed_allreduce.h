@@ -28,6 +28,13 @@ enum class CompressedAlgorithm {
   kRequantizingRing,
 };
 const char* compressedAlgorithmName(CompressedAlgorithm a);
+// The default for a job of `worldSize` ranks (NEPTUNE_RT_COMPRESSED_ALGORITHM=auto): the requantizing ring up
+// to kRingMaxRanks, the two-phase algorithm above. At 4 emulated 1 Gbit nodes with 64 MB the ring was
+// 1.25x faster for int8 (its flows stay on the two neighbour links, as the dense ring's do); its error and
+// its latency grow with the n-1 hops, while the two-phase quantizes twice at any n. The crossover above
+// 8 ranks is a judgment, not a measurement.
+constexpr int kRingMaxRanks = 8;
+CompressedAlgorithm chooseCompressedAlgorithm(int worldSize);
 CompressedAlgorithm compressedAlgorithmFromName(const std::string& name);
 
 // Payload scratch that outlives a call: 4-byte aligned, grown on demand, never zero-filled. Fresh buffers per
