@@ -27,13 +27,16 @@ def format_size(nbytes: int) -> str:
 
 def timed_interleaved(comm, cases: dict[str, Callable[[], None]], trials: int, reps: int,
                       warmup: int = 1, prepare: Callable[[str], None] | None = None) -> dict[str, list[float]]:
-    """Runs each case `reps` times per trial, cases interleaved within every trial. Returns per case the list
-    of per-operation seconds of each trial, taken as the slowest rank's (an all-reduce is done when the last
-    rank is done)."""
+    """Runs each case `reps` times per trial, cases interleaved within every trial and the order rotated by
+    one each trial, so that no case always follows the same one (a case can leave the network or the cores
+    busy for its successor). Returns per case the list of per-operation seconds of each trial, taken as the
+    slowest rank's (an all-reduce is done when the last rank is done)."""
     from mpi4py import MPI
     times: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases.items())
     for trial in range(warmup + trials):
-        for name, run in cases.items():
+        shift = trial % len(order) if order else 0
+        for name, run in order[shift:] + order[:shift]:
             if prepare:
                 prepare(name)
             comm.Barrier()
