@@ -27,6 +27,7 @@ float* floatData(py::buffer& buf, const std::string& what, size_t* count) {
 }  // namespace
 
 void registerCompressed(py::module_& m) {
+  m.attr("MIN_SEGMENT_PAYLOAD") = kMinSegmentPayload;
   m.def(
       "choose_compressed_algorithm",
       [](int worldSize) { return std::string(compressedAlgorithmName(chooseCompressedAlgorithm(worldSize))); },
@@ -50,6 +51,7 @@ void registerCompressed(py::module_& m) {
          int tag) {
         CompressedAllreduceOptions o;
         o.name = name;
+        o.minSegmentPayload = segmentBytes > 0 ? 0 : kMinSegmentPayload;  // explicit sizes are taken as they are
         if (segmentBytes > 0) o.segmentBytes = segmentBytes;
         o.timeoutSeconds = timeout;
         o.tag = tag;

@@ -95,7 +95,10 @@ void registerEngine(py::module_& m) {
              c.cycleSeconds = cycleMs / 1000.0;
              c.timeoutSeconds = timeout;
              c.stallWarningSeconds = stallWarning;
-             if (segmentBytes) c.segmentBytes = segmentBytes;
+             if (segmentBytes) {
+               c.segmentBytes = segmentBytes;
+               c.minSegmentPayload = 0;  // an explicit segment size is taken as it is
+             }
              checkBlockSize(Codec::kInt8, codecBlock);
              c.codecBlock = codecBlock;
              c.rounding = roundingFromName(rounding);

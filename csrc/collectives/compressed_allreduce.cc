@@ -35,7 +35,10 @@ Layout makeLayout(const CompressedAllreduceOptions& o, int n) {
   L.block = o.blockSize;
   splitEvenly(o.count, n, L.chunkOffset, L.chunkCount);
   const size_t unit = codecSummable(o.codec) ? 1 : o.blockSize;  // segments hold whole blocks
-  L.segElems = std::max(unit, o.segmentBytes / sizeof(float) / unit * unit);
+  constexpr size_t kProbe = size_t{1} << 20;  // values per payload byte, measured on a large payload
+  const size_t minElems = o.minSegmentPayload * kProbe / payloadBytes(o.codec, kProbe, o.blockSize);
+  const size_t wanted = std::max(o.segmentBytes / sizeof(float), minElems);
+  L.segElems = std::max(unit, wanted / unit * unit);
   L.fullSegPayload = payloadBytes(o.codec, L.segElems, o.blockSize);
   L.chunkPayload.resize(n);
   for (int c = 0; c < n; ++c) {

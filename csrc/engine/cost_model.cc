@@ -79,7 +79,7 @@ std::string CostModel::describe() const {
   return os.str();
 }
 
-void CostModel::probe(Communicator& comm, const CollectiveOptions& opts, uint8_t requested, uint32_t block) {
+void CostModel::probe(Communicator& comm, const CompressedAllreduceOptions& opts, uint8_t requested) {
   std::vector<uint8_t> todo;
   for (uint8_t c : candidateCodecs(requested))
     if (!codecProbed[c]) todo.push_back(c);
@@ -106,13 +106,11 @@ void CostModel::probe(Communicator& comm, const CollectiveOptions& opts, uint8_t
   }
   std::vector<float> residual(todo.empty() ? 0 : kProbeCount), chunkResidual(residual.size());
   for (uint8_t c : todo) {
-    CompressedAllreduceOptions o;
-    static_cast<CollectiveOptions&>(o) = opts;
+    CompressedAllreduceOptions o = opts;
     o.name = std::string("cost model probe (") + codecName(static_cast<Codec>(c)) + ")";
     o.buffer = work.data();
     o.count = kProbeCount;
     o.codec = static_cast<Codec>(c);
-    o.blockSize = block;
     o.residual = residual.data();
     o.chunkResidual = chunkResidual.data();
     o.chunkResidualCount = ownedChunk(kProbeCount, n, comm.rank()).count;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "codecs/codec.h"
+#include "collectives/compressed_allreduce.h"
 #include "collectives/options.h"
 #include "comm/communicator.h"
 
@@ -52,7 +53,8 @@ struct CostModel {
   // bucket). Probes latency and the dense ring once, and each candidate codec of `requested` the first
   // time it can be chosen: a few all-reduces of a 16 MB buffer (tens of ms on shared memory, about a
   // second on 1 Gbit Ethernet), timed as they really run.
-  void probe(Communicator& comm, const CollectiveOptions& opts, uint8_t requested, uint32_t block);
+  // `opts`: the engine's compressed settings (algorithm, block, segments), so the probe times what runs.
+  void probe(Communicator& comm, const CompressedAllreduceOptions& opts, uint8_t requested);
 };
 
 // The codecs `requested` may turn into (besides the dense path).

@@ -35,6 +35,7 @@ struct EngineConfig {
   double timeoutSeconds = kDefaultTimeoutSeconds;  // NEPTUNE_RT_TIMEOUT_SECONDS
   double stallWarningSeconds = 60;       // NEPTUNE_RT_STALL_WARNING_SECONDS
   size_t segmentBytes = kDefaultSegmentBytes;      // NEPTUNE_RT_SEGMENT_BYTES
+  size_t minSegmentPayload = kMinSegmentPayload;    // compressed segments; 0 once a segment size is set
   // Compression (codec != none): NEPTUNE_RT_CODEC_BLOCK, _ROUNDING, _SEED, _COMPRESSED_ALGORITHM, _COST_MODEL.
   uint32_t codecBlock = codec_format::kDefaultBlockSize;
   Rounding rounding = Rounding::kNearest;
@@ -100,6 +101,8 @@ class Engine {
   void failEverything(const std::string& error, bool timedOut);
   Entry* findPending(const std::string& name);
   CollectiveOptions collectiveOptions(const std::string& name) const;
+  // The engine's compressed all-reduce settings (algorithm, block, rounding, seed, segments) for a bucket.
+  CompressedAllreduceOptions compressedOptions(const std::string& name, uint32_t block) const;
 
   std::unique_ptr<Communicator> comm_;
   const EngineConfig config_;

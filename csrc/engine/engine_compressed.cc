@@ -19,6 +19,17 @@ uint64_t denseWireBytes(size_t bytes, int n) {
   return static_cast<uint64_t>(2.0 * (n - 1) / n * static_cast<double>(bytes));
 }
 
+CompressedAllreduceOptions Engine::compressedOptions(const std::string& name, uint32_t block) const {
+  CompressedAllreduceOptions o;
+  static_cast<CollectiveOptions&>(o) = collectiveOptions(name);
+  o.blockSize = block;
+  o.rounding = config_.rounding;
+  o.seed = config_.seed;
+  o.algorithm = config_.compressedAlgorithm;
+  o.minSegmentPayload = config_.minSegmentPayload;
+  return o;
+}
+
 void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
   const TensorMeta& head = bucket.front()->meta;
   if (!isFloating(head.dtype)) {  // metadata is agreed, so every rank fails these identically
@@ -39,7 +50,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
   if (size_ == 1) {
     codec = codec_format::kNone;  // nothing travels: the exact value costs nothing
   } else if (adaptive) {
-    costModel_.probe(*comm_, collectiveOptions("cost model probe"), codec, block);  // no-op once probed
+    costModel_.probe(*comm_, compressedOptions("cost model probe", block), codec);  // no-op once probed
     {
       std::lock_guard<std::mutex> lock(mu_);
       costModelText_ = costModel_.describe();
@@ -132,19 +143,14 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     const ChunkRange mine = ownedChunk(count, size_, rank_);
     std::vector<float>& chunkResidual = chunkResiduals_[key];
     if (chunkResidual.size() != mine.count) chunkResidual.assign(mine.count, 0.0f);
-    CompressedAllreduceOptions o;
-    static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
+    CompressedAllreduceOptions o = compressedOptions(head.name, block);
     o.buffer = work;
     o.count = count;
     o.codec = static_cast<Codec>(codec);
-    o.blockSize = block;
-    o.rounding = config_.rounding;
-    o.seed = config_.seed;
     o.step = compressedStep_++;
     o.residual = residual;
     o.chunkResidual = chunkResidual.data();
     o.chunkResidualCount = chunkResidual.size();
-    o.algorithm = config_.compressedAlgorithm;
     o.scratch = &payloadScratch_;
     wire = compressedAllreduce(*comm_, o).wireBytes;
   }

@@ -30,8 +30,14 @@ def split_evenly(count: int, n: int) -> list[tuple[int, int]]:
 
 
 def seg_elems(codec: str, block: int, segment_bytes: int) -> int:
+    """segment_bytes=0: the default segment, grown until its payload holds MIN_SEGMENT_PAYLOAD bytes."""
     unit = 1 if codecs.is_summable(codec) else block
-    return max(unit, segment_bytes // 4 // unit * unit)
+    wanted = segment_bytes // 4
+    if segment_bytes == 0:
+        probe = 1 << 20
+        wanted = max(_C.DEFAULT_SEGMENT_BYTES // 4,
+                     _C.MIN_SEGMENT_PAYLOAD * probe // codecs.payload_bytes(codec, probe, block))
+    return max(unit, wanted // unit * unit)
 
 
 def layout(count, n, codec, block, segment_bytes):
@@ -95,10 +101,10 @@ def run_sweep(comm, args):
                         comm, buf, codec, algorithm=args.algo, block=block, rounding=rounding, seed=7, step=3,
                         residual=res, chunk_residual=chunk, segment_bytes=segment_bytes, timeout=60.0, name=what)
                     check_identical(buf, what)
-                    want = expected_wire(count, n, r, codec, block, seg, args.algo)
+                    want = expected_wire(count, n, r, codec, block, segment_bytes, args.algo)
                     if wire != want:
                         raise AssertionError(f"{what}: rank {r} reports {wire} wire bytes, expected {want}")
-                    segs = layout(count, n, codec, block, seg)
+                    segs = layout(count, n, codec, block, segment_bytes)
                     mag = np.sum(np.abs(np.array(g, np.float64)), axis=0)
                     if args.algo == "two_phase":
                         e1 = sum(quant_bound(codec, gi, segs, block, rounding) for gi in g)
