@@ -44,6 +44,10 @@ void splitEvenly(size_t count, int n, std::vector<size_t>& offset, std::vector<s
   }
 }
 
+size_t ringSegmentElems(const RingPlan& plan, const CollectiveOptions& opts) {
+  return std::max<size_t>(1, opts.segmentBytes / plan.elemSize);
+}
+
 void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opts) {
   const int n = comm.size();
   const int r = comm.rank();
@@ -55,7 +59,7 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
   const int right = (r + 1) % n;
   const int left = (r - 1 + n) % n;
   const auto mod = [n](long x) { return static_cast<int>(((x % n) + n) % n); };
-  const size_t segElems = std::max<size_t>(1, opts.segmentBytes / p.elemSize);
+  const size_t segElems = ringSegmentElems(p, opts);
   const auto segCount = [&](int chunk) { return (p.chunkCount[chunk] + segElems - 1) / segElems; };
   const auto segPtr = [&](int chunk, size_t seg) {
     return p.base + (p.chunkOffset[chunk] + seg * segElems) * p.elemSize;
@@ -87,6 +91,7 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
     if (steps[g].reduce && seg == 0) firstSendOfChunk[c] = static_cast<long>(sends.size());
     sends.push_back(comm.isend(segPtr(c, seg), segLen(c, seg) * p.elemSize, right, opts.tag));
   };
+  if (p.reduceScatter && p.beforeOwnValues) p.beforeOwnValues(steps[0].sendChunk);
   for (size_t k = 0; k < segCount(steps[0].sendChunk); ++k) postStepSends(0, k);
 
   std::vector<char> scratch(kRecvWindow * std::min(segElems, *std::max_element(p.chunkCount.begin(),
@@ -115,6 +120,7 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
     postRecvsUpTo(i + kRecvWindow);
     const RecvUnit& u = units[i];
     const Step& st = steps[u.step];
+    if (st.reduce && u.seg == 0 && p.beforeOwnValues) p.beforeOwnValues(st.recvChunk);  // while it arrives
     comm.wait(recvs[i], deadline, opts.name.c_str());
     char* place = p.base + u.elemOffset * p.elemSize;
     if (st.reduce) {

@@ -33,7 +33,14 @@ struct RingPlan {
   // Called for each all-gather segment once it has arrived and been forwarded (chunk, segment index), so
   // callers can consume data while the rest is still on the wire.
   std::function<void(int chunk, size_t seg)> onGathered;
+  // Reduce-scatter only: called once per chunk just before this rank's own values of it are first read (sent
+  // at step 0, or reduced into later), so callers can produce them lazily while other chunks are on the
+  // wire (the engine's fp32 -> fp16 cast with error feedback).
+  std::function<void(int chunk)> beforeOwnValues;
 };
+
+// Elements per segment of a ring plan (a chunk's last segment is shorter).
+size_t ringSegmentElems(const RingPlan& plan, const CollectiveOptions& opts);
 
 void runRing(Communicator& comm, const RingPlan& plan, const CollectiveOptions& opts);
 
