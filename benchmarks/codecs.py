@@ -9,13 +9,13 @@ Every row is also a correctness check: the decoded buffer is compared with the n
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import write_json
 from neptune_rt import codecs
 from neptune_rt.codecs import reference
 
@@ -96,10 +96,7 @@ def main() -> None:
             rows.append(row)
             print(f"{codec:>7} {block or '-':>5} {rounding:>10} {'y' if ef else 'n':>3} {op:>10} {med * 1e3:9.2f} "
                   f"{min(ts) * 1e3:7.2f}-{max(ts) * 1e3:<7.2f} {gbps:7.2f} {gbps / memcpy_gbps:8.2f} {wrong:6d}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
-        print(f"# wrote {len(rows)} rows to {args.json}")
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

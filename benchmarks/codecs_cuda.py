@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from common import write_json
 from neptune_rt import codecs
 
 
@@ -118,10 +118,7 @@ def main() -> None:
                              vs_copy=gbps / copy_gbps, wrong=wrong))
             print(f"{codec:>7} {block or '-':>5} {rounding:>10} {'y' if ef else 'n':>3} {op:>10} {med:9.3f} "
                   f"{min(ts):7.3f}-{max(ts):<7.3f} {gbps:8.1f} {gbps / copy_gbps:6.2f} {wrong:6d}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
-        print(f"# wrote {len(rows)} rows to {args.json}")
+    write_json(args.json, rows)
     if any(r["wrong"] for r in rows):
         sys.exit("codecs_cuda.py: CUDA payloads differ from the CPU codec's (see #wrong)")
 

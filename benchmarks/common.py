@@ -3,6 +3,7 @@ with min-max spread, nccl-tests style tables and --json output (see ../shared/BE
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from typing import Callable, Sequence
@@ -67,7 +68,10 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
         print("  ".join(cells))
 
 
-def write_json(path: str | None, rows: list[dict]) -> None:
+def write_json(path: str | os.PathLike | None, rows: list[dict]) -> None:
+    """Writes the rows (creating the folder) and says so; nothing without a path."""
     if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as fh:
             json.dump(rows, fh, indent=1)
+        print(f"# wrote {len(rows)} rows to {path}")

@@ -73,14 +73,18 @@ struct InFlight {
   }
 };
 
+void checkReceived(const Communicator& comm, size_t got, size_t expected, int peer, const std::string& name) {
+  NRT_CHECK(got == expected, "neptune_rt: compressed all-reduce '", name, "': rank ", comm.rank(), " received ",
+            got, " bytes from rank ", peer, ", expected ", expected,
+            " (do all ranks use the same codec, block size, count and segment size?)");
+}
+
 void waitExact(Communicator& comm, Request& req, const Deadline& deadline, const std::string& name) {
   size_t got = 0;
   const size_t expected = req.bytes;
   const int peer = req.peer;
   comm.wait(req, deadline, name.c_str(), &got);
-  NRT_CHECK(got == expected, "neptune_rt: compressed all-reduce '", name, "': rank ", comm.rank(), " received ",
-            got, " bytes from rank ", peer, ", expected ", expected,
-            " (do all ranks use the same codec, block size, count and segment size?)");
+  checkReceived(comm, got, expected, peer, name);
 }
 
 EncodeParams encodeParams(const CompressedAllreduceOptions& o, uint64_t stream) {
@@ -209,11 +213,8 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
     bool any = false;
     size_t got = 0;
     while (nextReceive < receives && comm.test(inflight.reqs[nextReceive], &got)) {
-      const size_t expected = L.segPayload(r, nextReceive % mySegs);
-      const int peer = (r - 1 - static_cast<int>(nextReceive / mySegs) + n) % n;
-      NRT_CHECK(got == expected, "neptune_rt: compressed all-reduce '", o.name, "': rank ", r, " received ", got,
-                " bytes from rank ", peer, ", expected ", expected,
-                " (do all ranks use the same codec, block size, count and segment size?)");
+      checkReceived(comm, got, L.segPayload(r, nextReceive % mySegs),
+                    (r - 1 - static_cast<int>(nextReceive / mySegs) + n) % n, o.name);
       addReceived(nextReceive++);
       any = true;
     }
