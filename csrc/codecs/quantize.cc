@@ -42,6 +42,15 @@ NRT_INLINE void accumulate(float* __restrict r, const float* __restrict g, size_
   for (size_t i = 0; i < n; ++i) r[i] += g[i];
 }
 
+// Error feedback's first step on the piece [off, off + len): r += src there. Returns what to quantize (the
+// residual, or src without feedback) and sets `r` to the piece's residual (null without feedback).
+NRT_INLINE const float* feedBack(const float* src, float* residual, size_t off, size_t len, float*& r) {
+  r = residual != nullptr ? residual + off : nullptr;
+  if (r == nullptr) return src + off;
+  accumulate(r, src + off, len);
+  return r;
+}
+
 // max |x| via the bit patterns: for non-NaN floats |x| orders like its bits, and a NaN wins (so the
 // block's scale becomes NaN and the NaN reaches the decoded values).
 NRT_INLINE float absMaxBits(const float* __restrict x, size_t n) {
@@ -199,13 +208,8 @@ NRT_INLINE void castFromHalf(const uint16_t* __restrict in, float* __restrict ds
 NRT_MULTIVERSION void encodeCast(uint8_t codec, const float* src, float* residual, size_t n, void* body) {
   for (size_t off = 0; off < n; off += kCastPiece) {
     const size_t len = n - off < kCastPiece ? n - off : kCastPiece;
-    const float* x = src + off;
-    float* r = nullptr;
-    if (residual != nullptr) {
-      r = residual + off;
-      accumulate(r, x, len);
-      x = r;
-    }
+    float* r;
+    const float* x = feedBack(src, residual, off, len, r);
     if (codec == cf::kNone) {
       std::memcpy(static_cast<float*>(body) + off, x, len * sizeof(float));
       if (r != nullptr) std::memset(r, 0, len * sizeof(float));  // r - D(Q(r)) is exactly 0
@@ -237,13 +241,8 @@ NRT_MULTIVERSION void encodeBlocks(uint8_t codec, const float* src, float* resid
   for (uint64_t b = 0; b < nb; ++b) {
     const size_t off = b * block;
     const size_t len = n - off < block ? n - off : block;
-    const float* x = src + off;
-    float* r = nullptr;
-    if (residual != nullptr) {
-      r = residual + off;
-      accumulate(r, x, len);
-      x = r;
-    }
+    float* r;
+    const float* x = feedBack(src, residual, off, len, r);
     if (codec == cf::kOneBit) {
       const float scale = absSumLanes(x, len) / static_cast<float>(len);
       std::memcpy(scales + b * sizeof(float), &scale, sizeof(float));

@@ -98,6 +98,9 @@ EncodeParams encodeParams(const CompressedAllreduceOptions& o, uint64_t stream) 
   return p;
 }
 
+// This rank's error feedback for the values at element `off` (null without error feedback).
+float* residualAt(const CompressedAllreduceOptions& o, size_t off) { return o.residual ? o.residual + off : nullptr; }
+
 size_t encodeSegment(EncodeParams p, const Layout& L, int c, size_t k, const float* src, float* residual,
                      char* out) {
   p.indexBase = L.segOffset(c, k);
@@ -177,8 +180,7 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
     for (size_t k = 0; k < mySegs; ++k) {
       const size_t off = L.segOffset(r, k);
       char* out = mine.at(chunkArea[r] + L.segPayloadOffset(k));
-      const size_t bytes =
-          encodeSegment(first, L, r, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
+      const size_t bytes = encodeSegment(first, L, r, k, o.buffer + off, residualAt(o, off), out);
       decode(out, bytes, o.buffer + off, L.segLen(r, k));
     }
   };
@@ -226,8 +228,7 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
     for (size_t k = 0; k < L.segs(to); ++k) {  // encode and send segment by segment: the wire starts early
       const size_t off = L.segOffset(to, k);
       char* out = mine.at(chunkArea[to] + L.segPayloadOffset(k));
-      const size_t bytes =
-          encodeSegment(first, L, to, k, o.buffer + off, o.residual ? o.residual + off : nullptr, out);
+      const size_t bytes = encodeSegment(first, L, to, k, o.buffer + off, residualAt(o, off), out);
       inflight.reqs.push_back(comm.isend(out, bytes, to, o.tag));
       result.wireBytes += bytes;
     }
@@ -264,7 +265,6 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
   const auto mod = [n](int x) { return ((x % n) + n) % n; };
   CompressedAllreduceResult result;
   const EncodeParams params = encodeParams(o, static_cast<uint64_t>(r));
-  const auto residualAt = [&](size_t off) { return o.residual ? o.residual + off : nullptr; };
 
   // Rank p finishes the reduce-scatter holding chunk p+1, so all-gather slot p holds chunk p+1.
   const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/1);
@@ -291,13 +291,13 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
 
   if (n == 1) {  // no hops: quantize once with error feedback
     for (size_t k = 0; k < L.segs(0); ++k)
-      encodeSegment(params, L, 0, k, o.buffer + L.segOffset(0, k), residualAt(L.segOffset(0, k)),
+      encodeSegment(params, L, 0, k, o.buffer + L.segOffset(0, k), residualAt(o, L.segOffset(0, k)),
                     gather.at(plan.slotOffset[0] + L.segPayloadOffset(k)));
   } else {
     for (size_t k = 0; k < L.segs(r); ++k) {  // step 0: our own contribution to chunk r
       char* out = outgoing.at(sendArea[0] + L.segPayloadOffset(k));
       const size_t off = L.segOffset(r, k);
-      const size_t bytes = encodeSegment(params, L, r, k, o.buffer + off, residualAt(off), out);
+      const size_t bytes = encodeSegment(params, L, r, k, o.buffer + off, residualAt(o, off), out);
       inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
       result.wireBytes += bytes;
     }
@@ -314,7 +314,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
                 L.segLen(c, k));
       char* out = last ? gather.at(plan.slotOffset[r] + L.segPayloadOffset(k))
                        : outgoing.at(sendArea[s + 1] + L.segPayloadOffset(k));
-      const size_t bytes = encodeSegment(params, L, c, k, o.buffer + off, residualAt(off), out);
+      const size_t bytes = encodeSegment(params, L, c, k, o.buffer + off, residualAt(o, off), out);
       if (!last) {
         inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
         result.wireBytes += bytes;
