@@ -1,18 +1,16 @@
-// The background engine loop and the execution of negotiated operations (see engine.h).
+// The background engine loop: negotiation cycles, dispatch of what was agreed, stalls and failures (see
+// engine.h). The collectives themselves run in engine_execute.cc (dense) and engine_compressed.cc.
 #include "engine/engine.h"
 
 #include <sched.h>
 
 #include <algorithm>
-#include <cstring>
 #include <iostream>
 #include <unordered_set>
 
-#include "collectives/allreduce.h"
 #include "collectives/exchange.h"
 #include "collectives/reduce.h"
 #include "common/error.h"
-#include "engine/fusion.h"
 #include "engine/negotiation.h"
 
 namespace nrt {
@@ -331,119 +329,6 @@ void Engine::execute(const MatchResult& match) {
       if (e.meta.type == OpType::kShutdown) finish(e);
     shutdownDone_ = true;
   }
-}
-
-void Engine::executeAllreduces(const std::vector<const ReadyTensor*>& tensors) {
-  for (const auto& bucket : planBuckets(tensors, config_.fusionBytes)) executeBucket(bucket);
-}
-
-void Engine::executeEager(const ReadyTensor& t, Entry* local) {
-  if (!local) return;  // joined: contributes nothing and needs nothing
-  std::memcpy(local->output, t.eagerResult, t.meta.bytes());
-  if (t.meta.op == ReduceOp::kAverage) finalizeAverage(local->output, t.meta.numel(), t.meta.dtype, participants_);
-  scaleInPlace(local->output, t.meta.numel(), t.meta.dtype, local->postscale);
-  local->handle->wireBytes = denseWireBytes(t.meta.bytes(), size_);  // it travelled with the negotiation
-  finish(*local);
-}
-
-void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
-  const TensorMeta& head = bucket.front()->meta;
-  std::vector<Entry*> locals;
-  for (const ReadyTensor* t : bucket) locals.push_back(findPending(t->meta.name));
-  if (head.codec != codec_format::kNone) return executeCompressedBucket(bucket, locals);
-  const size_t esize = dtypeSize(head.dtype);
-  size_t count = 0;
-  for (const ReadyTensor* t : bucket) count += t->meta.numel();
-
-  // A lone tensor is reduced in its own output buffer; several are packed into the fusion buffer.
-  char* buffer;
-  const bool direct = bucket.size() == 1 && locals[0] != nullptr;
-  if (direct) {
-    Entry& e = *locals[0];
-    if (e.output != e.input) std::memcpy(e.output, e.input, count * esize);
-    scaleInPlace(e.output, count, head.dtype, e.prescale);
-    buffer = static_cast<char*>(e.output);
-  } else {
-    fusion_.resize(count * esize);
-    buffer = fusion_.data();
-    size_t offset = 0;
-    for (size_t i = 0; i < bucket.size(); ++i) {
-      const size_t bytes = bucket[i]->meta.bytes();
-      if (locals[i]) {
-        std::memcpy(buffer + offset, locals[i]->input, bytes);
-        scaleInPlace(buffer + offset, bucket[i]->meta.numel(), head.dtype, locals[i]->prescale);
-      } else {
-        std::memset(buffer + offset, 0, bytes);  // joined rank: contributes zeros
-      }
-      offset += bytes;
-    }
-  }
-  AllreduceOptions o;
-  static_cast<CollectiveOptions&>(o) = collectiveOptions(bucket.size() == 1 ? head.name : "fused bucket of " + head.name);
-  o.buffer = buffer;
-  o.count = count;
-  o.dtype = head.dtype;
-  o.op = head.op;
-  o.averageDivisor = participants_;
-  allreduce(*comm_, o);
-
-  const uint64_t wire = denseWireBytes(count * esize, size_);
-  size_t offset = 0;
-  for (size_t i = 0; i < bucket.size(); ++i) {
-    const size_t bytes = bucket[i]->meta.bytes();
-    if (Entry* e = locals[i]) {
-      e->handle->wireBytes = wire;
-      if (!direct) std::memcpy(e->output, buffer + offset, bytes);
-      scaleInPlace(e->output, bucket[i]->meta.numel(), head.dtype, e->postscale);
-      finish(*e);
-    }
-    offset += bytes;
-  }
-}
-
-void Engine::executeAllgather(const ReadyTensor& t, Entry* local) {
-  const TensorMeta& m = t.meta;
-  size_t rowElems = 1;
-  for (size_t d = 1; d < m.shape.size(); ++d) rowElems *= static_cast<size_t>(m.shape[d]);
-  const size_t rowBytes = rowElems * dtypeSize(m.dtype);
-  AllgatherOptions o;
-  static_cast<CollectiveOptions&>(o) = collectiveOptions(m.name);
-  int64_t rows = 0;
-  for (const Announcement* a : t.perRank) {
-    const int64_t r = a ? a->meta.shape[0] : 0;
-    o.bytes.push_back(static_cast<size_t>(r) * rowBytes);
-    rows += r;
-  }
-  std::vector<char> discard;
-  std::vector<char>& out = local ? local->handle->output : discard;
-  out.resize(static_cast<size_t>(rows) * rowBytes);
-  size_t myOffset = 0;
-  for (int r = 0; r < rank_; ++r) myOffset += o.bytes[r];
-  if (local && o.bytes[rank_]) std::memcpy(out.data() + myOffset, local->input, o.bytes[rank_]);
-  o.buffer = out.data();
-  allgatherv(*comm_, o);
-  if (local) {
-    local->handle->outputShape = m.shape;
-    local->handle->outputShape[0] = rows;
-    finish(*local);
-  }
-}
-
-void Engine::executeBroadcast(const ReadyTensor& t, Entry* local) {
-  BroadcastOptions o;
-  static_cast<CollectiveOptions&>(o) = collectiveOptions(t.meta.name);
-  o.bytes = t.meta.bytes();
-  o.root = t.meta.root;
-  std::vector<char> discard;
-  if (local) {
-    if (local->output != local->input) std::memcpy(local->output, local->input, o.bytes);
-    o.buffer = local->output;
-  } else {
-    discard.resize(o.bytes);
-    o.buffer = discard.data();
-  }
-  broadcast(*comm_, o);
-  if (local) finish(*local);
 }
 
 void Engine::trackStalls(const MatchResult& match) {
