@@ -39,6 +39,7 @@ _local_size = 1
 _counters: dict[str, itertools.count] = {}
 _inflight: dict[int, "Handle"] = {}
 _failed_exit = False
+_failure: str | None = None  # the first engine failure (set-up, communication, shut-down) of this process
 
 
 _CODEC_IDS: dict[str, int] = {}
@@ -58,7 +59,9 @@ def codec_id(codec: str, adaptive: bool = True) -> int:
 
 
 def init(comm: Any = None) -> None:
-    """Starts the engine over `comm` (an mpi4py communicator; default COMM_WORLD). Idempotent."""
+    """Starts the engine over `comm` (an mpi4py communicator; default COMM_WORLD). Idempotent. Collective:
+    every rank of `comm` calls it; TimeoutError after NEPTUNE_RT_TIMEOUT_SECONDS if some rank does not
+    (docs/failures.md). Refused at once after an earlier engine of this process failed."""
     global _engine, _comm, _local_rank, _local_size
     with _state_lock:
         if _engine is not None and _engine.running:
@@ -66,6 +69,11 @@ def init(comm: Any = None) -> None:
                 raise RuntimeError("neptune_rt is already initialized on another communicator; "
                                    "call shutdown() first")
             return
+        if _failure is not None:
+            raise RuntimeError(
+                f"neptune_rt: init() refused: an earlier engine of this process failed, and its ranks are out "
+                f"of step for good (requests it left posted may still be pending). Let this process exit; the "
+                f"exit handler aborts the MPI job; restart the job to recover. The failure was:\n{_failure}")
         from mpi4py import MPI
         from neptune_rt import _C
         level = MPI.Query_thread()
@@ -78,36 +86,59 @@ def init(comm: Any = None) -> None:
         algorithm = _env.get("NEPTUNE_RT_COMPRESSED_ALGORITHM")
         if algorithm == "auto":
             algorithm = _C.choose_compressed_algorithm(comm.Get_size())
-        _engine = _C.Engine(
-            comm,
-            fusion_bytes=_env.get("NEPTUNE_RT_FUSION_BYTES"),
-            eager_bytes=_env.get("NEPTUNE_RT_EAGER_BYTES"),
-            cycle_ms=_env.get("NEPTUNE_RT_CYCLE_TIME_MS"),
-            timeout=_env.get("NEPTUNE_RT_TIMEOUT_SECONDS"),
-            stall_warning=_env.get("NEPTUNE_RT_STALL_WARNING_SECONDS"),
-            segment_bytes=_env.get("NEPTUNE_RT_SEGMENT_BYTES"),
-            codec_block=_env.get("NEPTUNE_RT_CODEC_BLOCK"),
-            rounding=_env.get("NEPTUNE_RT_ROUNDING"),
-            seed=_env.get("NEPTUNE_RT_SEED"),
-            compressed_algorithm=algorithm,
-            cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
-        )
+        _install_exit_handlers()  # before set-up: a set-up that times out must abort the job at exit
+        try:
+            # Set-up (duplicating `comm`, finding the ranks of each node) is collective, with a deadline.
+            _engine = _C.Engine(
+                comm,
+                fusion_bytes=_env.get("NEPTUNE_RT_FUSION_BYTES"),
+                eager_bytes=_env.get("NEPTUNE_RT_EAGER_BYTES"),
+                cycle_ms=_env.get("NEPTUNE_RT_CYCLE_TIME_MS"),
+                timeout=_env.get("NEPTUNE_RT_TIMEOUT_SECONDS"),
+                stall_warning=_env.get("NEPTUNE_RT_STALL_WARNING_SECONDS"),
+                segment_bytes=_env.get("NEPTUNE_RT_SEGMENT_BYTES"),
+                codec_block=_env.get("NEPTUNE_RT_CODEC_BLOCK"),
+                rounding=_env.get("NEPTUNE_RT_ROUNDING"),
+                seed=_env.get("NEPTUNE_RT_SEED"),
+                compressed_algorithm=algorithm,
+                cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
+            )
+        except TimeoutError as err:
+            _record_failure(str(err))
+            raise
         _comm = comm
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-        _local_rank, _local_size = local.Get_rank(), local.Get_size()
-        local.Free()
+        _local_rank, _local_size = _engine.local_rank, _engine.local_size
         _counters.clear()
-        _install_exit_handlers()
 
 
 def shutdown() -> None:
-    """Collective: every rank calls it. Finishes negotiated work and stops the engine thread."""
+    """Collective: every rank calls it. Finishes negotiated work and stops the engine thread. TimeoutError
+    when the other ranks do not shut down within NEPTUNE_RT_TIMEOUT_SECONDS; after an engine failure it
+    returns at once (the failure was raised already) and init() is refused from then on."""
     global _engine
     with _state_lock:
         engine, _engine = _engine, None
-    if engine is not None:
+    if engine is None:
+        return
+    failed_before = None if engine.running else (engine.fatal_error or "the engine stopped")
+    try:
         engine.shutdown()
-    _inflight.clear()
+    except Exception as err:
+        _record_failure(str(err))
+        raise
+    finally:
+        if failed_before is not None:
+            _record_failure(failed_before)
+        if _failure is None:
+            _inflight.clear()
+        # else: handles keep the user buffers that requests left posted may still touch (never freed)
+
+
+def _record_failure(error: str) -> None:
+    """The first failure of this process: refuses init() from now on and makes the exit abort the job."""
+    global _failure
+    if _failure is None:
+        _failure = error
 
 
 def is_initialized() -> bool:
@@ -188,10 +219,12 @@ class Handle:
         if not done:
             where = f"rank {_engine.rank}: " if _engine is not None else ""
             raise TimeoutError(f"neptune_rt: {where}'{self.name}' not complete after {timeout} s")
-        _inflight.pop(id(self), None)
         error = self._native.error
         if error:
+            # A failed handle keeps its buffers (tracked in _inflight) for good: if the engine's
+            # communication failed, requests left posted may still touch them (docs/failures.md).
             raise (TimeoutError if self._native.timed_out else RuntimeError)(error)
+        _inflight.pop(id(self), None)
         if not self._finalized:
             self._result = self._finalize()
             self._finalized = True
@@ -205,8 +238,8 @@ class Handle:
 
 def _track(handle: Handle) -> Handle:
     # Handles the caller drops must still keep their buffers alive: hold them until they are done.
-    if len(_inflight) > 64:
-        for key in [k for k, h in _inflight.items() if h.done()]:
+    if len(_inflight) > 64:  # failed handles stay: their buffers may still be in use (see Handle.wait)
+        for key in [k for k, h in _inflight.items() if h.done() and not h._native.error]:
             del _inflight[key]
     _inflight[id(handle)] = handle
     return handle
@@ -343,8 +376,9 @@ def poll(handle: Handle) -> bool:
 
 
 def _install_exit_handlers() -> None:
-    """At exit: shut down collectively after a clean run; after an uncaught exception or a fatal
-    communication error, abort the MPI job so that no peer hangs waiting for this rank."""
+    """At exit: shut down collectively after a clean run; after an uncaught exception while the engine runs,
+    or after any engine failure in this process (set-up, communication or shut-down), abort the MPI job:
+    the ranks are out of step, and MPI_Finalize would wait for peers that will never come."""
     if getattr(_install_exit_handlers, "done", False):
         return
     _install_exit_handlers.done = True
@@ -358,11 +392,26 @@ def _install_exit_handlers() -> None:
 
     def at_exit() -> None:
         engine = _engine
-        if engine is None:
-            return
-        from neptune_rt import _C
-        if _failed_exit or not engine.running:
+        if engine is not None and (_failed_exit or not engine.running):
+            _record_failure(engine.fatal_error or "uncaught exception while neptune_rt was running")
+        elif engine is not None:
+            try:
+                shutdown()
+            except Exception as err:  # a peer never shut down: recorded by shutdown()
+                print(f"neptune_rt: exit handler: {err}", file=sys.stderr)
+        if _failure is not None:
+            from neptune_rt import _C
+            print(f"neptune_rt: rank {_comm_rank()}: aborting the MPI job at exit after an earlier failure "
+                  f"(see docs/failures.md)", file=sys.stderr)
             sys.stderr.flush()
+            sys.stdout.flush()
             _C.abort_mpi(1)
-        shutdown()
     atexit.register(at_exit)
+
+
+def _comm_rank() -> int:
+    try:
+        from mpi4py import MPI
+        return MPI.COMM_WORLD.Get_rank()
+    except Exception:  # noqa: BLE001 - only for a message
+        return -1

@@ -1,16 +1,21 @@
-"""Launching real MPI jobs from pytest: `run_mpi(script, np)` runs a worker under mpirun with a hard timeout
-and returns its completed process; `assert_ok` checks that every rank reported success."""
+"""The one mpirun launcher of the test suite (tests/ and tests/torch/): `run_mpi(script, np)` runs a worker
+under mpirun in its own session with a hard timeout; on a hang it kills the whole process group (mpirun and
+every rank, stopped ones included) and fails with the output so far. `assert_ok` checks that every rank
+reported success. Exercised by every MPI test; tests/test_failures.py relies on the hang handling."""
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 WORKERS = Path(__file__).parent / "workers"
+TORCH_WORKERS = Path(__file__).parent / "torch" / "workers"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -30,6 +35,12 @@ def mpirun_path() -> str | None:
     return str(venv_mpirun) if venv_mpirun.exists() else shutil.which("mpirun")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -40,40 +51,67 @@ def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     # Ranks outnumber the 2 cores here: yield instead of busy-polling, or waiting ranks starve the others.
     env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+    # torch workers compare against a gloo process group of their own.
+    env["MASTER_ADDR"] = "127.0.0.1"
+    env["MASTER_PORT"] = str(free_port())
     env.update(extra or {})
     return env
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the launcher's process group; a stopped (SIGSTOP) rank dies of SIGKILL too."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_mpi(script: str | Path, np: int, *args: str, timeout: float = 180,
-            env: dict[str, str] | None = None) -> MpiResult:
-    """Runs `python script args` on `np` ranks; a hang fails the test after `timeout` seconds, and the
-    whole process group is killed so that no rank outlives the test."""
+            env: dict[str, str] | None = None, workers: Path = WORKERS) -> MpiResult:
+    """Runs `python script args` on `np` ranks (`script` relative to `workers` unless absolute); a hang
+    fails the test after `timeout` seconds with the output so far, and the whole process group is killed
+    so that no rank outlives the test."""
     mpirun = mpirun_path()
     if mpirun is None:
         raise RuntimeError("mpirun not found: run `make test` (it installs Open MPI into .venv)")
     path = Path(script)
     if not path.is_absolute():
-        path = WORKERS / path
+        path = workers / path
     cmd = [mpirun, "-np", str(np), "--oversubscribe", "--bind-to", "none", sys.executable, str(path),
            *map(str, args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=mpi_env(env), stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"mpirun -np {np} {path.name} {' '.join(map(str, args))} hung for {timeout} s:\n"
-                             f"{out[-3000:]}\n{err[-3000:]}") from None
-    result = MpiResult(proc.returncode, out, err)
+    # Output goes to files, not pipes: a rank that outlives mpirun (stopped, orphaned) cannot hold them open
+    # and block the read, and whatever was written before a hang is still there to report.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=mpi_env(env),
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            hung = True
+        _kill_group(proc.pid)  # also after a normal end: no rank of this job may linger
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        result = MpiResult(proc.returncode, out.read(), err.read())
+    if hung:
+        raise AssertionError(f"mpirun -np {np} {path.name} {' '.join(map(str, args))} hung for {timeout} s "
+                             f"(process group killed):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     if "not enough slots" in result.output:
-        raise AssertionError(f"mpirun refused to start {np} ranks:\n{err}")
+        raise AssertionError(f"mpirun refused to start {np} ranks:\n{result.stderr}")
     return result
 
 
-def assert_ok(proc: MpiResult, np: int, marker: str = "OK") -> None:
-    """Every rank printed a line starting with `marker` and mpirun exited 0."""
+def run_workers(script: str, np: int, *args: str, timeout: float = 120,
+                env: dict[str, str] | None = None) -> MpiResult:
+    """run_mpi for the torch workers (tests/torch/workers)."""
+    return run_mpi(script, np, *args, timeout=timeout, env=env, workers=TORCH_WORKERS)
+
+
+def assert_ok(proc: MpiResult, np: int, marker: str = "OK") -> list[str]:
+    """mpirun exited 0 and every rank printed a line starting with `marker`; returns those lines."""
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-6000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-8000:]}"
     oks = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
-    assert len(oks) == np, f"expected {np} '{marker}' lines, got {len(oks)}:\n{out[-6000:]}"
+    assert len(oks) == np, f"expected {np} '{marker}' lines, got {len(oks)}:\n{out[-8000:]}"
+    return oks

@@ -26,9 +26,20 @@ CollectiveOptions baseOptions(const std::string& name, size_t segmentBytes, doub
 
 void registerCollectives(py::module_& m) {
   py::class_<Communicator>(m, "Communicator", "Point-to-point over a duplicated MPI communicator")
-      .def(py::init([](py::handle comm) { return communicatorFromMpi4py(comm); }), py::arg("mpi_comm"))
+      .def(py::init([](py::handle comm, double timeout) {
+             return communicatorFromMpi4py(comm, timeout, "Communicator()");
+           }),
+           py::arg("mpi_comm"), py::arg("timeout") = kDefaultTimeoutSeconds,
+           "Collective: duplicates mpi_comm (TimeoutError after `timeout` s if a peer does not join)")
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("local_rank", &Communicator::localRank)
+      .def_property_readonly("local_size", &Communicator::localSize)
+      .def_property_readonly(
+          "failed", [](const Communicator& c) { return c.poisoned() ? py::object(py::str(c.poisonError())) : py::none(); },
+          "None, or the first error after which this communicator was disabled (every call fails with it)")
+      .def_property_readonly("abandoned_requests", &Communicator::abandonedRequests,
+                             "requests left posted when it was disabled (never freed, nor their buffers)")
       .def("describe", &Communicator::describe);
 
   m.def("choose_allreduce_algorithm",
@@ -49,8 +60,7 @@ void registerCollectives(py::module_& m) {
         o.dtype = view.dtype;
         o.op = reduceOpFromName(op);
         o.algorithm = allreduceAlgorithmFromName(algorithm);
-        py::gil_scoped_release release;
-        allreduce(comm, o);
+        runDirect(comm, {buf}, [&] { allreduce(comm, o); });
       },
       py::arg("comm"), py::arg("buffer"), py::arg("dtype"), py::arg("op") = "sum", py::arg("algorithm") = "auto",
       py::arg("segment_bytes") = 0, py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("name") = "allreduce",
@@ -71,8 +81,7 @@ void registerCollectives(py::module_& m) {
         o.counts = std::move(counts);
         o.dtype = view.dtype;
         o.op = reduceOpFromName(op);
-        py::gil_scoped_release release;
-        reduceScatter(comm, o);
+        runDirect(comm, {buf}, [&] { reduceScatter(comm, o); });
       },
       py::arg("comm"), py::arg("buffer"), py::arg("dtype"), py::arg("counts"), py::arg("op") = "sum",
       py::arg("segment_bytes") = 0, py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("name") = "reduce_scatter",
@@ -91,8 +100,7 @@ void registerCollectives(py::module_& m) {
         static_cast<CollectiveOptions&>(o) = baseOptions(name, segmentBytes, timeout, tag);
         o.buffer = view.ptr;
         o.bytes = std::move(bytes);
-        py::gil_scoped_release release;
-        allgatherv(comm, o);
+        runDirect(comm, {buf}, [&] { allgatherv(comm, o); });
       },
       py::arg("comm"), py::arg("buffer"), py::arg("bytes"), py::arg("segment_bytes") = 0,
       py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("name") = "allgather", py::arg("tag") = 0);
@@ -107,8 +115,7 @@ void registerCollectives(py::module_& m) {
         o.buffer = view.ptr;
         o.bytes = view.count;
         o.root = root;
-        py::gil_scoped_release release;
-        broadcast(comm, o);
+        runDirect(comm, {buf}, [&] { broadcast(comm, o); });
       },
       py::arg("comm"), py::arg("buffer"), py::arg("root"), py::arg("segment_bytes") = 0,
       py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("name") = "broadcast", py::arg("tag") = 0);

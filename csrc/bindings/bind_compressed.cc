@@ -68,8 +68,9 @@ void registerCompressed(py::module_& m) {
           NRT_CHECK_ARG(n == o.count, "neptune_rt: residual of '", name, "' has ", n, " floats, the buffer ", o.count);
         }
         if (chunkResidual) o.chunkResidual = floatData(*chunkResidual, "chunk_residual", &o.chunkResidualCount);
-        py::gil_scoped_release release;
-        return compressedAllreduce(comm, o).wireBytes;
+        return runDirect(comm, {buf, residual ? py::handle(*residual) : py::handle(),
+                                chunkResidual ? py::handle(*chunkResidual) : py::handle()},
+                         [&] { return compressedAllreduce(comm, o).wireBytes; });
       },
       py::arg("comm"), py::arg("buffer"), py::arg("codec"), py::arg("algorithm") = "two_phase",
       py::arg("block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest", py::arg("seed") = 0,

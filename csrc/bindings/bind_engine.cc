@@ -1,5 +1,6 @@
 // Bindings for the background engine and its handles. Python keeps the buffers alive until completion
-// (neptune_rt/engine.py); here: argument checks, GIL release, docstrings.
+// (neptune_rt/engine.py); here: argument checks, GIL release, docstrings, and the two ends of an engine's
+// life: set-up with a deadline, and a shut-down that raises when the ranks did not stop together.
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -26,6 +27,40 @@ TensorMeta makeMeta(const std::string& name, OpType type, const std::string& dty
 void checkSize(const TensorMeta& m, const BufferView& v) {
   NRT_CHECK_ARG(v.count == m.numel(), "neptune_rt: tensor '", m.name, "' has ", v.count, " elements but shape ",
                 m.describe(), " needs ", m.numel());
+}
+
+// An engine whose communicator failed is never destroyed: requests left posted may still read or write its
+// buffers (fusion, scratch, payloads). Its thread is stopped; its memory is leaked on purpose.
+struct EngineDeleter {
+  void operator()(Engine* e) const {
+    if (e->communicator().poisoned()) {
+      e->shutdown();  // joins the stopped thread; no communication
+      return;
+    }
+    delete e;
+  }
+};
+using EnginePtr = std::unique_ptr<Engine, EngineDeleter>;
+
+// Shut-down is collective; when it fails, say which step, the communicator size and the likely cause.
+void shutdownOrThrow(Engine& e) {
+  const bool wasRunning = e.running();
+  std::string error;
+  {
+    py::gil_scoped_release release;
+    error = e.shutdown();
+  }
+  if (!wasRunning || error.empty()) return;  // an engine that failed before has reported its error already
+  const Communicator& comm = e.communicator();
+  const std::string msg = concat(
+      "neptune_rt: rank ", e.rank(), ": shutdown() did not complete on a communicator of ", e.size(),
+      " ranks (shut-down step 1 of 1: agreeing with every rank to stop): ", error,
+      "\n  Likely cause: ranks out of step: this rank called shutdown() while others did not (a peer stopped, "
+      "hangs, or exited without shutdown()). Every rank must call shutdown() (or exit normally: the exit "
+      "handler calls it). This process cannot use neptune_rt again: let it exit (the exit handler aborts "
+      "the job).");
+  if (comm.poisoned() && !comm.poisonTimedOut()) throw std::runtime_error(msg);
+  throw TimeoutError(msg);  // the negotiation, or the stop itself, ran past NEPTUNE_RT_TIMEOUT_SECONDS
 }
 
 std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
@@ -85,7 +120,7 @@ void registerEngine(py::module_& m) {
            "The codec the engine would use for such a bucket ('none' = dense ring)")
       .def("describe", &CostModel::describe);
 
-  py::class_<Engine>(m, "Engine", "Background communication engine over an mpi4py communicator")
+  py::class_<Engine, EnginePtr>(m, "Engine", "Background communication engine over an mpi4py communicator")
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
                        uint64_t seed, const std::string& compressedAlgorithm, bool costModel) {
@@ -107,7 +142,8 @@ void registerEngine(py::module_& m) {
              c.useCostModel = costModel;
              NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
                            " must stay below ", c.negotiationBytes - 4096);
-             return std::make_unique<Engine>(communicatorFromMpi4py(comm), c);
+             // Set-up (MPI_Comm_idup, MPI_Iallgather) is collective: bounded by the same timeout.
+             return EnginePtr(new Engine(communicatorFromMpi4py(comm, timeout, "init()"), c));
            }),
            py::arg("mpi_comm"), py::arg("fusion_bytes"), py::arg("eager_bytes"), py::arg("cycle_ms"),
            py::arg("timeout"), py::arg("stall_warning"), py::arg("segment_bytes"),
@@ -117,6 +153,16 @@ void registerEngine(py::module_& m) {
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)
       .def_property_readonly("fatal_error", &Engine::fatalError)
+      .def_property_readonly("local_rank", [](Engine& e) { return e.communicator().localRank(); })
+      .def_property_readonly("local_size", [](Engine& e) { return e.communicator().localSize(); })
+      .def_property_readonly(
+          "communication_failed",
+          [](Engine& e) {
+            const Communicator& c = e.communicator();
+            return c.poisoned() ? py::object(py::str(c.poisonError())) : py::none();
+          },
+          "None, or the first communication error (then the engine and the buffers it used are never freed)")
+      .def_property_readonly("abandoned_requests", [](Engine& e) { return e.communicator().abandonedRequests(); })
       .def_property_readonly("cost_model", &Engine::costModelDescription,
                              "The probed cost model (empty until the first compressed bucket)")
       .def(
@@ -187,8 +233,9 @@ void registerEngine(py::module_& m) {
       .def("wait", [](Engine& e, Handle& h, double timeout) { return e.waitFor(h, timeout); }, py::arg("handle"),
            py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for a handle, running negotiation cycles on this thread while the engine thread is idle")
-      .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>(),
-           "Collective: every rank calls it; completes negotiated work, then stops the thread");
+      .def("shutdown", &shutdownOrThrow,
+           "Collective: every rank calls it; completes negotiated work, then stops the thread. TimeoutError "
+           "(or RuntimeError) when the ranks did not stop together; no error if the engine had failed before");
 }
 
 }  // namespace nrt

@@ -7,7 +7,8 @@
 
 namespace nrt {
 
-std::unique_ptr<Communicator> communicatorFromMpi4py(pybind11::handle comm) {
+std::unique_ptr<Communicator> communicatorFromMpi4py(pybind11::handle comm, double timeoutSeconds,
+                                                     const std::string& caller) {
   static const bool imported = [] {
     if (import_mpi4py() < 0) throw pybind11::error_already_set();
     return true;
@@ -18,7 +19,8 @@ std::unique_ptr<Communicator> communicatorFromMpi4py(pybind11::handle comm) {
                                std::string(pybind11::str(pybind11::type::of(comm))));
   MPI_Comm* c = PyMPIComm_Get(comm.ptr());
   if (c == nullptr) throw pybind11::error_already_set();
-  return makeMpiCommunicator(c);
+  pybind11::gil_scoped_release release;  // set-up waits for the peers
+  return makeMpiCommunicator(c, timeoutSeconds, caller);
 }
 
 }  // namespace nrt

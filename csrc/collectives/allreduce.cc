@@ -47,6 +47,8 @@ void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
   while (p * 2 <= n) p *= 2;
   const int rem = n - p;
   std::vector<char> incoming(bytes);
+  PostedBuffers posted(comm, o.name);  // on an error a receive may still be posted into `incoming`
+  posted.keep(incoming);
 
   int virtualRank;  // -1: folded away (an even rank below 2*rem) until the final unfold
   if (r < 2 * rem) {

@@ -60,6 +60,7 @@ void broadcast(Communicator& comm, const BroadcastOptions& o) {
                 " is not a rank of this ", n, "-rank communicator");
   if (n == 1 || o.bytes == 0) return;
   const Deadline deadline = Deadline::after(o.timeoutSeconds);
+  PostedBuffers posted(comm, o.name);  // requests touch only the caller's buffer: this poisons on an error
   if (o.bytes <= kBroadcastTreeMaxBytes) {
     binomialTree(comm, o, deadline);
   } else {

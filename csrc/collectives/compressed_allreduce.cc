@@ -56,6 +56,8 @@ class Bytes {
     data_ = base_->reserve(slot, n);
   }
   char* at(size_t offset) { return data_ + offset; }
+  // The call's own area, for PostedBuffers (a shared PayloadScratch belongs to the engine, which keeps it).
+  PayloadScratch& own() { return own_; }
 
  private:
   PayloadScratch own_;
@@ -63,14 +65,11 @@ class Bytes {
   char* data_ = nullptr;
 };
 
-// On an exception (timeout, bad payload) abandon what is still in flight before the buffers are freed.
+// On an exception (timeout, bad payload) the communicator is poisoned, so every request still posted is
+// abandoned, and the call's payload areas are never freed (PostedBuffers); the requests' handles are kept
+// here only to be waited on.
 struct InFlight {
-  Communicator& comm;
   std::vector<Request> reqs;
-  ~InFlight() {
-    for (Request& r : reqs)
-      if (r.active) comm.cancel(r);
-  }
 };
 
 void checkReceived(const Communicator& comm, size_t got, size_t expected, int peer, const std::string& name) {
@@ -196,7 +195,11 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
     for (size_t k = 0; k < mySegs; ++k) encodeReducedSegment(k);
   }
 
-  InFlight inflight{comm, {}};  // declared after the buffers it points into: cancelled before they are freed
+  PostedBuffers posted(comm, o.name);  // after the buffers requests point into: on an error they are kept
+  posted.keep(mine.own());
+  posted.keep(incoming.own());
+  posted.keep(gather.own());
+  InFlight inflight;
   // Receive i = (d - 1) * mySegs + k is segment k of step d; requests 0 .. received-1 are receives.
   const size_t receives = static_cast<size_t>(n - 1) * mySegs;
   for (int d = 1; d < n; ++d)
@@ -278,7 +281,11 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
   for (int s = 0; s + 1 < n; ++s) sendArea[s + 1] = sendArea[s] + L.chunkPayload[mod(r - s)];
   Bytes incoming(o.scratch, 0, stepArea[n - 1]);
   Bytes outgoing(o.scratch, 1, sendArea[n - 1]);
-  InFlight inflight{comm, {}};  // after the buffers it points into: cancelled before they are freed
+  PostedBuffers posted(comm, o.name);  // after the buffers requests point into: on an error they are kept
+  posted.keep(incoming.own());
+  posted.keep(outgoing.own());
+  posted.keep(gather.own());
+  InFlight inflight;
   std::vector<std::vector<size_t>> recvIndex(n);
   for (int s = 0; s + 1 < n; ++s) {
     const int c = mod(r - s - 1);

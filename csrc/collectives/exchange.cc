@@ -5,6 +5,7 @@
 #include "collectives/exchange.h"
 
 #include <cstring>
+#include <deque>
 
 #include "common/error.h"
 
@@ -17,35 +18,35 @@ class Exchanger {
   Exchanger(Communicator& comm, const ExchangeOptions& o)
       : comm_(comm), o_(o), deadline_(Deadline::after(o.timeoutSeconds)), start_(Clock::now()) {}
 
+  std::deque<std::vector<char>>& buffers() { return buffers_; }
+
   // Receive one message of at most `maxBytes` from `peer`.
   std::vector<char> recv(int peer, size_t maxBytes) {
-    char first[kPiece];
-    Request rq = comm_.irecv(first, kPiece, peer, o_.tag);
+    std::vector<char>& first = buffer(kPiece);
+    Request rq = comm_.irecv(first.data(), kPiece, peer, o_.tag);
     size_t got = 0;
     waitReporting(rq, &got);
     NRT_CHECK(got >= sizeof(uint64_t), "neptune_rt: rank ", comm_.rank(), ": short negotiation piece from rank ", peer);
     uint64_t total;
-    std::memcpy(&total, first, sizeof(total));
+    std::memcpy(&total, first.data(), sizeof(total));
     NRT_CHECK(total <= maxBytes && got == std::min<uint64_t>(kPiece, total + sizeof(total)), "neptune_rt: rank ",
               comm_.rank(), ": bad negotiation message from rank ", peer, " (", total, " bytes announced, at most ",
               maxBytes, " expected)");
-    std::vector<char> out(total);
-    std::memcpy(out.data(), first + sizeof(total), got - sizeof(total));
+    std::vector<char>& out = buffer(total);
+    std::memcpy(out.data(), first.data() + sizeof(total), got - sizeof(total));
     std::vector<Request> rest;
     for (size_t off = kPiece; off < total + sizeof(total); off += kPiece)
       rest.push_back(comm_.irecv(out.data() + off - sizeof(total), std::min(kPiece, total + sizeof(total) - off), peer,
                                  o_.tag));
     for (Request& r : rest) waitReporting(r, nullptr);
-    return out;
+    return std::move(out);  // complete: nothing is posted into it any more
   }
   void send(const std::vector<char>& data, int peer) {
-    std::vector<char> framed;
-    std::vector<Request> reqs = postSend(data, peer, framed);
+    std::vector<Request> reqs = postSend(data, peer);
     for (Request& r : reqs) waitReporting(r, nullptr);
   }
   std::vector<char> sendRecv(const std::vector<char>& data, int peer, size_t maxBytes) {
-    std::vector<char> framed;
-    std::vector<Request> reqs = postSend(data, peer, framed);
+    std::vector<Request> reqs = postSend(data, peer);
     std::vector<char> out = recv(peer, maxBytes);
     for (Request& r : reqs) waitReporting(r, nullptr);
     return out;
@@ -55,9 +56,9 @@ class Exchanger {
   // Below Open MPI's shared-memory eager limit (4 KiB including its header); other transports' are larger.
   static constexpr size_t kPiece = 4000;
 
-  std::vector<Request> postSend(const std::vector<char>& data, int peer, std::vector<char>& framed) {
+  std::vector<Request> postSend(const std::vector<char>& data, int peer) {
     const uint64_t total = data.size();
-    framed.resize(sizeof(total) + data.size());
+    std::vector<char>& framed = buffer(sizeof(total) + data.size());
     std::memcpy(framed.data(), &total, sizeof(total));
     std::memcpy(framed.data() + sizeof(total), data.data(), data.size());
     std::vector<Request> reqs;
@@ -85,6 +86,11 @@ class Exchanger {
     comm_.wait(rq, deadline_, o_.name.c_str(), got, kLatencyYieldWindow);
   }
 
+  // Every buffer a request is posted into or from lives here until the exchange ends (a deque: adding one
+  // moves no other), so that a failed exchange can leave them all to its PostedBuffers.
+  std::vector<char>& buffer(size_t bytes) { return buffers_.emplace_back(bytes); }
+
+  std::deque<std::vector<char>> buffers_;
   Communicator& comm_;
   const ExchangeOptions& o_;
   Deadline deadline_;
@@ -105,6 +111,8 @@ std::vector<char> exchangeCombine(Communicator& comm, std::vector<char> mine, co
   while (p * 2 <= n) p *= 2;
   const int rem = n - p;
   Exchanger ex(comm, o);
+  PostedBuffers posted(comm, o.name);  // after `ex`: on an error its buffers are left to pending requests
+  posted.keep(ex.buffers());
 
   if (r < 2 * rem && r % 2 == 0) {  // folded away: hand our message to r+1, get the whole one back at the end
     ex.send(mine, r + 1);

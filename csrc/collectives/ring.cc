@@ -91,28 +91,32 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
     if (steps[g].reduce && seg == 0) firstSendOfChunk[c] = static_cast<long>(sends.size());
     sends.push_back(comm.isend(segPtr(c, seg), segLen(c, seg) * p.elemSize, right, opts.tag));
   };
-  if (p.reduceScatter && p.beforeOwnValues) p.beforeOwnValues(steps[0].sendChunk);
-  for (size_t k = 0; k < segCount(steps[0].sendChunk); ++k) postStepSends(0, k);
-
   std::vector<char> scratch(kRecvWindow * std::min(segElems, *std::max_element(p.chunkCount.begin(),
                                                                                   p.chunkCount.end())) *
                             p.elemSize);
   const size_t slotBytes = scratch.size() / kRecvWindow;
+  // On an error, requests may still be posted into scratch (and into the caller's buffer, which the caller
+  // keeps): the communicator is poisoned and scratch is never freed.
+  PostedBuffers posted(comm, opts.name);
+  posted.keep(scratch);
+  if (p.reduceScatter && p.beforeOwnValues) p.beforeOwnValues(steps[0].sendChunk);
+  for (size_t k = 0; k < segCount(steps[0].sendChunk); ++k) postStepSends(0, k);
+
   std::vector<Request> recvs(units.size());
-  size_t posted = 0;
+  size_t postedRecvs = 0;
   const auto postRecvsUpTo = [&](size_t limit) {
-    for (; posted < std::min(limit, units.size()); ++posted) {
-      const RecvUnit& u = units[posted];
+    for (; postedRecvs < std::min(limit, units.size()); ++postedRecvs) {
+      const RecvUnit& u = units[postedRecvs];
       const Step& st = steps[u.step];
       void* dst;
       if (st.reduce) {
-        dst = scratch.data() + (posted % kRecvWindow) * slotBytes;
+        dst = scratch.data() + (postedRecvs % kRecvWindow) * slotBytes;
       } else {
         const long first = firstSendOfChunk[st.recvChunk];
         if (first >= 0) comm.wait(sends[first + u.seg], deadline, opts.name.c_str());
         dst = p.base + u.elemOffset * p.elemSize;
       }
-      recvs[posted] = comm.irecv(dst, u.elems * p.elemSize, left, opts.tag);
+      recvs[postedRecvs] = comm.irecv(dst, u.elems * p.elemSize, left, opts.tag);
     }
   };
 

@@ -1,8 +1,9 @@
-// Bounded waits shared by every Communicator implementation (see communicator.h).
+// Bounded waits and poisoning shared by every Communicator implementation (see communicator.h).
 #include "comm/communicator.h"
 
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -27,6 +28,32 @@ void Backoff::pause() {
   std::this_thread::sleep_for(std::chrono::microseconds(50));
 }
 
+Request Communicator::isend(const void* ptr, size_t bytes, int peer, int tag) {
+  throwIfPoisoned();
+  Request r = postSend(ptr, bytes, peer, tag);
+  if (r.active) track(r);
+  return r;
+}
+
+Request Communicator::irecv(void* ptr, size_t bytes, int peer, int tag) {
+  throwIfPoisoned();
+  Request r = postRecv(ptr, bytes, peer, tag);
+  if (r.active) track(r);
+  return r;
+}
+
+bool Communicator::test(Request& req, size_t* received) {
+  throwIfPoisoned();
+  if (!req.active) {
+    if (received) *received = 0;
+    return true;
+  }
+  const Request before = req;
+  if (!testPosted(req, received)) return false;
+  untrack(before);
+  return true;
+}
+
 void Communicator::wait(Request& req, const Deadline& deadline, const char* what, size_t* received,
                         std::chrono::microseconds yieldWindow) {
   Backoff backoff(yieldWindow);
@@ -35,13 +62,12 @@ void Communicator::wait(Request& req, const Deadline& deadline, const char* what
     // Reading the clock costs more than a test; check it every few iterations.
     if ((++checks & 63u) == 0 && deadline.expired()) {
       const int peer = req.peer;
-      const bool isRecv = req.isRecv;
-      const size_t bytes = req.bytes;
-      cancel(req);
-      throw TimeoutError(concat("neptune_rt: rank ", rank(), " timed out waiting to ", isRecv ? "receive " : "send ",
-                                bytes, " bytes ", isRecv ? "from" : "to", " rank ", peer, " during ", what,
-                                " (is rank ", peer, " alive and running the same collectives? raise "
-                                "NEPTUNE_RT_TIMEOUT_SECONDS if it is just slow)"));
+      const std::string error =
+          concat("neptune_rt: rank ", rank(), " timed out waiting to ", req.isRecv ? "receive " : "send ", req.bytes,
+                 " bytes ", req.isRecv ? "from" : "to", " rank ", peer, " during ", what, " (is rank ", peer,
+                 " alive and running the same collectives? raise NEPTUNE_RT_TIMEOUT_SECONDS if it is just slow)");
+      poison(error, /*timedOut=*/true);  // `req` and every other posted request are abandoned, not freed
+      throw TimeoutError(error);
     }
     backoff.pause();
   }
@@ -49,6 +75,77 @@ void Communicator::wait(Request& req, const Deadline& deadline, const char* what
 
 void Communicator::waitAll(std::vector<Request>& reqs, const Deadline& deadline, const char* what) {
   for (auto& r : reqs) wait(r, deadline, what);
+}
+
+void Communicator::poison(const std::string& error, bool timedOut) {
+  std::vector<Request> posted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (poisoned_.load(std::memory_order_relaxed)) return;
+    error_ = error;
+    timedOut_ = timedOut;
+    posted.swap(posted_);
+    abandoned_ = posted.size();
+    poisoned_.store(true, std::memory_order_release);
+  }
+  for (Request& r : posted) abandon(r);
+}
+
+std::string Communicator::poisonError() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+bool Communicator::poisonTimedOut() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return timedOut_;
+}
+
+size_t Communicator::abandonedRequests() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return abandoned_;
+}
+
+void Communicator::throwIfPoisoned() const {
+  if (!poisoned()) return;
+  std::string error;
+  bool timedOut;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    error = error_;
+    timedOut = timedOut_;
+  }
+  error += concat("\n  (rank ", rank(), "'s communicator failed earlier with the error above and is disabled: "
+                  "every later call fails at once; shut down and exit, see docs/failures.md)");
+  if (timedOut) throw TimeoutError(error);
+  throw std::runtime_error(error);
+}
+
+void Communicator::track(const Request& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  posted_.push_back(r);
+}
+
+void Communicator::untrack(const Request& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Recently posted requests complete first in most collectives: search from the back.
+  for (size_t i = posted_.size(); i-- > 0;) {
+    if (posted_[i].storage == r.storage) {
+      posted_[i] = posted_.back();
+      posted_.pop_back();
+      return;
+    }
+  }
+}
+
+PostedBuffers::~PostedBuffers() {
+  if (std::uncaught_exceptions() <= uncaught_) return;  // the collective completed: nothing is posted
+  // Ended by an exception. A transport error or timeout has poisoned the communicator with its own
+  // message already; any other error (a bad payload, a size mismatch) leaves peers out of step just the same.
+  comm_.poison(concat("neptune_rt: rank ", comm_.rank(), ": '", what_,
+                      "' ended by an error with requests still posted (the error was raised by that call)"),
+               /*timedOut=*/false);
+  for (auto& leak : leakers_) leak();
 }
 
 }  // namespace nrt

@@ -28,6 +28,8 @@ std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
 
 Engine::Engine(std::unique_ptr<Communicator> comm, EngineConfig config)
     : comm_(std::move(comm)), config_(config), rank_(comm_->rank()), size_(comm_->size()) {
+  const std::string threadProblem = comm_->threadSupportProblem();
+  if (!threadProblem.empty()) throw std::runtime_error(concat("neptune_rt: rank ", rank_, ": ", threadProblem));
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -56,7 +58,8 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   return handle;
 }
 
-void Engine::shutdown() {
+std::string Engine::shutdown() {
+  std::string error;
   if (running_.load()) {
     try {
       Entry e;
@@ -64,8 +67,9 @@ void Engine::shutdown() {
       e.meta.type = OpType::kShutdown;
       auto h = enqueue(std::move(e));
       waitFor(*h, 0);  // bounded: the negotiation timeout fails it if a peer never shuts down
-    } catch (const std::runtime_error&) {
-      // Stopped meanwhile (fatal error): fall through to joining the thread.
+      error = h->error();
+    } catch (const std::runtime_error& e) {
+      error = e.what();  // stopped meanwhile (fatal error): fall through to joining the thread
     }
   }
   {
@@ -74,6 +78,7 @@ void Engine::shutdown() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  return error;
 }
 
 std::string Engine::costModelDescription() const {
@@ -117,8 +122,10 @@ Engine::StepResult Engine::step() {
     }
     return progress ? StepResult::kProgress : StepResult::kNoProgress;
   } catch (const TimeoutError& e) {
+    comm_->poison(e.what(), true);  // no-op if the timeout poisoned it already; the engine never uses it again
     failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), true);
   } catch (const std::exception& e) {
+    comm_->poison(e.what(), false);
     failEverything(concat("neptune_rt: rank ", rank_, ": communication failed: ", e.what(),
                           "\n  pending on rank ", rank_, ": ", namesOf(pending_)),
                    false);

@@ -67,6 +67,9 @@ class Engine {
   int rank() const { return rank_; }
   int size() const { return size_; }
   const EngineConfig& config() const { return config_; }
+  // Poisoned after a communication failure (communicator.h); then the engine must never be destroyed,
+  // since requests left posted may still touch its buffers (bind_engine.cc keeps it).
+  Communicator& communicator() { return *comm_; }
 
   // Throws std::invalid_argument when the name is already in flight on this rank, and runtime_error when
   // the engine has stopped (with the reason).
@@ -75,7 +78,8 @@ class Engine {
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
   bool waitFor(Handle& h, double timeoutSeconds);
   // Collective: every rank must call it. Completes pending work first; fails what can never complete.
-  void shutdown();
+  // Returns "" when every rank agreed to stop, else why not (a timeout, or the engine had failed).
+  std::string shutdown();
   bool running() const { return running_.load(); }
   std::string fatalError() const;
   // The cost model's figures once probed (empty before the first compressed bucket).

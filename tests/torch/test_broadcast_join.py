@@ -1,5 +1,5 @@
 """broadcast_parameters, broadcast_optimizer_state, broadcast/allgather_object and join on 4 real MPI ranks."""
-from _launch import assert_ok, run_workers
+from mpi_helpers import assert_ok, run_workers
 
 
 def test_broadcasts_make_ranks_identical_and_join_handles_uneven_batches() -> None:

@@ -8,7 +8,7 @@ from neptune_rt import engine
 from neptune_rt.torch import Compression
 from neptune_rt.torch.compression import compressor_for
 
-from _launch import assert_ok, run_workers
+from mpi_helpers import assert_ok, run_workers
 
 CAST = ["fp16", "bf16"]
 ENGINE_CODECS = ["int8", "int4", "onebit"]

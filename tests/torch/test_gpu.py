@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from _launch import assert_ok, run_workers
+from mpi_helpers import assert_ok, run_workers
 
 pytestmark = pytest.mark.gpu
 

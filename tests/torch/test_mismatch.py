@@ -1,7 +1,7 @@
 """Disagreeing ranks get a clear error, not a hang (short NEPTUNE_RT_TIMEOUT_SECONDS)."""
 import time
 
-from _launch import run_workers
+from mpi_helpers import run_workers
 
 
 def test_mismatched_parameters_and_lone_step_fail_clearly() -> None:

@@ -1,5 +1,5 @@
 """The Horovod-style collectives of neptune_rt.torch against gloo and closed forms, on 4 real MPI ranks."""
-from _launch import assert_ok, run_workers
+from mpi_helpers import assert_ok, run_workers
 
 
 def test_collectives_match_gloo() -> None:

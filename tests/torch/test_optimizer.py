@@ -1,5 +1,5 @@
 """DistributedOptimizer against torch DDP (gloo) on 4 real MPI ranks; see workers/optimizer_worker.py."""
-from _launch import assert_ok, run_workers
+from mpi_helpers import assert_ok, run_workers
 
 
 def test_distributed_optimizer_matches_ddp() -> None:
