@@ -1,6 +1,7 @@
 """The background engine under real mpirun: results vs numpy/mpi4py for every dtype and op, concurrent
 named operations in different orders, fusion and eager paths, sub-communicators, join, and failures
-(mismatches, stalls, dead ranks) that must end in errors on every rank, never in a hang."""
+(mismatches, stalls) that must end in errors on every rank, never in a hang; silent ranks, set-up and
+shut-down failures are in test_failures.py."""
 import time
 
 import pytest
@@ -50,10 +51,3 @@ def test_missing_rank_times_out_instead_of_hanging():
     proc = run_mpi("engine_worker.py", 2, "timeout", timeout=60, env={"NEPTUNE_RT_TIMEOUT_SECONDS": "3"})
     assert "TIMEOUT-OK" in proc.stdout, proc.stdout + proc.stderr
     assert time.time() - start < 45
-
-
-def test_dead_rank_ends_the_job():
-    start = time.time()
-    proc = run_mpi("engine_worker.py", 3, "dead_rank", timeout=90, env={"NEPTUNE_RT_TIMEOUT_SECONDS": "10"})
-    assert proc.returncode != 0
-    assert time.time() - start < 80

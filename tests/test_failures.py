@@ -72,6 +72,12 @@ def test_communicator_is_disabled_after_a_timeout_and_keeps_its_buffers():
     assert len(lines(proc, "POISON-OK")) == 2
 
 
+def test_healthy_communicator_is_freed_without_its_peers():
+    proc = run_mpi("failures_worker.py", 2, "free_alone", timeout=60, env=ENV)
+    assert_ok(proc, 2)
+    assert len(lines(proc, "FREE-OK")) == 1
+
+
 def test_engine_refuses_mpi_without_thread_multiple():
     # Issue 8 item 6: checked in the C++ Engine itself, not only in Python, with the fix in the message.
     assert_ok(run_mpi("failures_worker.py", 1, "thread_level", timeout=60), 1)

@@ -2,7 +2,6 @@
 against numpy / mpi4py and prints 'OK <rank>' per rank on success."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -220,13 +219,6 @@ def scenario_timeout() -> None:
         print(f"TIMEOUT-OK after {time.time() - t0:.1f} s", flush=True)
         return  # exiting with a failed engine aborts the job, so rank 1 does not linger
     time.sleep(60)  # never submits; the job is aborted by rank 0's exit handler long before
-
-
-def scenario_dead_rank() -> None:
-    nrt.init()
-    if nrt.rank() == 1:
-        os._exit(3)  # dies without a word
-    nrt.allreduce(np.ones(3), name="never")
 
 
 if __name__ == "__main__":

@@ -137,8 +137,9 @@ def scenario_silent_rank(variant: str) -> None:
             threading.Timer(0.5, stop_self).start()
         last_ok = time.monotonic()
         first = None
+        x = np.empty(4_000_000, np.float32)  # 16 MB: most of the time goes to the ring, not the negotiation
         for i in range(100_000):
-            x = np.full(2_000_000, float(RANK + 1), np.float32)
+            x.fill(RANK + 1)
             try:
                 nrt.allreduce_(x, name=f"big{i}")
             except TimeoutError as err:
@@ -150,7 +151,7 @@ def scenario_silent_rank(variant: str) -> None:
         keep = weakref.ref(x)
         del x
     assert t <= TIMEOUT + SLACK, t
-    print(f"DETECTED-OK {RANK} {t:.2f}", flush=True)
+    print(f"DETECTED-OK {RANK} {t:.2f} {first.splitlines()[0]}", flush=True)
     check_after_failure(first, keep)
     print(f"AFTER-FAILURE-OK {RANK}", flush=True)
     survivors.Barrier()
@@ -191,6 +192,23 @@ def scenario_poisoned_direct() -> None:
             pass
         WORLD.send("done", dest=0)
     print(f"POISON-OK {RANK}", flush=True)
+    WORLD.Barrier()
+
+
+def scenario_free_alone() -> None:
+    """A healthy communicator is released without waiting for its peers (MPI_Comm_free is local in Open MPI;
+    were it not, this rank would hang here while rank 1 sleeps)."""
+    from neptune_rt import _C
+    comm = _C.Communicator(WORLD, timeout=10)
+    if RANK == 0:
+        t0 = time.monotonic()
+        del comm
+        gc.collect()
+        assert time.monotonic() - t0 < 1.0, time.monotonic() - t0
+        print(f"FREE-OK {RANK}", flush=True)
+    else:
+        time.sleep(3)
+        del comm
     WORLD.Barrier()
 
 
