@@ -33,7 +33,7 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_CYCLE_TIME_MS", "1.0",
          "pause between negotiation rounds that made no progress (ms)", float),
     Knob("NEPTUNE_RT_TIMEOUT_SECONDS", "300",
-         "a collective or negotiation that waits longer fails on every rank (s)", float),
+         "a collective, negotiation, init() or shutdown() that waits longer on its peers fails (s)", float),
     Knob("NEPTUNE_RT_STALL_WARNING_SECONDS", "60",
          "warn (naming the missing ranks and tensors) after waiting this long (s)", float),
     Knob("NEPTUNE_RT_SEGMENT_BYTES", "0",

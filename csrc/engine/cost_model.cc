@@ -88,6 +88,11 @@ void CostModel::probe(Communicator& comm, const CompressedAllreduceOptions& opts
   std::vector<float> grad(kProbeCount), work(kProbeCount);
   for (size_t i = 0; i < grad.size(); ++i) grad[i] = std::sin(0.001f * static_cast<float>(i + comm.rank())) * 1e-3f;
   std::vector<double> figures;  // [latency, dense] if not yet probed, then one time per codec in `todo`
+  // On a failure, requests may still be posted into these (docs/failures.md): they are never freed.
+  PostedBuffers posted(comm, "cost model probe");
+  posted.keep(grad);
+  posted.keep(work);
+  posted.keep(figures);
 
   if (!denseProbed) {
     AllreduceOptions small;

@@ -93,6 +93,8 @@ void Engine::executeAllgather(const ReadyTensor& t, Entry* local) {
     rows += r;
   }
   std::vector<char> discard;
+  PostedBuffers posted(*comm_, m.name);  // on a failure requests may still land in `discard`: never freed
+  posted.keep(discard);
   std::vector<char>& out = local ? local->handle->output : discard;
   out.resize(static_cast<size_t>(rows) * rowBytes);
   size_t myOffset = 0;
@@ -113,6 +115,8 @@ void Engine::executeBroadcast(const ReadyTensor& t, Entry* local) {
   o.bytes = t.meta.bytes();
   o.root = t.meta.root;
   std::vector<char> discard;
+  PostedBuffers posted(*comm_, t.meta.name);  // on a failure requests may still land in `discard`
+  posted.keep(discard);
   if (local) {
     if (local->output != local->input) std::memcpy(local->output, local->input, o.bytes);
     o.buffer = local->output;
