@@ -24,12 +24,21 @@ __all__ = [
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "barrier", "join",
     "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id", "cost_model",
+    "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",
+    "stats", "bucket_records",
 ]
 
 OPS = ("sum", "average", "min", "max")
-# Codecs the engine can apply per bucket ("none" = dense; "auto" = the cost model picks dense, fp16 or int8).
-# Codec kernels and their numpy references live in neptune_rt.codecs.
-CODECS = ("none", "fp16", "bf16", "int8", "int4", "onebit", "auto")
+
+
+def _engine_codecs() -> tuple[str, ...]:
+    """The codecs this build's engine applies per bucket: the extension's codec table ("none" = dense) plus
+    "auto" (the cost model picks dense, fp16 or int8). Kernels and numpy references: neptune_rt.codecs."""
+    from neptune_rt import _C
+    return (*_C.codec_names(), "auto")
+
+
+CODECS: tuple[str, ...] = _engine_codecs()
 
 _state_lock = threading.Lock()
 _engine = None
@@ -38,6 +47,7 @@ _local_rank = 0
 _local_size = 1
 _counters: dict[str, itertools.count] = {}
 _inflight: dict[int, "Handle"] = {}
+_inflight_lock = threading.Lock()  # handles are submitted and waited on from several threads
 _failed_exit = False
 
 
@@ -49,8 +59,8 @@ def codec_id(codec: str, adaptive: bool = True) -> int:
     even where the cost model predicts the dense path to be faster."""
     if not _CODEC_IDS:
         from neptune_rt import _C
-        _CODEC_IDS.update({name: i for i, name in enumerate(_C.codec_names())}, auto=_C.CODEC_AUTO_ID)
-        _CODEC_IDS["_force"] = _C.CODEC_FORCE_BIT
+        ids = {name: i for i, name in enumerate(_C.codec_names()) if name in CODECS}
+        _CODEC_IDS.update(ids, auto=_C.CODEC_AUTO_ID, _force=_C.CODEC_FORCE_BIT)
     ident = _CODEC_IDS.get(codec) if codec in CODECS else None
     if ident is None:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
@@ -91,6 +101,7 @@ def init(comm: Any = None) -> None:
             seed=_env.get("NEPTUNE_RT_SEED"),
             compressed_algorithm=algorithm,
             cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
+            deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
         )
         _comm = comm
         local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
@@ -126,6 +137,21 @@ def _require() -> Any:
 def cost_model() -> str:
     """The probed link/codec cost model ("" until the first compressed bucket ran)."""
     return _require().cost_model
+
+
+def stats() -> dict:
+    """Cumulative counters since init, read without synchronisation: buckets, tensors, bytes_raw
+    (uncompressed bytes all-reduced), bytes_wire (bytes this rank sent), negotiate_s, encode_s, wire_s,
+    decode_s, wait_s (seconds), codecs ({codec: buckets}). Eager all-reduces count as buckets of one; a
+    dense bucket's encode/decode are its packing and unpacking."""
+    return _require().stats()
+
+
+def bucket_records(clear: bool = True) -> list[dict]:
+    """Per-bucket records, oldest first, of the last BUCKET_RECORDS_KEPT (4096) buckets: start (seconds on
+    time.monotonic()'s clock), codec, tensors, bytes_raw, bytes_wire, encode_s, wire_s, decode_s. clear=True
+    empties the ring, so successive calls return disjoint records."""
+    return _require().bucket_records(clear)
 
 
 def rank() -> int:
@@ -188,7 +214,8 @@ class Handle:
         if not done:
             where = f"rank {_engine.rank}: " if _engine is not None else ""
             raise TimeoutError(f"neptune_rt: {where}'{self.name}' not complete after {timeout} s")
-        _inflight.pop(id(self), None)
+        with _inflight_lock:
+            _inflight.pop(id(self), None)
         error = self._native.error
         if error:
             raise (TimeoutError if self._native.timed_out else RuntimeError)(error)
@@ -199,16 +226,19 @@ class Handle:
         return self._result
 
     def add_done_callback(self, fn: Callable[["Handle"], None]) -> None:
-        """Calls fn(handle) when done, on the engine thread (keep it short: it holds up communication)."""
+        """Calls fn(handle) when done: on the engine's completion thread, in completion order (at once on this
+        thread if already done). Never under the engine's locks: fn may wait on other handles, and slow work
+        there delays later callbacks, not communication. fn must not call shutdown() (RuntimeError)."""
         self._native.add_callback(lambda: fn(self))
 
 
 def _track(handle: Handle) -> Handle:
     # Handles the caller drops must still keep their buffers alive: hold them until they are done.
-    if len(_inflight) > 64:
-        for key in [k for k, h in _inflight.items() if h.done()]:
-            del _inflight[key]
-    _inflight[id(handle)] = handle
+    with _inflight_lock:
+        if len(_inflight) > 64:
+            for key in [k for k, h in _inflight.items() if h.done()]:
+                del _inflight[key]
+        _inflight[id(handle)] = handle
     return handle
 
 
@@ -273,6 +303,63 @@ def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str 
 def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
                prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
     return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
+
+
+def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: str, codec: str,
+                   prescale: float, postscale: float, adaptive: bool) -> list[Handle]:
+    engine = _require()
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("grouped all-reduce of no tensors")
+    if names is None:
+        names = [_auto_name("allreduce", None) for _ in tensors]
+    names = [_auto_name("allreduce", n) for n in names]
+    if len(names) != len(tensors):
+        raise ValueError(f"grouped all-reduce: {len(tensors)} tensors but {len(names)} names")
+    for n in names:
+        _check_op(op, n)
+    views, outs, out_views = [], [], []
+    for tensor, n in zip(tensors, names):
+        view = host_view(tensor, n, writable=in_place)
+        out = tensor if in_place else empty_like(tensor)
+        views.append(view)
+        outs.append(out)
+        out_views.append(view if in_place else host_view(out, n, writable=True))
+    dtypes = {v.dtype for v in views}
+    if len(dtypes) != 1:
+        raise ValueError(f"grouped all-reduce of {names[0]!r}...: the tensors must share one dtype, got "
+                         f"{sorted(dtypes)}")
+    natives = engine.enqueue_group_allreduce(names, [v.array for v in views], [v.array for v in out_views],
+                                             views[0].dtype, [list(v.shape) for v in views], op,
+                                             codec_id(codec, adaptive), prescale, postscale)
+    return [_track(Handle(native, (t, v, o, ov), _written(o, ov)))
+            for native, t, v, o, ov in zip(natives, tensors, views, outs, out_views)]
+
+
+def grouped_allreduce_async_(tensors: list, names: list[str] | None = None, op: str = "sum",
+                             codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
+                             adaptive: bool = True) -> list[Handle]:
+    """In-place all-reduce of several tensors of one dtype that travel as one bucket, in this order, once all
+    are ready on every rank. Fusion then depends only on what was submitted, never on timing, so compressed
+    results are bit-reproducible given the seed. One handle per tensor."""
+    return _enqueue_group(tensors, True, names, op, codec, prescale, postscale, adaptive)
+
+
+def grouped_allreduce_async(tensors: list, names: list[str] | None = None, op: str = "sum",
+                            codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
+                            adaptive: bool = True) -> list[Handle]:
+    """As grouped_allreduce_async_, into new objects; the inputs stay unchanged."""
+    return _enqueue_group(tensors, False, names, op, codec, prescale, postscale, adaptive)
+
+
+def grouped_allreduce(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",
+                      prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> list:
+    return [h.wait() for h in grouped_allreduce_async(tensors, names, op, codec, prescale, postscale, adaptive)]
+
+
+def grouped_allreduce_(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",
+                       prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> list:
+    return [h.wait() for h in grouped_allreduce_async_(tensors, names, op, codec, prescale, postscale, adaptive)]
 
 
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:

@@ -5,6 +5,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <unordered_set>
 
@@ -18,6 +19,17 @@ namespace nrt {
 namespace {
 const char* const kShutdownName = "__neptune_rt_shutdown__";
 
+// A peer announced that its engine failed: stop here too, without a farewell of our own (the peers know).
+class PeerFailure : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+EngineConfig resolved(EngineConfig c, int worldSize) {
+  if (c.compressedAlgorithm == CompressedAlgorithm::kAuto) c.compressedAlgorithm = chooseCompressedAlgorithm(worldSize);
+  return c;
+}
+
 std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
   std::string s;
   for (size_t i = 0; i < entries.size() && i < limit; ++i) s += (i ? ", '" : "'") + entries[i].meta.name + "'";
@@ -26,8 +38,46 @@ std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
 }
 }  // namespace
 
+void checkEntry(const Entry& e, int rank, int size) {
+  const TensorMeta& m = e.meta;
+  const auto where = [&] { return concat("neptune_rt: rank ", rank, ": tensor '", m.name, "'"); };
+  NRT_CHECK_ARG(!m.name.empty() && m.name.size() <= 1024, "neptune_rt: rank ", rank,
+                ": a tensor name must have 1 to 1024 characters, got ", m.name.size());
+  NRT_CHECK_ARG(m.shape.size() <= 32, where(), " has ", m.shape.size(), " dimensions; at most 32 are supported");
+  uint64_t numel = 1;
+  for (int64_t d : m.shape) {
+    NRT_CHECK_ARG(d >= 0, where(), " has a negative dimension (shape ", m.describe(), "); pass the real shape");
+    NRT_CHECK_ARG(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel), where(), " (shape ",
+                  m.describe(), ") has more elements than 2^64");
+  }
+  uint64_t bytes;
+  NRT_CHECK_ARG(!__builtin_mul_overflow(numel, static_cast<uint64_t>(dtypeSize(m.dtype)), &bytes) &&
+                    bytes <= (uint64_t{1} << 48),
+                where(), " (shape ", m.describe(), ") is larger than 2^48 bytes");
+  if (m.type == OpType::kAllreduce) {
+    NRT_CHECK_ARG(std::isfinite(e.prescale) && std::isfinite(e.postscale), where(), ": prescale ", e.prescale,
+                  " and postscale ", e.postscale, " must be finite");
+    NRT_CHECK_ARG(isFloating(m.dtype) || (e.prescale == 1.0 && e.postscale == 1.0), where(), " is ",
+                  dtypeName(m.dtype), ", and prescale/postscale factors (here ", e.prescale, " and ", e.postscale,
+                  ") apply only to floating tensors: scale the result yourself, or use a floating dtype");
+    const uint8_t codec = m.codec & ~kForceCodecBit;
+    NRT_CHECK_ARG(codec < codec_format::kNumCodecs || codec == kAutoCodecId, where(), ": unknown codec id ",
+                  int(codec));
+    NRT_CHECK_ARG(codec == codec_format::kNone || isFloating(m.dtype), where(), " is ", dtypeName(m.dtype),
+                  "; compression codecs need a floating dtype (use codec='none')");
+  }
+  if (m.type == OpType::kBroadcast)
+    NRT_CHECK_ARG(m.root >= 0 && m.root < size, where(), ": broadcast root ", m.root, " is not a rank of this ",
+                  size, "-rank job");
+}
+
 Engine::Engine(std::unique_ptr<Communicator> comm, EngineConfig config)
-    : comm_(std::move(comm)), config_(config), rank_(comm_->rank()), size_(comm_->size()) {
+    : comm_(std::move(comm)),
+      config_(resolved(config, comm_->size())),
+      rank_(comm_->rank()),
+      size_(comm_->size()) {
+  costModel_.deterministic = config_.deterministic;
+  costModel_.log = [this](const std::string& line) { log(kLogInfo, line); };
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -41,6 +91,9 @@ Engine::~Engine() {
 }
 
 std::shared_ptr<Handle> Engine::enqueue(Entry e) {
+  NRT_CHECK_ARG(e.meta.groupSize == 0, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
+                "' names a group; submit groups with enqueueGroup");
+  if (e.meta.type != OpType::kShutdown) checkEntry(e, rank_, size_);
   std::lock_guard<std::mutex> lock(mu_);
   if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
   if (inFlight_.count(e.meta.name))
@@ -56,7 +109,74 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   return handle;
 }
 
+std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> entries) {
+  NRT_CHECK_ARG(!entries.empty(), "neptune_rt: rank ", rank_, ": an empty group of all-reduces");
+  NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
+                " all-reduces is too large (at most 2^20)");
+  const TensorMeta& head = entries.front().meta;
+  std::unordered_set<std::string> names;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    Entry& e = entries[i];
+    NRT_CHECK_ARG(e.meta.type == OpType::kAllreduce, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
+                  "': only all-reduces can be grouped");
+    checkEntry(e, rank_, size_);
+    NRT_CHECK_ARG(e.meta.dtype == head.dtype && e.meta.op == head.op && e.meta.codec == head.codec,
+                  "neptune_rt: rank ", rank_, ": tensor '", e.meta.name, "' (", e.meta.describe(),
+                  ") differs from the group's first, '", head.name, "' (", head.describe(),
+                  "): a group's tensors share dtype, op and codec");
+    NRT_CHECK_ARG(names.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
+                  "' appears twice in one group");
+    e.meta.group = head.name;  // unique: tensor names in flight are
+    e.meta.groupSize = static_cast<uint32_t>(entries.size());
+    e.meta.groupIndex = static_cast<uint32_t>(i);
+  }
+  std::vector<std::shared_ptr<Handle>> handles;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
+  for (const Entry& e : entries)
+    if (inFlight_.count(e.meta.name))
+      throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", e.meta.name,
+                                         "' is already in flight; synchronize it before submitting the name again"));
+  // All members enter the queue together, so they are announced in the same cycle (bar a full message).
+  for (Entry& e : entries) {
+    e.handle = std::make_shared<Handle>(e.meta.name);
+    e.seq = nextSeq_++;
+    inFlight_[e.meta.name] = e.handle;
+    handles.push_back(e.handle);
+    incoming_.push_back(std::move(e));
+  }
+  cv_.notify_one();
+  return handles;
+}
+
+void Engine::setLogSink(std::function<void(int, const std::string&)> sink) {
+  std::lock_guard<std::mutex> lock(mu_);
+  logSink_ = std::move(sink);
+}
+
+void Engine::log(int level, const std::string& message) {
+  std::function<void(int, const std::string&)> sink;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sink = logSink_;
+  }
+  if (!sink) {
+    if (level >= kLogWarning) std::cerr << message << std::endl;
+    return;
+  }
+  completions_.push([sink, level, message] { sink(level, message); });
+}
+
+void Engine::failNextCycleForTesting(const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  injectedFailure_ = what;
+}
+
 void Engine::shutdown() {
+  if (completions_.onQueueThread())
+    throw std::logic_error(
+        concat("neptune_rt: rank ", rank_, ": shutdown() was called from a completion callback, which runs on "
+               "the engine's completion thread and would wait for itself; call it from the training thread"));
   if (running_.load()) {
     try {
       Entry e;
@@ -74,6 +194,7 @@ void Engine::shutdown() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  completions_.stop();  // every callback has run when shutdown returns
 }
 
 std::string Engine::costModelDescription() const {
@@ -118,10 +239,13 @@ Engine::StepResult Engine::step() {
     return progress ? StepResult::kProgress : StepResult::kNoProgress;
   } catch (const TimeoutError& e) {
     failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), true);
+  } catch (const PeerFailure& e) {
+    failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), false);
   } catch (const std::exception& e) {
-    failEverything(concat("neptune_rt: rank ", rank_, ": communication failed: ", e.what(),
-                          "\n  pending on rank ", rank_, ": ", namesOf(pending_)),
-                   false);
+    const std::string error = concat("neptune_rt: rank ", rank_, ": the engine failed: ", e.what(),
+                                     "\n  pending on rank ", rank_, ": ", namesOf(pending_));
+    announceFailure(error);
+    failEverything(error, false);
   }
   cv_.notify_all();
   return StepResult::kStopped;
@@ -163,7 +287,15 @@ void Engine::loop() {
 
 bool Engine::waitFor(Handle& h, double timeoutSeconds) {
   // A thread that waits drives the cycles itself while the engine thread is idle: a synchronous
-  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_).
+  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_). A
+  // completion callback may wait too: it runs on the completion thread, which never holds cycleMu_.
+  if (h.done()) return true;
+  const double t0 = monotonicSeconds();
+  struct AddWait {
+    EngineStats& stats;
+    double t0;
+    ~AddWait() { stats.addWait(monotonicSeconds() - t0); }
+  } addWait{stats_, t0};
   const Deadline deadline = Deadline::after(timeoutSeconds);
   while (!h.done()) {
     if (deadline.expired()) return false;
@@ -198,7 +330,8 @@ std::vector<char> Engine::buildMessage() {
     // latency-bound message (a forced codec is honoured).
     const bool codecAllows = e.meta.codec == codec_format::kNone ||
                              (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
-    const bool eager = e.meta.type == OpType::kAllreduce && codecAllows && bytes > 0 &&
+    // Grouped tensors never: their group travels as one bucket (fusion.h).
+    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
                        bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
     if (!eager) continue;
     EagerSum& sum = own.sums[e.meta.name];
@@ -214,7 +347,36 @@ std::vector<char> Engine::buildMessage() {
   return own.serialize();
 }
 
+void Engine::announceFailure(const std::string& error) {
+  // Peers are in (or about to enter) the next negotiation; ours carries the failure instead of tensors.
+  // Bounded by the timeout; if it fails too (peers already gone), the local error stands alone.
+  try {
+    MessageWriter w(false, {}, error);
+    GroupMessage own;
+    own.ranks[rank_] = w.bytes();
+    ExchangeOptions o;
+    static_cast<CollectiveOptions&>(o) = collectiveOptions("negotiation (failure notice)");
+    o.capacity = config_.negotiationBytes;
+    exchangeCombine(*comm_, own.serialize(), o,
+                    [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
+                      return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
+                                                   GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
+                          .serialize();
+                    });
+  } catch (const std::exception&) {
+  }
+}
+
 bool Engine::cycle() {
+  {
+    std::string injected;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      injected.swap(injectedFailure_);
+    }
+    if (!injected.empty()) throw std::runtime_error(injected);
+  }
+  const double negotiationStart = monotonicSeconds();
   ExchangeOptions o;
   static_cast<CollectiveOptions&>(o) = collectiveOptions("negotiation");
   o.capacity = config_.negotiationBytes;
@@ -238,6 +400,11 @@ bool Engine::cycle() {
     NRT_CHECK(it != all.ranks.end(), "neptune_rt: rank ", rank_, ": the negotiation lost rank ", r, "'s message");
     msgs.push_back(parseRankMessage(it->second.data(), it->second.size(), r));
   }
+  stats_.addNegotiation(monotonicSeconds() - negotiationStart);
+  for (int r = 0; r < size_; ++r)
+    if (!msgs[r].failure.empty())
+      throw PeerFailure(concat("neptune_rt: rank ", rank_, ": stopping because the engine of rank ", r,
+                               " failed:\n  ", msgs[r].failure));
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
@@ -272,11 +439,15 @@ Entry* Engine::findPending(const std::string& name) {
 }
 
 void Engine::finish(Entry& e, const std::string& error) {
+  if (deferFinish_) {
+    deferredFinish_.emplace_back(&e, error);
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     inFlight_.erase(e.meta.name);
   }
-  e.handle->complete(error);
+  completions_.push(e.handle->complete(error));
 }
 
 void Engine::execute(const MatchResult& match) {
@@ -381,7 +552,7 @@ void Engine::failEverything(const std::string& error, bool timedOut) {
     all.swap(pending_);
     inFlight_.clear();
   }
-  for (Entry& e : all) e.handle->complete(error, timedOut);
+  for (Entry& e : all) completions_.push(e.handle->complete(error, timedOut));
 }
 
 }  // namespace nrt
