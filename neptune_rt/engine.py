@@ -305,63 +305,6 @@ def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str
     return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
-def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: str, codec: str,
-                   prescale: float, postscale: float, adaptive: bool) -> list[Handle]:
-    engine = _require()
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("grouped all-reduce of no tensors")
-    if names is None:
-        names = [_auto_name("allreduce", None) for _ in tensors]
-    names = [_auto_name("allreduce", n) for n in names]
-    if len(names) != len(tensors):
-        raise ValueError(f"grouped all-reduce: {len(tensors)} tensors but {len(names)} names")
-    for n in names:
-        _check_op(op, n)
-    views, outs, out_views = [], [], []
-    for tensor, n in zip(tensors, names):
-        view = host_view(tensor, n, writable=in_place)
-        out = tensor if in_place else empty_like(tensor)
-        views.append(view)
-        outs.append(out)
-        out_views.append(view if in_place else host_view(out, n, writable=True))
-    dtypes = {v.dtype for v in views}
-    if len(dtypes) != 1:
-        raise ValueError(f"grouped all-reduce of {names[0]!r}...: the tensors must share one dtype, got "
-                         f"{sorted(dtypes)}")
-    natives = engine.enqueue_group_allreduce(names, [v.array for v in views], [v.array for v in out_views],
-                                             views[0].dtype, [list(v.shape) for v in views], op,
-                                             codec_id(codec, adaptive), prescale, postscale)
-    return [_track(Handle(native, (t, v, o, ov), _written(o, ov)))
-            for native, t, v, o, ov in zip(natives, tensors, views, outs, out_views)]
-
-
-def grouped_allreduce_async_(tensors: list, names: list[str] | None = None, op: str = "sum",
-                             codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
-                             adaptive: bool = True) -> list[Handle]:
-    """In-place all-reduce of several tensors of one dtype that travel as one bucket, in this order, once all
-    are ready on every rank. Fusion then depends only on what was submitted, never on timing, so compressed
-    results are bit-reproducible given the seed. One handle per tensor."""
-    return _enqueue_group(tensors, True, names, op, codec, prescale, postscale, adaptive)
-
-
-def grouped_allreduce_async(tensors: list, names: list[str] | None = None, op: str = "sum",
-                            codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
-                            adaptive: bool = True) -> list[Handle]:
-    """As grouped_allreduce_async_, into new objects; the inputs stay unchanged."""
-    return _enqueue_group(tensors, False, names, op, codec, prescale, postscale, adaptive)
-
-
-def grouped_allreduce(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",
-                      prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> list:
-    return [h.wait() for h in grouped_allreduce_async(tensors, names, op, codec, prescale, postscale, adaptive)]
-
-
-def grouped_allreduce_(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",
-                       prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> list:
-    return [h.wait() for h in grouped_allreduce_async_(tensors, names, op, codec, prescale, postscale, adaptive)]
-
-
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:
     """Concatenation of every rank's `tensor` along dimension 0 (first dimensions may differ)."""
     engine = _require()
@@ -453,3 +396,9 @@ def _install_exit_handlers() -> None:
             _C.abort_mpi(1)
         shutdown()
     atexit.register(at_exit)
+
+
+# Grouped all-reduces live in their own module (deterministic fusion); they are part of this API.
+from neptune_rt.grouped import (  # noqa: E402
+    grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,
+)

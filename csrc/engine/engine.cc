@@ -1,5 +1,6 @@
-// The background engine loop: negotiation cycles, dispatch of what was agreed, stalls and failures (see
-// engine.h). The collectives themselves run in engine_execute.cc (dense) and engine_compressed.cc.
+// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h). Submission and
+// argument checks are in engine_submit.cc, stalls and failures in engine_failures.cc, the collectives in
+// engine_execute.cc (dense) and engine_compressed.cc; callbacks run on the completion queue.
 #include "engine/engine.h"
 
 #include <sched.h>
@@ -38,39 +39,6 @@ std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
 }
 }  // namespace
 
-void checkEntry(const Entry& e, int rank, int size) {
-  const TensorMeta& m = e.meta;
-  const auto where = [&] { return concat("neptune_rt: rank ", rank, ": tensor '", m.name, "'"); };
-  NRT_CHECK_ARG(!m.name.empty() && m.name.size() <= 1024, "neptune_rt: rank ", rank,
-                ": a tensor name must have 1 to 1024 characters, got ", m.name.size());
-  NRT_CHECK_ARG(m.shape.size() <= 32, where(), " has ", m.shape.size(), " dimensions; at most 32 are supported");
-  uint64_t numel = 1;
-  for (int64_t d : m.shape) {
-    NRT_CHECK_ARG(d >= 0, where(), " has a negative dimension (shape ", m.describe(), "); pass the real shape");
-    NRT_CHECK_ARG(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel), where(), " (shape ",
-                  m.describe(), ") has more elements than 2^64");
-  }
-  uint64_t bytes;
-  NRT_CHECK_ARG(!__builtin_mul_overflow(numel, static_cast<uint64_t>(dtypeSize(m.dtype)), &bytes) &&
-                    bytes <= (uint64_t{1} << 48),
-                where(), " (shape ", m.describe(), ") is larger than 2^48 bytes");
-  if (m.type == OpType::kAllreduce) {
-    NRT_CHECK_ARG(std::isfinite(e.prescale) && std::isfinite(e.postscale), where(), ": prescale ", e.prescale,
-                  " and postscale ", e.postscale, " must be finite");
-    NRT_CHECK_ARG(isFloating(m.dtype) || (e.prescale == 1.0 && e.postscale == 1.0), where(), " is ",
-                  dtypeName(m.dtype), ", and prescale/postscale factors (here ", e.prescale, " and ", e.postscale,
-                  ") apply only to floating tensors: scale the result yourself, or use a floating dtype");
-    const uint8_t codec = m.codec & ~kForceCodecBit;
-    NRT_CHECK_ARG(codec < codec_format::kNumCodecs || codec == kAutoCodecId, where(), ": unknown codec id ",
-                  int(codec));
-    NRT_CHECK_ARG(codec == codec_format::kNone || isFloating(m.dtype), where(), " is ", dtypeName(m.dtype),
-                  "; compression codecs need a floating dtype (use codec='none')");
-  }
-  if (m.type == OpType::kBroadcast)
-    NRT_CHECK_ARG(m.root >= 0 && m.root < size, where(), ": broadcast root ", m.root, " is not a rank of this ",
-                  size, "-rank job");
-}
-
 Engine::Engine(std::unique_ptr<Communicator> comm, EngineConfig config)
     : comm_(std::move(comm)),
       config_(resolved(config, comm_->size())),
@@ -88,88 +56,6 @@ Engine::~Engine() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-}
-
-std::shared_ptr<Handle> Engine::enqueue(Entry e) {
-  NRT_CHECK_ARG(e.meta.groupSize == 0, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
-                "' names a group; submit groups with enqueueGroup");
-  if (e.meta.type != OpType::kShutdown) checkEntry(e, rank_, size_);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
-  if (inFlight_.count(e.meta.name))
-    throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", e.meta.name,
-                                       "' is already in flight; synchronize it before submitting the name again, "
-                                       "or give this one another name"));
-  e.handle = std::make_shared<Handle>(e.meta.name);
-  e.seq = nextSeq_++;
-  inFlight_[e.meta.name] = e.handle;
-  auto handle = e.handle;
-  incoming_.push_back(std::move(e));
-  cv_.notify_one();
-  return handle;
-}
-
-std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> entries) {
-  NRT_CHECK_ARG(!entries.empty(), "neptune_rt: rank ", rank_, ": an empty group of all-reduces");
-  NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
-                " all-reduces is too large (at most 2^20)");
-  const TensorMeta& head = entries.front().meta;
-  std::unordered_set<std::string> names;
-  for (size_t i = 0; i < entries.size(); ++i) {
-    Entry& e = entries[i];
-    NRT_CHECK_ARG(e.meta.type == OpType::kAllreduce, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
-                  "': only all-reduces can be grouped");
-    checkEntry(e, rank_, size_);
-    NRT_CHECK_ARG(e.meta.dtype == head.dtype && e.meta.op == head.op && e.meta.codec == head.codec,
-                  "neptune_rt: rank ", rank_, ": tensor '", e.meta.name, "' (", e.meta.describe(),
-                  ") differs from the group's first, '", head.name, "' (", head.describe(),
-                  "): a group's tensors share dtype, op and codec");
-    NRT_CHECK_ARG(names.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
-                  "' appears twice in one group");
-    e.meta.group = head.name;  // unique: tensor names in flight are
-    e.meta.groupSize = static_cast<uint32_t>(entries.size());
-    e.meta.groupIndex = static_cast<uint32_t>(i);
-  }
-  std::vector<std::shared_ptr<Handle>> handles;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
-  for (const Entry& e : entries)
-    if (inFlight_.count(e.meta.name))
-      throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", e.meta.name,
-                                         "' is already in flight; synchronize it before submitting the name again"));
-  // All members enter the queue together, so they are announced in the same cycle (bar a full message).
-  for (Entry& e : entries) {
-    e.handle = std::make_shared<Handle>(e.meta.name);
-    e.seq = nextSeq_++;
-    inFlight_[e.meta.name] = e.handle;
-    handles.push_back(e.handle);
-    incoming_.push_back(std::move(e));
-  }
-  cv_.notify_one();
-  return handles;
-}
-
-void Engine::setLogSink(std::function<void(int, const std::string&)> sink) {
-  std::lock_guard<std::mutex> lock(mu_);
-  logSink_ = std::move(sink);
-}
-
-void Engine::log(int level, const std::string& message) {
-  std::function<void(int, const std::string&)> sink;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    sink = logSink_;
-  }
-  if (!sink) {
-    if (level >= kLogWarning) std::cerr << message << std::endl;
-    return;
-  }
-  completions_.push([sink, level, message] { sink(level, message); });
-}
-
-void Engine::failNextCycleForTesting(const std::string& what) {
-  std::lock_guard<std::mutex> lock(mu_);
-  injectedFailure_ = what;
 }
 
 void Engine::shutdown() {
@@ -347,26 +233,6 @@ std::vector<char> Engine::buildMessage() {
   return own.serialize();
 }
 
-void Engine::announceFailure(const std::string& error) {
-  // Peers are in (or about to enter) the next negotiation; ours carries the failure instead of tensors.
-  // Bounded by the timeout; if it fails too (peers already gone), the local error stands alone.
-  try {
-    MessageWriter w(false, {}, error);
-    GroupMessage own;
-    own.ranks[rank_] = w.bytes();
-    ExchangeOptions o;
-    static_cast<CollectiveOptions&>(o) = collectiveOptions("negotiation (failure notice)");
-    o.capacity = config_.negotiationBytes;
-    exchangeCombine(*comm_, own.serialize(), o,
-                    [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
-                      return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
-                                                   GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
-                          .serialize();
-                    });
-  } catch (const std::exception&) {
-  }
-}
-
 bool Engine::cycle() {
   {
     std::string injected;
@@ -454,10 +320,19 @@ void Engine::execute(const MatchResult& match) {
   participants_ = size_ - static_cast<int>(match.joined.size());
   std::vector<const ReadyTensor*> allreduces;
   bool shutdownReady = false;
+  // A group with a failed member can never run as one bucket: its other members fail too, now or whenever
+  // they become ready (identically on every rank: errors and readiness are agreed).
+  for (const ReadyTensor& t : match.ready)
+    if (!t.error.empty() && t.meta.groupSize) failedGroups_.emplace(t.meta.group, std::make_pair(t.error, 0u));
   for (const ReadyTensor& t : match.ready) {
     Entry* local = findPending(t.meta.name);
-    if (!t.error.empty()) {
-      if (local) finish(*local, t.error);
+    auto failed = t.meta.groupSize ? failedGroups_.find(t.meta.group) : failedGroups_.end();
+    if (!t.error.empty() || failed != failedGroups_.end()) {
+      if (local)
+        finish(*local, !t.error.empty() ? t.error
+                                        : concat("neptune_rt: rank ", rank_, ": tensor '", t.meta.name,
+                                                 "' was grouped with a tensor that failed:\n", failed->second.first));
+      if (failed != failedGroups_.end() && ++failed->second.second == t.meta.groupSize) failedGroups_.erase(failed);
       continue;
     }
     switch (t.meta.type) {
@@ -500,59 +375,6 @@ void Engine::execute(const MatchResult& match) {
       if (e.meta.type == OpType::kShutdown) finish(e);
     shutdownDone_ = true;
   }
-}
-
-void Engine::trackStalls(const MatchResult& match) {
-  const auto now = Clock::now();
-  std::unordered_set<std::string> partialNow;
-  for (const PartialTensor& p : match.partial) {
-    partialNow.insert(p.name);
-    auto it = stallSince_.emplace(p.name, now).first;
-    const double waited = std::chrono::duration<double>(now - it->second).count();
-    if (waited >= config_.stallWarningSeconds && !stallWarned_[p.name]) {
-      stallWarned_[p.name] = true;
-      std::cerr << "neptune_rt: warning: tensor '" << p.name << "' was submitted by ranks " << rankList(p.have)
-                << " but not by ranks " << rankList(p.missing) << " for " << static_cast<int>(waited) << " s"
-                << std::endl;
-    }
-    if (waited >= config_.timeoutSeconds) toAbandon_.push_back(p.name);
-  }
-  for (auto it = stallSince_.begin(); it != stallSince_.end();) {
-    if (partialNow.count(it->first) && std::find(toAbandon_.begin(), toAbandon_.end(), it->first) == toAbandon_.end()) {
-      ++it;
-    } else {
-      stallWarned_.erase(it->first);
-      it = stallSince_.erase(it);
-    }
-  }
-}
-
-void Engine::failAbandoned(const std::vector<std::string>& abandoned, const MatchResult& match) {
-  for (const std::string& name : abandoned) {
-    Entry* local = findPending(name);
-    if (!local) continue;
-    std::string who;
-    for (const PartialTensor& p : match.partial)
-      if (p.name == name) who = concat(": submitted by ranks ", rankList(p.have), " but never by ranks ", rankList(p.missing));
-    finish(*local, concat("neptune_rt: rank ", rank_, ": tensor '", name, "' timed out after ", config_.timeoutSeconds,
-                          " s", who, " (a rank skipped this collective or used another name)"));
-  }
-}
-
-void Engine::failEverything(const std::string& error, bool timedOut) {
-  std::vector<Entry> all;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    running_ = false;
-    if (fatal_.empty()) fatal_ = error;
-    while (!incoming_.empty()) {
-      pending_.push_back(std::move(incoming_.front()));
-      incoming_.pop_front();
-    }
-    all.swap(pending_);
-    inFlight_.clear();
-  }
-  for (Entry& e : all) completions_.push(e.handle->complete(error, timedOut));
 }
 
 }  // namespace nrt

@@ -166,6 +166,8 @@ class Engine {
   std::vector<char> scratch_;
   bool shutdownDone_ = false;
   int participants_ = 1;  // ranks that have not joined, in the cycle being executed
+  // Groups with a failed member: (the error, members failed so far); the rest fail as they become ready.
+  std::unordered_map<std::string, std::pair<std::string, uint32_t>> failedGroups_;
   // Compression state (engine thread). Error feedback is keyed by tensor name, so it survives re-bucketing;
   // the second quantization's residual is keyed by the bucket's composition.
   CostModel costModel_;

@@ -111,6 +111,17 @@ def scenario_groups() -> None:
         first = flat if first is None else first
     # Fresh names start from zero residuals and the same bucket (the group): bitwise the same result again.
     assert np.array_equal(first, flat)
+    if n > 1:  # a member whose shape differs between ranks fails, and takes its whole group down with it
+        hs = nrt.grouped_allreduce_async([np.ones(10), np.ones(5 + (r == 1))], names=["ok_member", "bad_member"])
+        errors = []
+        for h in hs:
+            try:
+                h.wait(timeout=60)
+            except RuntimeError as err:
+                errors.append(str(err))
+        assert len(errors) == 2 and "bad_member" in errors[0] and "bad_member" in errors[1], errors
+        assert "grouped with a tensor that failed" in errors[0] and "different arguments" in errors[1], errors
+        assert np.all(nrt.allreduce(np.ones(3), name="after_bad_group") == n)
     nrt.shutdown()
 
 
