@@ -7,6 +7,7 @@ from neptune_rt.engine import (  # noqa: F401
     CODECS, OPS, Handle, allgather, allgather_async, allreduce, allreduce_, allreduce_async, allreduce_async_,
     barrier, broadcast, cost_model, broadcast_, broadcast_async, broadcast_async_, codec_id, comm, init, is_initialized,
     join, local_rank, local_size, poll, rank, shutdown, size, synchronize,
+    grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_, stats, bucket_records,
 )
 from neptune_rt.engine import __all__ as _engine_all
 

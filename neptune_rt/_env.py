@@ -48,6 +48,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_COST_MODEL", "1",
          "1: per bucket, use compression only where the probed cost model predicts it is faster; "
          "0: always use the requested codec", lambda v: v.strip().lower() not in ("0", "false", "no", "off")),
+    Knob("NEPTUNE_RT_DETERMINISTIC", "0",
+         "1: no timing-based decisions (no cost-model probe; adaptive codecs compress every bucket of at least "
+         "256 KB of fp32 and leave smaller ones dense); set it on every rank",
+         lambda v: v.strip().lower() not in ("0", "false", "no", "off", "")),
     Knob("NEPTUNE_RT_MPI", "wheel",
          "build time (Makefile): 'wheel' uses the Open MPI + mpi4py wheels, 'system' the mpicc on PATH", str),
 ]}

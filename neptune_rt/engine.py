@@ -24,12 +24,21 @@ __all__ = [
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "barrier", "join",
     "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id", "cost_model",
+    "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",
+    "stats", "bucket_records",
 ]
 
 OPS = ("sum", "average", "min", "max")
-# Codecs the engine can apply per bucket ("none" = dense; "auto" = the cost model picks dense, fp16 or int8).
-# Codec kernels and their numpy references live in neptune_rt.codecs.
-CODECS = ("none", "fp16", "bf16", "int8", "int4", "onebit", "auto")
+
+
+def _engine_codecs() -> tuple[str, ...]:
+    """The codecs this build's engine applies per bucket: the extension's codec table ("none" = dense) plus
+    "auto" (the cost model picks dense, fp16 or int8). Kernels and numpy references: neptune_rt.codecs."""
+    from neptune_rt import _C
+    return (*_C.codec_names(), "auto")
+
+
+CODECS: tuple[str, ...] = _engine_codecs()
 
 _state_lock = threading.Lock()
 _engine = None
@@ -38,6 +47,7 @@ _local_rank = 0
 _local_size = 1
 _counters: dict[str, itertools.count] = {}
 _inflight: dict[int, "Handle"] = {}
+_inflight_lock = threading.Lock()  # handles are submitted and waited on from several threads
 _failed_exit = False
 _failure: str | None = None  # the first engine failure (set-up, communication, shut-down) of this process
 
@@ -50,8 +60,8 @@ def codec_id(codec: str, adaptive: bool = True) -> int:
     even where the cost model predicts the dense path to be faster."""
     if not _CODEC_IDS:
         from neptune_rt import _C
-        _CODEC_IDS.update({name: i for i, name in enumerate(_C.codec_names())}, auto=_C.CODEC_AUTO_ID)
-        _CODEC_IDS["_force"] = _C.CODEC_FORCE_BIT
+        ids = {name: i for i, name in enumerate(_C.codec_names()) if name in CODECS}
+        _CODEC_IDS.update(ids, auto=_C.CODEC_AUTO_ID, _force=_C.CODEC_FORCE_BIT)
     ident = _CODEC_IDS.get(codec) if codec in CODECS else None
     if ident is None:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
@@ -102,6 +112,7 @@ def init(comm: Any = None) -> None:
                 seed=_env.get("NEPTUNE_RT_SEED"),
                 compressed_algorithm=algorithm,
                 cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
+                deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
             )
         except TimeoutError as err:
             _record_failure(str(err))
@@ -130,7 +141,8 @@ def shutdown() -> None:
         if failed_before is not None:
             _record_failure(failed_before)
         if _failure is None:
-            _inflight.clear()
+            with _inflight_lock:
+                _inflight.clear()
         # else: handles keep the user buffers that requests left posted may still touch (never freed)
 
 
@@ -157,6 +169,21 @@ def _require() -> Any:
 def cost_model() -> str:
     """The probed link/codec cost model ("" until the first compressed bucket ran)."""
     return _require().cost_model
+
+
+def stats() -> dict:
+    """Cumulative counters since init, read without synchronisation: buckets, tensors, bytes_raw
+    (uncompressed bytes all-reduced), bytes_wire (bytes this rank sent), negotiate_s, encode_s, wire_s,
+    decode_s, wait_s (seconds), codecs ({codec: buckets}). Eager all-reduces count as buckets of one; a
+    dense bucket's encode/decode are its packing and unpacking."""
+    return _require().stats()
+
+
+def bucket_records(clear: bool = True) -> list[dict]:
+    """Per-bucket records, oldest first, of the last BUCKET_RECORDS_KEPT (4096) buckets: start (seconds on
+    time.monotonic()'s clock), codec, tensors, bytes_raw, bytes_wire, encode_s, wire_s, decode_s. clear=True
+    empties the ring, so successive calls return disjoint records."""
+    return _require().bucket_records(clear)
 
 
 def rank() -> int:
@@ -224,7 +251,8 @@ class Handle:
             # A failed handle keeps its buffers (tracked in _inflight) for good: if the engine's
             # communication failed, requests left posted may still touch them (docs/failures.md).
             raise (TimeoutError if self._native.timed_out else RuntimeError)(error)
-        _inflight.pop(id(self), None)
+        with _inflight_lock:
+            _inflight.pop(id(self), None)
         if not self._finalized:
             self._result = self._finalize()
             self._finalized = True
@@ -232,16 +260,19 @@ class Handle:
         return self._result
 
     def add_done_callback(self, fn: Callable[["Handle"], None]) -> None:
-        """Calls fn(handle) when done, on the engine thread (keep it short: it holds up communication)."""
+        """Calls fn(handle) when done: on the engine's completion thread, in completion order (at once on this
+        thread if already done). Never under the engine's locks: fn may wait on other handles, and slow work
+        there delays later callbacks, not communication. fn must not call shutdown() (RuntimeError)."""
         self._native.add_callback(lambda: fn(self))
 
 
 def _track(handle: Handle) -> Handle:
     # Handles the caller drops must still keep their buffers alive: hold them until they are done.
-    if len(_inflight) > 64:  # failed handles stay: their buffers may still be in use (see Handle.wait)
-        for key in [k for k, h in _inflight.items() if h.done() and not h._native.error]:
-            del _inflight[key]
-    _inflight[id(handle)] = handle
+    with _inflight_lock:
+        if len(_inflight) > 64:  # failed handles stay: their buffers may still be in use (see Handle.wait)
+            for key in [k for k, h in _inflight.items() if h.done() and not h._native.error]:
+                del _inflight[key]
+        _inflight[id(handle)] = handle
     return handle
 
 
@@ -415,3 +446,9 @@ def _comm_rank() -> int:
         return MPI.COMM_WORLD.Get_rank()
     except Exception:  # noqa: BLE001 - only for a message
         return -1
+
+
+# Grouped all-reduces live in their own module (deterministic fusion); they are part of this API.
+from neptune_rt.grouped import (  # noqa: E402
+    grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,
+)

@@ -68,6 +68,87 @@ std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
   return engine.enqueue(std::move(e));
 }
 
+// Destroying an engine drains its completion queue, whose Python callbacks need the GIL: never hold it then.
+struct EngineDeleter {
+  void operator()(Engine* e) const {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      delete e;
+    } else {
+      delete e;
+    }
+  }
+};
+using EnginePtr = std::unique_ptr<Engine, EngineDeleter>;
+
+// The engine's log lines go to Python's logging ("neptune_rt" logger), called on the completion thread.
+std::function<void(int, const std::string&)> pythonLogSink() {
+  py::gil_scoped_acquire gil;
+  auto logger = std::shared_ptr<py::object>(
+      new py::object(py::module_::import("logging").attr("getLogger")("neptune_rt")), [](py::object* o) {
+        py::gil_scoped_acquire acquire;
+        delete o;
+      });
+  return [logger](int level, const std::string& line) {
+    py::gil_scoped_acquire acquire;
+    logger->attr("log")(level, line);
+  };
+}
+
+Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer input, py::buffer output,
+                     const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                     double prescale, double postscale) {
+  Entry e;
+  e.meta = makeMeta(name, OpType::kAllreduce, dtype, std::move(shape));
+  e.meta.op = reduceOpFromName(op);
+  NRT_CHECK_ARG(codec >= 0 && codec <= 0xff, "neptune_rt: tensor '", name, "': codec id ", codec, " is out of range");
+  e.meta.codec = static_cast<uint8_t>(codec);
+  e.prescale = prescale;
+  e.postscale = postscale;
+  checkEntry(e, engine.rank(), engine.size());  // shape first: the size check below needs a sane numel
+  BufferView in = viewBuffer(input, dtype, false, name), out = viewBuffer(output, dtype, true, name);
+  checkSize(e.meta, in);
+  checkSize(e.meta, out);
+  e.input = in.ptr;
+  e.output = out.ptr;
+  return e;
+}
+
+py::dict statsDict(const EngineStats::Totals& t) {
+  py::dict codecs;
+  for (Codec c : allCodecs())
+    if (t.codecBuckets[static_cast<int>(c)]) codecs[codecName(c)] = t.codecBuckets[static_cast<int>(c)];
+  py::dict d;
+  d["buckets"] = t.buckets;
+  d["tensors"] = t.tensors;
+  d["bytes_raw"] = t.bytesRaw;
+  d["bytes_wire"] = t.bytesWire;
+  d["negotiate_s"] = t.negotiateSeconds;
+  d["encode_s"] = t.encodeSeconds;
+  d["wire_s"] = t.wireSeconds;
+  d["decode_s"] = t.decodeSeconds;
+  d["wait_s"] = t.waitSeconds;
+  d["codecs"] = codecs;
+  return d;
+}
+
+py::list recordList(const std::vector<BucketRecord>& records) {
+  py::list out;
+  for (const BucketRecord& r : records) {
+    py::dict d;
+    d["start"] = r.start;
+    d["codec"] = r.codec;
+    d["tensors"] = r.tensors;
+    d["bytes_raw"] = r.bytesRaw;
+    d["bytes_wire"] = r.bytesWire;
+    d["encode_s"] = r.encodeSeconds;
+    d["wire_s"] = r.wireSeconds;
+    d["decode_s"] = r.decodeSeconds;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 void registerEngine(py::module_& m) {
@@ -83,7 +164,7 @@ void registerEngine(py::module_& m) {
       .def_property_readonly("error", &Handle::error)
       .def_property_readonly("timed_out", &Handle::timedOut)
       .def("add_callback", &Handle::addCallback, py::arg("fn"),
-           "Call fn() on the engine thread when done (at once if already done)")
+           "Call fn() on the engine's completion thread when done (at once, on this thread, if already done)")
       .def_property_readonly("output_shape", [](const Handle& h) { return h.outputShape; })
       .def_property_readonly("value", [](const Handle& h) { return h.value; })
       .def_property_readonly("codec_used", [](const Handle& h) { return h.codecUsed; })
@@ -120,10 +201,11 @@ void registerEngine(py::module_& m) {
            "The codec the engine would use for such a bucket ('none' = dense ring)")
       .def("describe", &CostModel::describe);
 
+  m.attr("BUCKET_RECORDS_KEPT") = EngineStats::kRecordCapacity;
   py::class_<Engine, EnginePtr>(m, "Engine", "Background communication engine over an mpi4py communicator")
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
-                       uint64_t seed, const std::string& compressedAlgorithm, bool costModel) {
+                       uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic) {
              EngineConfig c;
              c.fusionBytes = fusionBytes;
              c.eagerBytes = eagerBytes;
@@ -140,15 +222,18 @@ void registerEngine(py::module_& m) {
              c.seed = seed;
              c.compressedAlgorithm = compressedAlgorithmFromName(compressedAlgorithm);
              c.useCostModel = costModel;
+             c.deterministic = deterministic;
              NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
                            " must stay below ", c.negotiationBytes - 4096);
-             // Set-up (MPI_Comm_idup, MPI_Iallgather) is collective: bounded by the same timeout.
-             return EnginePtr(new Engine(communicatorFromMpi4py(comm, timeout, "init()"), c));
+             EnginePtr engine(new Engine(communicatorFromMpi4py(comm, timeout, "init()"), c));
+             engine->setLogSink(pythonLogSink());
+             return engine;
            }),
            py::arg("mpi_comm"), py::arg("fusion_bytes"), py::arg("eager_bytes"), py::arg("cycle_ms"),
            py::arg("timeout"), py::arg("stall_warning"), py::arg("segment_bytes"),
            py::arg("codec_block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest",
-           py::arg("seed") = 0, py::arg("compressed_algorithm") = "two_phase", py::arg("cost_model") = true)
+           py::arg("seed") = 0, py::arg("compressed_algorithm") = "auto", py::arg("cost_model") = true,
+           py::arg("deterministic") = false)
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)
@@ -169,17 +254,8 @@ void registerEngine(py::module_& m) {
           "enqueue_allreduce",
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
              std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale) {
-            Entry e;
-            e.meta = makeMeta(name, OpType::kAllreduce, dtype, std::move(shape));
-            e.meta.op = reduceOpFromName(op);
-            e.meta.codec = static_cast<uint8_t>(codec);
-            BufferView in = viewBuffer(input, dtype, false, name), out = viewBuffer(output, dtype, true, name);
-            checkSize(e.meta, in);
-            checkSize(e.meta, out);
-            e.input = in.ptr;
-            e.output = out.ptr;
-            e.prescale = prescale;
-            e.postscale = postscale;
+            Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
+                                     postscale);
             return submit(engine, std::move(e));
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
@@ -191,6 +267,7 @@ void registerEngine(py::module_& m) {
             NRT_CHECK_ARG(!shape.empty(), "neptune_rt: allgather of '", name, "' needs at least one dimension");
             Entry e;
             e.meta = makeMeta(name, OpType::kAllgather, dtype, std::move(shape));
+            checkEntry(e, engine.rank(), engine.size());
             BufferView in = viewBuffer(input, dtype, false, name);
             checkSize(e.meta, in);
             e.input = in.ptr;
@@ -201,11 +278,10 @@ void registerEngine(py::module_& m) {
           "enqueue_broadcast",
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
              std::vector<int64_t> shape, int root) {
-            NRT_CHECK_ARG(root >= 0 && root < engine.size(), "neptune_rt: broadcast of '", name, "': root ", root,
-                          " is not a rank of this ", engine.size(), "-rank job");
             Entry e;
             e.meta = makeMeta(name, OpType::kBroadcast, dtype, std::move(shape));
             e.meta.root = root;
+            checkEntry(e, engine.rank(), engine.size());
             BufferView in = viewBuffer(input, dtype, false, name), out = viewBuffer(output, dtype, true, name);
             checkSize(e.meta, in);
             checkSize(e.meta, out);
@@ -230,6 +306,32 @@ void registerEngine(py::module_& m) {
             return submit(engine, std::move(e));
           },
           py::arg("name"))
+      .def(
+          "enqueue_group_allreduce",
+          [](Engine& engine, const std::vector<std::string>& names, const std::vector<py::buffer>& inputs,
+             const std::vector<py::buffer>& outputs, const std::string& dtype,
+             const std::vector<std::vector<int64_t>>& shapes, const std::string& op, int codec, double prescale,
+             double postscale) {
+            NRT_CHECK_ARG(names.size() == inputs.size() && names.size() == outputs.size() &&
+                              names.size() == shapes.size(),
+                          "neptune_rt: a group needs as many names, inputs, outputs and shapes (got ", names.size(),
+                          ", ", inputs.size(), ", ", outputs.size(), ", ", shapes.size(), ")");
+            std::vector<Entry> entries;
+            for (size_t i = 0; i < names.size(); ++i)
+              entries.push_back(
+                  allreduceEntry(engine, names[i], inputs[i], outputs[i], dtype, shapes[i], op, codec, prescale, postscale));
+            py::gil_scoped_release release;
+            return engine.enqueueGroup(std::move(entries));
+          },
+          py::arg("names"), py::arg("inputs"), py::arg("outputs"), py::arg("dtype"), py::arg("shapes"), py::arg("op"),
+          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,
+          "All-reduces that travel as one bucket, in this order (deterministic fusion); one handle each")
+      .def("stats", [](Engine& e) { return statsDict(e.stats().totals()); },
+           "Cumulative counters since the engine started (no synchronisation)")
+      .def("bucket_records", [](Engine& e, bool clear) { return recordList(e.stats().records(clear)); },
+           py::arg("clear") = true, "The last BUCKET_RECORDS_KEPT per-bucket records, oldest first")
+      .def("_fail_next_cycle", &Engine::failNextCycleForTesting, py::arg("what"),
+           "Tests only: this rank's next cycle fails with `what`, as if its engine thread had failed")
       .def("wait", [](Engine& e, Handle& h, double timeout) { return e.waitFor(h, timeout); }, py::arg("handle"),
            py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for a handle, running negotiation cycles on this thread while the engine thread is idle")

@@ -30,9 +30,12 @@ void checkCount(size_t n) {
 const char* codecName(Codec c) { return cf::codecNameOf(id(c)); }
 
 Codec codecFromName(const std::string& name) {
-  for (uint8_t i = 0; i < cf::kNumCodecs; ++i)
+  std::string known;  // from the one name table (format.h ids, payload_check.h names)
+  for (uint8_t i = 0; i < cf::kNumCodecs; ++i) {
     if (name == cf::codecNameOf(i)) return static_cast<Codec>(i);
-  throw std::invalid_argument("neptune_rt: unknown codec '" + name + "' (none, fp16, bf16, int8, int4, onebit)");
+    known += (i ? ", " : "") + std::string(cf::codecNameOf(i));
+  }
+  throw std::invalid_argument("neptune_rt: unknown codec '" + name + "' (" + known + ")");
 }
 
 std::vector<Codec> allCodecs() {

@@ -4,6 +4,7 @@
 
 #include <numeric>
 
+#include "collectives/doubling.h"
 #include "collectives/reduce.h"
 #include "collectives/ring.h"
 #include "common/error.h"
@@ -34,59 +35,49 @@ AllreduceAlgorithm chooseAllreduceAlgorithm(size_t bytes, int worldSize) {
 
 namespace {
 
-// Recursive doubling (MPICH's scheme): fold the first 2*rem ranks pairwise so a power of two p remains,
-// exchange whole buffers with partner (rank ^ mask) for mask = 1, 2, .. p/2, then unfold. Each exchange
-// combines the same two operands on both sides in the same commutative way, so all ranks end bitwise equal.
+// Recursive doubling on the shared schedule (doubling.h): fold, exchange whole buffers with the partner of
+// each step, unfold. Each exchange combines the same two operands on both sides in the same commutative way,
+// so all ranks end bitwise equal.
 void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
-  const int n = comm.size();
-  const int r = comm.rank();
+  const DoublingSchedule plan(comm.size(), comm.rank());
   const size_t bytes = o.count * dtypeSize(o.dtype);
   const Deadline deadline = Deadline::after(o.timeoutSeconds);
   const char* what = o.name.c_str();
-  int p = 1;
-  while (p * 2 <= n) p *= 2;
-  const int rem = n - p;
   std::vector<char> incoming(bytes);
   PostedBuffers posted(comm, o.name);  // on an error a receive may still be posted into `incoming`
   posted.keep(incoming);
+  const auto wait = [&](Request& rq) { comm.wait(rq, deadline, what, nullptr, kLatencyYieldWindow); };
 
-  int virtualRank;  // -1: folded away (an even rank below 2*rem) until the final unfold
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      Request s = comm.isend(o.buffer, bytes, r + 1, o.tag);
-      comm.wait(s, deadline, what, nullptr, kLatencyYieldWindow);
-      virtualRank = -1;
+  const int foldPartner = plan.foldPartner();
+  if (foldPartner >= 0) {
+    if (plan.foldedAway()) {
+      Request s = comm.isend(o.buffer, bytes, foldPartner, o.tag);
+      wait(s);
     } else {
-      Request rv = comm.irecv(incoming.data(), bytes, r - 1, o.tag);
-      comm.wait(rv, deadline, what, nullptr, kLatencyYieldWindow);
+      Request rv = comm.irecv(incoming.data(), bytes, foldPartner, o.tag);
+      wait(rv);
       reduceInto(o.buffer, incoming.data(), o.count, o.dtype, o.op);
-      virtualRank = r / 2;
     }
-  } else {
-    virtualRank = r - rem;
   }
-  const auto realRank = [rem](int v) { return v < rem ? v * 2 + 1 : v + rem; };
-
-  if (virtualRank >= 0) {
-    for (int mask = 1; mask < p; mask <<= 1) {
-      const int partner = realRank(virtualRank ^ mask);
+  if (!plan.foldedAway()) {
+    for (int mask = 1; mask < plan.powerOfTwo(); mask <<= 1) {
+      const int partner = plan.partner(mask);
       Request rv = comm.irecv(incoming.data(), bytes, partner, o.tag);
       Request s = comm.isend(o.buffer, bytes, partner, o.tag);
-      comm.wait(rv, deadline, what, nullptr, kLatencyYieldWindow);
-      comm.wait(s, deadline, what, nullptr, kLatencyYieldWindow);
+      wait(rv);
+      wait(s);
       reduceInto(o.buffer, incoming.data(), o.count, o.dtype, o.op);
     }
+    if (o.op == ReduceOp::kAverage)
+      finalizeAverage(o.buffer, o.count, o.dtype, o.averageDivisor > 0 ? o.averageDivisor : comm.size());
   }
-  if (o.op == ReduceOp::kAverage && virtualRank >= 0)
-    finalizeAverage(o.buffer, o.count, o.dtype, o.averageDivisor > 0 ? o.averageDivisor : n);
-
-  if (r < 2 * rem) {  // unfold: odd ranks hand the result back to their even partner
-    if (r % 2 == 0) {
-      Request rv = comm.irecv(o.buffer, bytes, r + 1, o.tag);
-      comm.wait(rv, deadline, what, nullptr, kLatencyYieldWindow);
+  if (foldPartner >= 0) {  // unfold: the folding odd rank hands the result back to its even partner
+    if (plan.foldedAway()) {
+      Request rv = comm.irecv(o.buffer, bytes, foldPartner, o.tag);
+      wait(rv);
     } else {
-      Request s = comm.isend(o.buffer, bytes, r - 1, o.tag);
-      comm.wait(s, deadline, what, nullptr, kLatencyYieldWindow);
+      Request s = comm.isend(o.buffer, bytes, foldPartner, o.tag);
+      wait(s);
     }
   }
 }

@@ -4,6 +4,8 @@
 #include "collectives/compressed_allreduce.h"
 
 #include <algorithm>
+#include <chrono>
+#include <utility>
 
 #include "collectives/allreduce.h"
 #include "collectives/ring.h"
@@ -97,12 +99,38 @@ EncodeParams encodeParams(const CompressedAllreduceOptions& o, uint64_t stream) 
   return p;
 }
 
+thread_local CodecSeconds tlsCodecSeconds;
+
+// Adds the seconds of its scope to `acc`.
+class CodecTimer {
+ public:
+  explicit CodecTimer(double& acc) : acc_(acc), t0_(Clock::now()) {}
+  ~CodecTimer() { acc_ += std::chrono::duration<double>(Clock::now() - t0_).count(); }
+
+ private:
+  double& acc_;
+  Clock::time_point t0_;
+};
+
+template <typename... Args>
+void timedDecode(Args&&... args) {
+  CodecTimer t(tlsCodecSeconds.decode);
+  ::nrt::decode(std::forward<Args>(args)...);
+}
+
+template <typename... Args>
+void timedDecodeAdd(Args&&... args) {
+  CodecTimer t(tlsCodecSeconds.decode);
+  ::nrt::decodeAdd(std::forward<Args>(args)...);
+}
+
 // This rank's error feedback for the values at element `off` (null without error feedback).
 float* residualAt(const CompressedAllreduceOptions& o, size_t off) { return o.residual ? o.residual + off : nullptr; }
 
 size_t encodeSegment(EncodeParams p, const Layout& L, int c, size_t k, const float* src, float* residual,
                      char* out) {
   p.indexBase = L.segOffset(c, k);
+  CodecTimer t(tlsCodecSeconds.encode);
   return encode(p, src, L.segLen(c, k), residual, out, L.segPayload(c, k));
 }
 
@@ -135,7 +163,7 @@ size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, 
   for (int p = 0; p < n; ++p) ag.bytes.push_back(g.slotOffset[p + 1] - g.slotOffset[p]);
   const auto decodeSegment = [&](int p, size_t k) {
     const int c = g.chunkOfSlot[p];
-    decode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
+    timedDecode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
            L.segLen(c, k));
   };
   // One ring segment per payload segment, so each payload is decoded the moment it has arrived (and been
@@ -180,7 +208,7 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
       const size_t off = L.segOffset(r, k);
       char* out = mine.at(chunkArea[r] + L.segPayloadOffset(k));
       const size_t bytes = encodeSegment(first, L, r, k, o.buffer + off, residualAt(o, off), out);
-      decode(out, bytes, o.buffer + off, L.segLen(r, k));
+      timedDecode(out, bytes, o.buffer + off, L.segLen(r, k));
     }
   };
   // A fully reduced segment of our chunk is quantized again at once (second error feedback) into our
@@ -210,7 +238,7 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   const auto addReceived = [&](size_t i) {
     const int d = 1 + static_cast<int>(i / mySegs);
     const size_t k = i % mySegs;
-    decodeAdd(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
+    timedDecodeAdd(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
               o.buffer + L.segOffset(r, k), L.segLen(r, k));
     if (d == n - 1) encodeReducedSegment(k);
   };
@@ -317,7 +345,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
     for (size_t k = 0; k < L.segs(c); ++k) {
       waitExact(comm, inflight.reqs[recvIndex[s][k]], deadline, o.name);
       const size_t off = L.segOffset(c, k);
-      decodeAdd(incoming.at(stepArea[s] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + off,
+      timedDecodeAdd(incoming.at(stepArea[s] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + off,
                 L.segLen(c, k));
       char* out = last ? gather.at(plan.slotOffset[r] + L.segPayloadOffset(k))
                        : outgoing.at(sendArea[s + 1] + L.segPayloadOffset(k));
@@ -346,8 +374,15 @@ char* PayloadScratch::reserve(int slot, size_t bytes) {
   return reinterpret_cast<char*>(a.words.get());
 }
 
+const CodecSeconds& threadCodecSeconds() { return tlsCodecSeconds; }
+
 const char* compressedAlgorithmName(CompressedAlgorithm a) {
-  return a == CompressedAlgorithm::kRequantizingRing ? "ring" : "two_phase";
+  switch (a) {
+    case CompressedAlgorithm::kTwoPhase: return "two_phase";
+    case CompressedAlgorithm::kRequantizingRing: return "ring";
+    case CompressedAlgorithm::kAuto: return "auto";
+  }
+  return "?";
 }
 
 CompressedAlgorithm chooseCompressedAlgorithm(int worldSize) {
@@ -357,8 +392,9 @@ CompressedAlgorithm chooseCompressedAlgorithm(int worldSize) {
 CompressedAlgorithm compressedAlgorithmFromName(const std::string& name) {
   if (name == "two_phase") return CompressedAlgorithm::kTwoPhase;
   if (name == "ring") return CompressedAlgorithm::kRequantizingRing;
+  if (name == "auto") return CompressedAlgorithm::kAuto;
   throw std::invalid_argument("neptune_rt: unknown compressed all-reduce algorithm '" + name +
-                              "' (two_phase, ring)");
+                              "' (two_phase, ring, auto)");
 }
 
 ChunkRange ownedChunk(size_t count, int worldSize, int rank) {
@@ -367,7 +403,9 @@ ChunkRange ownedChunk(size_t count, int worldSize, int rank) {
   return {off.at(rank), len.at(rank)};
 }
 
-CompressedAllreduceResult compressedAllreduce(Communicator& comm, const CompressedAllreduceOptions& o) {
+CompressedAllreduceResult compressedAllreduce(Communicator& comm, const CompressedAllreduceOptions& options) {
+  CompressedAllreduceOptions o = options;
+  if (o.algorithm == CompressedAlgorithm::kAuto) o.algorithm = chooseCompressedAlgorithm(comm.size());
   NRT_CHECK_ARG(o.buffer != nullptr || o.count == 0, "neptune_rt: compressed all-reduce '", o.name,
                 "' got a null buffer");
   checkBlockSize(o.codec, o.blockSize);

@@ -26,6 +26,9 @@ enum class CompressedAlgorithm {
   // Each hop's quantization error goes into the residual of the rank that made it, so the error stays
   // fed back; it still grows with the number of hops (partial sums get larger scales).
   kRequantizingRing,
+  // chooseCompressedAlgorithm(world size), resolved when the all-reduce runs (NEPTUNE_RT_COMPRESSED_ALGORITHM's
+  // documented default).
+  kAuto,
 };
 const char* compressedAlgorithmName(CompressedAlgorithm a);
 // The default for a job of `worldSize` ranks (NEPTUNE_RT_COMPRESSED_ALGORITHM=auto): the requantizing ring up
@@ -94,5 +97,13 @@ struct CompressedAllreduceResult {
 // Stochastic draws use (seed, step, rank, element index) for a rank's own contribution and rank + n
 // (two-phase second quantization) so that no two quantizations of one call share a stream.
 CompressedAllreduceResult compressedAllreduce(Communicator& comm, const CompressedAllreduceOptions& opts);
+
+// Cumulative seconds the calling thread has spent encoding and decoding inside compressed all-reduces (the
+// engine reads it before and after a bucket to split the bucket's time; two clock reads per segment).
+struct CodecSeconds {
+  double encode = 0;
+  double decode = 0;
+};
+const CodecSeconds& threadCodecSeconds();
 
 }  // namespace nrt

@@ -1,5 +1,4 @@
-// Recursive-doubling exchange with a combine step (see exchange.h); a non-power-of-two world folds its first
-// 2*rem ranks pairwise first. Messages travel framed (u64 length, bytes) and cut into pieces below the
+// Recursive-doubling exchange with a combine step (see exchange.h), on the shared schedule of doubling.h. Messages travel framed (u64 length, bytes) and cut into pieces below the
 // usual MPI eager limits, so a message just over 4 KiB costs a second eager send rather than a rendezvous
 // handshake (which needs the receiving rank on a CPU, expensive when ranks share cores).
 #include "collectives/exchange.h"
@@ -7,6 +6,7 @@
 #include <cstring>
 #include <deque>
 
+#include "collectives/doubling.h"
 #include "common/error.h"
 
 namespace nrt {
@@ -107,26 +107,23 @@ std::vector<char> exchangeCombine(Communicator& comm, std::vector<char> mine, co
   NRT_CHECK_ARG(mine.size() <= o.capacity, "neptune_rt: exchange message of ", mine.size(),
                 " bytes exceeds the capacity of ", o.capacity);
   if (n == 1) return mine;
-  int p = 1;
-  while (p * 2 <= n) p *= 2;
-  const int rem = n - p;
+  const DoublingSchedule plan(n, r);
   Exchanger ex(comm, o);
   PostedBuffers posted(comm, o.name);  // after `ex`: on an error its buffers are left to pending requests
   posted.keep(ex.buffers());
 
-  if (r < 2 * rem && r % 2 == 0) {  // folded away: hand our message to r+1, get the whole one back at the end
-    ex.send(mine, r + 1);
-    return ex.recv(r + 1, o.capacity * n);
+  const int foldPartner = plan.foldPartner();
+  if (plan.foldedAway()) {  // hand our message to the partner, get the whole one back at the end
+    ex.send(mine, foldPartner);
+    return ex.recv(foldPartner, o.capacity * n);
   }
-  if (r < 2 * rem) mine = combine(mine, ex.recv(r - 1, o.capacity), r - 1);
-  const int v = r < 2 * rem ? r / 2 : r - rem;
-  const auto real = [rem](int vr) { return vr < rem ? vr * 2 + 1 : vr + rem; };
-  for (int mask = 1; mask < p; mask <<= 1) {
+  if (foldPartner >= 0) mine = combine(mine, ex.recv(foldPartner, o.capacity), foldPartner);
+  for (int mask = 1; mask < plan.powerOfTwo(); mask <<= 1) {
     // The partner's side holds `mask` virtual ranks, each standing for at most two real ones.
-    const int partner = real(v ^ mask);
+    const int partner = plan.partner(mask);
     mine = combine(mine, ex.sendRecv(mine, partner, o.capacity * 2 * mask), partner);
   }
-  if (r < 2 * rem) ex.send(mine, r - 1);
+  if (foldPartner >= 0) ex.send(mine, foldPartner);
   return mine;
 }
 

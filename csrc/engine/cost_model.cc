@@ -54,7 +54,42 @@ std::vector<uint8_t> candidateCodecs(uint8_t requested) {
 }
 
 uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, int n) const {
+  const uint8_t chosen = decide(requested, count, denseBytes, n);
+  if (log) {
+    bool fresh;
+    {
+      std::lock_guard<std::mutex> lock(loggedMu_);
+      fresh = logged_.emplace(requested, count, denseBytes, n).second;
+    }
+    if (fresh) log(explain(requested, count, denseBytes, n));
+  }
+  return chosen;
+}
+
+std::string CostModel::explain(uint8_t requested, size_t count, size_t denseBytes, int n) const {
+  std::ostringstream os;
+  const uint8_t chosen = decide(requested, count, denseBytes, n);
+  os << "neptune_rt: cost model: a bucket of " << count << " values (" << denseBytes << " bytes dense, codec "
+     << (requested == kAutoCodecId ? "auto" : codecName(static_cast<Codec>(requested))) << ", " << n
+     << " ranks) goes " << (chosen == codec_format::kNone ? "dense" : codecName(static_cast<Codec>(chosen)));
+  if (count * sizeof(float) < kMinCompressedBytes) {
+    os << ": below " << (kMinCompressedBytes >> 10) << " KB of fp32 every bucket stays dense";
+  } else if (deterministic) {
+    os << ": NEPTUNE_RT_DETERMINISTIC=1 decides by size alone (no timing)";
+  } else {
+    os.precision(3);
+    os << ": predicted dense " << predictDense(denseBytes, n) * 1e3 << " ms";
+    for (uint8_t c : candidateCodecs(requested))
+      os << ", " << codecName(static_cast<Codec>(c)) << " " << predictCompressed(static_cast<Codec>(c), count, n) * 1e3
+         << " ms";
+    os << " (compression must be " << kCompressionRequiredSpeedup << "x faster; probed " << describe() << ")";
+  }
+  return os.str();
+}
+
+uint8_t CostModel::decide(uint8_t requested, size_t count, size_t denseBytes, int n) const {
   if (count * sizeof(float) < kMinCompressedBytes) return codec_format::kNone;
+  if (deterministic) return requested == kAutoCodecId ? codec_format::kInt8 : requested;
   const std::vector<uint8_t> candidates = candidateCodecs(requested);
   uint8_t best = codec_format::kNone;
   double bestTime = predictDense(denseBytes, n);
@@ -70,6 +105,8 @@ uint8_t CostModel::choose(uint8_t requested, size_t count, size_t denseBytes, in
 
 std::string CostModel::describe() const {
   std::ostringstream os;
+  if (deterministic) return "deterministic (NEPTUNE_RT_DETERMINISTIC=1): no probe; compress buckets of at least " +
+                            std::to_string(kMinCompressedBytes >> 10) + " KB of fp32 with the requested codec";
   os << "alpha=" << alpha * 1e6 << "us dense=" << (denseSecPerByte > 0 ? 1e-9 / denseSecPerByte : 0) << "GB/s";
   for (Codec c : allCodecs()) {
     const double s = codecSecPerByte[static_cast<int>(c)];
@@ -80,6 +117,7 @@ std::string CostModel::describe() const {
 }
 
 void CostModel::probe(Communicator& comm, const CompressedAllreduceOptions& opts, uint8_t requested) {
+  if (deterministic) return;  // nothing timed: decisions by size alone
   std::vector<uint8_t> todo;
   for (uint8_t c : candidateCodecs(requested))
     if (!codecProbed[c]) todo.push_back(c);
@@ -147,6 +185,7 @@ void CostModel::probe(Communicator& comm, const CompressedAllreduceOptions& opts
     codecProbed[c] = true;
   }
   denseProbed = true;
+  if (log) log("neptune_rt: cost model probed (slowest rank's figures): " + describe());
 }
 
 }  // namespace nrt

@@ -3,12 +3,20 @@
 // ring all-reduce and each codec's compressed all-reduce of the same buffer. From those it keeps an
 // effective cost per byte for each path (wire, codec work, contention between ranks sharing cores, all of
 // it) plus the per-message latency. Ranks agree on the slowest rank's timings, so every rank predicts and
-// chooses identically. Tested by tests/test_cost_model.py (decisions) and tests/test_engine.py (probe).
+// chooses identically. The probe runs once per job, so within a job a bucket shape always gets the same
+// answer; each shape's decision is logged once (INFO) with the predicted times. Between jobs the measured
+// figures differ, so a near-tie can go either way: `deterministic` (NEPTUNE_RT_DETERMINISTIC=1) takes no
+// timing at all and decides by size alone (the requested codec at or above kMinCompressedBytes, dense
+// below). Tested by tests/test_cost_model.py (decisions) and tests/test_engine.py (probe, determinism).
 #pragma once
 
 #include <array>
 #include <cstddef>
+#include <functional>
+#include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "codecs/codec.h"
@@ -39,6 +47,8 @@ struct CostModel {
   std::array<double, codec_format::kNumCodecs> codecSecPerByte{};  // compressed, per fp32 input byte
   bool denseProbed = false;
   std::array<bool, codec_format::kNumCodecs> codecProbed{};
+  bool deterministic = false;  // no probe; choose() by size alone (see above)
+  std::function<void(const std::string&)> log;  // one INFO line per probe and per new bucket shape
 
   // Predicted seconds of an all-reduce over n ranks: dense, of a `bytes` buffer; compressed, of `count` fp32.
   double predictDense(size_t bytes, int n) const;
@@ -48,6 +58,8 @@ struct CostModel {
   // Returns codec_format::kNone for dense.
   uint8_t choose(uint8_t requested, size_t count, size_t denseBytes, int n) const;
   std::string describe() const;
+  // Why choose() answers what it does for this shape (the predicted times, or the deterministic rule).
+  std::string explain(uint8_t requested, size_t count, size_t denseBytes, int n) const;
 
   // Collective: every rank of `comm` calls it at the same point (the engine does, before deciding on a
   // bucket). Probes latency and the dense ring once, and each candidate codec of `requested` the first
@@ -55,6 +67,11 @@ struct CostModel {
   // second on 1 Gbit Ethernet), timed as they really run.
   // `opts`: the engine's compressed settings (algorithm, block, segments), so the probe times what runs.
   void probe(Communicator& comm, const CompressedAllreduceOptions& opts, uint8_t requested);
+
+ private:
+  uint8_t decide(uint8_t requested, size_t count, size_t denseBytes, int n) const;
+  mutable std::mutex loggedMu_;
+  mutable std::set<std::tuple<uint8_t, size_t, size_t, int>> logged_;  // shapes whose decision was logged
 };
 
 // The codecs `requested` may turn into (besides the dense path).

@@ -1,10 +1,12 @@
-// The background engine loop: negotiation cycles, dispatch of what was agreed, stalls and failures (see
-// engine.h). The collectives themselves run in engine_execute.cc (dense) and engine_compressed.cc.
+// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h). Submission and
+// argument checks are in engine_submit.cc, stalls and failures in engine_failures.cc, the collectives in
+// engine_execute.cc (dense) and engine_compressed.cc; callbacks run on the completion queue.
 #include "engine/engine.h"
 
 #include <sched.h>
 
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <unordered_set>
 
@@ -18,6 +20,17 @@ namespace nrt {
 namespace {
 const char* const kShutdownName = "__neptune_rt_shutdown__";
 
+// A peer announced that its engine failed: stop here too, without a farewell of our own (the peers know).
+class PeerFailure : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+EngineConfig resolved(EngineConfig c, int worldSize) {
+  if (c.compressedAlgorithm == CompressedAlgorithm::kAuto) c.compressedAlgorithm = chooseCompressedAlgorithm(worldSize);
+  return c;
+}
+
 std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
   std::string s;
   for (size_t i = 0; i < entries.size() && i < limit; ++i) s += (i ? ", '" : "'") + entries[i].meta.name + "'";
@@ -27,9 +40,14 @@ std::string namesOf(const std::vector<Entry>& entries, size_t limit = 8) {
 }  // namespace
 
 Engine::Engine(std::unique_ptr<Communicator> comm, EngineConfig config)
-    : comm_(std::move(comm)), config_(config), rank_(comm_->rank()), size_(comm_->size()) {
+    : comm_(std::move(comm)),
+      config_(resolved(config, comm_->size())),
+      rank_(comm_->rank()),
+      size_(comm_->size()) {
   const std::string threadProblem = comm_->threadSupportProblem();
   if (!threadProblem.empty()) throw std::runtime_error(concat("neptune_rt: rank ", rank_, ": ", threadProblem));
+  costModel_.deterministic = config_.deterministic;
+  costModel_.log = [this](const std::string& line) { log(kLogInfo, line); };
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -42,23 +60,11 @@ Engine::~Engine() {
   if (thread_.joinable()) thread_.join();
 }
 
-std::shared_ptr<Handle> Engine::enqueue(Entry e) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
-  if (inFlight_.count(e.meta.name))
-    throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", e.meta.name,
-                                       "' is already in flight; synchronize it before submitting the name again, "
-                                       "or give this one another name"));
-  e.handle = std::make_shared<Handle>(e.meta.name);
-  e.seq = nextSeq_++;
-  inFlight_[e.meta.name] = e.handle;
-  auto handle = e.handle;
-  incoming_.push_back(std::move(e));
-  cv_.notify_one();
-  return handle;
-}
-
 std::string Engine::shutdown() {
+  if (completions_.onQueueThread())
+    throw std::logic_error(
+        concat("neptune_rt: rank ", rank_, ": shutdown() was called from a completion callback, which runs on "
+               "the engine's completion thread and would wait for itself; call it from the training thread"));
   std::string error;
   if (running_.load()) {
     try {
@@ -78,6 +84,7 @@ std::string Engine::shutdown() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  completions_.stop();  // every callback has run when shutdown returns
   return error;
 }
 
@@ -124,11 +131,14 @@ Engine::StepResult Engine::step() {
   } catch (const TimeoutError& e) {
     comm_->poison(e.what(), true);  // no-op if the timeout poisoned it already; the engine never uses it again
     failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), true);
+  } catch (const PeerFailure& e) {
+    failEverything(concat(e.what(), "\n  pending on rank ", rank_, ": ", namesOf(pending_)), false);
   } catch (const std::exception& e) {
+    const std::string error = concat("neptune_rt: rank ", rank_, ": the engine failed: ", e.what(),
+                                     "\n  pending on rank ", rank_, ": ", namesOf(pending_));
+    announceFailure(error);  // fails fast (and is ignored) when a collective already poisoned the communicator
     comm_->poison(e.what(), false);
-    failEverything(concat("neptune_rt: rank ", rank_, ": communication failed: ", e.what(),
-                          "\n  pending on rank ", rank_, ": ", namesOf(pending_)),
-                   false);
+    failEverything(error, false);
   }
   cv_.notify_all();
   return StepResult::kStopped;
@@ -170,7 +180,15 @@ void Engine::loop() {
 
 bool Engine::waitFor(Handle& h, double timeoutSeconds) {
   // A thread that waits drives the cycles itself while the engine thread is idle: a synchronous
-  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_).
+  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_). A
+  // completion callback may wait too: it runs on the completion thread, which never holds cycleMu_.
+  if (h.done()) return true;
+  const double t0 = monotonicSeconds();
+  struct AddWait {
+    EngineStats& stats;
+    double t0;
+    ~AddWait() { stats.addWait(monotonicSeconds() - t0); }
+  } addWait{stats_, t0};
   const Deadline deadline = Deadline::after(timeoutSeconds);
   while (!h.done()) {
     if (deadline.expired()) return false;
@@ -205,7 +223,8 @@ std::vector<char> Engine::buildMessage() {
     // latency-bound message (a forced codec is honoured).
     const bool codecAllows = e.meta.codec == codec_format::kNone ||
                              (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
-    const bool eager = e.meta.type == OpType::kAllreduce && codecAllows && bytes > 0 &&
+    // Grouped tensors never: their group travels as one bucket (fusion.h).
+    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
                        bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
     if (!eager) continue;
     EagerSum& sum = own.sums[e.meta.name];
@@ -222,6 +241,15 @@ std::vector<char> Engine::buildMessage() {
 }
 
 bool Engine::cycle() {
+  {
+    std::string injected;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      injected.swap(injectedFailure_);
+    }
+    if (!injected.empty()) throw std::runtime_error(injected);
+  }
+  const double negotiationStart = monotonicSeconds();
   ExchangeOptions o;
   static_cast<CollectiveOptions&>(o) = collectiveOptions("negotiation");
   o.capacity = config_.negotiationBytes;
@@ -245,6 +273,11 @@ bool Engine::cycle() {
     NRT_CHECK(it != all.ranks.end(), "neptune_rt: rank ", rank_, ": the negotiation lost rank ", r, "'s message");
     msgs.push_back(parseRankMessage(it->second.data(), it->second.size(), r));
   }
+  stats_.addNegotiation(monotonicSeconds() - negotiationStart);
+  for (int r = 0; r < size_; ++r)
+    if (!msgs[r].failure.empty())
+      throw PeerFailure(concat("neptune_rt: rank ", rank_, ": stopping because the engine of rank ", r,
+                               " failed:\n  ", msgs[r].failure));
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
@@ -279,21 +312,34 @@ Entry* Engine::findPending(const std::string& name) {
 }
 
 void Engine::finish(Entry& e, const std::string& error) {
+  if (deferFinish_) {
+    deferredFinish_.emplace_back(&e, error);
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     inFlight_.erase(e.meta.name);
   }
-  e.handle->complete(error);
+  completions_.push(e.handle->complete(error));
 }
 
 void Engine::execute(const MatchResult& match) {
   participants_ = size_ - static_cast<int>(match.joined.size());
   std::vector<const ReadyTensor*> allreduces;
   bool shutdownReady = false;
+  // A group with a failed member can never run as one bucket: its other members fail too, now or whenever
+  // they become ready (identically on every rank: errors and readiness are agreed).
+  for (const ReadyTensor& t : match.ready)
+    if (!t.error.empty() && t.meta.groupSize) failedGroups_.emplace(t.meta.group, std::make_pair(t.error, 0u));
   for (const ReadyTensor& t : match.ready) {
     Entry* local = findPending(t.meta.name);
-    if (!t.error.empty()) {
-      if (local) finish(*local, t.error);
+    auto failed = t.meta.groupSize ? failedGroups_.find(t.meta.group) : failedGroups_.end();
+    if (!t.error.empty() || failed != failedGroups_.end()) {
+      if (local)
+        finish(*local, !t.error.empty() ? t.error
+                                        : concat("neptune_rt: rank ", rank_, ": tensor '", t.meta.name,
+                                                 "' was grouped with a tensor that failed:\n", failed->second.first));
+      if (failed != failedGroups_.end() && ++failed->second.second == t.meta.groupSize) failedGroups_.erase(failed);
       continue;
     }
     switch (t.meta.type) {
@@ -336,59 +382,6 @@ void Engine::execute(const MatchResult& match) {
       if (e.meta.type == OpType::kShutdown) finish(e);
     shutdownDone_ = true;
   }
-}
-
-void Engine::trackStalls(const MatchResult& match) {
-  const auto now = Clock::now();
-  std::unordered_set<std::string> partialNow;
-  for (const PartialTensor& p : match.partial) {
-    partialNow.insert(p.name);
-    auto it = stallSince_.emplace(p.name, now).first;
-    const double waited = std::chrono::duration<double>(now - it->second).count();
-    if (waited >= config_.stallWarningSeconds && !stallWarned_[p.name]) {
-      stallWarned_[p.name] = true;
-      std::cerr << "neptune_rt: warning: tensor '" << p.name << "' was submitted by ranks " << rankList(p.have)
-                << " but not by ranks " << rankList(p.missing) << " for " << static_cast<int>(waited) << " s"
-                << std::endl;
-    }
-    if (waited >= config_.timeoutSeconds) toAbandon_.push_back(p.name);
-  }
-  for (auto it = stallSince_.begin(); it != stallSince_.end();) {
-    if (partialNow.count(it->first) && std::find(toAbandon_.begin(), toAbandon_.end(), it->first) == toAbandon_.end()) {
-      ++it;
-    } else {
-      stallWarned_.erase(it->first);
-      it = stallSince_.erase(it);
-    }
-  }
-}
-
-void Engine::failAbandoned(const std::vector<std::string>& abandoned, const MatchResult& match) {
-  for (const std::string& name : abandoned) {
-    Entry* local = findPending(name);
-    if (!local) continue;
-    std::string who;
-    for (const PartialTensor& p : match.partial)
-      if (p.name == name) who = concat(": submitted by ranks ", rankList(p.have), " but never by ranks ", rankList(p.missing));
-    finish(*local, concat("neptune_rt: rank ", rank_, ": tensor '", name, "' timed out after ", config_.timeoutSeconds,
-                          " s", who, " (a rank skipped this collective or used another name)"));
-  }
-}
-
-void Engine::failEverything(const std::string& error, bool timedOut) {
-  std::vector<Entry> all;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    running_ = false;
-    if (fatal_.empty()) fatal_ = error;
-    while (!incoming_.empty()) {
-      pending_.push_back(std::move(incoming_.front()));
-      incoming_.pop_front();
-    }
-    all.swap(pending_);
-    inFlight_.clear();
-  }
-  for (Entry& e : all) e.handle->complete(error, timedOut);
 }
 
 }  // namespace nrt

@@ -20,8 +20,10 @@
 #include "collectives/compressed_allreduce.h"
 #include "collectives/options.h"
 #include "comm/communicator.h"
-#include "engine/handle.h"
+#include "engine/completion_queue.h"
 #include "engine/cost_model.h"
+#include "engine/engine_stats.h"
+#include "engine/handle.h"
 #include "engine/matching.h"
 #include "engine/tensor_meta.h"
 
@@ -40,9 +42,14 @@ struct EngineConfig {
   uint32_t codecBlock = codec_format::kDefaultBlockSize;
   Rounding rounding = Rounding::kNearest;
   uint64_t seed = 0;
-  CompressedAlgorithm compressedAlgorithm = CompressedAlgorithm::kTwoPhase;
+  CompressedAlgorithm compressedAlgorithm = CompressedAlgorithm::kAuto;  // as documented: by world size
   bool useCostModel = true;  // false: always use the requested codec ("auto" then means int8)
+  bool deterministic = false;  // NEPTUNE_RT_DETERMINISTIC: no timing-based decisions (cost_model.h)
 };
+
+// Log levels of Engine::setLogSink (Python's logging levels).
+constexpr int kLogInfo = 20;
+constexpr int kLogWarning = 30;
 
 // Bytes one rank sends in a dense all-reduce of `bytes` (ring: 2(n-1)/n S; recursive doubling: log2 n S).
 uint64_t denseWireBytes(size_t bytes, int n);
@@ -56,6 +63,12 @@ struct Entry {
   std::shared_ptr<Handle> handle;
   uint64_t seq = 0;
 };
+
+// Throws std::invalid_argument, naming the rank and the tensor, for what no rank could ever run: negative
+// dimensions or a byte size that overflows, a prescale/postscale other than 1 on an integer tensor (or one
+// that is not finite), a codec on an integer tensor or an unknown codec id, a broadcast root outside the job.
+// Called by enqueue, so the caller learns at once, before any peer waits for this rank.
+void checkEntry(const Entry& e, int rank, int size);
 
 class Engine {
  public:
@@ -74,6 +87,10 @@ class Engine {
   // Throws std::invalid_argument when the name is already in flight on this rank, and runtime_error when
   // the engine has stopped (with the reason).
   std::shared_ptr<Handle> enqueue(Entry entry);
+  // All-reduces that travel as one bucket, in this order, once all are ready everywhere (fusion.h): the
+  // deterministic plan that makes compressed results reproducible. Same dtype, op and codec; accepted or
+  // refused as a whole.
+  std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries);
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
   bool waitFor(Handle& h, double timeoutSeconds);
@@ -84,6 +101,12 @@ class Engine {
   std::string fatalError() const;
   // The cost model's figures once probed (empty before the first compressed bucket).
   std::string costModelDescription() const;
+  // Counters and bucket records; read from any thread.
+  EngineStats& stats() { return stats_; }
+  // Where the engine's INFO/WARNING lines go (called on the completion thread, never under an engine lock).
+  void setLogSink(std::function<void(int, const std::string&)> sink);
+  // Tests: the next cycle on this rank throws `what` as if the engine thread had failed there.
+  void failNextCycleForTesting(const std::string& what);
 
  private:
   enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
@@ -97,11 +120,17 @@ class Engine {
   void executeEager(const ReadyTensor& t, Entry* local);
   void executeBucket(const std::vector<const ReadyTensor*>& bucket);
   void executeCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals);
+  // Runs executeCompressedBucket and adds its record to stats_ (engine_execute.cc).
+  void recordCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals);
   void executeAllgather(const ReadyTensor& t, Entry* local);
   void executeBroadcast(const ReadyTensor& t, Entry* local);
   void trackStalls(const MatchResult& match);
   void failAbandoned(const std::vector<std::string>& abandoned, const MatchResult& match);
   void finish(Entry& e, const std::string& error = std::string());
+  void log(int level, const std::string& message);
+  // After a failure of this rank's own (not a peer's, not a timeout): one last negotiation that tells the
+  // peers why, so they stop in their next cycle instead of waiting out the timeout.
+  void announceFailure(const std::string& error);
   void failEverything(const std::string& error, bool timedOut);
   Entry* findPending(const std::string& name);
   CollectiveOptions collectiveOptions(const std::string& name) const;
@@ -126,7 +155,10 @@ class Engine {
   bool stopRequested_ = false;
   std::string fatal_;
   std::string costModelText_;
+  std::function<void(int, const std::string&)> logSink_;
+  std::string injectedFailure_;
   std::atomic<bool> running_{true};
+  EngineStats stats_;
 
   // Only under cycleMu_.
   std::vector<Entry> pending_;  // in submission order
@@ -138,6 +170,8 @@ class Engine {
   std::vector<char> scratch_;
   bool shutdownDone_ = false;
   int participants_ = 1;  // ranks that have not joined, in the cycle being executed
+  // Groups with a failed member: (the error, members failed so far); the rest fail as they become ready.
+  std::unordered_map<std::string, std::pair<std::string, uint32_t>> failedGroups_;
   // Compression state (engine thread). Error feedback is keyed by tensor name, so it survives re-bucketing;
   // the second quantization's residual is keyed by the bucket's composition.
   CostModel costModel_;
@@ -149,7 +183,10 @@ class Engine {
   std::vector<char> halfWork_;  // fp16/bf16 buckets travel as 16-bit values
   PayloadScratch payloadScratch_;  // compressed all-reduce payloads, reused from bucket to bucket
   uint64_t compressedStep_ = 0;
+  bool deferFinish_ = false;  // finish() collects into deferredFinish_ (recordCompressedBucket)
+  std::vector<std::pair<Entry*, std::string>> deferredFinish_;
 
+  CompletionQueue completions_;  // callbacks and log lines; outlives the engine thread (declared before it)
   std::thread thread_;
 };
 

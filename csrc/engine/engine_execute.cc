@@ -17,18 +17,64 @@ void Engine::executeAllreduces(const std::vector<const ReadyTensor*>& tensors) {
 
 void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   if (!local) return;  // joined: contributes nothing and needs nothing
+  BucketRecord rec;
+  rec.start = monotonicSeconds();
   std::memcpy(local->output, t.eagerResult, t.meta.bytes());
   if (t.meta.op == ReduceOp::kAverage) finalizeAverage(local->output, t.meta.numel(), t.meta.dtype, participants_);
   scaleInPlace(local->output, t.meta.numel(), t.meta.dtype, local->postscale);
   local->handle->wireBytes = denseWireBytes(t.meta.bytes(), size_);  // it travelled with the negotiation
+  // A bucket of one whose wire time was part of the negotiation (counted there).
+  rec.tensors = 1;
+  rec.bytesRaw = t.meta.bytes();
+  rec.bytesWire = local->handle->wireBytes;
+  rec.decodeSeconds = monotonicSeconds() - rec.start;
+  stats_.addBucket(rec, codec_format::kNone);
   finish(*local);
+}
+
+void Engine::recordCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
+  // engine_compressed.cc finishes the handles; they complete only once the record is in (a waiter that reads
+  // stats() then sees its bucket). The split of the time comes from the compressed all-reduce's codec clock
+  // (encode, decode); the rest (packing, wire, scaling) counts as wire time.
+  BucketRecord rec;
+  rec.start = monotonicSeconds();
+  const CodecSeconds before = threadCodecSeconds();
+  deferFinish_ = true;
+  try {
+    executeCompressedBucket(bucket, locals);
+  } catch (...) {
+    deferFinish_ = false;
+    deferredFinish_.clear();  // the engine fails every pending handle
+    throw;
+  }
+  deferFinish_ = false;
+  const CodecSeconds& after = threadCodecSeconds();
+  rec.encodeSeconds = after.encode - before.encode;
+  rec.decodeSeconds = after.decode - before.decode;
+  rec.wireSeconds = std::max(0.0, monotonicSeconds() - rec.start - rec.encodeSeconds - rec.decodeSeconds);
+  rec.tensors = static_cast<uint32_t>(bucket.size());
+  for (const ReadyTensor* t : bucket) rec.bytesRaw += t->meta.bytes();
+  bool ran = false;
+  for (const auto& [e, error] : deferredFinish_) {
+    if (!error.empty()) break;  // refused before any data moved: no bucket
+    rec.codec = e->handle->codecUsed;
+    rec.bytesWire = e->handle->wireBytes;
+    ran = true;
+    break;
+  }
+  if (ran) stats_.addBucket(rec, static_cast<uint8_t>(codecFromName(rec.codec)));
+  std::vector<std::pair<Entry*, std::string>> toFinish;
+  toFinish.swap(deferredFinish_);
+  for (auto& [e, error] : toFinish) finish(*e, error);
 }
 
 void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   const TensorMeta& head = bucket.front()->meta;
   std::vector<Entry*> locals;
   for (const ReadyTensor* t : bucket) locals.push_back(findPending(t->meta.name));
-  if (head.codec != codec_format::kNone) return executeCompressedBucket(bucket, locals);
+  if (head.codec != codec_format::kNone) return recordCompressedBucket(bucket, locals);
+  BucketRecord rec;
+  rec.start = monotonicSeconds();
   const size_t esize = dtypeSize(head.dtype);
   size_t count = 0;
   for (const ReadyTensor* t : bucket) count += t->meta.numel();
@@ -56,6 +102,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
       offset += bytes;
     }
   }
+  const double packed = monotonicSeconds();
   AllreduceOptions o;
   static_cast<CollectiveOptions&>(o) = collectiveOptions(bucket.size() == 1 ? head.name : "fused bucket of " + head.name);
   o.buffer = buffer;
@@ -64,19 +111,30 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.op = head.op;
   o.averageDivisor = participants_;
   allreduce(*comm_, o);
+  const double reduced = monotonicSeconds();
 
   const uint64_t wire = denseWireBytes(count * esize, size_);
   size_t offset = 0;
+  std::vector<Entry*> done;
   for (size_t i = 0; i < bucket.size(); ++i) {
     const size_t bytes = bucket[i]->meta.bytes();
     if (Entry* e = locals[i]) {
       e->handle->wireBytes = wire;
       if (!direct) std::memcpy(e->output, buffer + offset, bytes);
       scaleInPlace(e->output, bucket[i]->meta.numel(), head.dtype, e->postscale);
-      finish(*e);
+      done.push_back(e);
     }
     offset += bytes;
   }
+  // Dense: "encode" is packing and prescaling, "decode" unpacking and postscaling.
+  rec.tensors = static_cast<uint32_t>(bucket.size());
+  rec.bytesRaw = count * esize;
+  rec.bytesWire = wire;
+  rec.encodeSeconds = packed - rec.start;
+  rec.wireSeconds = reduced - packed;
+  rec.decodeSeconds = monotonicSeconds() - reduced;
+  stats_.addBucket(rec, codec_format::kNone);  // before the handles complete: a waiter then sees it counted
+  for (Entry* e : done) finish(*e);
 }
 
 void Engine::executeAllgather(const ReadyTensor& t, Entry* local) {

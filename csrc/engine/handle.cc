@@ -4,7 +4,6 @@
 #include <sched.h>
 
 #include <chrono>
-#include <iostream>
 
 namespace nrt {
 
@@ -48,11 +47,11 @@ void Handle::addCallback(std::function<void()> fn) {
   fn();
 }
 
-void Handle::complete(const std::string& error, bool timedOut) {
+std::vector<std::function<void()>> Handle::complete(const std::string& error, bool timedOut) {
   std::vector<std::function<void()>> callbacks;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (done_) return;
+    if (done_) return callbacks;
     done_ = true;
     doneFlag_.store(true, std::memory_order_release);
     error_ = error;
@@ -60,14 +59,7 @@ void Handle::complete(const std::string& error, bool timedOut) {
     callbacks.swap(callbacks_);
   }
   cv_.notify_all();
-  for (auto& fn : callbacks) {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      // A user callback must not take the engine down; report it and go on.
-      std::cerr << "neptune_rt: completion callback of '" << name_ << "' raised: " << e.what() << std::endl;
-    }
-  }
+  return callbacks;
 }
 
 }  // namespace nrt

@@ -1,5 +1,7 @@
 // A handle on one enqueued operation: completion flag, error, results (allgather output), callbacks.
-// Completed by the engine thread; waited on by user threads (with a timeout).
+// Completed by whichever thread runs the engine's cycle; waited on by user threads (with a timeout). Its
+// callbacks never run under the cycle lock: complete() hands them back, and the engine runs them on its
+// completion queue (completion_queue.h).
 #pragma once
 
 #include <atomic>
@@ -23,7 +25,8 @@ class Handle {
   bool wait(double timeoutSeconds) const;
   std::string error() const;
   bool timedOut() const;
-  // Runs `fn` on the engine thread when the handle completes, or at once on this thread if it already has.
+  // Runs `fn` on the engine's completion thread once the handle completes, or at once on this thread if it
+  // already has.
   void addCallback(std::function<void()> fn);
 
   // Results of an allgather (bytes and shape), and the value returned by join.
@@ -34,8 +37,10 @@ class Handle {
   std::string codecUsed = "none";
   uint64_t wireBytes = 0;
 
-  // Engine side.
-  void complete(const std::string& error = std::string(), bool timedOut = false);
+  // Engine side: marks the handle done (waiters wake) and returns its callbacks, for the caller to run
+  // outside any engine lock. Empty if it was done already.
+  [[nodiscard]] std::vector<std::function<void()>> complete(const std::string& error = std::string(),
+                                                             bool timedOut = false);
 
  private:
   std::string name_;

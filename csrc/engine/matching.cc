@@ -28,7 +28,7 @@ bool sameShapeFor(const TensorMeta& a, const TensorMeta& b) {
 
 bool sameMeta(const TensorMeta& a, const TensorMeta& b) {
   return a.type == b.type && a.dtype == b.dtype && a.op == b.op && a.codec == b.codec && a.root == b.root &&
-         sameShapeFor(a, b);
+         a.group == b.group && a.groupSize == b.groupSize && a.groupIndex == b.groupIndex && sameShapeFor(a, b);
 }
 
 std::string mismatchMessage(const ReadyTensor& t) {
@@ -36,7 +36,8 @@ std::string mismatchMessage(const ReadyTensor& t) {
   os << "neptune_rt: tensor '" << t.meta.name << "' was submitted with different arguments on different ranks:";
   for (size_t r = 0; r < t.perRank.size(); ++r)
     if (t.perRank[r]) os << "\n  rank " << r << ": " << t.perRank[r]->meta.describe();
-  os << "\nEvery rank must submit a tensor of this name with the same operation, dtype, shape, op, codec and root.";
+  os << "\nEvery rank must submit a tensor of this name with the same operation, dtype, shape, op, codec and root"
+        " (and in the same group, at the same position, if grouped).";
   return os.str();
 }
 

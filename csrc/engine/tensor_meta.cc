@@ -1,7 +1,9 @@
 // Wire format of negotiation messages (see tensor_meta.h). Little-endian host layout: every rank of one
 // job runs the same build on the same kind of machine.
-//   header:  u32 magic | u8 joined | u32 nAbandoned | {u16 len, name}* | u32 nEntries (patched at the end)
+//   header:  u32 magic | u8 joined | u32 nAbandoned | {u16 len, name}* | u16 len, failure
+//            | u32 nEntries (patched at the end)
 //   entry:   u16 nameLen | name | u8 type | u8 dtype | u8 op | u8 codec | i32 root | u8 ndim | i64 shape[ndim]
+//            | u16 groupLen | group | u32 groupSize | u32 groupIndex
 #include "engine/tensor_meta.h"
 
 #include <cstring>
@@ -44,20 +46,22 @@ std::string TensorMeta::describe() const {
   os << "]";
   if (type == OpType::kAllreduce) os << " op=" << reduceOpName(op) << " codec=" << static_cast<int>(codec);
   if (type == OpType::kBroadcast) os << " root=" << root;
+  if (groupSize) os << " group='" << group << "' (" << groupIndex + 1 << " of " << groupSize << ")";
   return os.str();
 }
 
-MessageWriter::MessageWriter(bool joined, const std::vector<std::string>& abandoned) {
+MessageWriter::MessageWriter(bool joined, const std::vector<std::string>& abandoned, const std::string& failure) {
   put<uint32_t>(buf_, kMagic);
   put<uint8_t>(buf_, joined ? 1 : 0);
   put<uint32_t>(buf_, static_cast<uint32_t>(abandoned.size()));
   for (const auto& a : abandoned) putString(buf_, a);
+  putString(buf_, failure.substr(0, 4096));
   countPos_ = buf_.size();
   put<uint32_t>(buf_, 0);  // entry count, patched by add()
 }
 
 bool MessageWriter::add(const TensorMeta& m, size_t capacity) {
-  const size_t need = 2 + m.name.size() + 4 + 4 + 1 + 8 * m.shape.size();
+  const size_t need = 2 + m.name.size() + 4 + 4 + 1 + 8 * m.shape.size() + 2 + m.group.size() + 8;
   if (buf_.size() + need > capacity) return false;
   putString(buf_, m.name);
   put<uint8_t>(buf_, static_cast<uint8_t>(m.type));
@@ -67,6 +71,9 @@ bool MessageWriter::add(const TensorMeta& m, size_t capacity) {
   put<int32_t>(buf_, m.root);
   put<uint8_t>(buf_, static_cast<uint8_t>(m.shape.size()));
   for (int64_t d : m.shape) put<int64_t>(buf_, d);
+  putString(buf_, m.group);
+  put<uint32_t>(buf_, m.groupSize);
+  put<uint32_t>(buf_, m.groupIndex);
   ++count_;
   std::memcpy(buf_.data() + countPos_, &count_, sizeof(count_));
   return true;
@@ -80,6 +87,7 @@ RankMessage parseRankMessage(const char* data, size_t len, int fromRank) {
   msg.joined = r.get<uint8_t>() != 0;
   const uint32_t nAbandoned = r.get<uint32_t>();
   for (uint32_t i = 0; i < nAbandoned; ++i) msg.abandoned.push_back(r.str());
+  msg.failure = r.str();
   const uint32_t n = r.get<uint32_t>();
   msg.entries.reserve(n);
   for (uint32_t i = 0; i < n; ++i) {
@@ -97,6 +105,9 @@ RankMessage parseRankMessage(const char* data, size_t len, int fromRank) {
     const uint8_t ndim = r.get<uint8_t>();
     a.meta.shape.resize(ndim);
     for (auto& d : a.meta.shape) d = r.get<int64_t>();
+    a.meta.group = r.str();
+    a.meta.groupSize = r.get<uint32_t>();
+    a.meta.groupIndex = r.get<uint32_t>();
     msg.entries.push_back(std::move(a));
   }
   return msg;

@@ -22,6 +22,11 @@ struct TensorMeta {
   uint8_t codec = 0;  // 0 = dense; other ids are codecs (csrc/codecs)
   int32_t root = 0;   // broadcast root
   std::vector<int64_t> shape;
+  // All-reduces submitted together as one group (Engine::enqueueGroup) travel as one bucket, members in index
+  // order, once every member is ready: fusion then follows the submission, never arrival timing.
+  std::string group;       // empty: not grouped (fused by arrival, see fusion.h)
+  uint32_t groupSize = 0;
+  uint32_t groupIndex = 0;
 
   size_t numel() const;
   size_t bytes() const { return numel() * dtypeSize(dtype); }
@@ -35,13 +40,15 @@ struct Announcement {
 
 struct RankMessage {
   bool joined = false;
+  std::string failure;                 // non-empty: this rank's engine failed (why); every rank stops
   std::vector<std::string> abandoned;  // rank 0 only: names whose stall timed out; all ranks fail them
   std::vector<Announcement> entries;
 };
 
 class MessageWriter {
  public:
-  explicit MessageWriter(bool joined, const std::vector<std::string>& abandoned);
+  explicit MessageWriter(bool joined, const std::vector<std::string>& abandoned,
+                         const std::string& failure = std::string());
   // Appends an announcement if the message stays within `capacity` bytes; returns false (and writes
   // nothing) otherwise.
   bool add(const TensorMeta& meta, size_t capacity);

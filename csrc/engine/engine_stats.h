@@ -1,0 +1,57 @@
+// Cumulative counters of one engine (buckets, tensors, bytes, seconds per phase, buckets per codec) that any
+// thread reads without synchronisation (relaxed atomics), and a bounded ring of per-bucket records for
+// timelines. Written only by the thread that runs a cycle. Exercised by tests/test_engine.py ("stats").
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "codecs/format.h"
+
+namespace nrt {
+
+// Seconds on CLOCK_MONOTONIC (std::chrono::steady_clock on Linux), the clock of Python's time.monotonic().
+double monotonicSeconds();
+
+struct BucketRecord {
+  double start = 0;  // monotonicSeconds() when the bucket began
+  std::string codec = "none";
+  uint32_t tensors = 0;
+  uint64_t bytesRaw = 0;   // uncompressed bytes all-reduced (in the tensors' own dtype)
+  uint64_t bytesWire = 0;  // bytes this rank sent
+  double encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0;
+};
+
+class EngineStats {
+ public:
+  static constexpr size_t kRecordCapacity = 4096;
+
+  struct Totals {
+    uint64_t buckets = 0, tensors = 0, bytesRaw = 0, bytesWire = 0;
+    double negotiateSeconds = 0, encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0, waitSeconds = 0;
+    std::array<uint64_t, codec_format::kNumCodecs> codecBuckets{};
+  };
+
+  void addBucket(const BucketRecord& r, uint8_t codecId);
+  void addNegotiation(double seconds) { add(negotiateNs_, seconds); }
+  void addWait(double seconds) { add(waitNs_, seconds); }
+  Totals totals() const;
+  // The last kRecordCapacity records, oldest first; `clear` empties the ring.
+  std::vector<BucketRecord> records(bool clear);
+
+ private:
+  static void add(std::atomic<uint64_t>& ns, double seconds);
+
+  std::atomic<uint64_t> buckets_{0}, tensors_{0}, bytesRaw_{0}, bytesWire_{0};
+  std::atomic<uint64_t> negotiateNs_{0}, encodeNs_{0}, wireNs_{0}, decodeNs_{0}, waitNs_{0};
+  std::array<std::atomic<uint64_t>, codec_format::kNumCodecs> codecBuckets_{};
+  std::mutex ringMu_;  // the ring only; the counters above need none
+  std::vector<BucketRecord> ring_;
+  size_t next_ = 0;  // where the next record goes once the ring is full
+};
+
+}  // namespace nrt
