@@ -50,6 +50,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   e.handle = std::make_shared<Handle>(e.meta.name);
   e.seq = nextSeq_++;
   inFlight_[e.meta.name] = e.handle;
+  if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
   cv_.notify_one();
@@ -74,6 +75,8 @@ void Engine::shutdown() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  std::lock_guard<std::mutex> lock(residualMu_);
+  residuals_.clear();  // error feedback ends with the engine: free its memory now
 }
 
 std::string Engine::costModelDescription() const {
@@ -276,6 +279,7 @@ void Engine::finish(Entry& e, const std::string& error) {
     std::lock_guard<std::mutex> lock(mu_);
     inFlight_.erase(e.meta.name);
   }
+  if (e.meta.codec != codec_format::kNone) --compressedInFlight_;
   e.handle->complete(error);
 }
 
@@ -380,6 +384,7 @@ void Engine::failEverything(const std::string& error, bool timedOut) {
     }
     all.swap(pending_);
     inFlight_.clear();
+    compressedInFlight_ = 0;
   }
   for (Entry& e : all) e.handle->complete(error, timedOut);
 }
