@@ -228,9 +228,10 @@ void registerEngine(py::module_& m) {
                states = engine.exportResiduals();
              }
              py::list out;
-             for (const ResidualState& s : states)
-               out.append(py::make_tuple(s.name, requestedCodecName(s.codec), floatCopy(s.own),
-                                         s.reduced.empty() ? py::object(py::none()) : py::object(floatCopy(s.reduced))));
+             for (const ResidualState& s : states) {
+               py::object reduced = s.reduced.empty() ? py::object(py::none()) : py::object(floatCopy(s.reduced));
+               out.append(py::make_tuple(s.name, requestedCodecName(s.codec), floatCopy(s.own), reduced));
+             }
              return out;
            },
            "[(name, codec, own float32[count], reduced float32[count] or None)], sorted by name")
