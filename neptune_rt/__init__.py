@@ -9,6 +9,7 @@ from neptune_rt.engine import (  # noqa: F401
     join, local_rank, local_size, poll, rank, shutdown, size, synchronize,
     grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_, stats, bucket_records,
 )
+from neptune_rt.engine import export_residuals, import_residuals, release  # noqa: F401
 from neptune_rt.engine import __all__ as _engine_all
 
 __version__ = "0.1.0"

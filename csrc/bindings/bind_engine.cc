@@ -5,6 +5,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 #include "bindings/bindings.h"
 #include "bindings/buffer.h"
 #include "engine/engine.h"
@@ -61,6 +63,33 @@ void shutdownOrThrow(Engine& e) {
       "the job).");
   if (comm.poisoned() && !comm.poisonTimedOut()) throw std::runtime_error(msg);
   throw TimeoutError(msg);  // the negotiation, or the stop itself, ran past NEPTUNE_RT_TIMEOUT_SECONDS
+}
+
+// Error-feedback residuals cross the boundary as (name, codec name, own float32[count], reduced float32[count]
+// or None); residuals are keyed by the codec requested, so "auto" is a key too.
+std::string requestedCodecName(uint8_t id) {
+  return id == kAutoCodecId ? "auto" : codecName(static_cast<Codec>(id));
+}
+
+uint8_t requestedCodecId(const std::string& name, const std::string& tensor) {
+  if (name == "auto") return kAutoCodecId;
+  const Codec c = codecFromName(name);  // throws, listing the names
+  NRT_CHECK_ARG(c != Codec::kNone, "neptune_rt: residual of tensor '", tensor,
+                "' is keyed by codec 'none', which keeps no error feedback");
+  return static_cast<uint8_t>(c);
+}
+
+py::array_t<float> floatCopy(const std::vector<float>& v) {
+  py::array_t<float> a(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+std::vector<float> floatVector(const py::array_t<float, py::array::c_style | py::array::forcecast>& a,
+                               const std::string& tensor) {
+  NRT_CHECK_ARG(a.ndim() == 1, "neptune_rt: residual of tensor '", tensor, "' must be one-dimensional, got ",
+                a.ndim(), " dimensions");
+  return std::vector<float>(a.data(), a.data() + a.size());
 }
 
 std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
@@ -253,13 +282,16 @@ void registerEngine(py::module_& m) {
       .def(
           "enqueue_allreduce",
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
-             std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale) {
+             std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
+             bool errorFeedback) {
             Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
                                      postscale);
+            e.errorFeedback = errorFeedback;
             return submit(engine, std::move(e));
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
-          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0)
+          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,
+          py::arg("error_feedback") = true)
       .def(
           "enqueue_allgather",
           [](Engine& engine, const std::string& name, py::buffer input, const std::string& dtype,
@@ -335,6 +367,46 @@ void registerEngine(py::module_& m) {
       .def("wait", [](Engine& e, Handle& h, double timeout) { return e.waitFor(h, timeout); }, py::arg("handle"),
            py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for a handle, running negotiation cycles on this thread while the engine thread is idle")
+      // Error-feedback residuals (engine/residual_store.h): this rank's, no communication.
+      .def("export_residuals",
+           [](Engine& engine) {
+             std::vector<ResidualState> states;
+             {
+               py::gil_scoped_release release;
+               states = engine.exportResiduals();
+             }
+             py::list out;
+             for (const ResidualState& s : states) {
+               py::object reduced = s.reduced.empty() ? py::object(py::none()) : py::object(floatCopy(s.reduced));
+               out.append(py::make_tuple(s.name, requestedCodecName(s.codec), floatCopy(s.own), reduced));
+             }
+             return out;
+           },
+           "[(name, codec, own float32[count], reduced float32[count] or None)], sorted by name")
+      .def("import_residuals",
+           [](Engine& engine, const std::vector<py::tuple>& items) {
+             std::vector<ResidualState> states;
+             for (const py::tuple& t : items) {
+               NRT_CHECK_ARG(t.size() == 4, "neptune_rt: import_residuals takes (name, codec, own, reduced) tuples");
+               ResidualState s;
+               s.name = t[0].cast<std::string>();
+               s.codec = requestedCodecId(t[1].cast<std::string>(), s.name);
+               s.own = floatVector(t[2].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>(), s.name);
+               if (!t[3].is_none()) {
+                 s.reduced =
+                     floatVector(t[3].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>(), s.name);
+                 NRT_CHECK_ARG(s.reduced.size() == s.own.size(), "neptune_rt: residual of tensor '", s.name,
+                               "': the reduced row has ", s.reduced.size(), " values, the own row ", s.own.size());
+               }
+               states.push_back(std::move(s));
+             }
+             py::gil_scoped_release release;
+             engine.importResiduals(std::move(states));
+           },
+           py::arg("items"), "Replace this rank's residuals; raises while compressed all-reduces are in flight")
+      .def("release_residuals", &Engine::releaseResiduals, py::arg("name"),
+           py::call_guard<py::gil_scoped_release>(), "Free the error-feedback residuals of one tensor name")
+      .def_property_readonly("residual_bytes", &Engine::residualBytes, "Bytes of residuals held on this rank")
       .def("shutdown", &shutdownOrThrow,
            "Collective: every rank calls it; completes negotiated work, then stops the thread. TimeoutError "
            "(or RuntimeError) when the ranks did not stop together; no error if the engine had failed before");

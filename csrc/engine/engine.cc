@@ -85,6 +85,10 @@ std::string Engine::shutdown() {
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   completions_.stop();  // every callback has run when shutdown returns
+  {
+    std::lock_guard<std::mutex> lock(residualMu_);
+    residuals_.clear();  // error feedback ends with the engine: free its memory now
+  }
   return error;
 }
 
@@ -320,6 +324,7 @@ void Engine::finish(Entry& e, const std::string& error) {
     std::lock_guard<std::mutex> lock(mu_);
     inFlight_.erase(e.meta.name);
   }
+  if (e.meta.codec != codec_format::kNone) --compressedInFlight_;
   completions_.push(e.handle->complete(error));
 }
 

@@ -25,6 +25,7 @@
 #include "engine/engine_stats.h"
 #include "engine/handle.h"
 #include "engine/matching.h"
+#include "engine/residual_store.h"
 #include "engine/tensor_meta.h"
 
 namespace nrt {
@@ -62,6 +63,9 @@ struct Entry {
   double postscale = 1.0;
   std::shared_ptr<Handle> handle;
   uint64_t seq = 0;
+  // Compressed all-reduces: keep an error-feedback residual for this name (false for automatic names,
+  // which change every call, so no residual could ever be used again).
+  bool errorFeedback = true;
 };
 
 // Throws std::invalid_argument, naming the rank and the tensor, for what no rank could ever run: negative
@@ -107,6 +111,13 @@ class Engine {
   void setLogSink(std::function<void(int, const std::string&)> sink);
   // Tests: the next cycle on this rank throws `what` as if the engine thread had failed there.
   void failNextCycleForTesting(const std::string& what);
+  // Error-feedback residuals (residual_store.h), this rank's only; no communication. Export copies them; import
+  // replaces them and throws std::runtime_error while compressed all-reduces are in flight; release frees
+  // the residuals of one tensor name. Safe from any thread (and from completion callbacks).
+  std::vector<ResidualState> exportResiduals();
+  void importResiduals(std::vector<ResidualState> states);
+  void releaseResiduals(const std::string& name);
+  size_t residualBytes();
 
  private:
   enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
@@ -172,14 +183,16 @@ class Engine {
   int participants_ = 1;  // ranks that have not joined, in the cycle being executed
   // Groups with a failed member: (the error, members failed so far); the rest fail as they become ready.
   std::unordered_map<std::string, std::pair<std::string, uint32_t>> failedGroups_;
-  // Compression state (engine thread). Error feedback is keyed by tensor name, so it survives re-bucketing;
-  // the second quantization's residual is keyed by the bucket's composition.
+  // Compression state (engine thread).
   CostModel costModel_;
-  std::unordered_map<std::string, std::vector<float>> residuals_;
-  std::unordered_set<std::string> dirtyResiduals_;  // names whose residual may be non-zero
-  std::unordered_map<std::string, std::vector<float>> chunkResiduals_;
   std::vector<float> work_;
+  // Error feedback, keyed by (tensor name, codec) in tensor coordinates, so it survives re-bucketing. Guarded
+  // by residualMu_ (never held while completion callbacks run), so user threads can export/import/release.
+  std::mutex residualMu_;
+  ResidualStore residuals_{rank_};
+  std::atomic<int> compressedInFlight_{0};  // enqueued compressed all-reduces not yet finished
   std::vector<float> bucketResidual_;
+  std::vector<float> chunkResidual_;
   std::vector<char> halfWork_;  // fp16/bf16 buckets travel as 16-bit values
   PayloadScratch payloadScratch_;  // compressed all-reduce payloads, reused from bucket to bucket
   uint64_t compressedStep_ = 0;

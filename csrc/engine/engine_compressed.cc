@@ -1,5 +1,7 @@
-// Compressed buckets: gather the bucket's tensors into fp32 with their error-feedback residuals, let the
-// cost model pick dense or a codec, run the compressed all-reduce, scatter results and residuals back.
+// Compressed buckets: gather the bucket's tensors into fp32 with their error-feedback residuals (weighted
+// for this step only), let the cost model pick dense or a codec, run the compressed all-reduce, scatter
+// results back and store the residuals unweighted (residual_store.h). Also the engine's residual calls
+// (export/import/release). Exercised by tests/test_engine.py (codecs) and tests/test_residuals.py.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,6 +21,69 @@ uint64_t denseWireBytes(size_t bytes, int n) {
     return static_cast<uint64_t>(std::ceil(std::log2(n))) * bytes;
   return static_cast<uint64_t>(2.0 * (n - 1) / n * static_cast<double>(bytes));
 }
+
+namespace {
+
+void addInto(float* __restrict dst, const float* __restrict src, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+// fp16/bf16 payloads can be summed as they are: the dense ring on the 16-bit values (each addition widened
+// to fp32) moves the same bytes as the two-phase algorithm in one pipelined pass. Error feedback keeps what
+// the cast dropped: r += g; q = cast(r); r -= q. Returns the bytes this rank sent.
+uint64_t reduceAsHalves(Communicator& comm, const CollectiveOptions& opts, uint8_t codec, float* work,
+                        float* residual, size_t count, std::vector<char>& halfWork) {
+  const int size = comm.size(), rank = comm.rank();
+  const DataType half = codec == codec_format::kFp16 ? DataType::kFloat16 : DataType::kBFloat16;
+  halfWork.resize(count * 2);
+  char* halves = halfWork.data();
+  if (chooseAllreduceAlgorithm(count * 2, size) == AllreduceAlgorithm::kRing) {
+    // The casts ride the ring: each chunk is cast just before the ring first reads it, and each all-gathered
+    // segment is widened back as it lands, so both overlap the transfers (a whole-buffer cast before and
+    // after cost 10% at 4x1 Gbit, 64 MB, against DDP's fp16 hook).
+    RingPlan plan;
+    plan.base = halves;
+    plan.elemSize = 2;
+    plan.dtype = half;
+    plan.op = ReduceOp::kSum;
+    splitEvenly(count, size, plan.chunkOffset, plan.chunkCount);
+    const size_t segElems = ringSegmentElems(plan, opts);
+    plan.beforeOwnValues = [&](int c) {
+      const size_t off = plan.chunkOffset[c];
+      quantize::encodeCast(codec, work + off, residual ? residual + off : nullptr, plan.chunkCount[c],
+                           halves + off * 2);
+    };
+    plan.onGathered = [&](int c, size_t seg) {
+      const size_t off = plan.chunkOffset[c] + seg * segElems;
+      convertToF32(halves + off * 2, half, std::min(segElems, plan.chunkCount[c] - seg * segElems), work + off);
+    };
+    runRing(comm, plan, opts);
+    const int mine = (rank + 1) % size;  // the chunk this rank reduced: never all-gathered to itself
+    convertToF32(halves + plan.chunkOffset[mine] * 2, half, plan.chunkCount[mine], work + plan.chunkOffset[mine]);
+  } else {
+    quantize::encodeCast(codec, work, residual, count, halves);
+    AllreduceOptions o;
+    static_cast<CollectiveOptions&>(o) = opts;
+    o.buffer = halves;
+    o.count = count;
+    o.dtype = half;
+    o.op = ReduceOp::kSum;
+    allreduce(comm, o);
+    convertToF32(halves, half, count, work);
+  }
+  return denseWireBytes(count * 2, size);
+}
+
+// The range [a, b) of bucket elements where a tensor at [offset, offset + n) meets this rank's chunk.
+struct Overlap {
+  size_t a = 0, b = 0;
+  size_t len() const { return b > a ? b - a : 0; }
+};
+Overlap overlap(const ChunkRange& owned, size_t offset, size_t n) {
+  return {std::max(owned.offset, offset), std::min(owned.offset + owned.count, offset + n)};
+}
+
+}  // namespace
 
 CompressedAllreduceOptions Engine::compressedOptions(const std::string& name, uint32_t block) const {
   CompressedAllreduceOptions o;
@@ -40,11 +105,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     return;
   }
   size_t count = 0;
-  std::string key;  // the bucket's composition: keys the second quantization's residual
-  for (const ReadyTensor* t : bucket) {
-    count += t->meta.numel();
-    key += t->meta.name + '\n';
-  }
+  for (const ReadyTensor* t : bucket) count += t->meta.numel();
   const uint32_t block = config_.codecBlock;
   const bool adaptive = config_.useCostModel && !(head.codec & kForceCodecBit);
   uint8_t codec = head.codec & ~kForceCodecBit;
@@ -61,61 +122,105 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     codec = codec_format::kInt8;
   }
 
-  // Residuals exist only for tensors that have been compressed; a bucket that goes dense and has none
-  // skips them entirely (no allocation, no extra passes over memory).
+  // Error feedback (residual_store.h): residuals are kept unweighted. A tensor with weight w (its prescale)
+  // contributes w * (g + r) and keeps r' = (w (g + r) - D(Q(.))) / w: the codec works on the weighted slot
+  // w * r, which is unweighted again afterwards, so a change of weight never rescales stale error. w = 0 sends
+  // nothing of the tensor and keeps r' = r + g. Residuals exist only for tensors that were compressed: a
+  // bucket that goes dense sends them along exactly and frees them.
   const bool compress = codec != codec_format::kNone;
-  bool dirty = false;
-  for (Entry* e : locals) dirty = dirty || (e && dirtyResiduals_.count(e->meta.name));
-  const bool withResidual = compress || dirty;
-  const auto residualOf = [&](const std::string& name, size_t n) -> std::vector<float>& {
-    std::vector<float>& r = residuals_[name];
-    if (r.size() != n) r.assign(n, 0.0f);
-    return r;
-  };
+  const uint8_t requested = head.codec & ~kForceCodecBit;  // the residual's key: the codec asked for
+  const bool twoPhase = compress && !codecSummable(static_cast<Codec>(codec)) &&
+                        config_.compressedAlgorithm == CompressedAlgorithm::kTwoPhase;
+  const ChunkRange owned = twoPhase ? ownedChunk(count, size_, rank_) : ChunkRange{};
+  std::unique_lock<std::mutex> residualLock(residualMu_);
+  std::vector<float*> stored(bucket.size(), nullptr);  // each tensor's own residual (null: no error feedback)
+  bool withResidual = false;
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    Entry* e = locals[i];
+    if (!e || !e->errorFeedback) continue;  // joined ranks and automatic names keep no error feedback
+    const size_t n = bucket[i]->meta.numel();
+    stored[i] = compress ? residuals_.acquire(e->meta.name, requested, n) : residuals_.find(e->meta.name, requested, n);
+    withResidual = withResidual || stored[i] != nullptr;
+  }
+  const auto weightOf = [&](size_t i) { return static_cast<float>(locals[i]->prescale); };
 
-  // A lone fp32 tensor is worked on in its own output buffer with its own residual; several tensors (or
-  // other float types) are gathered into the fp32 work buffer, residuals alongside.
+  // A lone fp32 tensor is worked on in its own output buffer (and, unless its weight is 0, its residual in
+  // place); several tensors (or other float types) are gathered into the fp32 work buffer, residuals into
+  // the weighted slots of bucketResidual_.
   const bool direct = bucket.size() == 1 && locals[0] != nullptr && head.dtype == DataType::kFloat32;
+  const bool slotInPlace = direct && stored[0] != nullptr && weightOf(0) != 0.0f;
   float* work;
-  float* residual = nullptr;
+  float* residual = nullptr;  // the weighted slots, bucket coordinates
   if (direct) {
     Entry& e = *locals[0];
     if (e.output != e.input) std::memcpy(e.output, e.input, count * sizeof(float));
     work = static_cast<float*>(e.output);
-    scaleInPlace(work, count, DataType::kFloat32, e.prescale);
-    if (withResidual) residual = residualOf(e.meta.name, count).data();
   } else {
     work_.resize(count);
     work = work_.data();
-    if (withResidual) {
-      bucketResidual_.resize(count);
-      residual = bucketResidual_.data();
-    }
-    size_t offset = 0;
-    for (size_t i = 0; i < bucket.size(); ++i) {
-      const size_t n = bucket[i]->meta.numel();
-      if (Entry* e = locals[i]) {
-        convertToF32(e->input, head.dtype, n, work + offset);
-        scaleInPlace(work + offset, n, DataType::kFloat32, e->prescale);
-        if (residual) {
-          const std::vector<float>& r = residualOf(e->meta.name, n);
-          std::copy(r.begin(), r.end(), residual + offset);
+  }
+  if (withResidual && !slotInPlace) {
+    bucketResidual_.resize(count);
+    residual = bucketResidual_.data();
+  } else if (slotInPlace) {
+    residual = stored[0];
+  }
+  size_t offset = 0;
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    const size_t n = bucket[i]->meta.numel();
+    float* x = work + offset;
+    if (Entry* e = locals[i]) {
+      if (!direct) convertToF32(e->input, head.dtype, n, x);
+      const float w = weightOf(i);
+      if (stored[i] && w == 0.0f) addInto(stored[i], x, n);  // r' = r + g; its slot stays zero
+      if (residual && !slotInPlace) {
+        if (stored[i] && w != 0.0f) {
+          for (size_t k = 0; k < n; ++k) residual[offset + k] = stored[i][k] * w;
+        } else {
+          std::fill_n(residual + offset, n, 0.0f);
         }
-      } else {  // joined rank: contributes zeros, keeps no error feedback
-        std::fill_n(work + offset, n, 0.0f);
-        if (residual) std::fill_n(residual + offset, n, 0.0f);
+      } else if (slotInPlace) {
+        scaleInPlace(residual, n, DataType::kFloat32, e->prescale);
       }
-      offset += n;
+      scaleInPlace(x, n, DataType::kFloat32, e->prescale);
+    } else {  // joined rank: contributes zeros, keeps no error feedback
+      std::fill_n(x, n, 0.0f);
+      if (residual) std::fill_n(residual + offset, n, 0.0f);
     }
+    offset += n;
+  }
+
+  // The two-phase second residual lives with the tensors too: each tensor keeps it for the elements of the
+  // chunk this rank reduces; what falls outside that chunk now is fed into this rank's own slot (spill).
+  float* chunkResidual = nullptr;
+  offset = 0;
+  const bool chunkInPlace = bucket.size() == 1 && stored[0] != nullptr;
+  if (twoPhase && !chunkInPlace) {
+    chunkResidual_.assign(owned.count, 0.0f);
+    chunkResidual = chunkResidual_.data();
+  }
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    const size_t n = bucket[i]->meta.numel();
+    if (stored[i]) {
+      const Overlap o = twoPhase ? overlap(owned, offset, n) : Overlap{};
+      float* r2 = residuals_.reduced(locals[i]->meta.name, o.len() ? o.a - offset : 0, o.len(), residual + offset);
+      if (chunkInPlace) {
+        chunkResidual = r2;
+      } else if (o.len()) {
+        std::copy_n(r2, o.len(), chunkResidual + (o.a - owned.offset));
+      }
+    }
+    offset += n;
+  }
+  if (twoPhase && !chunkResidual) {  // a lone tensor without error feedback
+    chunkResidual_.assign(owned.count, 0.0f);
+    chunkResidual = chunkResidual_.data();
   }
 
   uint64_t wire;
   if (!compress) {
-    // Dense is predicted faster: send any error-feedback residual along, exactly, and clear it.
-    if (residual) {
-      for (size_t i = 0; i < count; ++i) work[i] += residual[i];
-      std::fill_n(residual, count, 0.0f);
-    }
+    // Dense is predicted faster: send the residuals along, exactly (they are freed below).
+    if (residual) addInto(work, residual, count);
     AllreduceOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions(head.name);
     o.buffer = work;
@@ -125,86 +230,80 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     allreduce(*comm_, o);
     wire = denseWireBytes(count * sizeof(float), size_);
   } else if (codecSummable(static_cast<Codec>(codec))) {
-    // fp16/bf16 payloads can be summed as they are: the dense ring on the 16-bit values (each addition
-    // widened to fp32) moves the same bytes as the two-phase algorithm in one pipelined pass. Error
-    // feedback keeps what the cast dropped: r += g; q = cast(r); r -= q.
-    const DataType half = codec == codec_format::kFp16 ? DataType::kFloat16 : DataType::kBFloat16;
-    halfWork_.resize(count * 2);
-    char* halves = halfWork_.data();
-    const CollectiveOptions opts = collectiveOptions(head.name);
-    if (chooseAllreduceAlgorithm(count * 2, size_) == AllreduceAlgorithm::kRing) {
-      // The casts ride the ring: each chunk is cast just before the ring first reads it, and each all-gathered
-      // segment is widened back as it lands, so both overlap the transfers (a whole-buffer cast before and
-      // after cost 10% at 4x1 Gbit, 64 MB, against DDP's fp16 hook).
-      RingPlan plan;
-      plan.base = halves;
-      plan.elemSize = 2;
-      plan.dtype = half;
-      plan.op = ReduceOp::kSum;
-      splitEvenly(count, size_, plan.chunkOffset, plan.chunkCount);
-      const size_t segElems = ringSegmentElems(plan, opts);
-      plan.beforeOwnValues = [&](int c) {
-        const size_t off = plan.chunkOffset[c];
-        quantize::encodeCast(codec, work + off, residual ? residual + off : nullptr, plan.chunkCount[c],
-                             halves + off * 2);
-      };
-      plan.onGathered = [&](int c, size_t seg) {
-        const size_t off = plan.chunkOffset[c] + seg * segElems;
-        convertToF32(halves + off * 2, half, std::min(segElems, plan.chunkCount[c] - seg * segElems), work + off);
-      };
-      runRing(*comm_, plan, opts);
-      const int mine = (rank_ + 1) % size_;  // the chunk this rank reduced: never all-gathered to itself
-      convertToF32(halves + plan.chunkOffset[mine] * 2, half, plan.chunkCount[mine], work + plan.chunkOffset[mine]);
-    } else {
-      quantize::encodeCast(codec, work, residual, count, halves);
-      AllreduceOptions o;
-      static_cast<CollectiveOptions&>(o) = opts;
-      o.buffer = halves;
-      o.count = count;
-      o.dtype = half;
-      o.op = ReduceOp::kSum;
-      allreduce(*comm_, o);
-      convertToF32(halves, half, count, work);
-    }
-    wire = denseWireBytes(count * 2, size_);
+    wire = reduceAsHalves(*comm_, collectiveOptions(head.name), codec, work, residual, count, halfWork_);
   } else {
-    const ChunkRange mine = ownedChunk(count, size_, rank_);
-    std::vector<float>& chunkResidual = chunkResiduals_[key];
-    if (chunkResidual.size() != mine.count) chunkResidual.assign(mine.count, 0.0f);
     CompressedAllreduceOptions o = compressedOptions(head.name, block);
     o.buffer = work;
     o.count = count;
     o.codec = static_cast<Codec>(codec);
     o.step = compressedStep_++;
     o.residual = residual;
-    o.chunkResidual = chunkResidual.data();
-    o.chunkResidualCount = chunkResidual.size();
+    o.chunkResidual = chunkResidual;
+    o.chunkResidualCount = twoPhase ? owned.count : 0;
     o.scratch = &payloadScratch_;
     wire = compressedAllreduce(*comm_, o).wireBytes;
   }
 
-  size_t offset = 0;
+  // Residuals back to unweighted units, into the store (or freed after a dense bucket).
+  offset = 0;
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    const size_t n = bucket[i]->meta.numel();
+    const float w = stored[i] ? weightOf(i) : 0.0f;
+    if (stored[i] && !compress) {
+      if (w != 0.0f) residuals_.release(locals[i]->meta.name);  // sent; with w = 0 it is kept (r + g)
+    } else if (stored[i]) {
+      if (w != 0.0f && (w != 1.0f || !slotInPlace)) {  // w = 0: r' = r + g already
+        const float* slot = residual + offset;
+        float* r = stored[i];
+        for (size_t k = 0; k < n; ++k) r[k] = slot[k] / w;
+      }
+      const Overlap o = twoPhase && !chunkInPlace ? overlap(owned, offset, n) : Overlap{};
+      if (o.len())
+        std::copy_n(chunkResidual + (o.a - owned.offset), o.len(),
+                    residuals_.reduced(locals[i]->meta.name, o.a - offset, o.len(), nullptr));
+    }
+    offset += n;
+  }
+  residualLock.unlock();  // completion callbacks may call export/import/release
+
+  offset = 0;
   for (size_t i = 0; i < bucket.size(); ++i) {
     const size_t n = bucket[i]->meta.numel();
     if (Entry* e = locals[i]) {
       float* result = work + offset;
       if (head.op == ReduceOp::kAverage) scaleInPlace(result, n, DataType::kFloat32, 1.0 / participants_);
       scaleInPlace(result, n, DataType::kFloat32, e->postscale);
-      if (!direct) {
-        if (residual) std::copy_n(residual + offset, n, residuals_[e->meta.name].begin());
-        convertFromF32(result, head.dtype, n, e->output);
-      }
-      if (compress) {
-        dirtyResiduals_.insert(e->meta.name);
-      } else {
-        dirtyResiduals_.erase(e->meta.name);
-      }
+      if (!direct) convertFromF32(result, head.dtype, n, e->output);
       e->handle->codecUsed = codecName(static_cast<Codec>(codec));
       e->handle->wireBytes = wire;
       finish(*e);
     }
     offset += n;
   }
+}
+
+std::vector<ResidualState> Engine::exportResiduals() {
+  std::lock_guard<std::mutex> lock(residualMu_);
+  return residuals_.exportAll();
+}
+
+void Engine::importResiduals(std::vector<ResidualState> states) {
+  const int inFlight = compressedInFlight_.load();
+  if (inFlight > 0)
+    throw std::runtime_error(concat("neptune_rt: rank ", rank_, ": import_residuals while ", inFlight,
+                                    " compressed all-reduce(s) are in flight; wait for their handles first"));
+  std::lock_guard<std::mutex> lock(residualMu_);
+  residuals_.importAll(std::move(states));
+}
+
+void Engine::releaseResiduals(const std::string& name) {
+  std::lock_guard<std::mutex> lock(residualMu_);
+  residuals_.release(name);
+}
+
+size_t Engine::residualBytes() {
+  std::lock_guard<std::mutex> lock(residualMu_);
+  return residuals_.bytes();
 }
 
 }  // namespace nrt

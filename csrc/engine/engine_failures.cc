@@ -81,6 +81,7 @@ void Engine::failEverything(const std::string& error, bool timedOut) {
     }
     all.swap(pending_);
     inFlight_.clear();
+    compressedInFlight_ = 0;
   }
   for (Entry& e : all) completions_.push(e.handle->complete(error, timedOut));
 }

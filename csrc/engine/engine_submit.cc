@@ -56,6 +56,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   e.handle = std::make_shared<Handle>(e.meta.name);
   e.seq = nextSeq_++;
   inFlight_[e.meta.name] = e.handle;
+  if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
   cv_.notify_one();
@@ -95,6 +96,7 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     e.handle = std::make_shared<Handle>(e.meta.name);
     e.seq = nextSeq_++;
     inFlight_[e.meta.name] = e.handle;
+    if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     handles.push_back(e.handle);
     incoming_.push_back(std::move(e));
   }

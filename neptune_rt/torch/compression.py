@@ -11,10 +11,12 @@ one attribute, `codec`: the engine codec that carries the (compressed) tensor on
   `Compression.forced("int8")` always quantizes.
 
 The seam with the engine's codecs (issue 3), for whoever lands them:
-  - the engine keeps one error-feedback residual per (tensor name, codec); this binding always names gradient
-    tensors by parameter (`DistributedOptimizer`: its parameter name; the DDP hook: `<prefix>.<param name>`,
-    one engine tensor per parameter), so residuals stay attached to parameters whatever the bucketing;
-  - the per-rank weight travels as the all-reduce's `prescale`; the codec keeps residuals in unweighted units;
+  - the engine keeps one error-feedback residual per (tensor name, codec asked for); this binding always names
+    gradient tensors by parameter (`DistributedOptimizer`: its parameter name; the DDP hook: `<prefix>.<param
+    name>`, one engine tensor per parameter), so residuals stay attached to parameters whatever the bucketing;
+    `neptune_rt.engine.release(name)` frees one, `export_residuals()` / `import_residuals()` checkpoint them;
+  - the per-rank weight travels as the all-reduce's `prescale`, applied after error feedback: residuals stay in
+    unweighted units, so a new weight never rescales stale error;
   - availability is `codec in neptune_rt.engine.CODECS`; until a codec is listed there, using it raises
     a RuntimeError naming it (see `require_codec`).
 Tested by tests/torch/test_compression.py (in-process) and the load_digits training test under mpirun.
