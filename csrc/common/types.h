@@ -1,5 +1,5 @@
 // Element types and reduction operators shared by collectives, codecs and the engine.
-// Exercised by every collective test (tests/test_allreduce.py sweeps all dtypes x ops).
+// Exercised by every collective test (tests/test_collectives.py sweeps all dtypes x ops).
 #pragma once
 
 #include <cstddef>
