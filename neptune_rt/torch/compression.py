@@ -10,13 +10,14 @@ one attribute, `codec`: the engine codec that carries the (compressed) tensor on
   engine's cost model may still send a bucket densely where that is predicted faster (`adaptive`);
   `Compression.forced("int8")` always quantizes.
 
-The seam with the engine's codecs (issue 3), for whoever lands them:
-  - the engine keeps one error-feedback residual per (tensor name, codec); this binding always names gradient
-    tensors by parameter (`DistributedOptimizer`: its parameter name; the DDP hook: `<prefix>.<param name>`,
-    one engine tensor per parameter), so residuals stay attached to parameters whatever the bucketing;
-  - the per-rank weight travels as the all-reduce's `prescale`; the codec keeps residuals in unweighted units;
-  - availability is `codec in neptune_rt.engine.CODECS`; until a codec is listed there, using it raises
-    a RuntimeError naming it (see `require_codec`).
+The seam with the engine's codecs:
+  - the engine keeps one error-feedback residual per tensor name; this binding always names gradient tensors
+    by parameter (`DistributedOptimizer`: its parameter name; the DDP hook: `<prefix>.<param name>`, one engine
+    tensor per parameter), so residuals stay attached to parameters whatever the bucketing;
+  - the per-rank weight travels as the all-reduce's `prescale`, which the engine applies before error
+    feedback today, so residuals are in weighted units (issue 8 item 5 keeps them unweighted);
+  - availability is `codec in neptune_rt.engine.CODECS`; a codec not listed there raises a RuntimeError
+    naming it (see `require_codec`).
 Tested by tests/torch/test_compression.py (in-process) and the load_digits training test under mpirun.
 """
 from __future__ import annotations
