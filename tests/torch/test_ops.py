@@ -9,4 +9,4 @@ def test_collectives_match_gloo() -> None:
 def test_what_horovod_scripts_expect() -> None:
     """int16 and bool tensors, integer pre/post-scaling, join's last rank (joining in the order 2, 1, 0),
     the capability queries, None tensors, and the DDP hook's call counter (issue 8, items 8-12)."""
-    assert_ok(run_workers("horovod_compat_worker.py", 3), 3)
+    assert_ok(run_workers("horovod_compat_worker.py", 3, timeout=240), 3)

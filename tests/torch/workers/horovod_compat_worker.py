@@ -200,5 +200,8 @@ SECTIONS = {"int16": int16_tensors, "scaled": scaled_integers, "join": join_orde
             "none": none_tensor, "hook": hook_calls}
 assert size >= 3, "run on at least 3 ranks"
 for section in sys.argv[1:] or list(SECTIONS):
+    started = time.perf_counter()
     SECTIONS[section]()
+    if rank == 0:
+        print(f"section {section}: {time.perf_counter() - started:.1f} s", flush=True)
 finish(" ".join(sys.argv[1:]))
