@@ -104,8 +104,8 @@ def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: st
     args = (name, op, _codec(compression), prescale, postscale, _adaptive(compression))
     # A private copy (made by the compressor or above) is reduced in place: no second copy.
     inner = _engine.allreduce_async_(work, *args) if in_place or private else _engine.allreduce_async(work, *args)
-    if work is tensor and int_post == 1.0:
-        return Handle(inner)
+    if in_place and work is tensor and int_post == 1.0:
+        return Handle(inner)  # reduced where it lies; nothing to convert or copy back
 
     def finish(out: torch.Tensor) -> torch.Tensor:
         if out.dtype != dtype:
