@@ -9,7 +9,7 @@ import torch
 
 from neptune_rt import engine as _engine
 
-__all__ = ["check_tensor", "is_integer", "scale_integer", "REDUCE_AS", "needs_bytes", "as_bytes"]
+__all__ = ["check_tensor", "check_reducible", "is_integer", "scale_integer", "REDUCE_AS", "needs_bytes", "as_bytes"]
 
 # All-reduce: dtypes the engine lacks, reduced in a wider type of the engine's and narrowed on return. The
 # narrowing wraps modulo 2**16, as int16 addition in Horovod's reduction does.
@@ -35,6 +35,15 @@ def check_tensor(tensor: object, call: str, name: str | None) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"neptune_rt: {_where()}{call}{label}: argument 'tensor' must be a torch.Tensor, "
                         f"got {type(tensor).__name__}")
+
+
+def check_reducible(t: torch.Tensor, call: str, name: str | None) -> None:
+    """ValueError naming the dtype for an all-reduce the engine cannot do even after widening."""
+    if t.dtype not in _ENGINE_DTYPES and t.dtype not in REDUCE_AS:
+        label = f" (name {name!r})" if name else ""
+        raise ValueError(f"neptune_rt: {_where()}{call}{label}: cannot all-reduce a {t.dtype} tensor; all-reduce "
+                         f"takes uint8, int8, int16, int32, int64, float16, bfloat16, float32 and float64 "
+                         f"(broadcast and allgather take any dtype)")
 
 
 def is_integer(t: torch.Tensor) -> bool:

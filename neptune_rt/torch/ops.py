@@ -90,6 +90,7 @@ def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: st
                        prescale: float, postscale: float, compression: Compressor) -> Handle:
     _wire.check_tensor(tensor, call, name)
     compressed, ctx = compression.compress(tensor)
+    _wire.check_reducible(compressed, call, name)
     work, private = compressed, compressed is not tensor
     dtype = work.dtype
     # Integers are scaled here, in float64 (the engine scales floating-point tensors only).

@@ -65,6 +65,13 @@ def int16_tensors() -> None:
     equal("bool broadcast", nrt.broadcast(torch.from_numpy(flags[rank].copy()), 1, name="bool.b"), flags[1])
     equal("bool allgather", nrt.allgather(torch.from_numpy(flags[rank].copy()), name="bool.g"),
           np.concatenate(flags))
+    for dtype in (torch.bool, torch.uint16, torch.complex64):
+        try:
+            nrt.allreduce(torch.zeros(3, dtype=dtype), name=f"refused.{dtype}")
+        except ValueError as err:
+            assert str(dtype) in str(err) and "int16" in str(err), err
+        else:
+            raise AssertionError(f"rank {rank}: an all-reduce of {dtype} was accepted")
     # broadcast_parameters on a state dict with int16 buffers.
     module = nn.Linear(3, 2)
     module.register_buffer("counts", torch.from_numpy(xs[rank][0].copy()))
