@@ -11,7 +11,7 @@ ring all-reduce sees the per-node bandwidth of a real cluster rather than one sh
 node 0's namespace with a generated hostfile whose host names are the node namespaces, and a generated
 stand-in for ssh (`--prtemca plm_ssh_agent`) that starts PRRTE's daemon on a node with
 `ip netns exec <node-ns> unshare --uts` (each node also gets its own host name). Transports are restricted
-to TCP over eth0, with yield-when-idle and no binding (see /work/shared/BENCHMARKS.md for why).
+to TCP over eth0, with yield-when-idle and no binding (docs/design.md, "How we measure", says why).
 
 Usage:
 

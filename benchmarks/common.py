@@ -1,5 +1,5 @@
 """Shared benchmark plumbing: interleaved timed trials (A B A B ...) with the slowest rank's time, medians
-with min-max spread, nccl-tests style tables and --json output (see ../shared/BENCHMARKS.md)."""
+with min-max spread, nccl-tests style tables and --json output (the protocol: docs/design.md, "How we measure")."""
 from __future__ import annotations
 
 import json

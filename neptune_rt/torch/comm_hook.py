@@ -39,6 +39,10 @@ class CommHookState:
     weight: if set, this rank's gradient is scaled by it and summed (sum_i w_i g_i; weights sum to 1), for
         ranks with different batch sizes; `set_weight` changes it between steps.
     prefix: leading part of every engine tensor name, to keep two DDP models apart.
+
+    calls: how many buckets the hook has been handed so far (DDP calls it once per bucket per backward); still
+        0 after a backward pass means the hook was never registered (PyTorch Lightning's DDP strategy, for
+        one, drops hooks on CPU: see docs/torch.md).
     """
 
     def __init__(self, module: torch.nn.Module | None = None, codec: str | Compressor = "none",
@@ -59,6 +63,7 @@ class CommHookState:
         if module is not None:
             self._names = {p: n for n, p in module.named_parameters()}
         self._lock = threading.Lock()
+        self.calls = 0
 
     def set_weight(self, weight: float | None) -> None:
         if weight is not None and not (weight >= 0 and weight != float("inf")):
@@ -89,6 +94,8 @@ def _stage(t: torch.Tensor) -> tuple[torch.Tensor, Any]:
 
 def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """All-reduces one DDP bucket through neptune_rt; the future completes when every part has arrived."""
+    with state._lock:
+        state.calls += 1
     buffer = bucket.buffer()
     params = bucket.parameters()
     grads = bucket.gradients()

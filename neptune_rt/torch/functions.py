@@ -14,28 +14,21 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from neptune_rt import engine as _engine
-from neptune_rt.torch import ops
+from neptune_rt.torch import _wire, ops
 
 __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "broadcast_object", "allgather_object"]
-
-
-def _wire_view(t: torch.Tensor) -> torch.Tensor:
-    # bool has no engine dtype; its bytes travel as uint8.
-    return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
 def _broadcast_inplace(tensors: Iterable[tuple[str, torch.Tensor]], root_rank: int) -> None:
     handles, copies = [], []
     for name, t in tensors:
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"neptune_rt: rank {_engine.rank()}: broadcast of '{name}': expected a tensor, "
-                             f"got {type(t).__name__}")
+        _wire.check_tensor(t, "broadcast", name)
         if t.is_sparse:
             raise ValueError(f"neptune_rt: rank {_engine.rank()}: '{name}' is sparse; broadcast its dense form")
         work = t.detach() if t.is_contiguous() else t.detach().contiguous()
         if work.data_ptr() != t.data_ptr() or work.dtype != t.dtype:
             copies.append((t, work))
-        handles.append(ops.broadcast_async_(_wire_view(work), root_rank, name=name))
+        handles.append(ops.broadcast_async_(work, root_rank, name=name))  # any dtype: see ops
     for h in handles:
         h.wait()
     with torch.no_grad():

@@ -1,15 +1,22 @@
 """Horovod's PyTorch collectives (`allreduce`, `allgather`, `broadcast` and their async / in-place forms) on top
 of the neptune_rt engine. Same names, arguments and defaults as `horovod.torch`: all-reduce averages unless
 told otherwise, and `synchronize(handle)` returns the result. Tested by tests/torch/test_ops.py under mpirun.
+
+Where Horovod accepts what the engine does not, this layer bridges the gap (see `_wire`): int16 tensors are
+all-reduced as int32 and broadcast / gathered as raw bytes, and integer tensors are pre- and post-scaled here
+in float64, as Horovod does, because the engine scales floating-point tensors only.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from neptune_rt import engine as _engine
+from neptune_rt.torch import _wire
 from neptune_rt.torch.autograd import AllgatherFn, AllreduceFn, BroadcastFn
 from neptune_rt.torch.compression import Compression, Compressor
 
@@ -79,43 +86,63 @@ def _codec(compression: Compressor) -> str:
     return getattr(compression, "codec", "none")
 
 
+def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None, op: str,
+                       prescale: float, postscale: float, compression: Compressor) -> Handle:
+    _wire.check_tensor(tensor, call, name)
+    compressed, ctx = compression.compress(tensor)
+    _wire.check_reducible(compressed, call, name)
+    work, private = compressed, compressed is not tensor
+    dtype = work.dtype
+    # Integers are scaled here, in float64 (the engine scales floating-point tensors only).
+    int_post = 1.0
+    if _wire.is_integer(work) and (prescale != 1.0 or postscale != 1.0):
+        if prescale != 1.0:
+            work, private = _wire.scale_integer(work, prescale), True
+        prescale, postscale, int_post = 1.0, 1.0, postscale
+    wide = _wire.REDUCE_AS.get(dtype)
+    if wide is not None:
+        work, private = work.to(wide), True
+    args = (name, op, _codec(compression), prescale, postscale, _adaptive(compression))
+    # A private copy (made by the compressor or above) is reduced in place: no second copy.
+    inner = _engine.allreduce_async_(work, *args) if in_place or private else _engine.allreduce_async(work, *args)
+    if in_place and work is tensor and int_post == 1.0:
+        return Handle(inner)  # reduced where it lies; nothing to convert or copy back
+
+    def finish(out: torch.Tensor) -> torch.Tensor:
+        if out.dtype != dtype:
+            out = out.to(dtype)  # int16 came back as int32: wraps as int16 addition would
+        if int_post != 1.0:
+            out = _wire.scale_integer(out, int_post)
+        out = compression.decompress(out, ctx)
+        if not in_place:
+            return out
+        with torch.no_grad():
+            tensor.copy_(out)
+        return tensor
+    return Handle(inner, finish)
+
+
 def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
                     op: str | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                     compression: Compressor = Compression.none) -> Handle:
     """Starts an all-reduce of `tensor` into a new tensor; `tensor` is left unchanged."""
-    op = resolve_op(op, average)
-    compressed, ctx = compression.compress(tensor)
-    if compressed is tensor:
-        inner = _engine.allreduce_async(tensor, name, op, _codec(compression), prescale_factor, postscale_factor,
-                                        _adaptive(compression))
-    else:  # the compressor made a fresh tensor: reduce it in place, no second copy
-        inner = _engine.allreduce_async_(compressed, name, op, _codec(compression), prescale_factor,
-                                         postscale_factor, _adaptive(compression))
-    return Handle(inner, lambda out: compression.decompress(out, ctx))
+    return _enqueue_allreduce(tensor, False, "allreduce_async", name, resolve_op(op, average), prescale_factor,
+                              postscale_factor, compression)
 
 
 def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
                      op: str | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                      compression: Compressor = Compression.none) -> Handle:
     """Starts an in-place all-reduce of `tensor`; the result is `tensor`."""
-    op = resolve_op(op, average)
-    compressed, ctx = compression.compress(tensor)
-    inner = _engine.allreduce_async_(compressed, name, op, _codec(compression), prescale_factor, postscale_factor,
-                                     _adaptive(compression))
-    if compressed is tensor:
-        return Handle(inner)
-
-    def finish(out: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            tensor.copy_(compression.decompress(out, ctx))
-        return tensor
-    return Handle(inner, finish)
+    return _enqueue_allreduce(tensor, True, "allreduce_async_", name, resolve_op(op, average), prescale_factor,
+                              postscale_factor, compression)
 
 
 def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
               compression: Compressor = Compression.none, op: str | None = None,
               prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> torch.Tensor:
     """All-reduce (default: average over ranks) into a new tensor; differentiable, as Horovod's."""
+    _wire.check_tensor(tensor, "allreduce", name)
     if _differentiable(tensor):
         op = resolve_op(op, average)
         compressed, ctx = compression.compress(tensor)
@@ -131,15 +158,22 @@ def allreduce_(tensor: torch.Tensor, average: bool | None = None, name: str | No
                op: str | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                compression: Compressor = Compression.none) -> torch.Tensor:
     """In-place all-reduce (default: average over ranks); returns `tensor`."""
-    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, compression).wait()
+    return _enqueue_allreduce(tensor, True, "allreduce_", name, resolve_op(op, average), prescale_factor,
+                              postscale_factor, compression).wait()
 
 
 def allgather_async(tensor: torch.Tensor, name: str | None = None) -> Handle:
     """Starts the concatenation of every rank's `tensor` along dimension 0 (first dimensions may differ)."""
-    return Handle(_engine.allgather_async(tensor, name))
+    _wire.check_tensor(tensor, "allgather_async", name)
+    if not _wire.needs_bytes(tensor) or tensor.dim() == 0:
+        return Handle(_engine.allgather_async(tensor, name))
+    dtype = tensor.dtype
+    return Handle(_engine.allgather_async(_wire.as_bytes(tensor, "allgather", name), name),
+                  lambda out: out.view(dtype))
 
 
 def allgather(tensor: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    _wire.check_tensor(tensor, "allgather", name)
     if _differentiable(tensor):
         return AllgatherFn.apply(tensor, name)
     return allgather_async(tensor, name).wait()
@@ -147,21 +181,33 @@ def allgather(tensor: torch.Tensor, name: str | None = None) -> torch.Tensor:
 
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> Handle:
     """Starts a broadcast of `root_rank`'s `tensor` into a new tensor on every rank."""
-    return Handle(_engine.broadcast_async(tensor, root_rank, name))
+    _wire.check_tensor(tensor, "broadcast_async", name)
+    if not _wire.needs_bytes(tensor):
+        return Handle(_engine.broadcast_async(tensor, root_rank, name))
+    dtype, shape = tensor.dtype, tensor.shape
+    return Handle(_engine.broadcast_async(_wire.as_bytes(tensor, "broadcast", name), root_rank, name),
+                  lambda out: out.view(dtype).reshape(shape))
 
 
 def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> Handle:
     """Starts an in-place broadcast: every rank's `tensor` receives `root_rank`'s values."""
-    return Handle(_engine.broadcast_async_(tensor, root_rank, name))
+    _wire.check_tensor(tensor, "broadcast_async_", name)
+    if not _wire.needs_bytes(tensor):
+        return Handle(_engine.broadcast_async_(tensor, root_rank, name))
+    # The byte view shares tensor's memory, so the engine writes straight into it.
+    return Handle(_engine.broadcast_async_(_wire.as_bytes(tensor, "broadcast_", name), root_rank, name),
+                  lambda _out: tensor)
 
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> torch.Tensor:
+    _wire.check_tensor(tensor, "broadcast", name)
     if _differentiable(tensor):
         return BroadcastFn.apply(tensor, root_rank, name)
     return broadcast_async(tensor, root_rank, name).wait()
 
 
 def broadcast_(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> torch.Tensor:
+    _wire.check_tensor(tensor, "broadcast_", name)
     return broadcast_async_(tensor, root_rank, name).wait()
 
 
@@ -177,10 +223,16 @@ def poll(handle: Handle | _engine.Handle) -> bool:
 
 def join(device: int = -1, name: str = "join") -> int:
     """Blocks until every rank has joined; meanwhile this rank contributes zeros to the others' sum/average
-    all-reduces and no rows to their allgathers. Returns the last rank to join. `device` is accepted for
-    Horovod compatibility and ignored (results are staged through the host)."""
+    all-reduces and no rows to their allgathers. Returns the last rank to join, the same on every rank.
+    `device` is accepted for Horovod compatibility and ignored (results are staged through the host)."""
     del device
-    return _engine.join(name)
+    called_at = time.time()
+    _engine.join(name)
+    # The engine knows which ranks have joined, not in what order (idle ranks may all be seen in one
+    # negotiation round). Each rank knows when it called: gather (time, rank) and take the latest; ties go to
+    # the higher rank. Across nodes the order is as good as their clocks' synchronisation.
+    stamps = _engine.allgather(np.array([[called_at, _engine.rank()]], dtype=np.float64), name=f"{name}.order")
+    return int(max(map(tuple, stamps.tolist()))[1])
 
 
 def barrier(name: str | None = None) -> None:
