@@ -63,7 +63,7 @@ demo: build demo-data
 	  data="--data digits --epochs 20 --batch-size 64"; fi; \
 	if [ -t 2 ]; then progress=bar; else progress=lines; fi; \
 	mpirun -np 4 --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 $(VENV)/bin/neptune-rt train $$data \
-	  --model mlp --hidden 512,256 --compression int8 --lr 0.05 --warmup-steps 50 --log-every 20 \
+	  --model mlp --hidden 512,256 --compression int8 --lr 0.05 --warmup-steps 50 --log-every 20 --eval-every 100 \
 	  --progress $$progress --checkpoint-every 500 --run-dir $(DEMO_RUN) \
 	&& $(VENV)/bin/neptune-rt report $(DEMO_RUN)
 

@@ -111,9 +111,8 @@ class Progress:
 
     def update(self, step: int, fields: dict[str, str], log_line: bool) -> None:
         if self.bar is not None:
-            self.bar.n = step
             self.bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in fields.items()), refresh=False)
-            self.bar.refresh()
+            self.bar.update(step - self.bar.n)
         elif self.mode == "lines" and log_line:
             print(f"step {step} " + " ".join(f"{k}={v}" for k, v in fields.items()), file=sys.stderr, flush=True)
 

@@ -218,7 +218,7 @@ class Trainer:
 
     def _fields(self, record: dict[str, Any] | None) -> dict[str, str]:
         r = record or self.last_record or {}
-        out = {"epoch": f"{self.pos.epoch + 1}", "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
+        out = {"epoch": f"{self.samples / self.sampler.num_samples:.2f}", "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
                "samples/s": f"{r.get('samples_per_s', 0):.0f}",
                "acc": f"{self.last_acc * 100:.2f}%" if self.last_acc is not None else "-",
                "comm": f"{r.get('comm_share', 0) * 100:.0f}%"}

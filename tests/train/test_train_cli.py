@@ -85,10 +85,15 @@ def test_tensorboard_events_are_readable(dense_run):
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [10, 20, 30]
 
 
+# The bf16 run also covers bf16 autocast on CPU, AdamW, warm-up, cosine decay and gradient clipping.
+EXTRA = {"bf16": ["--amp", "bf16", "--optimizer", "adamw", "--lr", "0.01", "--warmup-steps", "5",
+                  "--lr-schedule", "cosine", "--clip-grad", "1.0"]}
+
+
 @pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "onebit", "auto"])
 def test_each_codec_trains(tmp_path, codec):
     result = ok(neptune(2, "train", *DENSE_ARGS, "--compression", codec, "--run-dir", tmp_path / "r", "--steps", "46",
-                        "--eval-every", "0", timeout=150))
+                        "--eval-every", "0", *EXTRA.get(codec, []), timeout=150))
     acc = [r for r in metrics(tmp_path / "r") if r["kind"] == "eval"][-1]["test_accuracy"]
     assert acc > (0.80 if codec != "onebit" else 0.70), f"{codec}: test accuracy {acc}"
     assert "final test accuracy" in result.stdout
@@ -98,3 +103,20 @@ def test_int8_run_is_close_to_dense(dense_run, int8_run):
     dense, int8 = final_params(dense_run), final_params(int8_run)
     rel = max(((dense[k] - int8[k]).norm() / dense[k].norm()).item() for k in dense)
     assert 0 < rel < 0.1, f"int8 parameters differ from dense by {rel:.3g} (relative norm)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "cifar"], "unknown data set 'cifar' (choose one of: digits, fashion-mnist, mnist, or csv:DIR)"),
+    (["--model", "resnet"], "unknown model 'resnet' (choose one of: auto, mlp, dropout-mlp, linear)"),
+    (["--compression", "int3"], "unknown compression 'int3' (choose one of: none, fp16, bf16, int8"),
+    (["--data", "fashion-mnist", "--data-dir", "/nonexistent"], "directory /nonexistent does not exist"),
+    ("config", "unknown key 'learning_rate'; did you mean 'lr'?"),
+])
+def test_bad_input_fails_every_rank_with_one_message(tmp_path, args, message):
+    if args == "config":
+        (tmp_path / "c.toml").write_text("learning_rate = 0.1\n")
+        args = ["--config", tmp_path / "c.toml"]
+    result = neptune(2, "train", *args, "--run-dir", tmp_path / "run", timeout=90)
+    assert result.returncode != 0, result.output[-2000:]
+    assert result.stderr.count(message) == 1, result.output[-3000:]
+    assert not (tmp_path / "run").exists()
