@@ -131,6 +131,20 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+# Names other trainers use for our keys (a spelling distance would not find `lr` from `learning_rate`).
+ALIASES = {"learning_rate": "lr", "batch": "batch_size", "global_batch_size": "batch_size", "codec": "compression",
+           "dataset": "data", "num_epochs": "epochs", "max_steps": "steps", "warmup": "warmup_steps",
+           "grad_clip": "clip_grad", "max_grad_norm": "clip_grad", "output_dir": "run_dir", "label": "label_column"}
+
+
+def closest_key(name: str) -> str | None:
+    """The valid key a misspelled or foreign `name` most likely means, or None."""
+    if name in ALIASES:
+        return ALIASES[name]
+    close = difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Keys of a config file, checked: a misspelled key names the closest valid one."""
     path = Path(path)
@@ -146,8 +160,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
-            close = difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(FIELDS)}"
+            close = closest_key(name)
+            hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(FIELDS)}"
             raise ConfigError(f"config file {path}: unknown key '{key}'{hint}")
         out[name] = _coerce(name, value, f"config file {path}")
     return out

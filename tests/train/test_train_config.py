@@ -36,10 +36,15 @@ def test_dump_toml_reads_back_identically(tmp_path):
     assert resolve({}, load_toml(path)) == config
 
 
-def test_misspelled_key_suggests_the_closest(tmp_path):
+@pytest.mark.parametrize("key, want", [("batch_szie", "batch_size"), ("compresion", "compression"),
+                                       ("learning-rate", "lr"), ("check_point_every", "checkpoint_every")])
+def test_misspelled_key_suggests_the_closest(tmp_path, key, want):
     cfg = tmp_path / "c.toml"
-    cfg.write_text("batch_szie = 128\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'batch_szie'; did you mean 'batch_size'\?"):
+    cfg.write_text(f"{key} = 1\n")
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}'; did you mean '{want}'\?"):
+        load_toml(cfg)
+    cfg.write_text("zzzz = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'zzzz'; valid keys: data, data_dir"):
         load_toml(cfg)
 
 
