@@ -54,6 +54,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          lambda v: v.strip().lower() not in ("0", "false", "no", "off", "")),
     Knob("NEPTUNE_RT_MPI", "wheel",
          "build time (Makefile): 'wheel' uses the Open MPI + mpi4py wheels, 'system' the mpicc on PATH", str),
+    Knob("NEPTUNE_RT_DATA_DIR", "",
+         "neptune-rt train: directory of the Fashion-MNIST / MNIST IDX files when --data-dir is not given", str),
+    Knob("NEPTUNE_RT_TRAIN_FAULT", "",
+         "tests only: 'kill-at-step:N' or 'kill-in-checkpoint:N' makes neptune-rt train SIGKILL itself there", str),
 ]}
 
 

@@ -1,0 +1,82 @@
+"""What the trainer reads from the engine, guarded: `neptune_rt.engine.stats()` (cumulative counters) and
+`bucket_records(clear=True)` (per-bucket phase timings) where this build has them. Without them the engine lane
+of the timeline and the encode/wire/decode/compression columns stay empty, and rank 0 says so once.
+Exercised by the CLI tests (tests/train/test_cli.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from neptune_rt import engine as _engine
+
+__all__ = ["EngineTelemetry"]
+
+_PHASES = ("encode", "wire", "decode")
+NOTE = ("note: this engine build does not report per-bucket phases (neptune_rt.engine.stats / bucket_records): "
+        "the timeline's engine lane and the encode/wire/decode and compression-ratio columns stay empty")
+
+
+class EngineTelemetry:
+    def __init__(self) -> None:
+        self._stats = getattr(_engine, "stats", None)
+        self._records = getattr(_engine, "bucket_records", None)
+        self.available = self._stats is not None
+        self._last: dict[str, Any] = self._read()
+        if self._records is not None:
+            self._records(clear=True)  # drop what ran before training (parameter broadcast, checks)
+
+    def _read(self) -> dict[str, Any]:
+        if self._stats is None:
+            return {}
+        try:
+            return dict(self._stats())
+        except Exception:  # a failing probe must not stop training
+            return {}
+
+    def interval(self) -> dict[str, Any]:
+        """Counter deltas since the previous call, as metrics columns (empty without engine stats)."""
+        now = self._read()
+        if not now:
+            return {}
+        delta = {k: now.get(k, 0) - self._last.get(k, 0) for k in
+                 ("bytes_raw", "bytes_wire", "encode_s", "wire_s", "decode_s", "wait_s", "buckets")
+                 if isinstance(now.get(k, 0), (int, float))}
+        self._last = now
+        out = {"bytes_raw": delta.get("bytes_raw", 0), "bytes_wire": delta.get("bytes_wire", 0),
+               "encode_s": delta.get("encode_s", 0.0), "wire_s": delta.get("wire_s", 0.0),
+               "decode_s": delta.get("decode_s", 0.0), "engine_wait_s": delta.get("wait_s", 0.0)}
+        if out["bytes_wire"]:
+            out["compression_ratio"] = out["bytes_raw"] / out["bytes_wire"]
+        if isinstance(now.get("codecs"), dict):
+            out["codecs"] = now["codecs"]
+        return out
+
+    def bucket_events(self, timeline: Any, step: int) -> None:
+        """Adds this step's bucket phases to the timeline's engine lane."""
+        if self._records is None:
+            return
+        try:
+            records = self._records(clear=True)
+        except Exception:
+            return
+        for rec in records:
+            t = float(rec.get("start", 0.0))
+            for phase in _PHASES:
+                dur = float(rec.get(f"{phase}_s", 0.0) or 0.0)
+                if dur > 0:
+                    timeline.add(phase, t, t + dur, step, lane=1, codec=rec.get("codec"),
+                                 bytes_raw=rec.get("bytes_raw"), bytes_wire=rec.get("bytes_wire"))
+                t += dur
+
+
+def export_residuals() -> dict | None:
+    fn = getattr(_engine, "export_residuals", None)
+    return None if fn is None else fn()
+
+
+def import_residuals(state: dict) -> bool:
+    fn = getattr(_engine, "import_residuals", None)
+    if fn is None:
+        return False
+    fn(state)
+    return True

@@ -1,0 +1,283 @@
+"""The thin Trainer: one readable loop that composes the engine, gradient compression (DistributedOptimizer,
+wrapping the user's optimizer, never patching it), global-batch sharding, evaluation, a learning-rate schedule
+with warm-up, gradient clipping, autocast, checkpoints and the run directory. Launch under mpirun; exercised by
+tests/train/test_cli.py and tests/train/test_resume.py.
+
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), (x_train, y_train), (x_test, y_test),
+                      batch_size=256, epochs=2, compression="int8")
+    result = trainer.fit()      # {"test_accuracy": ..., "run_dir": ..., ...}
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import neptune_rt.torch as nrt
+from neptune_rt.train import checkpoint as ckpt
+from neptune_rt.train.config import ConfigError, TrainConfig
+from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, write_atomic
+from neptune_rt.train.run_files import RunFiles, restore, snapshot
+from neptune_rt.train.sampler import EpochSampler, Position, equal_split
+from neptune_rt.train.telemetry import NOTE, EngineTelemetry
+
+__all__ = ["Trainer", "lr_factor"]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based): linear warm-up, then cosine/linear/constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
+def _as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a pair (features, labels)") from None
+    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{what}: {len(x)} feature rows but {len(y)} labels")
+    return x, y
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_data: Any,
+                 test_data: Any = None, loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+                 config: TrainConfig | None = None, **overrides: Any):
+        self.config = TrainConfig(**{**(config.to_dict() if config else {}), **overrides}).validate()
+        self.model, self.loss_fn = model, loss_fn
+        self.x_train, self.y_train = _as_tensors(train_data, "train_data")
+        self.test = _as_tensors(test_data, "test_data") if test_data is not None else None
+        self.user_optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    # --- set-up ---------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        c = self.config
+        nrt.init()
+        self.rank, self.size = nrt.rank(), nrt.size()
+        self.device = torch.device("cuda", nrt.local_rank() % max(1, torch.cuda.device_count())) \
+            if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()) else torch.device("cpu")
+        if c.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+        if c.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.model.to(self.device)
+        self.files = RunFiles.create(c, self.rank)
+        compression = nrt.Compression.forced(c.compression) if c.force_codec and c.compression not in \
+            ("none", "fp16", "bf16") else getattr(nrt.Compression, c.compression)
+        self.opt = nrt.DistributedOptimizer(self.user_optimizer, named_parameters=self.model.named_parameters(),
+                                            compression=compression)
+        self.sampler = EpochSampler(len(self.x_train), c.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch(c.batch_size)
+        self.total_steps = c.steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
+        self.step, self.pos, self.samples, self.wall_offset, self.last_acc = 0, Position(), 0, 0.0, None
+        self.totals = {"step_s": 0.0, "comm_s": 0.0, "checkpoint_s": 0.0, "checkpoints": 0}
+        resumed_at = None
+        if c.resume:
+            state = self.files.resume_state
+            restore(self, state)
+            resumed_at = self.step
+        else:
+            nrt.broadcast_parameters(self.model.state_dict(), root_rank=0)
+            nrt.broadcast_optimizer_state(self.opt, root_rank=0)
+            torch.manual_seed(c.seed * 1000 + self.rank + 1)  # dropout differs per rank, reproducibly
+        self.files.start(self.size, self.step)
+        self.start = time.monotonic()
+        self.timeline = Timeline(self.files.dir / f"timeline.rank{self.rank}.json", self.rank,
+                                 self.start - self.wall_offset, resumed_at)
+        self.telemetry = EngineTelemetry()
+        self.lead = self.rank == 0
+        self.metrics = MetricsLog(self.files.dir / "metrics.jsonl", resumed_at) if self.lead else None
+        self.tb = TensorBoard(self.files.dir / "tensorboard") if self.lead and c.tensorboard else None
+        self.progress = Progress(c.progress, self.total_steps, self.step, self.lead)
+        if self.lead and not self.telemetry.available:
+            self.progress.message(NOTE)
+        self.interval = {"loss": 0.0, "n": 0, "step_s": 0.0, "comm_s": 0.0, "samples": 0, "t": time.monotonic()}
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self._setup()
+        c = self.config
+        try:
+            while self.step < self.total_steps:
+                ckpt.die_if("kill-at-step", self.step)
+                epoch = self.pos.epoch
+                self._train_step()
+                end_of_epoch = self.pos.epoch != epoch
+                if (c.eval_every and self.step % c.eval_every == 0) or (not c.eval_every and end_of_epoch):
+                    self._evaluate()
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
+                    self._checkpoint()
+            if self.last_eval_step != self.step:
+                self._evaluate()
+            self._checkpoint()
+            return self._finish()
+        except BaseException as err:
+            self.files.failed(err)
+            raise
+        finally:
+            self.progress.close()
+
+    last_eval_step = -1
+
+    def _train_step(self) -> None:
+        c, tl, step = self.config, self.timeline, self.step
+        t0 = time.monotonic()
+        sizes = equal_split(self.sampler.batch_size_at(self.pos, c.batch_size), self.size)
+        idx = torch.from_numpy(self.sampler.slices(self.pos, sizes)[self.rank])
+        for group, base in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = base * lr_factor(step, self.total_steps, c.warmup_steps, c.lr_schedule)
+        self.opt.set_weight(sizes[self.rank] / sum(sizes))
+        self.model.train()
+        self.opt.zero_grad()
+        x, y = self.x_train[idx].to(self.device), self.y_train[idx].to(self.device)
+        t1 = time.monotonic()
+        loss_value = 0.0
+        if len(idx):  # a rank with no samples in a short last batch contributes zeros at synchronize()
+            with self._autocast():
+                loss = self.loss_fn(self.model(x), y)
+            t2 = time.monotonic()
+            loss.backward()
+            loss_value = float(loss.detach())
+        else:
+            t2 = t1
+        t3 = time.monotonic()
+        self.opt.synchronize()
+        t4 = time.monotonic()
+        if c.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad)
+        with self.opt.skip_synchronize():
+            self.opt.step()
+        t5 = time.monotonic()
+        for name, a, b in (("data", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("comm wait", t3, t4),
+                           ("optimizer", t4, t5)):
+            tl.add(name, a, b, step + 1)
+        tl.add("step", t0, t5, step + 1, batch=sizes[self.rank])
+        self.telemetry.bucket_events(tl, step + 1)
+        self.step += 1
+        self.samples += sum(sizes)
+        self.pos = self.sampler.advance(self.pos, sum(sizes))
+        iv = self.interval
+        iv["loss"] += loss_value * len(idx)
+        iv["n"] += len(idx)
+        iv["step_s"] += t5 - t0
+        iv["comm_s"] += t4 - t3
+        iv["samples"] += sum(sizes)
+        self.totals["step_s"] += t5 - t0
+        self.totals["comm_s"] += t4 - t3
+        if self.step % c.log_every == 0 or self.step == self.total_steps:
+            self._log(sizes)
+        elif self.lead:
+            self.progress.update(self.step, self._fields(None), False)
+
+    def _autocast(self) -> Any:
+        if self.config.amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _wall(self) -> float:
+        return self.wall_offset + time.monotonic() - self.start
+
+    def _log(self, sizes: list[int]) -> None:
+        iv = self.interval
+        sums = nrt.allreduce(torch.tensor([iv["loss"], float(iv["n"])], dtype=torch.float64),
+                             name="train.metrics", op=nrt.Sum)
+        now = time.monotonic()
+        record = {"kind": "train", "step": self.step, "epoch": self.pos.epoch + self.pos.offset /
+                  self.sampler.num_samples, "samples": self.samples, "wall": round(self._wall(), 4),
+                  "time": time.time(), "loss": float(sums[0] / max(sums[1].item(), 1)),
+                  "lr": self.opt.param_groups[0]["lr"],
+                  "samples_per_s": iv["samples"] / max(now - iv["t"], 1e-9),
+                  "comm_share": iv["comm_s"] / max(iv["step_s"], 1e-9), "batch_sizes": sizes,
+                  **self.telemetry.interval()}
+        self.interval = {"loss": 0.0, "n": 0, "step_s": 0.0, "comm_s": 0.0, "samples": 0, "t": now}
+        if self.lead:
+            self.metrics.write(record)
+            if self.tb:
+                self.tb.scalars(self.step, {f"train/{k}": v for k, v in record.items()
+                                            if k not in ("step", "time", "kind")}, record["time"])
+            self.progress.update(self.step, self._fields(record), True)
+            self.files.state.update(state="running", step=self.step, total_steps=self.total_steps,
+                                    wall=record["wall"], samples_per_s=record["samples_per_s"])
+        self.last_record = record
+
+    last_record: dict[str, Any] | None = None
+
+    def _fields(self, record: dict[str, Any] | None) -> dict[str, str]:
+        r = record or self.last_record or {}
+        out = {"epoch": f"{self.samples / self.sampler.num_samples:.2f}", "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
+               "samples/s": f"{r.get('samples_per_s', 0):.0f}",
+               "acc": f"{self.last_acc * 100:.2f}%" if self.last_acc is not None else "-",
+               "comm": f"{r.get('comm_share', 0) * 100:.0f}%"}
+        if "compression_ratio" in r:
+            out["ratio"] = f"{r['compression_ratio']:.1f}x"
+        return out
+
+    def _evaluate(self) -> None:
+        if self.test is None:
+            return
+        t0 = time.monotonic()
+        x, y = self.test
+        mine = torch.arange(self.rank, len(x), self.size)  # disjoint shard per rank
+        self.model.eval()
+        correct = loss_sum = 0.0
+        with torch.no_grad(), self._autocast():
+            for part in mine.split(4096):
+                out = self.model(x[part].to(self.device)).float()
+                target = y[part].to(self.device)
+                loss_sum += float(self.loss_fn(out, target, reduction="sum"))
+                correct += float((out.argmax(1) == target).sum())
+        sums = nrt.allreduce(torch.tensor([correct, loss_sum, float(len(mine))], dtype=torch.float64),
+                             name="eval.metrics", op=nrt.Sum)
+        self.last_acc = float(sums[0] / sums[2])
+        self.last_eval_step = self.step
+        self.timeline.add("eval", t0, time.monotonic(), self.step)
+        if self.lead:
+            record = {"kind": "eval", "step": self.step, "samples": self.samples, "wall": round(self._wall(), 4),
+                      "time": time.time(), "test_accuracy": self.last_acc, "test_loss": float(sums[1] / sums[2])}
+            self.metrics.write(record)
+            if self.tb:
+                self.tb.scalars(self.step, {"eval/accuracy": self.last_acc, "eval/loss": record["test_loss"]})
+            self.progress.update(self.step, self._fields(None), False)
+
+    def _checkpoint(self) -> None:
+        t0 = time.monotonic()
+        state = snapshot(self)  # collective: gathers every rank's RNG state and residuals
+        if self.lead:
+            ckpt.save(self.files.dir / "checkpoints", self.step, state, self.config.keep_checkpoints)
+            self.timeline.write()
+        elif self.step == self.total_steps or self.config.checkpoint_every:
+            self.timeline.write()
+        took = time.monotonic() - t0
+        self.totals["checkpoint_s"] += took
+        self.totals["checkpoints"] += 1
+        self.timeline.add("checkpoint", t0, t0 + took, self.step)
+
+    def _finish(self) -> dict[str, Any]:
+        nrt.barrier(name="train.finish")  # every rank's files are written before rank 0 declares the run done
+        self.timeline.write()
+        self.opt.remove_hooks()
+        result = {"run_dir": str(self.files.dir), "steps": self.step, "samples": self.samples,
+                  "test_accuracy": self.last_acc, "wall_s": round(self._wall(), 3),
+                  "comm_share": self.totals["comm_s"] / max(self.totals["step_s"], 1e-9),
+                  "checkpoint_s": round(self.totals["checkpoint_s"], 4), "checkpoints": self.totals["checkpoints"]}
+        if self.lead:
+            self.metrics.close()
+            if self.tb:
+                self.tb.close()
+            self.files.state.update(state="finished", step=self.step, total_steps=self.total_steps,
+                                    wall=result["wall_s"], result=result)
+        return result

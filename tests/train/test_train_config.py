@@ -1,0 +1,67 @@
+"""The CLI flags, the --config TOML keys and the resolved config.toml are one list; a misspelled key names the
+closest valid one. In-process, no MPI."""
+import argparse
+
+import pytest
+
+from neptune_rt.train.config import FIELDS, ConfigError, TrainConfig, add_arguments, dump_toml, load_toml, resolve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser
+
+
+def test_every_field_has_a_flag_and_help():
+    text = _parser().format_help()
+    for name in FIELDS:
+        assert "--" + name.replace("_", "-") in text
+
+
+def test_toml_mirrors_flags_and_flags_override(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('data = "csv:/x"\nbatch-size = 128\nepochs = 3\nforce_codec = true\ncompression = "int8"\n')
+    args = vars(_parser().parse_args(["--config", str(cfg), "--batch-size", "64"]))
+    config = resolve(args)
+    assert (config.data, config.batch_size, config.epochs, config.force_codec, config.compression) == \
+        ("csv:/x", 64, 3.0, True, "int8")
+    assert config.lr == TrainConfig().lr  # untouched keys keep their defaults
+
+
+def test_dump_toml_reads_back_identically(tmp_path):
+    config = TrainConfig(data="csv:/a \"b\"", hidden="32,16", tensorboard=True, lr=0.125)
+    path = tmp_path / "config.toml"
+    path.write_text(dump_toml(config, "header"))
+    assert resolve({}, load_toml(path)) == config
+
+
+@pytest.mark.parametrize("key, want", [("batch_szie", "batch_size"), ("compresion", "compression"),
+                                       ("learning-rate", "lr"), ("check_point_every", "checkpoint_every")])
+def test_misspelled_key_suggests_the_closest(tmp_path, key, want):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"{key} = 1\n")
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}'; did you mean '{want}'\?"):
+        load_toml(cfg)
+    cfg.write_text("zzzz = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'zzzz'; valid keys: data, data_dir"):
+        load_toml(cfg)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('epochs = "two"', "key 'epochs' must be a float"),
+    ("batch_size = 0", "--batch-size must be >= 1"),
+    ('compression = "int3"', "unknown compression 'int3'"),
+    ('model = "resnet"', "unknown model 'resnet'"),
+    ("steps = ", "not valid TOML"),
+])
+def test_bad_values_are_named(tmp_path, text, match):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=match):
+        resolve({"config": str(cfg)})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "nope.toml")
