@@ -107,15 +107,16 @@ class CpuMemoryMeter:
     @contextlib.contextmanager
     def measure(self) -> Iterator[None]:
         import torch
-        seen: set[int] = set()
+        seen: set[tuple[int, int]] = set()
         used = [self.base]
 
         def pack(t: "torch.Tensor") -> Any:
-            if not (t.is_leaf and t.requires_grad):  # parameters are counted in base_bytes
-                key = t.untyped_storage().data_ptr()
+            origin = t._base if t._base is not None else t  # weight.t() is a view of a parameter
+            if not (origin.is_leaf and origin.requires_grad):  # parameters are counted in base_bytes
+                key = (t.data_ptr(), t.nbytes)  # a tensor saved by two ops counts once
                 if key not in seen:
                     seen.add(key)
-                    used[0] += t.untyped_storage().nbytes()
+                    used[0] += t.nbytes
                     if used[0] > self.capacity:
                         raise SimulatedOOM(f"probe needs more than the {self.capacity / 2**20:.1f} MiB cap")
             return t
