@@ -193,6 +193,7 @@ def main() -> None:
         g = argparse.Namespace(**{**vars(args), "per_sample_ms": args.goodput_per_sample_ms,
                                   "step_ms": args.goodput_step_ms})
         flat = lambda _s: [1.0] * size  # noqa: E731
+        common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms}
         for B in [int(v) for v in args.fixed_batches.split(",")]:
             r = train(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps, B=B, target=args.target,
                       lr_mult=lr_scale(args.fixed_lr_rule, 0.0, B, args.goodput_base),
