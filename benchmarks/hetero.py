@@ -75,7 +75,8 @@ def train(args, data, *, policy: str, slow_at, steps: int, B: int, target: float
     if policy == "scheduler":
         sched = BatchScheduler(size, B, max_micro=args.max_micro, adaptive_batch=adaptive,
                                batch_bounds=(args.min_batch, args.max_batch) if adaptive else None,
-                               lr_rule=args.lr_rule)
+                               lr_rule=args.lr_rule, goodput_interval=args.goodput_interval,
+                               noise_warmup=args.goodput_interval)
     equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
     sampler = PlanSampler(len(x), rank, size, seed=1)
     times, clock, samples, step_s, reached, acc = [], 0.0, 0, 0.0, None, 0.0
@@ -143,6 +144,7 @@ def main() -> None:
     ap.add_argument("--fixed-batches", default="64,256,1024,4096")
     ap.add_argument("--goodput-per-sample-ms", type=float, default=0.1)
     ap.add_argument("--goodput-step-ms", type=float, default=20.0)
+    ap.add_argument("--goodput-interval", type=int, default=5, help="steps between global-batch decisions")
     ap.add_argument("--min-batch", type=int, default=32)
     ap.add_argument("--max-batch", type=int, default=4096)
     ap.add_argument("--goodput-max-steps", type=int, default=5000)

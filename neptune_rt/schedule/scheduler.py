@@ -183,16 +183,20 @@ class BatchScheduler:
                 floors[j] += 1
             k += 1
         damped = floors
-        if self._step_time(damped) >= (1.0 - self.hysteresis) * self._step_time(plan.local_batches):
+        # Hysteresis: the move must promise more than `hysteresis`, and more than half the timing noise the
+        # models see (on a busy machine a 3% threshold alone would chase noise).
+        noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
+        threshold = max(self.hysteresis, 0.5 * noise)
+        if self._step_time(damped) >= (1.0 - threshold) * self._step_time(plan.local_batches):
             return None
         return self._split_plan(B, damped, micro, "re-balanced")
 
     def _candidates(self) -> list[int]:
         lo, hi = self.batch_bounds
         out, b = {lo, hi, self.plan.global_batch}, float(lo)
-        while b < hi:  # a geometric grid, 8 points per doubling
+        while b < hi:  # a geometric grid, 4 points per doubling
             out.add(int(round(b)))
-            b *= 2 ** 0.125
+            b *= 2 ** 0.25
         cap = sum(self._hi(self.plan.max_micro))
         return sorted(x for x in out if lo <= x <= min(hi, cap))
 

@@ -30,23 +30,28 @@ def continuous_split(a: Sequence[float], c: Sequence[float], total: float, lo: S
                      hi: Sequence[float]) -> tuple[list[float], float]:
     """Real shares x_i in [lo_i, hi_i] summing to `total` such that every rank not at a bound finishes at the
     same time T (the water level): x_i = clip((T - a_i) / c_i, lo_i, hi_i). Returns (x, T)."""
+    n = len(a)
+    # sum_i clip((T - a_i)/c_i, lo_i, hi_i) is piecewise linear and non-decreasing in T, with breakpoints
+    # where a rank leaves its lower bound (a_i + c_i lo_i) or reaches its upper one (a_i + c_i hi_i): walk
+    # them in order and solve the linear piece that crosses the total. O(n log n), exact.
     def filled(level: float) -> float:
-        return sum(min(max((level - ai) / ci, l), h) for ai, ci, l, h in zip(a, c, lo, hi))
+        return sum(min(max((level - a[i]) / c[i], lo[i]), hi[i]) for i in range(n))
 
-    # sum of clipped shares is continuous and non-decreasing in T: bisect between levels where it is
-    # certainly below and above the total. 200 halvings reach float resolution for any sane range.
-    low = min(ai + ci * l for ai, ci, l in zip(a, c, lo))
-    high = max(ai + ci * h for ai, ci, h in zip(a, c, hi))
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if filled(mid) < total:
-            low = mid
-        else:
-            high = mid
-    level = high
-    x = [min(max((level - ai) / ci, l), h) for ai, ci, l, h in zip(a, c, lo, hi)]
-    # Remove the bisection's residue on one unclipped rank so that the shares sum to the total exactly.
-    free = [i for i in range(len(x)) if lo[i] < x[i] < hi[i]]
+    points = sorted({a[i] + c[i] * lo[i] for i in range(n)} | {a[i] + c[i] * hi[i] for i in range(n)})
+    level = points[-1]
+    prev, prev_fill = points[0], filled(points[0])
+    if prev_fill >= total:
+        level = prev
+    else:
+        for point in points[1:]:
+            fill = filled(point)
+            if fill >= total:
+                level = prev + (point - prev) * (total - prev_fill) / (fill - prev_fill)
+                break
+            prev, prev_fill = point, fill
+    x = [min(max((level - a[i]) / c[i], lo[i]), hi[i]) for i in range(n)]
+    # Remove float residue on one unclipped rank so that the shares sum to the total exactly.
+    free = [i for i in range(n) if lo[i] < x[i] < hi[i]]
     if free:
         i = free[0]
         x[i] = min(max(x[i] + total - sum(x), lo[i]), hi[i])
