@@ -62,3 +62,28 @@ def test_cpu_meter_counts_activations_and_raises_at_the_cap():
     with pytest.raises(SimulatedOOM):
         with small.measure():
             model(torch.randn(40, 100)).sum().backward()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_meter_probe_stays_under_a_cap():
+    from neptune_rt.schedule.memory import CudaMemoryMeter
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 10)).cuda()
+    x = torch.randn(8192, 1024, device="cuda")
+    base = torch.cuda.memory_allocated()
+    meter = CudaMemoryMeter(capacity_bytes=base + (64 << 20))
+    probe = MemoryProbe(1, start=16, limit=8192)
+    while not probe.done:
+        b = probe.candidates()[0]
+        ok = 1
+        try:
+            with meter.measure():
+                torch.autograd.grad(model(x[:b]).square().mean(), list(model.parameters()))
+        except Exception as err:  # noqa: BLE001
+            assert meter.is_oom(err), err
+            ok = 0
+        probe.observe([[b, ok, meter.peak, meter.capacity]])
+    (best,) = probe.result()
+    with meter.measure():
+        torch.autograd.grad(model(x[:best]).square().mean(), list(model.parameters()))
+    assert meter.peak <= meter.capacity and 16 <= best < 8192
