@@ -5,12 +5,14 @@
 Rank speeds are emulated: every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on top of
 the real forward/backward (sleep takes no CPU, so four ranks on two shared cores stay faithful). Cases:
   static profiles (default 1,1,2,4 and 1,1,1,2, homogeneous 1,1,1,1): an equal split vs the scheduler, same
-     seed, data order and steps; speedup = equal step time / balanced step time (median of the last half),
+     seed, data order and steps, the two runs interleaved step by step (A B A B: both see the same load on a
+     shared machine); speedup = equal step time / balanced step time (median of the last half),
      against the ideal max(s) * sum(1/s_i) / n; final test accuracy of both.
   change: homogeneous, then rank 3 slows down 4x at step --change-at; steps until the step time is back
      within 10% of its new steady state.
   goodput: time to --target test accuracy with the scheduler choosing the global batch, against fixed global
-     batches (--fixed-batches), with a per-step cost of --step-ms (latency, synchronisation) on top.
+     batches (--fixed-batches, learning rate scaled by --fixed-lr-rule), all interleaved step by step, with a
+     per-step cost of --goodput-step-ms (latency, synchronisation) on top.
 One JSON row per run (`impl` "equal", "balanced", "fixed", "goodput"); a table on rank 0.
 """
 from __future__ import annotations
@@ -61,70 +63,92 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(nrt.allreduce(correct, name="eval.correct", op=nrt.Sum)) / len(x)
 
 
-def train(args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
-          adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf")) -> dict:
-    """One run. policy: "equal" (fixed equal split) or "scheduler". slow_at(step) -> per-rank slowdowns."""
-    x, y, xt, yt = data
-    rank, size = nrt.rank(), nrt.size()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-    base_lr = args.lr * lr_mult
-    opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9),
-                                   named_parameters=model.named_parameters())
-    sched = None
-    if policy == "scheduler":
-        sched = BatchScheduler(size, B, max_micro=args.max_micro, adaptive_batch=adaptive,
-                               batch_bounds=(args.min_batch, args.max_batch) if adaptive else None,
-                               lr_rule=args.lr_rule, goodput_interval=args.goodput_interval,
-                               noise_warmup=args.goodput_interval)
-    equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
-    sampler = PlanSampler(len(x), rank, size, seed=1)
-    times, clock, samples, step_s, reached, acc = [], 0.0, 0, 0.0, None, 0.0
-    next_eval = args.eval_every
-    for step in range(steps):
-        plan_sizes = sched.plan.local_batches if sched else equal
-        batch = sampler.next(plan_sizes)
+class Run:
+    """One training run, advanced a step at a time so that runs can be interleaved (A B A B ...): every run then
+    sees the same load on this shared machine. policy: "equal" (fixed equal split) or "scheduler";
+    slow_at(step) -> per-rank slowdowns; training stops at `steps`, at `target` test accuracy (evaluated every
+    --eval-every samples, untimed) or after `max_seconds` of its own training time."""
+
+    def __init__(self, args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
+                 adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf")):
+        self.args, self.data, self.slow_at, self.max_steps, self.target = args, data, slow_at, steps, target
+        self.adaptive, self.max_seconds, self.B = adaptive, max_seconds, B
+        self.rank, size = nrt.rank(), nrt.size()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        self.base_lr = args.lr * lr_mult
+        self.opt = nrt.DistributedOptimizer(torch.optim.SGD(self.model.parameters(), lr=self.base_lr, momentum=0.9),
+                                            named_parameters=self.model.named_parameters())
+        self.sched = None
+        if policy == "scheduler":
+            self.sched = BatchScheduler(size, B, max_micro=args.max_micro, adaptive_batch=adaptive,
+                                        batch_bounds=(args.min_batch, args.max_batch) if adaptive else None,
+                                        lr_rule=args.lr_rule, goodput_interval=args.goodput_interval,
+                                        noise_warmup=args.goodput_interval)
+        self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
+        self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
+        self.times: list[float] = []
+        self.clock, self.samples, self.step_s, self.reached = 0.0, 0, 0.0, None
+        self.next_eval = args.eval_every
+        self.done = False
+
+    def step(self) -> None:
+        x, y, xt, yt = self.data
+        args, sched, opt, model, rank = self.args, self.sched, self.opt, self.model, self.rank
+        step = len(self.times)
+        batch = self.sampler.next(sched.plan.local_batches if sched else self.equal)
         b = len(batch.indices)
         opt.set_weight(batch.weight(rank))
         for g in opt.param_groups:
-            g["lr"] = base_lr * (sched.plan.lr_scale if sched else 1.0)
+            g["lr"] = self.base_lr * (sched.plan.lr_scale if sched else 1.0)
         t0 = time.perf_counter()
         opt.zero_grad()
         parts = torch.split(torch.as_tensor(batch.indices),
                             micro_split(b, sched.plan.max_micro[rank]) if sched else [b]) if b else []
-        time.sleep((slow_at(step)[rank] * args.per_sample_ms * b + args.step_ms) / 1e3)
+        time.sleep((self.slow_at(step)[rank] * args.per_sample_ms * b + args.step_ms) / 1e3)
         losses = [lambda p=p, w=w: w * nn.functional.cross_entropy(model(x[p]), y[p])
                   for p, w in zip(parts, micro_weights([len(p) for p in parts]))]
-        sq = local_backward(model.parameters(), losses, measure_norm=adaptive) if losses else 0.0
+        sq = local_backward(model.parameters(), losses, measure_norm=self.adaptive) if losses else 0.0
         compute = time.perf_counter() - t0
-        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, step_s)) if sched else None
+        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched else None
         opt.step()
         if sched:
-            avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if adaptive else -1.0
+            avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if self.adaptive else -1.0
             rows = wait()
             for row in rows:
                 row[3] = avg  # the reduced gradient is bit-identical on every rank
             sched.observe(rows)
-        step_s = time.perf_counter() - t0
-        times.append(step_s)
-        clock += step_s
-        samples += batch.global_batch
-        if target is not None and samples >= next_eval:  # evaluation is not timed
-            next_eval += args.eval_every
-            acc = accuracy(model, xt, yt)
-            if acc >= target:
-                reached = clock
-                break
-        if clock > max_seconds:
-            break
-    final = accuracy(model, xt, yt)
-    tail = times[len(times) // 2:]
-    return {"step_ms": 1e3 * statistics.median(tail), "step_ms_min": 1e3 * min(tail),
-            "step_ms_max": 1e3 * max(tail), "steps": len(times), "train_s": clock, "test_acc": final,
-            "time_to_target_s": reached, "samples": samples, "step_times_ms": [round(1e3 * t, 2) for t in times],
-            "plans": [p.describe() for p in sched.history] if sched else [],
-            "final_batch": sched.plan.global_batch if sched else B,
-            "final_split": list(sched.plan.local_batches) if sched else equal}
+        self.step_s = time.perf_counter() - t0
+        self.times.append(self.step_s)
+        self.clock += self.step_s
+        self.samples += batch.global_batch
+        if self.target is not None and self.samples >= self.next_eval:  # evaluation is not timed
+            self.next_eval += args.eval_every
+            if accuracy(model, xt, yt) >= self.target:
+                self.reached, self.done = self.clock, True
+        self.done = self.done or len(self.times) >= self.max_steps or self.clock > self.max_seconds
+
+    def result(self) -> dict:
+        sched, tail = self.sched, self.times[len(self.times) // 2:]
+        return {"step_ms": 1e3 * statistics.median(tail), "step_ms_min": 1e3 * min(tail),
+                "step_ms_max": 1e3 * max(tail), "steps": len(self.times), "train_s": self.clock,
+                "test_acc": accuracy(self.model, self.data[2], self.data[3]), "time_to_target_s": self.reached,
+                "samples": self.samples, "step_times_ms": [round(1e3 * t, 2) for t in self.times],
+                "plans": [p.describe() for p in sched.history] if sched else [],
+                "final_batch": sched.plan.global_batch if sched else self.B,
+                "final_split": list(sched.plan.local_batches) if sched else self.equal}
+
+
+def interleaved(runs: dict[str, Run]) -> dict[str, dict]:
+    """Steps all runs in turn, the order rotated every round, until each is done; every run's result."""
+    order, turn = list(runs.values()), 0
+    while not all(r.done for r in order):
+        shift = turn % len(order)
+        for run in order[shift:] + order[:shift]:
+            if not run.done:
+                run.step()
+        turn += 1
+    return {name: run.result() for name, run in runs.items()}
 
 
 def main() -> None:
@@ -173,10 +197,9 @@ def main() -> None:
             if len(slow) != size:
                 sys.exit(f"profile {text} names {len(slow)} ranks, running {size}")
             ideal = max(slow) * sum(1 / s for s in slow) / size
-            runs = {}
-            for impl, policy in (("equal", "equal"), ("balanced", "scheduler")):
-                runs[impl] = train(args, data, policy=policy, slow_at=lambda _s, v=slow: v, steps=args.steps,
-                                   B=args.global_batch)
+            runs = interleaved({impl: Run(args, data, policy=policy, slow_at=lambda _s, v=slow: v,
+                                          steps=args.steps, B=args.global_batch)
+                                for impl, policy in (("equal", "equal"), ("balanced", "scheduler"))})
             speedup = runs["equal"]["step_ms"] / runs["balanced"]["step_ms"]
             for impl, r in runs.items():
                 record({"impl": impl, "case": "static", "profile": text, "global_batch": args.global_batch,
@@ -185,7 +208,8 @@ def main() -> None:
     if "change" in cases:
         after = [1.0] * (size - 1) + [4.0]
         slow_at = lambda s: after if s >= args.change_at else [1.0] * size  # noqa: E731
-        r = train(args, data, policy="scheduler", slow_at=slow_at, steps=args.change_at + 60, B=args.global_batch)
+        r = interleaved({"balanced": Run(args, data, policy="scheduler", slow_at=slow_at, steps=args.change_at + 60,
+                                         B=args.global_batch)})["balanced"]
         t = r["step_times_ms"]
         steady = statistics.median(t[-20:])
         back = next(i for i in range(args.change_at, len(t)) if all(v <= 1.1 * steady for v in t[i:i + 3]))
@@ -196,14 +220,18 @@ def main() -> None:
                                   "step_ms": args.goodput_step_ms})
         flat = lambda _s: [1.0] * size  # noqa: E731
         common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms}
-        for B in [int(v) for v in args.fixed_batches.split(",")]:
-            r = train(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps, B=B, target=args.target,
-                      lr_mult=lr_scale(args.fixed_lr_rule, 0.0, B, args.goodput_base),
-                      max_seconds=args.goodput_max_seconds)
-            record({"impl": "fixed", "case": "goodput", "global_batch": B, **common, **r})
-        r = train(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps, B=args.goodput_base,
-                  target=args.target, adaptive=True, max_seconds=args.goodput_max_seconds)
-        record({"impl": "goodput", "case": "goodput", "global_batch": args.goodput_base, **common, **r})
+        fixed = [int(v) for v in args.fixed_batches.split(",")]
+        runs = {f"fixed{B}": Run(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps, B=B,
+                                 target=args.target, lr_mult=lr_scale(args.fixed_lr_rule, 0.0, B, args.goodput_base),
+                                 max_seconds=args.goodput_max_seconds) for B in fixed}
+        runs["goodput"] = Run(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps,
+                              B=args.goodput_base, target=args.target, adaptive=True,
+                              max_seconds=args.goodput_max_seconds)
+        results = interleaved(runs)
+        for B in fixed:
+            record({"impl": "fixed", "case": "goodput", "global_batch": B, **common, **results[f"fixed{B}"]})
+        record({"impl": "goodput", "case": "goodput", "global_batch": args.goodput_base, **common,
+                **results["goodput"]})
     if rank == 0:
         print_table(rows, [("impl", "impl", "s"), ("case", "case", "s"), ("profile", "profile", "s"),
                            ("B", "final_batch", "d"), ("step(ms)", "step_ms", ".1f"), ("speedup", "speedup", ".2f"),

@@ -69,6 +69,7 @@ class BatchScheduler:
         self.noise = NoiseScale(decay=noise_decay)
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
+        self._explored = False  # the one exploratory batch size was tried (see _choose_batch)
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
                                                  "initial equal split"))
@@ -114,6 +115,7 @@ class BatchScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
+                "explored": self._explored,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
                 "world_size": self.world_size, "base_batch": self.base_batch}
@@ -123,6 +125,7 @@ class BatchScheduler:
             raise ValueError(f"scheduler: checkpoint is for {state['world_size']} ranks and base batch "
                              f"{state['base_batch']}, this run has {self.world_size} and {self.base_batch}")
         self.steps, self.overhead_s = int(state["steps"]), float(state["overhead_s"])
+        self._explored = bool(state["explored"])
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
         for m, s in zip(self.models, state["models"]):
@@ -206,7 +209,8 @@ class BatchScheduler:
 
     def _choose_batch(self) -> Plan | None:
         B, (lo, hi) = self.plan.global_batch, self.batch_bounds
-        if not all(m.identified for m in self.models) and lo < hi:
+        if not self._explored and not all(m.identified for m in self.models) and lo < hi:
+            self._explored = True
             # One batch size cannot tell per-step overhead from per-sample cost, and without that every B
             # looks equally fast: try a batch twice as large (half, at the upper bound) once, then decide.
             other = min(2 * B, hi, sum(self._hi(self.plan.max_micro))) if B < hi else max(B // 2, lo)

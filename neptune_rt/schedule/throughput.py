@@ -21,7 +21,7 @@ class LinearTimeModel:
         restarts from the recent observations.
     """
 
-    def __init__(self, decay: float = 0.9, huber_k: float = 3.0, reset_after: int = 3):
+    def __init__(self, decay: float = 0.9, huber_k: float = 3.0, reset_after: int = 4):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay, self.huber_k, self.reset_after = decay, huber_k, reset_after
