@@ -18,6 +18,7 @@ __all__ = ["BatchScheduler"]
 
 log = logging.getLogger("neptune_rt.schedule")
 _COL = {name: i for i, name in enumerate(STAT_COLUMNS)}
+_MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, at most (see _coeffs)
 
 
 class BatchScheduler:
@@ -143,7 +144,12 @@ class BatchScheduler:
     def _coeffs(self) -> tuple[list[float], list[float]]:
         if not all(m.ready for m in self.models):
             return [0.0] * self.world_size, [1.0] * self.world_size
-        return [m.a for m in self.models], [m.c for m in self.models]
+        # A noisy fit over a narrow range of sizes can put nearly all of a rank's time in the intercept; its
+        # slope near 0 would then make water-filling hand it almost the whole batch. No rank is taken to be
+        # more than _MAX_SPEEDUP times faster per sample than the median rank.
+        slopes = sorted(m.c for m in self.models)
+        floor = slopes[len(slopes) // 2] / _MAX_SPEEDUP
+        return [m.a for m in self.models], [max(m.c, floor) for m in self.models]
 
     def _ideal_split(self, B: int, micro: Sequence[int]) -> list[int]:
         a, c = self._coeffs()
