@@ -67,7 +67,7 @@ class Run:
     """One training run, advanced a step at a time so that runs can be interleaved (A B A B ...): every run then
     sees the same load on this shared machine. policy: "equal" (fixed equal split) or "scheduler";
     slow_at(step) -> per-rank slowdowns; training stops at `steps`, at `target` test accuracy (evaluated every
-    --eval-every samples, untimed) or after `max_seconds` of its own training time."""
+    --eval-every samples, untimed) or, checked at evaluations, after `max_seconds` of its own training time."""
 
     def __init__(self, args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
                  adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf")):
@@ -124,9 +124,14 @@ class Run:
         self.samples += batch.global_batch
         if self.target is not None and self.samples >= self.next_eval:  # evaluation is not timed
             self.next_eval += args.eval_every
+            # Every stop decision must be the same on all ranks (or one rank would start another run's step):
+            # the clock is each rank's own, so the slowest rank's clock decides.
+            clock = float(nrt.allreduce(torch.tensor([self.clock], dtype=torch.float64), name="eval.clock",
+                                        op=nrt.Max))
             if accuracy(model, xt, yt) >= self.target:
-                self.reached, self.done = self.clock, True
-        self.done = self.done or len(self.times) >= self.max_steps or self.clock > self.max_seconds
+                self.reached, self.done = clock, True
+            self.done = self.done or clock > self.max_seconds
+        self.done = self.done or len(self.times) >= self.max_steps
 
     def result(self) -> dict:
         sched, tail = self.sched, self.times[len(self.times) // 2:]
