@@ -1,0 +1,250 @@
+"""Dynamic batch-size scheduler benchmark on 4 uneven ranks, Fashion-MNIST MLP, run under mpirun:
+
+    mpirun -np 4 --oversubscribe --bind-to none .venv/bin/python benchmarks/hetero.py --json benchmarks/results/hetero.json
+
+Rank speeds are emulated: every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on top of
+the real forward/backward (sleep takes no CPU, so four ranks on two shared cores stay faithful). Cases:
+  static profiles (default 1,1,2,4 and 1,1,1,2, homogeneous 1,1,1,1): an equal split vs the scheduler, same
+     seed, data order and steps, the two runs interleaved step by step (A B A B: both see the same load on a
+     shared machine); speedup = equal step time / balanced step time (median of the last half),
+     against the ideal max(s) * sum(1/s_i) / n; final test accuracy of both.
+  change: homogeneous, then rank 3 slows down 4x at step --change-at; steps until the step time is back
+     within 10% of its new steady state.
+  goodput: time to --target test accuracy with the scheduler choosing the global batch, against fixed global
+     batches (--fixed-batches, learning rate scaled by --fixed-lr-rule), all interleaved step by step, with a
+     per-step cost of --goodput-step-ms (latency, synchronisation) on top.
+One JSON row per run (`impl` "equal", "balanced", "fixed", "goodput"); a table on rank 0.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import neptune_rt.torch as nrt  # noqa: E402
+from common import print_table, write_json  # noqa: E402
+from neptune_rt.schedule import (BatchScheduler, PlanSampler, gather_stats_async, integer_split,  # noqa: E402
+                                 local_backward, lr_scale, micro_split, micro_weights, stats_row)
+
+DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx(name: str) -> np.ndarray:
+    with gzip.open(DATA / name) as fh:
+        raw = fh.read()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load() -> tuple[torch.Tensor, ...]:
+    if not DATA.exists():
+        sys.exit(f"Fashion-MNIST not found at {DATA}: apt-get install dataset-fashion-mnist")
+    xs = [torch.tensor(idx(f).reshape(-1, 784), dtype=torch.float32) / 255.0
+          for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")]
+    ys = [torch.tensor(idx(f), dtype=torch.long) for f in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
+    mean, std = xs[0].mean(), xs[0].std()
+    return (xs[0] - mean) / std, ys[0], (xs[1] - mean) / std, ys[1]
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    rank, size = nrt.rank(), nrt.size()
+    with torch.no_grad():
+        part = slice(rank * len(x) // size, (rank + 1) * len(x) // size)
+        correct = (model(x[part]).argmax(1) == y[part]).sum().double().reshape(1)
+    return float(nrt.allreduce(correct, name="eval.correct", op=nrt.Sum)) / len(x)
+
+
+class Run:
+    """One training run, advanced a step at a time so that runs can be interleaved (A B A B ...): every run then
+    sees the same load on this shared machine. policy: "equal" (fixed equal split) or "scheduler";
+    slow_at(step) -> per-rank slowdowns; training stops at `steps`, at `target` test accuracy (evaluated every
+    --eval-every samples, untimed) or, checked at evaluations, after `max_seconds` of its own training time."""
+
+    def __init__(self, args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
+                 adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf")):
+        self.args, self.data, self.slow_at, self.max_steps, self.target = args, data, slow_at, steps, target
+        self.adaptive, self.max_seconds, self.B = adaptive, max_seconds, B
+        self.rank, size = nrt.rank(), nrt.size()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        self.base_lr = args.lr * lr_mult
+        self.opt = nrt.DistributedOptimizer(torch.optim.SGD(self.model.parameters(), lr=self.base_lr, momentum=0.9),
+                                            named_parameters=self.model.named_parameters())
+        self.sched = None
+        if policy == "scheduler":
+            self.sched = BatchScheduler(size, B, max_micro=args.max_micro, adaptive_batch=adaptive,
+                                        batch_bounds=(args.min_batch, args.max_batch) if adaptive else None,
+                                        lr_rule=args.lr_rule, goodput_interval=args.goodput_interval,
+                                        noise_warmup=args.goodput_interval)
+        self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
+        self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
+        self.times: list[float] = []
+        self.clock, self.samples, self.step_s, self.reached = 0.0, 0, 0.0, None
+        self.next_eval = args.eval_every
+        self.done = False
+
+    def step(self) -> None:
+        x, y, xt, yt = self.data
+        args, sched, opt, model, rank = self.args, self.sched, self.opt, self.model, self.rank
+        step = len(self.times)
+        batch = self.sampler.next(sched.plan.local_batches if sched else self.equal)
+        b = len(batch.indices)
+        opt.set_weight(batch.weight(rank))
+        for g in opt.param_groups:
+            g["lr"] = self.base_lr * (sched.plan.lr_scale if sched else 1.0)
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        parts = torch.split(torch.as_tensor(batch.indices),
+                            micro_split(b, sched.plan.max_micro[rank]) if sched else [b]) if b else []
+        time.sleep((self.slow_at(step)[rank] * args.per_sample_ms * b + args.step_ms) / 1e3)
+        losses = [lambda p=p, w=w: w * nn.functional.cross_entropy(model(x[p]), y[p])
+                  for p, w in zip(parts, micro_weights([len(p) for p in parts]))]
+        sq = local_backward(model.parameters(), losses, measure_norm=self.adaptive) if losses else 0.0
+        compute = time.perf_counter() - t0
+        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched else None
+        opt.step()
+        if sched:
+            avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if self.adaptive else -1.0
+            rows = wait()
+            for row in rows:
+                row[3] = avg  # the reduced gradient is bit-identical on every rank
+            sched.observe(rows)
+        self.step_s = time.perf_counter() - t0
+        self.times.append(self.step_s)
+        self.clock += self.step_s
+        self.samples += batch.global_batch
+        if self.target is not None and self.samples >= self.next_eval:  # evaluation is not timed
+            self.next_eval += args.eval_every
+            # Every stop decision must be the same on all ranks (or one rank would start another run's step):
+            # the clock is each rank's own, so the slowest rank's clock decides.
+            clock = float(nrt.allreduce(torch.tensor([self.clock], dtype=torch.float64), name="eval.clock",
+                                        op=nrt.Max))
+            if accuracy(model, xt, yt) >= self.target:
+                self.reached, self.done = clock, True
+            self.done = self.done or clock > self.max_seconds
+        self.done = self.done or len(self.times) >= self.max_steps
+
+    def result(self) -> dict:
+        sched, tail = self.sched, self.times[len(self.times) // 2:]
+        return {"step_ms": 1e3 * statistics.median(tail), "step_ms_min": 1e3 * min(tail),
+                "step_ms_max": 1e3 * max(tail), "steps": len(self.times), "train_s": self.clock,
+                "test_acc": accuracy(self.model, self.data[2], self.data[3]), "time_to_target_s": self.reached,
+                "samples": self.samples, "step_times_ms": [round(1e3 * t, 2) for t in self.times],
+                "plans": [p.describe() for p in sched.history] if sched else [],
+                "final_batch": sched.plan.global_batch if sched else self.B,
+                "final_split": list(sched.plan.local_batches) if sched else self.equal}
+
+
+def interleaved(runs: dict[str, Run]) -> dict[str, dict]:
+    """Steps all runs in turn, the order rotated every round, until each is done; every run's result."""
+    order, turn = list(runs.values()), 0
+    while not all(r.done for r in order):
+        shift = turn % len(order)
+        for run in order[shift:] + order[:shift]:
+            if not run.done:
+                run.step()
+        turn += 1
+    return {name: run.result() for name, run in runs.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profiles", default="1,1,2,4;1,1,1,2;1,1,1,1")
+    ap.add_argument("--cases", default="static,change,goodput")
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--global-batch", type=int, default=256)
+    ap.add_argument("--per-sample-ms", type=float, default=1.0, help="emulated compute per sample at speed 1")
+    ap.add_argument("--step-ms", type=float, default=0.0, help="emulated fixed cost per step (static cases)")
+    ap.add_argument("--max-micro", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr-rule", default="adascale")
+    ap.add_argument("--change-at", type=int, default=40)
+    ap.add_argument("--target", type=float, default=0.85)
+    ap.add_argument("--goodput-base", type=int, default=64, help="starting (and lr-tuned) global batch")
+    ap.add_argument("--fixed-batches", default="64,256,1024,4096")
+    ap.add_argument("--goodput-per-sample-ms", type=float, default=0.1)
+    ap.add_argument("--goodput-step-ms", type=float, default=20.0)
+    ap.add_argument("--goodput-interval", type=int, default=5, help="steps between global-batch decisions")
+    ap.add_argument("--min-batch", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=4096)
+    ap.add_argument("--goodput-max-steps", type=int, default=5000)
+    ap.add_argument("--goodput-max-seconds", type=float, default=120.0, help="training-time cap per goodput run")
+    ap.add_argument("--fixed-lr-rule", default="sqrt", help="lr rule of the fixed-batch runs (relative to base)")
+    ap.add_argument("--eval-every", type=int, default=8192, help="samples between test evaluations")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    nrt.init()
+    rank, size = nrt.rank(), nrt.size()
+    data = load()
+    cases = args.cases.split(",")
+    rows = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        if rank == 0:
+            shown = {k: v for k, v in row.items() if k not in ("step_times_ms", "plans")}
+            print("#", shown, flush=True)
+
+    common = {"np": size, "per_sample_ms": args.per_sample_ms}
+    if "static" in cases:
+        for text in args.profiles.split(";"):
+            slow = [float(v) for v in text.split(",")]
+            if len(slow) != size:
+                sys.exit(f"profile {text} names {len(slow)} ranks, running {size}")
+            ideal = max(slow) * sum(1 / s for s in slow) / size
+            runs = interleaved({impl: Run(args, data, policy=policy, slow_at=lambda _s, v=slow: v,
+                                          steps=args.steps, B=args.global_batch)
+                                for impl, policy in (("equal", "equal"), ("balanced", "scheduler"))})
+            speedup = runs["equal"]["step_ms"] / runs["balanced"]["step_ms"]
+            for impl, r in runs.items():
+                record({"impl": impl, "case": "static", "profile": text, "global_batch": args.global_batch,
+                        **common, **r, "speedup": speedup if impl == "balanced" else 1.0,
+                        "ideal_speedup": ideal, "fraction_of_ideal": speedup / ideal if impl == "balanced" else None})
+    if "change" in cases:
+        after = [1.0] * (size - 1) + [4.0]
+        slow_at = lambda s: after if s >= args.change_at else [1.0] * size  # noqa: E731
+        r = interleaved({"balanced": Run(args, data, policy="scheduler", slow_at=slow_at, steps=args.change_at + 60,
+                                         B=args.global_batch)})["balanced"]
+        t = r["step_times_ms"]
+        steady = statistics.median(t[-20:])
+        back = next(i for i in range(args.change_at, len(t)) if all(v <= 1.1 * steady for v in t[i:i + 3]))
+        record({"impl": "balanced", "case": "change", "profile": f"1x{size} -> {after}", "change_at": args.change_at,
+                **common, **r, "rebalance_steps": back - args.change_at, "steady_ms": steady})
+    if "goodput" in cases:
+        g = argparse.Namespace(**{**vars(args), "per_sample_ms": args.goodput_per_sample_ms,
+                                  "step_ms": args.goodput_step_ms})
+        flat = lambda _s: [1.0] * size  # noqa: E731
+        common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms}
+        fixed = [int(v) for v in args.fixed_batches.split(",")]
+        runs = {f"fixed{B}": Run(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps, B=B,
+                                 target=args.target, lr_mult=lr_scale(args.fixed_lr_rule, 0.0, B, args.goodput_base),
+                                 max_seconds=args.goodput_max_seconds) for B in fixed}
+        runs["goodput"] = Run(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps,
+                              B=args.goodput_base, target=args.target, adaptive=True,
+                              max_seconds=args.goodput_max_seconds)
+        results = interleaved(runs)
+        for B in fixed:
+            record({"impl": "fixed", "case": "goodput", "global_batch": B, **common, **results[f"fixed{B}"]})
+        record({"impl": "goodput", "case": "goodput", "global_batch": args.goodput_base, **common,
+                **results["goodput"]})
+    if rank == 0:
+        print_table(rows, [("impl", "impl", "s"), ("case", "case", "s"), ("profile", "profile", "s"),
+                           ("B", "final_batch", "d"), ("step(ms)", "step_ms", ".1f"), ("speedup", "speedup", ".2f"),
+                           ("ideal", "ideal_speedup", ".2f"), ("test_acc", "test_acc", ".4f"),
+                           ("t_target(s)", "time_to_target_s", ".1f"), ("rebal", "rebalance_steps", "d")])
+        write_json(args.json, rows)
+    nrt.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The scheduler's collectives, through the neptune_rt engine: all-gathering each rank's statistics row (a few
+floats; submit it right after backward and it is negotiated in the same engine cycle as the gradients) and the
+collective memory probe, in which every rank learns every rank's outcome so one rank's OOM never leaves
+another waiting. Exercised under mpirun by tests/schedule/test_schedule_mpi.py.
+"""
+from __future__ import annotations
+
+import gc
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from neptune_rt import engine as _engine
+from neptune_rt.schedule.memory import MemoryProbe
+
+__all__ = ["gather_stats", "gather_stats_async", "probe_max_micro"]
+
+
+def gather_stats_async(row: Sequence[float], name: str = "schedule.stats") -> Callable[[], list[list[float]]]:
+    """Submits this rank's row; returns a function that waits and gives every rank's row (rank order)."""
+    local = np.asarray([list(row)], dtype=np.float64)
+    handle = _engine.allgather_async(local, name=name)
+
+    def wait() -> list[list[float]]:
+        rows = handle.wait()
+        if rows.shape[0] != _engine.size():
+            raise RuntimeError(f"neptune_rt: rank {_engine.rank()}: '{name}' gathered {rows.shape[0]} rows from "
+                               f"{_engine.size()} ranks (a rank joined early or sent a different row shape)")
+        return rows.tolist()
+    return wait
+
+
+def gather_stats(row: Sequence[float], name: str = "schedule.stats") -> list[list[float]]:
+    return gather_stats_async(row, name)()
+
+
+def probe_max_micro(run: Callable[[int], Any], meter: Any, probe: MemoryProbe | None = None,
+                    name: str = "schedule.probe") -> list[int]:
+    """Collective: finds every rank's largest micro-batch. `run(b)` does one forward+backward on b samples
+    without touching optimizer state (use torch.autograd.grad, not .backward(), so that DistributedOptimizer
+    or DDP hooks do not fire); `meter` is a CpuMemoryMeter or CudaMemoryMeter. Returns the per-rank limits,
+    the same list on every rank."""
+    size, rank = _engine.size(), _engine.rank()
+    probe = probe or MemoryProbe(size)
+    if probe.world_size != size:
+        raise ValueError(f"probe_max_micro: rank {rank}: MemoryProbe is for {probe.world_size} ranks, "
+                         f"the engine has {size}")
+    rounds = 0
+    while not probe.done:
+        tried = probe.candidates()[rank]
+        ok, peak = 1.0, 0.0
+        if tried > 0:
+            try:
+                with meter.measure():
+                    run(tried)
+            except Exception as err:  # noqa: BLE001 -- only out-of-memory is an answer; anything else is a bug
+                if not meter.is_oom(err):
+                    raise
+                ok = 0.0
+            peak = meter.peak
+            gc.collect()
+            _empty_device_cache()
+        rows = gather_stats([tried, ok, peak, meter.capacity], name=f"{name}.{rounds}")
+        probe.observe([r[:4] for r in rows])
+        rounds += 1
+    return probe.result()
+
+
+def _empty_device_cache() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

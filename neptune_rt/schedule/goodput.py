@@ -1,0 +1,103 @@
+"""Statistical side of the goodput model (Pollux, OSDI'21): the gradient noise scale from per-rank squared
+gradient norms against the squared norm of their weighted average, statistical efficiency, and learning-rate
+rescaling rules. Pure; tested in tests/schedule/test_goodput.py (noise scale of a linear regression with
+known noise).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+__all__ = ["NoiseScale", "efficiency", "lr_scale", "LR_RULES"]
+
+LR_RULES = ("adascale", "sqrt", "linear")
+
+
+def efficiency(noise_scale: float, batch: float, base_batch: float) -> float:
+    """Pollux's statistical efficiency of `batch` relative to `base_batch`: progress per sample,
+    (phi + B0) / (phi + B), with phi the gradient noise scale (1 at B = B0, -> B0/B when phi << B)."""
+    phi = max(noise_scale, 0.0)
+    return (phi + base_batch) / (phi + batch)
+
+
+def lr_scale(rule: str, noise_scale: float, batch: float, base_batch: float) -> float:
+    """Learning-rate multiplier at `batch` for a schedule tuned at `base_batch`.
+    adascale: the AdaScale gain (B/B0) * E(B) = (S/B0 + |G|^2) / (S/B + |G|^2), between 1 and B/B0;
+    sqrt: sqrt(B/B0); linear: B/B0."""
+    ratio = batch / base_batch
+    if rule == "adascale":
+        return ratio * efficiency(noise_scale, batch, base_batch)
+    if rule == "sqrt":
+        return math.sqrt(ratio)
+    if rule == "linear":
+        return ratio
+    raise ValueError(f"unknown learning-rate rule {rule!r} (use one of {', '.join(LR_RULES)})")
+
+
+class NoiseScale:
+    """Smoothed estimate of the gradient noise scale phi = tr(Sigma) / |G|^2 (per-sample covariance trace
+    over the squared true gradient).
+
+    Each step gives, for rank i with b_i samples, |g_i|^2 (its local mean gradient, before the all-reduce)
+    and |g|^2 of the weighted average g = sum_i (b_i/B) g_i, over n ranks:
+        E[sum_i (b_i/B) |g_i|^2] = |G|^2 + S n / B,     E[|g|^2] = |G|^2 + S / B,
+    so S_hat = (sum_i b_i |g_i|^2 - B |g|^2) / (n - 1) and G2_hat = |g|^2 - S_hat / B are unbiased. (Any
+    weights summing to 1 would be unbiased; weighting by b_i keeps a rank with a tiny share, whose norm is the
+    noisiest, from dominating the variance.) Both are
+    smoothed separately (exponential moving averages) and phi is their ratio, as in McCandlish et al.: the
+    ratio of two unbiased averages, not an average of noisy ratios.
+    """
+
+    def __init__(self, decay: float = 0.95):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.s_avg = 0.0
+        self.g2_avg = 0.0
+        self.weight = 0.0  # bias correction of the EWMA (Adam-style), so early values are not pulled to 0
+        self.count = 0
+
+    @staticmethod
+    def estimate(local_sq_norms: Sequence[float], local_batches: Sequence[int],
+                 avg_sq_norm: float) -> tuple[float, float]:
+        """One step's unbiased (S, |G|^2) from per-rank squared norms and the average's squared norm."""
+        pairs = [(float(n), int(b)) for n, b in zip(local_sq_norms, local_batches) if b > 0]
+        if len(pairs) < 2:
+            raise ValueError("the noise scale needs at least two ranks with samples")
+        total = sum(b for _, b in pairs)
+        s = (sum(b * n for n, b in pairs) - total * avg_sq_norm) / (len(pairs) - 1)
+        return s, avg_sq_norm - s / total
+
+    def observe(self, local_sq_norms: Sequence[float], local_batches: Sequence[int], avg_sq_norm: float) -> None:
+        s, g2 = self.estimate(local_sq_norms, local_batches, avg_sq_norm)
+        if not (math.isfinite(s) and math.isfinite(g2)):
+            return
+        d = self.decay
+        self.s_avg = d * self.s_avg + (1 - d) * s
+        self.g2_avg = d * self.g2_avg + (1 - d) * g2
+        self.weight = d * self.weight + (1 - d)
+        self.count += 1
+
+    @property
+    def trace(self) -> float:
+        return self.s_avg / self.weight if self.weight > 0 else 0.0
+
+    @property
+    def grad_sq(self) -> float:
+        return self.g2_avg / self.weight if self.weight > 0 else 0.0
+
+    @property
+    def value(self) -> float:
+        """phi (samples); 0 before the first observation. A non-positive |G|^2 estimate (pure noise so
+        far) gives a very large phi: large batches are then fully efficient."""
+        if self.weight <= 0:
+            return 0.0
+        s, g2 = max(self.trace, 0.0), self.grad_sq
+        return s / g2 if g2 > 1e-30 else (1e12 if s > 0 else 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"s_avg": self.s_avg, "g2_avg": self.g2_avg, "weight": self.weight, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.s_avg, self.g2_avg = float(state["s_avg"]), float(state["g2_avg"])
+        self.weight, self.count = float(state["weight"]), int(state["count"])

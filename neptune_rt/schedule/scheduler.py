@@ -1,0 +1,253 @@
+"""`BatchScheduler`: the pure, deterministic policy that turns every rank's per-step statistics into a
+`Plan` -- a water-filled split of the global batch over uneven ranks (damped, with hysteresis) and, in
+goodput mode, the global batch that maximises throughput x statistical efficiency. Every rank feeds it the same
+all-gathered rows and gets the same plan. Tested in tests/schedule/test_scheduler.py and under mpirun.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+from neptune_rt.schedule.goodput import LR_RULES, NoiseScale, efficiency, lr_scale
+from neptune_rt.schedule.plan import STAT_COLUMNS, Plan, check_rows
+from neptune_rt.schedule.throughput import LinearTimeModel
+from neptune_rt.schedule.waterfill import integer_split, makespan
+
+__all__ = ["BatchScheduler"]
+
+log = logging.getLogger("neptune_rt.schedule")
+_COL = {name: i for i, name in enumerate(STAT_COLUMNS)}
+_MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, at most (see _coeffs)
+
+
+class BatchScheduler:
+    """Plans per-rank local batches (and, with `adaptive_batch`, the global batch).
+
+    world_size, global_batch: ranks and the starting global batch B0 (the batch the learning rate is tuned for).
+    max_micro: largest micro-batch per rank (an int for all, a list, or later `set_max_micro` from probing);
+        a larger share is run as gradient accumulation of up to `max_accum` micro-batches.
+    min_local: smallest share of any rank (>= 1 keeps every rank in the noise-scale estimate).
+    damping: fraction of the way to the ideal split taken per re-plan (1 = jump at once).
+    hysteresis: a new split is adopted only if it predicts a step faster by more than this fraction.
+    warmup_steps: first steps whose timings are ignored (allocator and caches warming up).
+    adaptive_batch, batch_bounds: let the goodput model choose B in [lo, hi]; it changes B only when the
+        predicted goodput improves by more than `goodput_gain` (5%), at most every `goodput_interval` steps.
+    lr_rule: "adascale" (default), "sqrt" or "linear": the plan's lr_scale for a batch other than B0.
+    on_change: called with each new Plan (also logged at INFO on logger "neptune_rt.schedule").
+    """
+
+    def __init__(self, world_size: int, global_batch: int, *, max_micro: int | Sequence[int] = 1 << 30,
+                 max_accum: int = 16, min_local: int = 1, damping: float = 0.5, hysteresis: float = 0.03,
+                 warmup_steps: int = 2, adaptive_batch: bool = False,
+                 batch_bounds: tuple[int, int] | None = None, lr_rule: str = "adascale",
+                 goodput_gain: float = 0.05, goodput_interval: int = 10, noise_warmup: int = 10,
+                 noise_decay: float = 0.95, time_decay: float = 0.9,
+                 on_change: Callable[[Plan], None] | None = None):
+        if world_size < 1 or global_batch < world_size * min_local:
+            raise ValueError(f"scheduler: global batch {global_batch} cannot give {world_size} ranks at least "
+                             f"{min_local} samples each")
+        if lr_rule not in LR_RULES:
+            raise ValueError(f"scheduler: unknown lr_rule {lr_rule!r} (use one of {', '.join(LR_RULES)})")
+        if not 0.0 < damping <= 1.0:
+            raise ValueError(f"scheduler: damping must be in (0, 1], got {damping}")
+        self.world_size, self.base_batch = world_size, int(global_batch)
+        micro = [int(max_micro)] * world_size if isinstance(max_micro, int) else [int(m) for m in max_micro]
+        if len(micro) != world_size or min(micro) < 1:
+            raise ValueError(f"scheduler: max_micro needs {world_size} values >= 1, got {micro}")
+        self.max_accum, self.min_local = int(max_accum), int(min_local)
+        self.damping, self.hysteresis, self.warmup_steps = damping, hysteresis, warmup_steps
+        self.adaptive_batch = adaptive_batch
+        lo, hi = batch_bounds or (global_batch, global_batch)
+        if not (world_size * min_local <= lo <= global_batch <= hi):
+            raise ValueError(f"scheduler: batch_bounds {batch_bounds} must hold the global batch {global_batch} "
+                             f"and allow {min_local} samples per rank")
+        self.batch_bounds = (int(lo), int(hi))
+        self.lr_rule, self.goodput_gain = lr_rule, goodput_gain
+        self.goodput_interval, self.noise_warmup = goodput_interval, noise_warmup
+        self.on_change = on_change
+        self.models = [LinearTimeModel(decay=time_decay) for _ in range(world_size)]
+        self.noise = NoiseScale(decay=noise_decay)
+        self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
+        self.steps = 0
+        self._explored = False  # the one exploratory batch size was tried (see _choose_batch)
+        self.history: list[Plan] = []
+        self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
+                                                 "initial equal split"))
+
+    # -- public API -------------------------------------------------------------------------------------
+    def observe(self, rows: Sequence[Sequence[float]]) -> Plan:
+        """Feeds one step's all-gathered statistics (one row per rank, columns STAT_COLUMNS; see
+        `neptune_rt.schedule.stats_row`) and returns the plan for the next step."""
+        check_rows(rows, self.world_size)
+        self.steps += 1
+        rows = [[float(v) for v in r] for r in rows]
+        if any(r[_COL["oom"]] > 0 for r in rows):
+            return self._back_off_oom(rows)
+        if self.steps > self.warmup_steps:
+            for model, r in zip(self.models, rows):
+                model.observe(r[_COL["local_batch"]], r[_COL["compute_s"]])
+            slowest = max(r[_COL["compute_s"]] for r in rows)
+            extra = max(max(r[_COL["step_s"]] for r in rows) - slowest, 0.0)
+            self.overhead_s = extra if self.steps == self.warmup_steps + 1 else \
+                0.9 * self.overhead_s + 0.1 * extra
+        norms = [r[_COL["local_sq_norm"]] for r in rows]
+        avg = rows[0][_COL["avg_sq_norm"]]
+        if min(norms) >= 0 and avg >= 0 and self.world_size > 1:
+            self.noise.observe(norms, [int(r[_COL["local_batch"]]) for r in rows], avg)
+        if self.steps <= self.warmup_steps:
+            return self.plan
+        candidate = self._replan()
+        if candidate is not None:
+            self.plan = self._adopt(candidate)
+        return self.plan
+
+    def set_max_micro(self, max_micro: Sequence[int]) -> Plan:
+        """New per-rank micro-batch limits (from `probe_max_micro`); re-splits if the plan no longer fits."""
+        micro = tuple(int(m) for m in max_micro)
+        if len(micro) != self.world_size or min(micro) < 1:
+            raise ValueError(f"scheduler: max_micro needs {self.world_size} values >= 1, got {list(micro)}")
+        B = min(self.plan.global_batch, sum(self._hi(micro)))
+        split = self.plan.local_batches
+        if B != self.plan.global_batch or any(b > h for b, h in zip(split, self._hi(micro))):
+            split = tuple(self._ideal_split(B, micro))
+        self.plan = self._adopt(self._split_plan(B, split, micro, "memory limits"))
+        return self.plan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
+                "explored": self._explored,
+                "history": [p.to_dict() for p in self.history[-32:]],
+                "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
+                "world_size": self.world_size, "base_batch": self.base_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.world_size or state["base_batch"] != self.base_batch:
+            raise ValueError(f"scheduler: checkpoint is for {state['world_size']} ranks and base batch "
+                             f"{state['base_batch']}, this run has {self.world_size} and {self.base_batch}")
+        self.steps, self.overhead_s = int(state["steps"]), float(state["overhead_s"])
+        self._explored = bool(state["explored"])
+        self.plan = Plan.from_dict(state["plan"])
+        self.history = [Plan.from_dict(p) for p in state["history"]]
+        for m, s in zip(self.models, state["models"]):
+            m.load_state_dict(s)
+        self.noise.load_state_dict(state["noise"])
+
+    # -- planning ---------------------------------------------------------------------------------------
+    def _hi(self, micro: Sequence[int]) -> list[int]:
+        return [m * self.max_accum for m in micro]
+
+    def _equal(self, B: int, micro: Sequence[int]) -> list[int]:
+        return integer_split([0.0] * self.world_size, [1.0] * self.world_size, B,
+                             [self.min_local] * self.world_size, self._hi(micro))
+
+    def _coeffs(self) -> tuple[list[float], list[float]]:
+        if not all(m.ready for m in self.models):
+            return [0.0] * self.world_size, [1.0] * self.world_size
+        # A noisy fit over a narrow range of sizes can put nearly all of a rank's time in the intercept; its
+        # slope near 0 would then make water-filling hand it almost the whole batch. No rank is taken to be
+        # more than _MAX_SPEEDUP times faster per sample than the median rank.
+        slopes = sorted(m.c for m in self.models)
+        floor = slopes[len(slopes) // 2] / _MAX_SPEEDUP
+        return [m.a for m in self.models], [max(m.c, floor) for m in self.models]
+
+    def _ideal_split(self, B: int, micro: Sequence[int]) -> list[int]:
+        a, c = self._coeffs()
+        return integer_split(a, c, B, [self.min_local] * self.world_size, self._hi(micro))
+
+    def _step_time(self, split: Sequence[int]) -> float:
+        a, c = self._coeffs()
+        return makespan(a, c, split) + self.overhead_s
+
+    def _split_plan(self, B: int, split: Sequence[int], micro: Sequence[int], reason: str) -> Plan:
+        phi = self.noise.value
+        t = self._step_time(split)
+        good = B / t * efficiency(phi, B, self.base_batch) if t > 0 else 0.0
+        scale = lr_scale(self.lr_rule, phi, B, self.base_batch) if B != self.base_batch else 1.0
+        return Plan(version=len(self.history), step=self.steps, global_batch=B, local_batches=tuple(split),
+                    max_micro=tuple(micro), lr_scale=scale, noise_scale=phi, predicted_step_s=t,
+                    predicted_goodput=good, reason=reason)
+
+    def _replan(self) -> Plan | None:
+        plan, micro = self.plan, self.plan.max_micro
+        if self.adaptive_batch and self.noise.count >= self.noise_warmup and \
+                self.steps % self.goodput_interval == 0:
+            choice = self._choose_batch()
+            if choice is not None:
+                return choice
+        B = plan.global_batch
+        ideal = self._ideal_split(B, micro)
+        if list(ideal) == list(plan.local_batches):
+            return None
+        # Damped move toward the ideal split: the continuous step, then the integer split that keeps the sum.
+        target = [b + self.damping * (i - b) for b, i in zip(plan.local_batches, ideal)]
+        lo = [min(b, i) for b, i in zip(plan.local_batches, ideal)]
+        hi = [max(b, i) for b, i in zip(plan.local_batches, ideal)]
+        floors = [max(int(math.floor(x)), l) for x, l in zip(target, lo)]
+        order = sorted(range(self.world_size), key=lambda j: (-(target[j] - floors[j]), j))
+        k = 0
+        while sum(floors) < B:  # largest remainder, within [current, ideal]
+            j = order[k % self.world_size]
+            if floors[j] < hi[j]:
+                floors[j] += 1
+            k += 1
+        damped = floors
+        # Hysteresis: the move must promise more than `hysteresis`, and more than half the timing noise the
+        # models see (on a busy machine a 3% threshold alone would chase noise).
+        noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
+        threshold = max(self.hysteresis, 0.5 * noise)
+        if self._step_time(damped) >= (1.0 - threshold) * self._step_time(plan.local_batches):
+            return None
+        return self._split_plan(B, damped, micro, "re-balanced")
+
+    def _candidates(self) -> list[int]:
+        lo, hi = self.batch_bounds
+        out, b = {lo, hi, self.plan.global_batch}, float(lo)
+        while b < hi:  # a geometric grid, 4 points per doubling
+            out.add(int(round(b)))
+            b *= 2 ** 0.25
+        cap = sum(self._hi(self.plan.max_micro))
+        return sorted(x for x in out if lo <= x <= min(hi, cap))
+
+    def _goodput(self, B: int) -> tuple[float, list[int]]:
+        split = self._ideal_split(B, self.plan.max_micro)
+        return B / self._step_time(split) * efficiency(self.noise.value, B, self.base_batch), split
+
+    def _choose_batch(self) -> Plan | None:
+        B, (lo, hi) = self.plan.global_batch, self.batch_bounds
+        if not self._explored and not all(m.identified for m in self.models) and lo < hi:
+            self._explored = True
+            # One batch size cannot tell per-step overhead from per-sample cost, and without that every B
+            # looks equally fast: try a batch twice as large (half, at the upper bound) once, then decide.
+            other = min(2 * B, hi, sum(self._hi(self.plan.max_micro))) if B < hi else max(B // 2, lo)
+            if other != B:
+                return self._split_plan(other, self._ideal_split(other, self.plan.max_micro),
+                                        self.plan.max_micro, f"explore throughput at B={other}")
+        current, _ = self._goodput(self.plan.global_batch)
+        best_B, best = self.plan.global_batch, current
+        for B in self._candidates():
+            g, _ = self._goodput(B)
+            if g > best:
+                best_B, best = B, g
+        if best_B == self.plan.global_batch or best <= (1.0 + self.goodput_gain) * current:
+            return None
+        _, split = self._goodput(best_B)
+        return self._split_plan(best_B, split, self.plan.max_micro,
+                                f"goodput {current:.0f} -> {best:.0f} samples/s (efficiency-weighted)")
+
+    def _back_off_oom(self, rows: list[list[float]]) -> Plan:
+        """A rank ran out of memory: every rank skips this step, and each such rank's micro-batch limit drops
+        to 3/4 of the micro-batch that failed."""
+        micro = list(self.plan.max_micro)
+        for r, row in enumerate(rows):
+            if row[_COL["oom"]] > 0:
+                failed = max(self.plan.micro_batches(r) or [1])
+                micro[r] = max(1, min(micro[r], failed * 3 // 4))
+        return self.set_max_micro(micro)
+
+    def _adopt(self, plan: Plan) -> Plan:
+        self.history.append(plan)
+        log.info("%s", plan.describe())
+        if self.on_change is not None:
+            self.on_change(plan)
+        return plan

@@ -1,0 +1,23 @@
+"""The scheduler under real mpirun ranks (workers/schedule_worker.py): exact weighted gradients with unequal
+local batches and accumulation, identical decisions on every rank (plan hashes), checkpoint round trip
+mid-run, and memory probing with a memory cap on one rank only."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mpi_helpers import assert_ok, run_mpi  # noqa: E402
+
+WORKER = Path(__file__).parent / "workers" / "schedule_worker.py"
+ENV = {"NEPTUNE_RT_TIMEOUT_SECONDS": "60", "NEPTUNE_RT_STALL_WARNING_SECONDS": "30"}
+
+
+def test_weighted_gradient_equals_full_batch_gradient():
+    assert_ok(run_mpi(WORKER, 4, "weighted", env=ENV), 4)
+
+
+def test_identical_decisions_and_checkpoint_round_trip():
+    assert_ok(run_mpi(WORKER, 4, "decisions", env=ENV), 4)
+
+
+def test_memory_probe_with_cap_on_one_rank():
+    assert_ok(run_mpi(WORKER, 3, "probe", "1", env=ENV), 3)

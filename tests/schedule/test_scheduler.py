@@ -1,0 +1,120 @@
+"""BatchScheduler on synthetic ranks (timings from known linear models plus noise): converges to the
+brute-force-optimal split, does not flap, re-balances within 20 steps of a slowdown, accumulates when a share
+passes a rank's micro-batch limit, backs off after an OOM, picks the goodput-optimal global batch only for a
+> 5% gain, and round-trips its state through a (JSON) checkpoint."""
+import json
+
+import numpy as np
+import pytest
+
+from neptune_rt.schedule import BatchScheduler, Plan, integer_split, makespan, stats_row
+
+
+def rows_for(plan: Plan, slow, rng, a=0.002, c=0.001, noise=0.02, norms=None):
+    rows = []
+    for r, b in enumerate(plan.local_batches):
+        t = (a + c * slow[r] * b) * (1 + noise * rng.standard_normal())
+        local, avg = norms(plan, r) if norms else (-1.0, -1.0)
+        rows.append(stats_row(b, t, local, avg, step_s=t + 0.001))
+    step = max(r[1] for r in rows) + 0.001
+    for r in rows:
+        r[4] = step
+    return rows
+
+
+def ideal(slow, B, a=0.002, c=0.001):
+    cs = [c * s for s in slow]
+    split = integer_split([a] * len(slow), cs, B, [1] * len(slow), [10**6] * len(slow))
+    return makespan([a] * len(slow), cs, split)
+
+
+def test_converges_to_optimal_split_without_flapping():
+    rng = np.random.default_rng(0)
+    slow = [1, 1, 2, 4]
+    s = BatchScheduler(4, 256)
+    for _ in range(60):
+        s.observe(rows_for(s.plan, slow, rng))
+    got = makespan([0.002] * 4, [0.001 * x for x in slow], s.plan.local_batches)
+    assert got <= 1.05 * ideal(slow, 256)
+    changes = len(s.history)
+    for _ in range(60):
+        s.observe(rows_for(s.plan, slow, rng))
+    assert len(s.history) - changes <= 1, "plan flaps under 2% timing noise"
+    assert sum(s.plan.local_batches) == 256 and s.plan.weight(0) == s.plan.local_batches[0] / 256
+
+
+def test_rebalances_within_20_steps_of_a_slowdown():
+    rng = np.random.default_rng(1)
+    s = BatchScheduler(4, 256)
+    for _ in range(30):
+        s.observe(rows_for(s.plan, [1, 1, 1, 1], rng))
+    assert s.plan.local_batches == (64, 64, 64, 64)
+    slow = [1, 1, 1, 4]
+    for _ in range(20):
+        s.observe(rows_for(s.plan, slow, rng))
+    got = makespan([0.002] * 4, [0.001 * x for x in slow], s.plan.local_batches)
+    assert got <= 1.10 * ideal(slow, 256), s.plan.describe()
+
+
+def test_accumulation_when_share_exceeds_micro_batch():
+    rng = np.random.default_rng(2)
+    s = BatchScheduler(2, 200, max_micro=[40, 200])
+    for _ in range(30):
+        s.observe(rows_for(s.plan, [1, 3], rng))
+    b0 = s.plan.local_batches[0]
+    assert b0 > 120 and s.plan.accum_steps[0] == -(-b0 // 40) and s.plan.accum_steps[1] == 1
+    assert sum(s.plan.micro_batches(0)) == b0 and max(s.plan.micro_batches(0)) <= 40
+
+
+def test_oom_backs_off_that_rank_only():
+    s = BatchScheduler(3, 96, max_micro=64)
+    rows = [stats_row(32, 0.03), stats_row(32, 0.03, oom=True), stats_row(32, 0.03)]
+    plan = s.observe(rows)
+    assert plan.max_micro == (64, 24, 64)
+    assert plan.local_batches == (32, 32, 32) and plan.accum_steps == (1, 2, 1)
+
+
+def noise_norms(phi, g2=1.0):
+    # exact expectations of the squared norms for noise scale phi (S = phi * g2)
+    def norms(plan, r):
+        S = phi * g2
+        return g2 + S / plan.local_batches[r], g2 + S / plan.global_batch
+    return norms
+
+
+def test_goodput_picks_the_best_batch_and_needs_a_5_percent_gain():
+    rng = np.random.default_rng(3)
+    s = BatchScheduler(4, 64, adaptive_batch=True, batch_bounds=(32, 4096), noise_warmup=5, goodput_interval=5)
+    phi = 2000.0
+    for _ in range(80):
+        s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(phi)))
+    B = s.plan.global_batch
+    # reference: goodput over every candidate size with the true time model
+    def goodput(b):
+        per = integer_split([0.02] * 4, [0.0001] * 4, b, [1] * 4, [10**6] * 4)
+        return b / (makespan([0.02] * 4, [0.0001] * 4, per) + 0.001) * (phi + 64) / (phi + b)
+    best = max(goodput(b) for b in range(32, 4097, 8))
+    assert B > 64 and goodput(B) >= 0.93 * best, (B, goodput(B), best)
+    assert s.plan.lr_scale == pytest.approx(B / 64 * (phi + 64) / (phi + B), rel=0.05)
+    # a small gain is not enough to move
+    before = len(s.history)
+    for _ in range(30):
+        s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(phi)))
+    assert len(s.history) == before
+
+
+def test_state_round_trip_through_a_checkpoint():
+    rng = np.random.default_rng(4)
+    kw = dict(adaptive_batch=True, batch_bounds=(64, 1024), noise_warmup=3, goodput_interval=4)
+    s = BatchScheduler(3, 128, **kw)
+    for _ in range(25):
+        s.observe(rows_for(s.plan, [1, 2, 3], rng, norms=noise_norms(300.0)))
+    saved = json.loads(json.dumps(s.state_dict()))
+    t = BatchScheduler(3, 128, **kw)
+    t.load_state_dict(saved)
+    assert t.plan == s.plan
+    for _ in range(25):
+        rows = rows_for(s.plan, [1, 2, 3], rng, norms=noise_norms(300.0))
+        assert s.observe(rows).digest() == t.observe(rows).digest()
+    with pytest.raises(ValueError, match="3 ranks"):
+        BatchScheduler(4, 128).load_state_dict(saved)
