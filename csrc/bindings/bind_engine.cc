@@ -31,19 +31,6 @@ void checkSize(const TensorMeta& m, const BufferView& v) {
                 m.describe(), " needs ", m.numel());
 }
 
-// An engine whose communicator failed is never destroyed: requests left posted may still read or write its
-// buffers (fusion, scratch, payloads). Its thread is stopped; its memory is leaked on purpose.
-struct EngineDeleter {
-  void operator()(Engine* e) const {
-    if (e->communicator().poisoned()) {
-      e->shutdown();  // joins the stopped thread; no communication
-      return;
-    }
-    delete e;
-  }
-};
-using EnginePtr = std::unique_ptr<Engine, EngineDeleter>;
-
 // Shut-down is collective; when it fails, say which step, the communicator size and the likely cause.
 void shutdownOrThrow(Engine& e) {
   const bool wasRunning = e.running();
@@ -98,13 +85,21 @@ std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
 }
 
 // Destroying an engine drains its completion queue, whose Python callbacks need the GIL: never hold it then.
+// An engine whose communicator failed is never destroyed: requests left posted may still read or write its
+// buffers (fusion, scratch, payloads). Its thread is stopped; its memory is leaked on purpose.
 struct EngineDeleter {
   void operator()(Engine* e) const {
+    auto release = [e] {
+      if (e->communicator().poisoned())
+        e->shutdown();  // joins the stopped thread and drains callbacks; no communication
+      else
+        delete e;
+    };
     if (PyGILState_Check()) {
-      py::gil_scoped_release release;
-      delete e;
+      py::gil_scoped_release unlock;
+      release();
     } else {
-      delete e;
+      release();
     }
   }
 };
