@@ -14,7 +14,7 @@ DENSE_ARGS = ["--data", "digits", "--model", "mlp", "--hidden", "32", "--batch-s
 def dense_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "dense"
     result = ok(neptune(3, "train", *DENSE_ARGS, "--run-dir", run, "--tensorboard", "--progress", "lines",
-                        timeout=150))
+                        timeout=300))
     (run / "stdout.txt").write_text(result.stdout)
     (run / "stderr.txt").write_text(result.stderr)
     return run
@@ -23,5 +23,5 @@ def dense_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def int8_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "int8"
-    ok(neptune(2, "train", *DENSE_ARGS, "--compression", "int8", "--force-codec", "--run-dir", run, timeout=150))
+    ok(neptune(2, "train", *DENSE_ARGS, "--compression", "int8", "--force-codec", "--run-dir", run, timeout=300))
     return run

@@ -10,7 +10,7 @@ from _cli import mpi_env, mpirun_path
 def test_trainer_api(tmp_path):
     worker = Path(__file__).parent / "workers" / "api_worker.py"
     proc = subprocess.run([mpirun_path(), "-np", "2", "--oversubscribe", "--bind-to", "none", sys.executable,
-                           str(worker)], cwd=tmp_path, env=mpi_env(), capture_output=True, text=True, timeout=150,
+                           str(worker)], cwd=tmp_path, env=mpi_env(), capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     oks = [line.split() for line in proc.stdout.splitlines() if line.startswith("OK")]

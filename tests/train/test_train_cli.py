@@ -93,7 +93,7 @@ EXTRA = {"bf16": ["--amp", "bf16", "--optimizer", "adamw", "--lr", "0.01", "--wa
 @pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "onebit", "auto"])
 def test_each_codec_trains(tmp_path, codec):
     result = ok(neptune(2, "train", *DENSE_ARGS, "--compression", codec, "--run-dir", tmp_path / "r", "--steps", "46",
-                        "--eval-every", "0", *EXTRA.get(codec, []), timeout=150))
+                        "--eval-every", "0", *EXTRA.get(codec, []), timeout=300))
     acc = [r for r in metrics(tmp_path / "r") if r["kind"] == "eval"][-1]["test_accuracy"]
     assert acc > (0.80 if codec != "onebit" else 0.70), f"{codec}: test accuracy {acc}"
     assert "final test accuracy" in result.stdout
@@ -116,7 +116,7 @@ def test_bad_input_fails_every_rank_with_one_message(tmp_path, args, message):
     if args == "config":
         (tmp_path / "c.toml").write_text("learning_rate = 0.1\n")
         args = ["--config", tmp_path / "c.toml"]
-    result = neptune(2, "train", *args, "--run-dir", tmp_path / "run", timeout=90)
+    result = neptune(2, "train", *args, "--run-dir", tmp_path / "run", timeout=240)
     assert result.returncode != 0, result.output[-2000:]
     assert result.stderr.count(message) == 1, result.output[-3000:]
     assert not (tmp_path / "run").exists()

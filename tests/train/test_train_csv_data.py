@@ -102,7 +102,7 @@ def test_cli_bad_csv_fails_every_rank_without_run_files(tmp_path):
     _good(tmp_path / "data")
     BAD["non-numeric"][0](tmp_path / "data")
     result = neptune(3, "train", "--data", f"csv:{tmp_path / 'data'}", "--run-dir", tmp_path / "run",
-                     "--steps", "2", timeout=90)
+                     "--steps", "2", timeout=240)
     assert result.returncode != 0
     assert result.stderr.count("row 3, column 'x1': non-numeric cell 'oops'") == 1, result.output[-3000:]
     assert not (tmp_path / "run").exists()

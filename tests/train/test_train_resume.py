@@ -22,7 +22,7 @@ def _losses(run):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run = tmp_path_factory.mktemp("resume") / "full"
-    ok(neptune(2, *ARGS, "--run-dir", run, timeout=150))
+    ok(neptune(2, *ARGS, "--run-dir", run, timeout=300))
     return run
 
 
@@ -30,7 +30,7 @@ def uninterrupted(tmp_path_factory):
 def killed(tmp_path_factory):
     """A run killed after step 15 (last checkpoint: step 10); kept pristine, tests copy it."""
     run = tmp_path_factory.mktemp("resume") / "killed"
-    result = neptune(2, *ARGS, "--run-dir", run, env={"NEPTUNE_RT_TRAIN_FAULT": "kill-at-step:15"}, timeout=150)
+    result = neptune(2, *ARGS, "--run-dir", run, env={"NEPTUNE_RT_TRAIN_FAULT": "kill-at-step:15"}, timeout=300)
     assert result.returncode != 0, "the injected kill did not happen"
     assert [p.name for p in sorted((run / "checkpoints").glob("step-*.pt"))] == ["step-00000010.pt"]
     return run
@@ -44,7 +44,7 @@ def _copy(src, dst):
 def test_kill_and_resume_is_bitwise_identical(uninterrupted, killed, tmp_path):
     run = _copy(killed, tmp_path / "run")
     assert max(s for s, _ in _losses(run)) == 15  # the killed run had logged past its checkpoint
-    ok(neptune(2, "train", "--resume", run, timeout=150))
+    ok(neptune(2, "train", "--resume", run, timeout=300))
     want, got = final_params(uninterrupted), final_params(run)
     for name in want:
         assert torch.equal(want[name], got[name]), f"{name} differs after kill-and-resume"
@@ -55,12 +55,12 @@ def test_kill_and_resume_is_bitwise_identical(uninterrupted, killed, tmp_path):
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted, tmp_path):
     run = tmp_path / "run"
     result = neptune(2, *ARGS, "--run-dir", run, env={"NEPTUNE_RT_TRAIN_FAULT": "kill-in-checkpoint:20"},
-                     timeout=150)
+                     timeout=300)
     assert result.returncode != 0
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names[0].startswith(".step-00000020.pt.tmp-") and names[1:] == ["step-00000010.pt"], names
     torch.load(run / "checkpoints" / "step-00000010.pt", weights_only=False)  # intact
-    ok(neptune(2, "train", "--resume", run, timeout=150))
+    ok(neptune(2, "train", "--resume", run, timeout=300))
     want, got = final_params(uninterrupted), final_params(run)
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert not list((run / "checkpoints").glob(".*tmp*"))
@@ -68,7 +68,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted, t
 
 def test_resume_on_a_different_world_size(uninterrupted, killed, tmp_path):
     run = _copy(killed, tmp_path / "run")
-    result = ok(neptune(3, "train", "--resume", run, timeout=150))
+    result = ok(neptune(3, "train", "--resume", run, timeout=300))
     assert "resuming 2 ranks' checkpoint on 3 ranks" in result.stderr
     assert [s for s, _ in _losses(run)] == list(range(1, 31))
     # Same global batches, other dropout draws: close to the uninterrupted run, not equal to it.
@@ -93,7 +93,7 @@ def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
     else:
         shutil.rmtree(run / "checkpoints")
     before = (run / "run.json").read_text()
-    result = neptune(2, "train", "--resume", run, *extra, timeout=90)
+    result = neptune(2, "train", "--resume", run, *extra, timeout=240)
     assert result.returncode != 0
     assert result.stderr.count(message) == 1, result.output[-3000:]
     assert (run / "run.json").read_text() == before  # nothing rewritten by the failed resume
@@ -104,11 +104,11 @@ def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
                            "runs once that lands")
 def test_int8_kill_and_resume_restores_residuals(tmp_path):
     int8 = ["--compression", "int8", "--force-codec"]
-    ok(neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "full", timeout=150))
-    result = neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "run", timeout=150,
+    ok(neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "full", timeout=300))
+    result = neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "run", timeout=300,
                      env={"NEPTUNE_RT_TRAIN_FAULT": "kill-at-step:15"})
     assert result.returncode != 0
-    ok(neptune(2, "train", "--resume", tmp_path / "run", timeout=150))
+    ok(neptune(2, "train", "--resume", tmp_path / "run", timeout=300))
     want, got = final_params(tmp_path / "full"), final_params(tmp_path / "run")
     for name in want:
         rel = ((want[name] - got[name]).norm() / want[name].norm()).item()
