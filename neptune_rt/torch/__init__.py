@@ -15,6 +15,7 @@ from neptune_rt.torch.ops import (
     allreduce_async_, barrier, broadcast, broadcast_, broadcast_async, broadcast_async_, join, poll,
     synchronize,
 )
+from neptune_rt.torch.onebit_adam import OneBitAdam
 from neptune_rt.torch.optimizer import DistributedOptimizer
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "synchronize", "poll", "join", "barrier",
     "broadcast_parameters", "broadcast_optimizer_state", "broadcast_object", "allgather_object",
-    "Average", "Sum", "Min", "Max", "Compression", "Compressor", "Handle", "DistributedOptimizer", "comm_hook",
+    "Average", "Sum", "Min", "Max", "Compression", "Compressor", "Handle", "DistributedOptimizer", "OneBitAdam",
+    "comm_hook",
 ]
