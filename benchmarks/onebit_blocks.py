@@ -5,10 +5,12 @@ byte. One process simulates n ranks exactly as the engine's two-phase compressed
 contributions, second error feedback, scaled sign again), training load_digits' MLP with SGD momentum 0.9 and
 local momentum (what DistributedOptimizer does for onebit), or with 1-bit Adam's compressed phase.
 
-Scale rules: `mean` = mean |x| per block (the engine's codec; for a sign code it is also the least-squares
-scale, argmin_s |x - s sign(x)|^2); `l2` = |x|_2 / sqrt(block) (DeepSpeed's 1-bit Adam: keeps the norm);
-`stoch` = stochastic sign, +max|x| with probability (1 + x / max|x|) / 2 (unbiased, higher variance).
-The `mean` codec is checked against the engine's own C++ codec before the study runs.
+Scale rules: `mean` = mean |x| per block (the codec's scale until this study; for a sign code it is the
+least-squares scale, argmin_s |x - s sign(x)|^2); `l2` = |x|_2 / sqrt(block), the block RMS (DeepSpeed's
+1-bit Adam; keeps the norm; the engine's codec since this study); `stoch` = stochastic sign, +max|x| with
+probability (1 + x / max|x|) / 2 (unbiased, higher variance). The `l2` rule is checked against the engine's
+own C++ codec before the study runs. The `adam` rows follow OneBitAdam: local momentum, u = m/(sqrt(v)+eps)
+compressed (results/onebit_blocks.json's adam rows predate that: DeepSpeed's scheme, all NaN).
 
     python benchmarks/onebit_blocks.py --json benchmarks/results/onebit_blocks.json
 """
@@ -81,13 +83,13 @@ def bits_per_value(block: int) -> float:
 
 
 def check_against_engine() -> None:
-    """The `mean` rule is the engine's codec: decode(encode(x)) must agree with it."""
+    """The `l2` rule is the engine's codec: decode(encode(x)) must agree with it."""
     from neptune_rt import _C
     x = torch.randn(1000)
     for block in (32, 64, 128, 256):
         engine = np.empty(1000, np.float32)
         _C.decode(_C.encode("onebit", x.numpy(), block=block), engine)
-        ours = scaled_sign(x, block, "mean", None).numpy()
+        ours = scaled_sign(x, block, "l2", None).numpy()
         assert np.allclose(engine, ours, rtol=1e-6, atol=0), f"block {block}: {np.abs(engine - ours).max()}"
 
 
@@ -123,17 +125,21 @@ def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, opt
                         moms[r] = grads[r].clone() if step == 1 else moms[r].mul_(args.momentum).add_(grads[r])
                     update = reduce(moms) if reduce else sum(moms) / n
                     direction = args.lr * update
-                else:  # 1-bit Adam: dense warm-up, then frozen v and compressed momentum
+                else:  # OneBitAdam: dense warm-up, then frozen v, local m_i, u_i = m_i / denom compressed
                     b1, b2 = 0.9, 0.999
                     if reduce is None or step <= args.warmup:
                         g = sum(grads) / n
                         shared_m.lerp_(g, 1 - b1)
                         v.mul_(b2).addcmul_(g, g, value=1 - b2)
                         t_v = step
+                        moms = [shared_m.clone() for _ in range(n)]
+                        denom = (v.sqrt() / (1 - b2 ** t_v) ** 0.5).add_(1e-8)
+                        u = shared_m / denom
                     else:
-                        shared_m = reduce([shared_m.lerp(g, 1 - b1) for g in grads])
-                    denom = (v.sqrt() / (1 - b2 ** t_v) ** 0.5).add_(1e-8)
-                    direction = args.adam_lr / (1 - b1 ** step) * shared_m / denom
+                        for r in range(n):
+                            moms[r].lerp_(grads[r], 1 - b1)
+                        u = reduce([m / denom for m in moms])
+                    direction = args.adam_lr / (1 - b1 ** step) * u
                 offset = 0
                 for p in params:
                     p -= direction[offset:offset + p.numel()].view_as(p)
