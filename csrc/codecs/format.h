@@ -10,7 +10,7 @@
 //   int4   : nblocks fp32 scales, then ceil(count/2) bytes, element 2i in the low nibble, 2i+1 in the
 //            high one, two's complement in [-7, 7]                     (x ~ q * scale)
 //   onebit : nblocks fp32 scales, then ceil(count/8) bytes, bit i%8 of byte i/8 set when x_i >= 0
-//            (sign(0) = +1)                                            (x ~ +-scale)
+//            (sign(0) = +1)                              (x ~ +-scale, scale = the block RMS)
 // Scales are fp32, not fp16: exact on every device, no overflow for large gradients, and only 4/block
 // bytes (1.6% of an int8 payload at block 256). Blocks are multiples of 8 elements so a packed byte never
 // straddles two blocks (lets the CUDA kernels give each block to one thread block without races).
@@ -36,7 +36,7 @@ constexpr uint32_t kMinBlockSize = 8;
 constexpr uint32_t kMaxBlockSize = 1u << 16;
 // A count above this is rejected: keeps every size computation far from overflowing size_t.
 constexpr uint64_t kMaxCount = uint64_t{1} << 48;
-// Blocks whose absmax (or mean |x|) is below this quantize to zero with scale 0: 127 / absmax would
+// Blocks whose absmax is below this quantize to zero with scale 0: 127 / absmax would
 // overflow fp32 for subnormal maxima, and gradients this small carry no signal (error feedback keeps them).
 constexpr float kMinScaleInput = 1e-30f;
 

@@ -85,7 +85,7 @@ __global__ void encode_cast_kernel(uint8_t codec, const float* src, float* resid
 
 // One warp per codec block (a thread block runs kWarpsPerBlock of them), no shared memory and no block-wide
 // barriers: (error feedback) -> scale -> quantize + pack -> residual update. The absmax is an integer max of the
-// |x| bit patterns (order-free, so shuffles give the CPU's answer); the onebit |x| sum keeps quantize.cc's order
+// |x| bit patterns (order-free, so shuffles give the CPU's answer); the onebit sum of x*x keeps quantize.cc's order
 // (lane l < 8 sums elements l, l+8, ...; the 8 partial sums are then added in lane order).
 __global__ void encode_blocks_kernel(uint8_t codec, const float* src, float* residual, size_t n, uint32_t block,
                                      bool stochastic, uint64_t key, uint64_t indexBase, uint8_t* body) {
@@ -110,10 +110,10 @@ __global__ void encode_blocks_kernel(uint8_t codec, const float* src, float* res
     if (codec == cf::kOneBit) {
       float acc = 0.0f;
       if (lane < 8)
-        for (size_t i = lane; i < len; i += 8) acc = __fadd_rn(acc, fabsf(x[i]));
+        for (size_t i = lane; i < len; i += 8) acc = __fadd_rn(acc, __fmul_rn(x[i], x[i]));
       float s = __shfl_sync(kFullMask, acc, 0);
       for (int l = 1; l < 8; ++l) s = __fadd_rn(s, __shfl_sync(kFullMask, acc, l));
-      scale = __fdiv_rn(s, static_cast<float>(len));
+      scale = __fsqrt_rn(__fdiv_rn(s, static_cast<float>(len)));  // the block's RMS, as quantize.cc
     } else {
       uint32_t m = 0;
       for (size_t i = lane; i < len; i += kWarp) {

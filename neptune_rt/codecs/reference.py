@@ -112,13 +112,13 @@ def _encode_blocks(codec, x, block, stochastic, key, index_base):
     X = _blocks(x, block)
     if codec == "onebit":
         lanes = np.zeros((X.shape[0], 8), np.float32)
-        X3 = np.abs(X).reshape(X.shape[0], block // 8, 8)
+        X3 = (X * X).reshape(X.shape[0], block // 8, 8)  # the block's RMS: sum x*x as quantize.cc adds it
         for row in range(block // 8):
             lanes = lanes + X3[:, row, :]
         total = lanes[:, 0]
         for lane in range(1, 8):
             total = total + lanes[:, lane]
-        scale = (total / _block_lengths(n, block).astype(np.float32)).astype(np.float32)
+        scale = np.sqrt((total / _block_lengths(n, block).astype(np.float32)).astype(np.float32)).astype(np.float32)
         positive = ~(X < 0)
         decoded = np.where(positive, scale[:, None], -scale[:, None]).astype(np.float32)
         packed = np.packbits(positive.reshape(-1)[:n], bitorder="little")

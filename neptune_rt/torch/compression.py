@@ -8,7 +8,9 @@ one attribute, `codec`: the engine codec that carries the (compressed) tensor on
 * engine codecs (`int8`, `int4`, `onebit`, and `auto`): the tensor passes through unchanged and `codec` names
   the engine's quantizer. These need error feedback, which the engine fuses into its encoder. By default the
   engine's cost model may still send a bucket densely where that is predicted faster (`adaptive`);
-  `Compression.forced("int8")` always quantizes.
+  `Compression.forced("int8")` always quantizes. With onebit or int4 and SGD with momentum,
+  DistributedOptimizer communicates the momentum update rather than the gradient (onebit_momentum.py);
+  `OneBitAdam` (onebit_adam.py) does the same for Adam after a dense warm-up.
 
 The seam with the engine's codecs (issue 3), for whoever lands them:
   - the engine keeps one error-feedback residual per (tensor name, codec asked for); this binding always names

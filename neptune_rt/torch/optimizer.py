@@ -17,6 +17,7 @@ from neptune_rt import engine as _engine
 from neptune_rt.torch import ops
 from neptune_rt.torch.compression import Compression, Compressor, require_codec
 from neptune_rt.torch.grad_buckets import GradBucket, plan_buckets
+from neptune_rt.torch.onebit_momentum import local_momentum_for
 
 __all__ = ["DistributedOptimizer"]
 
@@ -31,7 +32,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
     ranks with different batch sizes: with a weight w_i (local batch / global batch) the applied gradient is
     sum_i w_i g_i, exact whatever the split (implemented as the engine's prescale with op=Sum); and
     `bucket_bytes`, the size of the flat gradient buffers that travel as one engine tensor (`.grad` of each
-    parameter becomes a view into its bucket, as with DDP's gradient_as_bucket_view).
+    parameter becomes a view into its bucket, as with DDP's gradient_as_bucket_view); and `local_momentum`:
+    with SGD(momentum > 0) and the onebit or int4 codec (None, the default) or any engine codec (True), each
+    rank keeps its momentum and the compressed all-reduce carries SGD's update direction instead of the
+    gradient (see onebit_momentum.py and docs/torch.md, "Training at 1 bit"); False turns it off.
     The constructor is collective: every rank must wrap an optimizer over the same named parameters.
     """
 
@@ -41,7 +45,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
                  named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
                  compression: Compressor = Compression.none, backward_passes_per_step: int = 1,
                  op: str = ops.Average, gradient_predivide_factor: float = 1.0, weight: float | None = None,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, local_momentum: bool | None = None):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"neptune_rt: DistributedOptimizer wraps a torch.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
@@ -56,6 +60,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if codec != "none":
             require_codec(codec)  # fail here, not inside the first backward
         self._opt = optimizer
+        self._local_momentum = local_momentum_for(optimizer, codec, local_momentum)
         self._compression = compression
         self._passes = backward_passes_per_step
         self._op = op
@@ -191,8 +196,18 @@ class DistributedOptimizer(torch.optim.Optimizer):
             if self._delay[p] == 0:
                 bucket.take_grad(p)
                 if bucket.full():
-                    self._submit(bucket)
+                    self._transform_and_submit(bucket)
         return hook
+
+    def _transform_and_submit(self, bucket: GradBucket) -> None:
+        if self._local_momentum is not None:
+            self._local_momentum.transform(bucket.params)
+        self._submit(bucket)
+
+    @property
+    def local_momentum(self) -> bool:
+        """True when each rank keeps SGD's momentum and the update direction is what is communicated."""
+        return self._local_momentum is not None
 
     def _submit(self, bucket: GradBucket) -> None:
         if self._weight is not None:
@@ -211,7 +226,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
                 for p in bucket.params:
                     if p not in bucket.ready:
                         bucket.take_grad(p)
-                self._submit(bucket)
+                self._transform_and_submit(bucket)
         try:
             for bucket in self._buckets:
                 bucket.wait(self._compression)
@@ -238,6 +253,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
                               "in `with optimizer.skip_synchronize():`.")
             self.synchronize()
         self._synchronized = False
+        if self._local_momentum is not None:
+            with self._local_momentum.applying():  # .grad is the averaged update: no second momentum
+                return self._opt.step() if closure is None else self._opt.step(closure)
         return self._opt.step() if closure is None else self._opt.step(closure)
 
     def remove_hooks(self) -> None:

@@ -1,6 +1,10 @@
-"""Trains an MLP on sklearn's load_digits with DistributedOptimizer under each requested compression and prints
-the test accuracy (rank 0: `ACC <mode> <percent>`). Same initialization, data order and step count for every
-mode, so the accuracies differ only by what compression does. Run by tests/torch/test_compression.py."""
+"""Trains an MLP on sklearn's load_digits on every rank under each requested mode and prints the test
+accuracy (rank 0: `ACC <mode> <percent> param_checksum <sum |p|>`). A mode is `<optimizer>/<compression>`:
+optimizer `sgd` (momentum DIGITS_MOMENTUM), `nesterov`, `adam` (all wrapped in DistributedOptimizer) or
+`onebitadam` (neptune_rt.torch.OneBitAdam, compression ignored); compression `none`, `fp16`, `bf16` or
+`forced:<codec>` (every bucket quantized, no cost-model fallback). Same initialization, data order and step
+count for every mode; each mode names its engine tensors afresh (`<mode>.<param>`), so no mode starts from an
+earlier mode's error-feedback residuals. Run by tests/torch/test_compression.py."""
 from __future__ import annotations
 
 import os
@@ -14,9 +18,10 @@ import neptune_rt.torch as nrt
 from common import finish, setup
 
 rank, size = setup(gloo=False)
-modes = sys.argv[1:] or ["none", "fp16", "bf16"]
+modes = sys.argv[1:] or ["sgd/none", "sgd/fp16", "sgd/bf16"]
 EPOCHS, GLOBAL_BATCH = 12, 64
 LR, MOMENTUM = float(os.environ.get("DIGITS_LR", "0.1")), float(os.environ.get("DIGITS_MOMENTUM", "0.9"))
+ADAM_LR = float(os.environ.get("DIGITS_ADAM_LR", "0.003"))
 
 digits = load_digits()
 x_all = torch.tensor(digits.data, dtype=torch.float32) / 16.0
@@ -25,14 +30,28 @@ order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
 train_idx, test_idx = order[:1400], order[1400:]
 local = GLOBAL_BATCH // size
 
+
+def make_optimizer(mode: str, model: nn.Module) -> torch.optim.Optimizer:
+    kind, _, comp = mode.partition("/")
+    if kind == "onebitadam":
+        return nrt.OneBitAdam(model.parameters(), lr=ADAM_LR, name=f"{mode}.onebitadam")
+    if kind == "adam":
+        inner = torch.optim.Adam(model.parameters(), lr=ADAM_LR)
+    elif kind in ("sgd", "nesterov"):
+        inner = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=kind == "nesterov")
+    else:
+        raise ValueError(f"unknown optimizer in mode {mode!r}")
+    # "forced:<codec>": the engine quantizes every bucket (no cost-model fallback to dense).
+    compression = (nrt.Compression.forced(comp.split(":")[1]) if comp.startswith("forced:")
+                   else getattr(nrt.Compression, comp))
+    named = [(f"{mode}.{n}", p) for n, p in model.named_parameters()]  # fresh engine names per mode
+    return nrt.DistributedOptimizer(inner, named_parameters=named, compression=compression)
+
+
 for mode in modes:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    # "forced:<codec>": the engine quantizes every bucket (no cost-model fallback to dense).
-    compression = (nrt.Compression.forced(mode.split(":")[1]) if mode.startswith("forced:")
-                   else getattr(nrt.Compression, mode))
-    opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
-                                   named_parameters=model.named_parameters(), compression=compression)
+    opt = make_optimizer(mode, model)
     for epoch in range(EPOCHS):
         perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
         for start in range(0, len(perm) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
@@ -40,13 +59,15 @@ for mode in modes:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
             opt.step()
-    opt.remove_hooks()
+    if hasattr(opt, "remove_hooks"):
+        opt.remove_hooks()
     with torch.no_grad():
         acc = (model(x_all[test_idx]).argmax(1) == y_all[test_idx]).float().mean().item() * 100
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     same = nrt.allreduce(params, name=f"check.{mode}", op=nrt.Max) - nrt.allreduce(params, name=f"c.{mode}",
                                                                                   op=nrt.Min)
     assert same.abs().max().item() == 0, f"rank {rank}: {mode}: ranks diverged"
+    extra = f" frozen_at {opt.onebit['frozen_at']}" if hasattr(opt, "onebit") else ""
     if rank == 0:
-        print(f"ACC {mode} {acc:.2f} param_checksum {params.double().abs().sum().item():.9g}", flush=True)
+        print(f"ACC {mode} {acc:.2f} param_checksum {params.double().abs().sum().item():.9g}{extra}", flush=True)
 finish()

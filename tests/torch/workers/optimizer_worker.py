@@ -178,4 +178,29 @@ for step in range(STEPS):
     assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
 compare("fp16 vs DDP", ours, ref, atol=2e-3)
 opt.remove_hooks()
+
+# 6. Local momentum (what onebit and int4 use) over exact communication is dense SGD again: the mean of the
+# ranks' momentum buffers is the momentum of the mean gradient. Momentum, Nesterov, dampening, weight decay.
+for kw in (dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+           dict(momentum=0.5, dampening=0.3)):
+    ours, ref = make_model(), make_model()
+    opt = nrt.DistributedOptimizer(torch.optim.SGD(ours.parameters(), lr=0.1, **kw), bucket_bytes=4096,
+                                   named_parameters=[(f"local{sorted(kw.items())}.{n}", p)
+                                                     for n, p in ours.named_parameters()], local_momentum=True)
+    assert opt.local_momentum, f"rank {rank}: local momentum is off for {kw}"
+    ddp = DDP(ref)
+    ref_opt = torch.optim.SGD(ddp.parameters(), lr=0.1, **kw)
+    for step in range(STEPS):
+        x, y = batch(step, rank)
+        opt.zero_grad()
+        loss_of(ours, x, y).backward()
+        opt.step()
+        ref_opt.zero_grad()
+        loss_of(ddp, x, y).backward()
+        ref_opt.step()
+    compare(f"local momentum {kw} vs DDP", ours, ref, atol=2e-6)
+    # The wrapped SGD's settings are back after each step; its state holds this rank's own momentum.
+    assert opt.param_groups[0]["momentum"] == kw["momentum"], f"rank {rank}: {opt.param_groups[0]}"
+    assert "momentum_buffer" in opt.state_dict()["state"][0]
+    opt.remove_hooks()
 finish()
