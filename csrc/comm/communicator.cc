@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "common/error.h"
@@ -84,7 +85,8 @@ void Communicator::poison(const std::string& error, bool timedOut) {
     if (poisoned_.load(std::memory_order_relaxed)) return;
     error_ = error;
     timedOut_ = timedOut;
-    posted.swap(posted_);
+    for (auto& entry : posted_) posted.push_back(entry.second);
+    posted_.clear();
     abandoned_ = posted.size();
     poisoned_.store(true, std::memory_order_release);
   }
@@ -121,21 +123,21 @@ void Communicator::throwIfPoisoned() const {
   throw std::runtime_error(error);
 }
 
+size_t Communicator::StorageHash::operator()(const std::array<unsigned char, 16>& s) const {
+  uint64_t a, b;
+  std::memcpy(&a, s.data(), 8);
+  std::memcpy(&b, s.data() + 8, 8);
+  return std::hash<uint64_t>()(a ^ (b * 0x9e3779b97f4a7c15ull));
+}
+
 void Communicator::track(const Request& r) {
   std::lock_guard<std::mutex> lock(mu_);
-  posted_.push_back(r);
+  posted_.emplace(r.storage, r);
 }
 
 void Communicator::untrack(const Request& r) {
   std::lock_guard<std::mutex> lock(mu_);
-  // Recently posted requests complete first in most collectives: search from the back.
-  for (size_t i = posted_.size(); i-- > 0;) {
-    if (posted_[i].storage == r.storage) {
-      posted_[i] = posted_.back();
-      posted_.pop_back();
-      return;
-    }
-  }
+  posted_.erase(r.storage);
 }
 
 PostedBuffers::~PostedBuffers() {

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/deadline.h"
@@ -114,7 +115,11 @@ class Communicator {
   mutable std::mutex mu_;
   std::string error_;
   bool timedOut_ = false;
-  std::vector<Request> posted_;  // active requests (few at a time: a collective's window)
+  struct StorageHash {
+    size_t operator()(const std::array<unsigned char, 16>& s) const;
+  };
+  // Active requests by native handle: a ring with small segments posts thousands at once.
+  std::unordered_map<std::array<unsigned char, 16>, Request, StorageHash> posted_;
   size_t abandoned_ = 0;
 };
 
