@@ -46,6 +46,9 @@ def _rank() -> int:
 def _fail(message: str) -> int:
     if _rank() == 0:  # every rank meets the same bad input; one message is enough
         print(f"neptune-rt: error: {message}", file=sys.stderr, flush=True)
+    else:  # let rank 0 exit first: the launcher ends the job at the first non-zero exit, message or not
+        import time
+        time.sleep(5)
     return BAD_INPUT
 
 

@@ -112,4 +112,5 @@ def test_int8_kill_and_resume_restores_residuals(tmp_path):
     want, got = final_params(tmp_path / "full"), final_params(tmp_path / "run")
     for name in want:
         rel = ((want[name] - got[name]).norm() / want[name].norm()).item()
-        assert rel < 1e-3, f"{name}: relative difference {rel:.3g} after an int8 kill-and-resume"
+        # Measured on main+residuals: 2.1e-5 with residuals restored, 1.2e-3 with them dropped.
+        assert rel < 2e-4, f"{name}: relative difference {rel:.3g} after an int8 kill-and-resume"
