@@ -59,7 +59,11 @@ def digits_accuracy() -> dict[str, float]:
     codecs = [c for c in ENGINE_CODECS if c in engine.CODECS]
     modes = (["sgd/none"] + [f"sgd/{c}" for c in CAST] + [f"sgd/forced:{c}" for c in codecs] + ["nesterov/none"]
              + (["nesterov/forced:onebit"] if "onebit" in codecs else []) + ["adam/none", "onebitadam/onebit"])
-    proc = run_workers("digits_worker.py", 4, *modes, timeout=900)  # 10 modes; ~7 min on a loaded 2-core machine
+    # Fusion off: today the engine fuses by arrival timing, so a compressed run's blocks and residual keys vary
+    # between runs (issue 8; forced onebit with SGD momentum measured 96.7% in one fused run and 1+ point below
+    # dense in another, 96.5% unfused). Each parameter then travels alone, and every run is the same.
+    proc = run_workers("digits_worker.py", 4, *modes, timeout=900,  # 10 modes; ~7 min on a loaded 2-core machine
+                       env={"NEPTUNE_RT_FUSION_BYTES": "0"})
     assert_ok(proc, 4)
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("ACC")]
     acc = {row[1]: float(row[2]) for row in rows}
