@@ -394,7 +394,9 @@ def barrier(name: str | None = None, timeout: float | None = None) -> None:
 
 def join(name: str = "join") -> int:
     """Blocks until every rank has called join; meanwhile this rank takes part in the others' all-reduces
-    (sum/average) with zeros and in their allgathers with no rows. Returns the last rank to join."""
+    (sum/average) with zeros and in their allgathers with no rows. Returns the highest rank among those that
+    joined in the last negotiation cycle (the engine does not know the order within a cycle);
+    neptune_rt.torch.join() returns the last rank to join, as Horovod does."""
     native = _require().enqueue_join(name)
     Handle(native, (), lambda: None).wait()
     return int(native.value)
