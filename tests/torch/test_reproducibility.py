@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from _launch import assert_ok, run_workers
+from mpi_helpers import assert_ok, run_workers
 
 
 @pytest.mark.parametrize("codec", ["int8"])
