@@ -104,13 +104,17 @@ def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
                            "runs once that lands")
 def test_int8_kill_and_resume_restores_residuals(tmp_path):
     int8 = ["--compression", "int8", "--force-codec"]
-    ok(neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "full", timeout=300))
+    # DistributedOptimizer's tensors are fused by arrival (docs/torch.md, Reproducibility), which alone moves
+    # int8 results by ~1e-3 between runs; one tensor per bucket takes timing out of this comparison.
+    unfused = {"NEPTUNE_RT_FUSION_BYTES": "0"}
+    ok(neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "full", timeout=300, env=unfused))
     result = neptune(2, *ARGS, *int8, "--run-dir", tmp_path / "run", timeout=300,
-                     env={"NEPTUNE_RT_TRAIN_FAULT": "kill-at-step:15"})
+                     env={**unfused, "NEPTUNE_RT_TRAIN_FAULT": "kill-at-step:15"})
     assert result.returncode != 0
-    ok(neptune(2, "train", "--resume", tmp_path / "run", timeout=300))
+    ok(neptune(2, "train", "--resume", tmp_path / "run", timeout=300, env=unfused))
     want, got = final_params(tmp_path / "full"), final_params(tmp_path / "run")
     for name in want:
         rel = ((want[name] - got[name]).norm() / want[name].norm()).item()
-        # Measured on main+residuals: 2.1e-5 with residuals restored, 1.2e-3 with them dropped.
-        assert rel < 2e-4, f"{name}: relative difference {rel:.3g} after an int8 kill-and-resume"
+        # Unfused, round-to-nearest: resuming with the residuals restored is bitwise (measured 0.0); with them
+        # dropped the parameters differ (measured 3.3e-4 relative on 0.weight).
+        assert rel == 0.0, f"{name}: relative difference {rel:.3g} after an int8 kill-and-resume"

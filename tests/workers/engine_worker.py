@@ -2,6 +2,7 @@
 against numpy / mpi4py and prints 'OK <rank>' per rank on success."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
