@@ -7,23 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from mpi_helpers import mpi_env, mpirun_path  # noqa: E402,F401
+from mpi_helpers import MpiResult, mpi_env, mpirun_path  # noqa: E402,F401
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
+Result = MpiResult  # returncode, stdout, stderr, output
 
 
 def neptune(np: int, *args: str, timeout: float = 120, env: dict[str, str] | None = None,

@@ -12,18 +12,9 @@ from mpi4py import MPI
 
 import neptune_rt as nrt
 from neptune_rt import engine
+from reference import expect_error
 
 WORLD = MPI.COMM_WORLD
-
-
-def expect_error(fn, kind, *fragments) -> str:
-    try:
-        fn()
-    except kind as err:
-        for f in fragments:
-            assert f in str(err), f"error lacks {f!r}: {err}"
-        return str(err)
-    raise AssertionError(f"expected {kind.__name__} containing {fragments}")
 
 
 def scenario_callbacks() -> None:

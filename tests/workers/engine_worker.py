@@ -11,19 +11,9 @@ from mpi4py import MPI
 
 import neptune_rt as nrt
 from neptune_rt.codecs.bounds import allreduce_bound
-from reference import DTYPES, OPS, close, make_data, reduce_reference
+from reference import DTYPES, OPS, close, expect_error, make_data, reduce_reference
 
 WORLD = MPI.COMM_WORLD
-
-
-def expect_error(fn, kind, *fragments):
-    try:
-        fn()
-    except kind as err:
-        for f in fragments:
-            assert f in str(err), f"error lacks {f!r}: {err}"
-        return str(err)
-    raise AssertionError(f"expected {kind.__name__} containing {fragments}")
 
 
 def as_user(x: np.ndarray, dtype: str):

@@ -64,3 +64,14 @@ def close(result: np.ndarray, ref: np.ndarray, dtype: str, n: int) -> bool:
         tol = 1e-2 if dtype == "bfloat16" else 1e-3  # only the average is inexact (x/n)
         return np.allclose(got, ref, rtol=tol, atol=tol)
     return np.array_equal(result, ref)
+
+
+def expect_error(fn, kind, *fragments) -> str:
+    """Runs fn, which must raise `kind` with every fragment in its message; returns the message."""
+    try:
+        fn()
+    except kind as err:
+        for f in fragments:
+            assert f in str(err), f"error lacks {f!r}: {err}"
+        return str(err)
+    raise AssertionError(f"expected {kind.__name__} containing {fragments}")
