@@ -17,16 +17,25 @@ __all__ = ["gather_stats", "gather_stats_async", "probe_max_micro"]
 
 
 def gather_stats_async(row: Sequence[float], name: str = "schedule.stats") -> Callable[[], list[list[float]]]:
-    """Submits this rank's row; returns a function that waits and gives every rank's row (rank order)."""
-    local = np.asarray([list(row)], dtype=np.float64)
-    handle = _engine.allgather_async(local, name=name)
+    """Submits this rank's row; returns a function that waits and gives every rank's row (rank order).
+
+    The gather is a sum all-reduce of an (n, 1 + k) float64 table in which each rank fills only its own row
+    (a leading 1.0 marks it as present): adding zeros is exact, so every rank gets every row bit for bit, and a
+    table this small rides in the engine's negotiation message (an eager sum) instead of costing a cycle of
+    its own, as an all-gather would."""
+    size, rank = _engine.size(), _engine.rank()
+    table = np.zeros((size, 1 + len(row)), dtype=np.float64)
+    table[rank, 0] = 1.0
+    table[rank, 1:] = row
+    handle = _engine.allreduce_async(table, name=name, op="sum")
 
     def wait() -> list[list[float]]:
         rows = handle.wait()
-        if rows.shape[0] != _engine.size():
-            raise RuntimeError(f"neptune_rt: rank {_engine.rank()}: '{name}' gathered {rows.shape[0]} rows from "
-                               f"{_engine.size()} ranks (a rank joined early or sent a different row shape)")
-        return rows.tolist()
+        missing = [r for r in range(size) if rows[r, 0] != 1.0]
+        if missing:
+            raise RuntimeError(f"neptune_rt: rank {rank}: '{name}' has no row from rank(s) {missing} (a rank "
+                               f"joined early, or ranks sent rows of different lengths)")
+        return rows[:, 1:].tolist()
     return wait
 
 
