@@ -21,3 +21,7 @@ def test_identical_decisions_and_checkpoint_round_trip():
 
 def test_memory_probe_with_cap_on_one_rank():
     assert_ok(run_mpi(WORKER, 3, "probe", "1", env=ENV), 3)
+
+
+def test_statistics_rows_gathered_bit_for_bit():
+    assert_ok(run_mpi(WORKER, 4, "gather", env=ENV), 4)
