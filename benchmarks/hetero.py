@@ -82,7 +82,7 @@ class Run:
         self.sched = None
         if policy == "scheduler":
             self.sched = BatchScheduler(size, B, max_micro=args.max_micro, adaptive_batch=adaptive,
-                                        batch_bounds=(args.min_batch, args.max_batch) if adaptive else None,
+                                        batch_bounds=(args.min_batch or B, args.max_batch) if adaptive else None,
                                         lr_rule=args.lr_rule, goodput_interval=args.goodput_interval,
                                         noise_warmup=args.goodput_interval)
         self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
@@ -174,7 +174,9 @@ def main() -> None:
     ap.add_argument("--goodput-per-sample-ms", type=float, default=0.1)
     ap.add_argument("--goodput-step-ms", type=float, default=20.0)
     ap.add_argument("--goodput-interval", type=int, default=5, help="steps between global-batch decisions")
-    ap.add_argument("--min-batch", type=int, default=32)
+    ap.add_argument("--min-batch", type=int, default=None,
+                    help="smallest global batch of the goodput run (default: --goodput-base, as AdaptDL: the batch "
+                         "the learning rate was tuned for is the floor)")
     ap.add_argument("--max-batch", type=int, default=4096)
     ap.add_argument("--goodput-max-steps", type=int, default=5000)
     ap.add_argument("--goodput-max-seconds", type=float, default=120.0, help="training-time cap per goodput run")

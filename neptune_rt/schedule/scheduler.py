@@ -71,6 +71,7 @@ class BatchScheduler:
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
         self._explored = False  # the one exploratory batch size was tried (see _choose_batch)
+        self._fresh_batch = False  # the plan just adopted changed the global batch
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
                                                  "initial equal split"))
@@ -84,7 +85,10 @@ class BatchScheduler:
         rows = [[float(v) for v in r] for r in rows]
         if any(r[_COL["oom"]] > 0 for r in rows):
             return self._back_off_oom(rows)
-        if self.steps > self.warmup_steps:
+        # The first step at a new global batch runs new tensor shapes (allocator, caches): its timings would
+        # mislead the very fit that judges the new batch, so they are ignored, like the warm-up steps.
+        fresh, self._fresh_batch = self._fresh_batch, False
+        if self.steps > self.warmup_steps and not fresh:
             for model, r in zip(self.models, rows):
                 model.observe(r[_COL["local_batch"]], r[_COL["compute_s"]])
             slowest = max(r[_COL["compute_s"]] for r in rows)
@@ -116,7 +120,7 @@ class BatchScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
-                "explored": self._explored,
+                "explored": self._explored, "fresh_batch": self._fresh_batch,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
                 "world_size": self.world_size, "base_batch": self.base_batch}
@@ -127,6 +131,7 @@ class BatchScheduler:
                              f"{state['base_batch']}, this run has {self.world_size} and {self.base_batch}")
         self.steps, self.overhead_s = int(state["steps"]), float(state["overhead_s"])
         self._explored = bool(state["explored"])
+        self._fresh_batch = bool(state.get("fresh_batch", False))
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
         for m, s in zip(self.models, state["models"]):
@@ -246,6 +251,7 @@ class BatchScheduler:
         return self.set_max_micro(micro)
 
     def _adopt(self, plan: Plan) -> Plan:
+        self._fresh_batch = bool(self.history) and plan.global_batch != self.history[-1].global_batch
         self.history.append(plan)
         log.info("%s", plan.describe())
         if self.on_change is not None:

@@ -118,3 +118,18 @@ def test_state_round_trip_through_a_checkpoint():
         assert s.observe(rows).digest() == t.observe(rows).digest()
     with pytest.raises(ValueError, match="3 ranks"):
         BatchScheduler(4, 128).load_state_dict(saved)
+
+
+def test_first_step_at_a_new_global_batch_is_not_timed():
+    # The step right after the global batch changes runs new shapes (allocator, caches): a 10x slower first step
+    # there must not reach the time models that judge the new batch.
+    rng = np.random.default_rng(5)
+    s = BatchScheduler(4, 64, adaptive_batch=True, batch_bounds=(64, 4096), noise_warmup=5, goodput_interval=5)
+    while s.plan.global_batch == 64:
+        s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(2000.0)))
+    before = [(m.a, m.c, m.count) for m in s.models]
+    spike = rows_for(s.plan, [1, 1, 1, 1], rng, a=0.2, c=0.001, noise=0.0, norms=noise_norms(2000.0))
+    s.observe(spike)
+    assert [(m.a, m.c, m.count) for m in s.models] == before
+    s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(2000.0)))
+    assert all(m.count == b[2] + 1 for m, b in zip(s.models, before))
