@@ -114,6 +114,7 @@ def init(comm: Any = None) -> None:
                 compressed_algorithm=algorithm,
                 cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
                 deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
+                cache_capacity=_env.get("NEPTUNE_RT_CACHE_CAPACITY"),
             )
         except TimeoutError as err:
             _record_failure(str(err))

@@ -13,6 +13,7 @@
 #include "collectives/exchange.h"
 #include "collectives/reduce.h"
 #include "common/error.h"
+#include "engine/fusion.h"
 #include "engine/negotiation.h"
 
 namespace nrt {
@@ -215,13 +216,34 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
 std::vector<char> Engine::buildMessage() {
   const bool joined = std::any_of(pending_.begin(), pending_.end(),
                                   [](const Entry& e) { return e.meta.type == OpType::kJoin; });
-  MessageWriter w(joined, toAbandon_);
+  // Cached tensors are one bit each; the rest (and names cached with another key, whose slot every rank then
+  // drops) are announced in full.
+  std::vector<uint8_t> cachedReady;
+  std::vector<uint32_t> cacheInvalid;
+  std::vector<bool> hit(pending_.size(), false);
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const Entry& e = pending_[i];
+    if (e.meta.type == OpType::kJoin) continue;
+    const ResponseCache::Found found = cache_.lookup(e.meta, e.prescale, e.postscale);
+    if (found.state == ResponseCache::Lookup::kHit) {
+      setBit(cachedReady, found.slot);
+      hit[i] = true;
+    } else if (found.state == ResponseCache::Lookup::kInvalid) {
+      cacheInvalid.push_back(found.slot);
+    }
+  }
+  MessageWriter w(joined, toAbandon_, std::string(), cachedReady, cacheInvalid);
   toAbandon_.clear();
   GroupMessage own;
   size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half
-  for (const Entry& e : pending_) {
+  bool full = false;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const Entry& e = pending_[i];
     if (e.meta.type == OpType::kJoin) continue;
-    if (!w.add(e.meta, config_.negotiationBytes / 2)) break;  // the rest is announced next cycle
+    if (!hit[i] && (full || !w.add(e.meta, config_.negotiationBytes / 2))) {
+      full = true;  // the rest is announced next cycle
+      continue;
+    }
     const size_t bytes = e.meta.bytes();
     // Small all-reduces ride along; with an adaptive codec too, since no codec beats the dense path on a
     // latency-bound message (a forced codec is honoured).
@@ -285,7 +307,16 @@ bool Engine::cycle() {
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
-  MatchResult match = matchAnnouncements(msgs);
+  // Slots that some rank submitted with another key go on every rank, before matching (response_cache.h).
+  uint64_t invalidated = 0;
+  for (const RankMessage& m : msgs)
+    for (uint32_t slot : m.cacheInvalid)
+      if (cache_.occupied(slot)) {
+        cache_.erase(slot);
+        ++invalidated;
+      }
+  if (invalidated) stats_.addCacheChanges(invalidated, 0);
+  MatchResult match = matchAnnouncements(msgs, cache_);
   // A small all-reduce is done already if every participating rank's data made it into the sum.
   const uint32_t participants = static_cast<uint32_t>(size_ - match.joined.size());
   for (ReadyTensor& t : match.ready) {
@@ -330,39 +361,33 @@ void Engine::finish(Entry& e, const std::string& error) {
 
 void Engine::execute(const MatchResult& match) {
   participants_ = size_ - static_cast<int>(match.joined.size());
-  std::vector<const ReadyTensor*> allreduces;
+  std::vector<const ReadyTensor*> allreduces, eager;
   bool shutdownReady = false;
   // A group with a failed member can never run as one bucket: its other members fail too, now or whenever
   // they become ready (identically on every rank: errors and readiness are agreed).
   for (const ReadyTensor& t : match.ready)
     if (!t.error.empty() && t.meta.groupSize) failedGroups_.emplace(t.meta.group, std::make_pair(t.error, 0u));
   for (const ReadyTensor& t : match.ready) {
-    Entry* local = findPending(t.meta.name);
     auto failed = t.meta.groupSize ? failedGroups_.find(t.meta.group) : failedGroups_.end();
     if (!t.error.empty() || failed != failedGroups_.end()) {
-      if (local)
+      if (Entry* local = findPending(t.meta.name))
         finish(*local, !t.error.empty() ? t.error
                                         : concat("neptune_rt: rank ", rank_, ": tensor '", t.meta.name,
                                                  "' was grouped with a tensor that failed:\n", failed->second.first));
       if (failed != failedGroups_.end() && ++failed->second.second == t.meta.groupSize) failedGroups_.erase(failed);
       continue;
     }
-    switch (t.meta.type) {
-      case OpType::kAllreduce:
-        if (t.eagerResult) {
-          executeEager(t, local);
-        } else {
-          allreduces.push_back(&t);
-        }
-        break;
-      case OpType::kShutdown:
-        shutdownReady = true;
-        break;
-      default:
-        break;
-    }
+    if (t.meta.type == OpType::kAllreduce) (t.eagerResult ? eager : allreduces).push_back(&t);
+    if (t.meta.type == OpType::kBroadcast) t.executed = true;
+    if (t.meta.type == OpType::kShutdown) shutdownReady = true;
   }
-  executeAllreduces(allreduces);
+  const auto buckets = planBuckets(allreduces, config_.fusionBytes);  // incomplete groups wait
+  for (const ReadyTensor* t : eager) t->executed = true;
+  for (const auto& bucket : buckets)
+    for (const ReadyTensor* t : bucket) t->executed = true;
+  learn(match);
+  for (const ReadyTensor* t : eager) executeEager(*t, findPending(t->meta.name));
+  for (const auto& bucket : buckets) executeBucket(bucket);
   for (const ReadyTensor& t : match.ready) {
     if (!t.error.empty()) continue;
     Entry* local = findPending(t.meta.name);
@@ -387,6 +412,26 @@ void Engine::execute(const MatchResult& match) {
       if (e.meta.type == OpType::kShutdown) finish(e);
     shutdownDone_ = true;
   }
+}
+
+void Engine::learn(const MatchResult& match) {
+  uint64_t hits = 0, misses = 0, evicted = 0;
+  for (const ReadyTensor& t : match.ready) {
+    if (!t.executed) continue;
+    if (t.cacheSlot != ResponseCache::kNoSlot) {
+      cache_.use(t.cacheSlot);
+      ++hits;
+      continue;
+    }
+    if (!ResponseCache::cacheable(t.meta)) continue;
+    ++misses;
+    auto it = pendingByName_.find(t.meta.name);  // not finished yet: nothing has run
+    const Entry* local = it == pendingByName_.end() ? nullptr : it->second;
+    const double nan = std::nan("");
+    evicted += cache_.insert(t.meta, local ? local->prescale : nan, local ? local->postscale : nan);
+  }
+  stats_.addCacheLookups(hits, misses);
+  if (evicted) stats_.addCacheChanges(0, evicted);
 }
 
 }  // namespace nrt
