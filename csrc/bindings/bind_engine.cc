@@ -153,6 +153,12 @@ py::dict statsDict(const EngineStats::Totals& t) {
   d["decode_s"] = t.decodeSeconds;
   d["wait_s"] = t.waitSeconds;
   d["codecs"] = codecs;
+  d["cycles"] = t.cycles;
+  d["handoffs"] = t.handoffs;
+  d["build_s"] = t.buildSeconds;
+  d["exchange_s"] = t.exchangeSeconds;
+  d["match_s"] = t.matchSeconds;
+  d["execute_s"] = t.executeSeconds;
   d["cache_hits"] = t.cacheHits;
   d["cache_misses"] = t.cacheMisses;
   d["cache_invalidations"] = t.cacheInvalidations;

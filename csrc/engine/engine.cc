@@ -203,6 +203,7 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
       case StepResult::kStopped:
         return h.wait(timeoutSeconds);  // completed (or failed) by now
       case StepResult::kBusy:
+        stats_.addHandoff();
         h.wait(0.001);  // the engine thread is driving; it will complete us or hand back
         break;
       case StepResult::kNoProgress:
@@ -285,12 +286,15 @@ bool Engine::cycle() {
               << " s for its peers to negotiate; pending here: " << namesOf(pending_)
               << " (a rank may be stuck, or not calling the same collectives)" << std::endl;
   };
+  std::vector<char> own = buildMessage();
+  const double built = monotonicSeconds();
   const std::vector<char> combined = exchangeCombine(
-      *comm_, buildMessage(), o, [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
+      *comm_, std::move(own), o, [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
         return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
                                      GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
             .serialize();
       });
+  const double exchanged = monotonicSeconds();
   const GroupMessage all = GroupMessage::parse(combined.data(), combined.size(), -1);
   std::vector<RankMessage> msgs;
   msgs.reserve(size_);
@@ -335,7 +339,10 @@ bool Engine::cycle() {
                       match.ready.end());
   }
   const size_t before = pending_.size();
+  const double matched = monotonicSeconds();
   execute(match);
+  const double executed = monotonicSeconds();
+  stats_.addCycle(built - negotiationStart, exchanged - built, matched - exchanged, executed - matched);
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const Entry& e) { return e.handle->done(); }),
                  pending_.end());
   return pending_.size() != before || !abandoned.empty();

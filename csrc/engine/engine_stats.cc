@@ -44,6 +44,12 @@ EngineStats::Totals EngineStats::totals() const {
   t.wireSeconds = sec(wireNs_);
   t.decodeSeconds = sec(decodeNs_);
   t.waitSeconds = sec(waitNs_);
+  t.cycles = cycles_.load(std::memory_order_relaxed);
+  t.handoffs = handoffs_.load(std::memory_order_relaxed);
+  t.buildSeconds = sec(buildNs_);
+  t.exchangeSeconds = sec(exchangeNs_);
+  t.matchSeconds = sec(matchNs_);
+  t.executeSeconds = sec(executeNs_);
   t.cacheHits = cacheHits_.load(std::memory_order_relaxed);
   t.cacheMisses = cacheMisses_.load(std::memory_order_relaxed);
   t.cacheInvalidations = cacheInvalidations_.load(std::memory_order_relaxed);
