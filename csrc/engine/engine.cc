@@ -150,7 +150,6 @@ Engine::StepResult Engine::step() {
 }
 
 void Engine::loop() {
-  Backoff busy(kLatencyYieldWindow);
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -164,14 +163,17 @@ void Engine::loop() {
     switch (step()) {
       case StepResult::kStopped:
         return;
-      case StepResult::kBusy:  // a waiting user thread is driving the cycles: stay out of its way
-        busy.pause();
+      case StepResult::kBusy: {
+        // A waiting caller drives the cycles: sleep until the last one leaves waitFor (it notifies) rather than
+        // spin on cores its peers need; the timeout only guards against a missed wake-up.
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::microseconds(500),
+                     [&] { return waiters_ == 0 || stopRequested_ || !running_.load(); });
         break;
+      }
       case StepResult::kProgress:
-        busy.reset();
         break;
       case StepResult::kNoProgress: {
-        busy.reset();
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
                      [&] { return !incoming_.empty() || stopRequested_; });
@@ -189,11 +191,22 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
   // completion callback may wait too: it runs on the completion thread, which never holds cycleMu_.
   if (h.done()) return true;
   const double t0 = monotonicSeconds();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++waiters_;
+  }
   struct AddWait {
-    EngineStats& stats;
+    Engine& engine;
     double t0;
-    ~AddWait() { stats.addWait(monotonicSeconds() - t0); }
-  } addWait{stats_, t0};
+    ~AddWait() {
+      engine.stats_.addWait(monotonicSeconds() - t0);
+      {
+        std::lock_guard<std::mutex> lock(engine.mu_);
+        if (--engine.waiters_ > 0) return;
+      }
+      engine.cv_.notify_all();  // the engine thread takes over what is left
+    }
+  } addWait{*this, t0};
   const Deadline deadline = Deadline::after(timeoutSeconds);
   while (!h.done()) {
     if (deadline.expired()) return false;

@@ -161,6 +161,8 @@ class Engine {
   std::condition_variable cv_;
   std::deque<Entry> incoming_;
   std::atomic<size_t> pendingCount_{0};   // pending_.size() after the last cycle
+  int waiters_ = 0;                        // threads in waitFor (they may drive cycles); the engine thread
+                                           // sleeps while they do
   // Held by whichever thread runs a cycle (the engine thread, or a user thread waiting in waitFor):
   // one thread at a time owns all communication.
   std::mutex cycleMu_;
