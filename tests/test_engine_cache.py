@@ -41,3 +41,10 @@ def test_stall_warning_names_the_missing_rank_of_a_cached_tensor():
     proc = run_mpi("engine_cache_worker.py", 3, "stall", timeout=60, env=FAIL_FAST)
     assert_ok(proc, 3)
     assert "tensor 'w' was submitted by ranks [0, 1] but not by ranks [2]" in proc.stderr, proc.stderr
+
+
+def test_different_capacities_fail_on_every_rank():
+    proc = run_mpi("engine_cache_worker.py", 2, "capacity_mismatch", timeout=60, env=FAIL_FAST)
+    reported = sorted(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("CAPACITY-MISMATCH-OK"))
+    assert reported == ["0", "1"], proc.output[-6000:]
+    assert proc.returncode != 0  # a failed engine ends the job through the exit handler's abort

@@ -1,4 +1,5 @@
-// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h). Submission and
+// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h); this rank's message
+// and the response cache's updates are in engine_negotiate.cc. Submission and
 // argument checks are in engine_submit.cc, stalls and failures in engine_failures.cc, the collectives in
 // engine_execute.cc (dense) and engine_compressed.cc; callbacks run on the completion queue.
 #include "engine/engine.h"
@@ -227,59 +228,6 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
   return true;
 }
 
-std::vector<char> Engine::buildMessage() {
-  const bool joined = std::any_of(pending_.begin(), pending_.end(),
-                                  [](const Entry& e) { return e.meta.type == OpType::kJoin; });
-  // Cached tensors are one bit each; the rest (and names cached with another key, whose slot every rank then
-  // drops) are announced in full.
-  std::vector<uint8_t> cachedReady;
-  std::vector<uint32_t> cacheInvalid;
-  std::vector<bool> hit(pending_.size(), false);
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    const Entry& e = pending_[i];
-    if (e.meta.type == OpType::kJoin) continue;
-    const ResponseCache::Found found = cache_.lookup(e.meta, e.prescale, e.postscale);
-    if (found.state == ResponseCache::Lookup::kHit) {
-      setBit(cachedReady, found.slot);
-      hit[i] = true;
-    } else if (found.state == ResponseCache::Lookup::kInvalid) {
-      cacheInvalid.push_back(found.slot);
-    }
-  }
-  MessageWriter w(joined, toAbandon_, std::string(), cachedReady, cacheInvalid);
-  toAbandon_.clear();
-  GroupMessage own;
-  size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half
-  bool full = false;
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    const Entry& e = pending_[i];
-    if (e.meta.type == OpType::kJoin) continue;
-    if (!hit[i] && (full || !w.add(e.meta, config_.negotiationBytes / 2))) {
-      full = true;  // the rest is announced next cycle
-      continue;
-    }
-    const size_t bytes = e.meta.bytes();
-    // Small all-reduces ride along; with an adaptive codec too, since no codec beats the dense path on a
-    // latency-bound message (a forced codec is honoured).
-    const bool codecAllows = e.meta.codec == codec_format::kNone ||
-                             (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
-    // Grouped tensors never: their group travels as one bucket (fusion.h).
-    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
-                       bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
-    if (!eager) continue;
-    EagerSum& sum = own.sums[e.meta.name];
-    sum.dtype = e.meta.dtype;
-    sum.op = e.meta.op;
-    sum.count = e.meta.numel();
-    sum.contributors = 1;
-    sum.data.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
-    scaleInPlace(sum.data.data(), sum.count, sum.dtype, e.prescale);
-    eagerBudget -= bytes + e.meta.name.size() + 64;
-  }
-  own.ranks[rank_] = w.bytes();
-  return own.serialize();
-}
-
 bool Engine::cycle() {
   {
     std::string injected;
@@ -321,6 +269,13 @@ bool Engine::cycle() {
     if (!msgs[r].failure.empty())
       throw PeerFailure(concat("neptune_rt: rank ", rank_, ": stopping because the engine of rank ", r,
                                " failed:\n  ", msgs[r].failure));
+  // Slot numbers mean the same tensor everywhere only if every cache has the same capacity: every rank sees
+  // every message, so all of them refuse together.
+  for (int r = 0; r < size_; ++r)
+    if (msgs[r].cacheCapacity != msgs[0].cacheCapacity)
+      throw std::invalid_argument(concat("NEPTUNE_RT_CACHE_CAPACITY differs between ranks (rank 0: ",
+                                         msgs[0].cacheCapacity, ", rank ", r, ": ", msgs[r].cacheCapacity,
+                                         "); set the same value on every rank"));
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
@@ -432,26 +387,6 @@ void Engine::execute(const MatchResult& match) {
       if (e.meta.type == OpType::kShutdown) finish(e);
     shutdownDone_ = true;
   }
-}
-
-void Engine::learn(const MatchResult& match) {
-  uint64_t hits = 0, misses = 0, evicted = 0;
-  for (const ReadyTensor& t : match.ready) {
-    if (!t.executed) continue;
-    if (t.cacheSlot != ResponseCache::kNoSlot) {
-      cache_.use(t.cacheSlot);
-      ++hits;
-      continue;
-    }
-    if (!ResponseCache::cacheable(t.meta)) continue;
-    ++misses;
-    auto it = pendingByName_.find(t.meta.name);  // not finished yet: nothing has run
-    const Entry* local = it == pendingByName_.end() ? nullptr : it->second;
-    const double nan = std::nan("");
-    evicted += cache_.insert(t.meta, local ? local->prescale : nan, local ? local->postscale : nan);
-  }
-  stats_.addCacheLookups(hits, misses);
-  if (evicted) stats_.addCacheChanges(0, evicted);
 }
 
 }  // namespace nrt

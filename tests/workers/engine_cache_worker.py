@@ -232,6 +232,16 @@ def scenario_stall() -> None:
     nrt.shutdown()
 
 
+def scenario_capacity_mismatch() -> None:
+    """Caches of different capacities would give slots different meanings: every rank refuses at once."""
+    os.environ["NEPTUNE_RT_CACHE_CAPACITY"] = "16" if WORLD.rank == 1 else "1024"
+    nrt.init()
+    expect_error(lambda: nrt.allreduce(np.ones(3), name="x"), RuntimeError, f"rank {WORLD.rank}",
+                 "NEPTUNE_RT_CACHE_CAPACITY differs between ranks (rank 0: 1024, rank 1: 16)", "same value on every rank")
+    print(f"CAPACITY-MISMATCH-OK {WORLD.rank}", flush=True)
+    WORLD.Barrier()  # both have reported; the exit handler then aborts the job (the engine failed)
+
+
 if __name__ == "__main__":
     globals()[f"scenario_{sys.argv[1]}"]()
     print(f"OK {WORLD.rank}", flush=True)
