@@ -1,6 +1,7 @@
 """The engine's response cache (csrc/engine/response_cache.h): hits and misses under every change of a tensor's
 key, eviction at a small capacity, capacity 0, ranks submitting in different orders, mismatches, join, barriers
-and stall reports on cached tensors. Real mpirun; workers/engine_cache_worker.py."""
+and stall reports on cached tensors, ranks with different capacities. Real mpirun;
+workers/engine_cache_worker.py."""
 import pytest
 
 from mpi_helpers import assert_ok, run_mpi
