@@ -26,6 +26,14 @@ def _bytes(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    """A non-negative integer."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
 KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_FUSION_BYTES", "64M", "small all-reduces are fused into buckets up to this size", _bytes),
     Knob("NEPTUNE_RT_EAGER_BYTES", "16K",
@@ -52,6 +60,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "1: no timing-based decisions (no cost-model probe; adaptive codecs compress every bucket of at least "
          "256 KB of fp32 and leave smaller ones dense); set it on every rank",
          lambda v: v.strip().lower() not in ("0", "false", "no", "off", "")),
+    Knob("NEPTUNE_RT_CACHE_CAPACITY", "1024",
+         "response-cache slots: a negotiated all-reduce/broadcast is then announced as one bit of a bit vector "
+         "(least recently used slots are reused); 0 disables the cache; set the same value on every rank", _count),
     Knob("NEPTUNE_RT_MPI", "wheel",
          "build time (Makefile): 'wheel' uses the Open MPI + mpi4py wheels, 'system' the mpicc on PATH", str),
     Knob("NEPTUNE_RT_DATA_DIR", "",

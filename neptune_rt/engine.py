@@ -49,6 +49,7 @@ _local_size = 1
 _counters: dict[str, itertools.count] = {}
 _inflight: dict[int, "Handle"] = {}
 _inflight_lock = threading.Lock()  # handles are submitted and waited on from several threads
+_sweep_at = 64  # _track sweeps completed handles out of _inflight when it grows past this
 _failed_exit = False
 _failure: str | None = None  # the first engine failure (set-up, communication, shut-down) of this process
 
@@ -114,6 +115,7 @@ def init(comm: Any = None) -> None:
                 compressed_algorithm=algorithm,
                 cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
                 deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
+                cache_capacity=_env.get("NEPTUNE_RT_CACHE_CAPACITY"),
             )
         except TimeoutError as err:
             _record_failure(str(err))
@@ -269,10 +271,14 @@ class Handle:
 
 def _track(handle: Handle) -> Handle:
     # Handles the caller drops must still keep their buffers alive: hold them until they are done.
+    # Dropped handles that completed are swept out once the table has doubled since the last sweep: amortized
+    # O(1) per submission (a sweep at every submission made a 200-tensor step quadratic).
+    global _sweep_at
     with _inflight_lock:
-        if len(_inflight) > 64:  # failed handles stay: their buffers may still be in use (see Handle.wait)
+        if len(_inflight) > _sweep_at:  # failed handles stay: their buffers may still be in use (see Handle.wait)
             for key in [k for k, h in _inflight.items() if h.done() and not h._native.error]:
                 del _inflight[key]
+            _sweep_at = max(64, 2 * len(_inflight))
         _inflight[id(handle)] = handle
     return handle
 

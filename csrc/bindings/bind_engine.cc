@@ -153,6 +153,16 @@ py::dict statsDict(const EngineStats::Totals& t) {
   d["decode_s"] = t.decodeSeconds;
   d["wait_s"] = t.waitSeconds;
   d["codecs"] = codecs;
+  d["cycles"] = t.cycles;
+  d["handoffs"] = t.handoffs;
+  d["build_s"] = t.buildSeconds;
+  d["exchange_s"] = t.exchangeSeconds;
+  d["match_s"] = t.matchSeconds;
+  d["execute_s"] = t.executeSeconds;
+  d["cache_hits"] = t.cacheHits;
+  d["cache_misses"] = t.cacheMisses;
+  d["cache_invalidations"] = t.cacheInvalidations;
+  d["cache_evictions"] = t.cacheEvictions;
   return d;
 }
 
@@ -229,7 +239,8 @@ void registerEngine(py::module_& m) {
   py::class_<Engine, EnginePtr>(m, "Engine", "Background communication engine over an mpi4py communicator")
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
-                       uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic) {
+                       uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic,
+                       size_t cacheCapacity) {
              EngineConfig c;
              c.fusionBytes = fusionBytes;
              c.eagerBytes = eagerBytes;
@@ -247,6 +258,9 @@ void registerEngine(py::module_& m) {
              c.compressedAlgorithm = compressedAlgorithmFromName(compressedAlgorithm);
              c.useCostModel = costModel;
              c.deterministic = deterministic;
+             NRT_CHECK_ARG(cacheCapacity <= (1u << 20), "neptune_rt: cache_capacity ", cacheCapacity,
+                           " is too large (at most 1048576 slots; 0 disables the response cache)");
+             c.cacheCapacity = cacheCapacity;
              NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
                            " must stay below ", c.negotiationBytes - 4096);
              EnginePtr engine(new Engine(communicatorFromMpi4py(comm, timeout, "init()"), c));
@@ -257,7 +271,8 @@ void registerEngine(py::module_& m) {
            py::arg("timeout"), py::arg("stall_warning"), py::arg("segment_bytes"),
            py::arg("codec_block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest",
            py::arg("seed") = 0, py::arg("compressed_algorithm") = "auto", py::arg("cost_model") = true,
-           py::arg("deterministic") = false)
+           py::arg("deterministic") = false,
+           py::arg("cache_capacity") = 1024)
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)

@@ -1,4 +1,5 @@
-// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h). Submission and
+// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h); this rank's message
+// and the response cache's updates are in engine_negotiate.cc. Submission and
 // argument checks are in engine_submit.cc, stalls and failures in engine_failures.cc, the collectives in
 // engine_execute.cc (dense) and engine_compressed.cc; callbacks run on the completion queue.
 #include "engine/engine.h"
@@ -13,6 +14,7 @@
 #include "collectives/exchange.h"
 #include "collectives/reduce.h"
 #include "common/error.h"
+#include "engine/fusion.h"
 #include "engine/negotiation.h"
 
 namespace nrt {
@@ -149,7 +151,6 @@ Engine::StepResult Engine::step() {
 }
 
 void Engine::loop() {
-  Backoff busy(kLatencyYieldWindow);
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -163,14 +164,17 @@ void Engine::loop() {
     switch (step()) {
       case StepResult::kStopped:
         return;
-      case StepResult::kBusy:  // a waiting user thread is driving the cycles: stay out of its way
-        busy.pause();
+      case StepResult::kBusy: {
+        // A waiting caller drives the cycles: sleep until the last one leaves waitFor (it notifies) rather than
+        // spin on cores its peers need; the timeout only guards against a missed wake-up.
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::microseconds(500),
+                     [&] { return waiters_ == 0 || stopRequested_ || !running_.load(); });
         break;
+      }
       case StepResult::kProgress:
-        busy.reset();
         break;
       case StepResult::kNoProgress: {
-        busy.reset();
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
                      [&] { return !incoming_.empty() || stopRequested_; });
@@ -188,11 +192,22 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
   // completion callback may wait too: it runs on the completion thread, which never holds cycleMu_.
   if (h.done()) return true;
   const double t0 = monotonicSeconds();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++waiters_;
+  }
   struct AddWait {
-    EngineStats& stats;
+    Engine& engine;
     double t0;
-    ~AddWait() { stats.addWait(monotonicSeconds() - t0); }
-  } addWait{stats_, t0};
+    ~AddWait() {
+      engine.stats_.addWait(monotonicSeconds() - t0);
+      {
+        std::lock_guard<std::mutex> lock(engine.mu_);
+        if (--engine.waiters_ > 0) return;
+      }
+      engine.cv_.notify_all();  // the engine thread takes over what is left
+    }
+  } addWait{*this, t0};
   const Deadline deadline = Deadline::after(timeoutSeconds);
   while (!h.done()) {
     if (deadline.expired()) return false;
@@ -202,6 +217,7 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
       case StepResult::kStopped:
         return h.wait(timeoutSeconds);  // completed (or failed) by now
       case StepResult::kBusy:
+        stats_.addHandoff();
         h.wait(0.001);  // the engine thread is driving; it will complete us or hand back
         break;
       case StepResult::kNoProgress:
@@ -210,38 +226,6 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
     }
   }
   return true;
-}
-
-std::vector<char> Engine::buildMessage() {
-  const bool joined = std::any_of(pending_.begin(), pending_.end(),
-                                  [](const Entry& e) { return e.meta.type == OpType::kJoin; });
-  MessageWriter w(joined, toAbandon_);
-  toAbandon_.clear();
-  GroupMessage own;
-  size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half
-  for (const Entry& e : pending_) {
-    if (e.meta.type == OpType::kJoin) continue;
-    if (!w.add(e.meta, config_.negotiationBytes / 2)) break;  // the rest is announced next cycle
-    const size_t bytes = e.meta.bytes();
-    // Small all-reduces ride along; with an adaptive codec too, since no codec beats the dense path on a
-    // latency-bound message (a forced codec is honoured).
-    const bool codecAllows = e.meta.codec == codec_format::kNone ||
-                             (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
-    // Grouped tensors never: their group travels as one bucket (fusion.h).
-    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
-                       bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
-    if (!eager) continue;
-    EagerSum& sum = own.sums[e.meta.name];
-    sum.dtype = e.meta.dtype;
-    sum.op = e.meta.op;
-    sum.count = e.meta.numel();
-    sum.contributors = 1;
-    sum.data.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
-    scaleInPlace(sum.data.data(), sum.count, sum.dtype, e.prescale);
-    eagerBudget -= bytes + e.meta.name.size() + 64;
-  }
-  own.ranks[rank_] = w.bytes();
-  return own.serialize();
 }
 
 bool Engine::cycle() {
@@ -263,12 +247,15 @@ bool Engine::cycle() {
               << " s for its peers to negotiate; pending here: " << namesOf(pending_)
               << " (a rank may be stuck, or not calling the same collectives)" << std::endl;
   };
+  std::vector<char> own = buildMessage();
+  const double built = monotonicSeconds();
   const std::vector<char> combined = exchangeCombine(
-      *comm_, buildMessage(), o, [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
+      *comm_, std::move(own), o, [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
         return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
                                      GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
             .serialize();
       });
+  const double exchanged = monotonicSeconds();
   const GroupMessage all = GroupMessage::parse(combined.data(), combined.size(), -1);
   std::vector<RankMessage> msgs;
   msgs.reserve(size_);
@@ -282,10 +269,26 @@ bool Engine::cycle() {
     if (!msgs[r].failure.empty())
       throw PeerFailure(concat("neptune_rt: rank ", rank_, ": stopping because the engine of rank ", r,
                                " failed:\n  ", msgs[r].failure));
+  // Slot numbers mean the same tensor everywhere only if every cache has the same capacity: every rank sees
+  // every message, so all of them refuse together.
+  for (int r = 0; r < size_; ++r)
+    if (msgs[r].cacheCapacity != msgs[0].cacheCapacity)
+      throw std::invalid_argument(concat("NEPTUNE_RT_CACHE_CAPACITY differs between ranks (rank 0: ",
+                                         msgs[0].cacheCapacity, ", rank ", r, ": ", msgs[r].cacheCapacity,
+                                         "); set the same value on every rank"));
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
-  MatchResult match = matchAnnouncements(msgs);
+  // Slots that some rank submitted with another key go on every rank, before matching (response_cache.h).
+  uint64_t invalidated = 0;
+  for (const RankMessage& m : msgs)
+    for (uint32_t slot : m.cacheInvalid)
+      if (cache_.occupied(slot)) {
+        cache_.erase(slot);
+        ++invalidated;
+      }
+  if (invalidated) stats_.addCacheChanges(invalidated, 0);
+  MatchResult match = matchAnnouncements(msgs, cache_);
   // A small all-reduce is done already if every participating rank's data made it into the sum.
   const uint32_t participants = static_cast<uint32_t>(size_ - match.joined.size());
   for (ReadyTensor& t : match.ready) {
@@ -304,7 +307,10 @@ bool Engine::cycle() {
                       match.ready.end());
   }
   const size_t before = pending_.size();
+  const double matched = monotonicSeconds();
   execute(match);
+  const double executed = monotonicSeconds();
+  stats_.addCycle(built - negotiationStart, exchanged - built, matched - exchanged, executed - matched);
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const Entry& e) { return e.handle->done(); }),
                  pending_.end());
   return pending_.size() != before || !abandoned.empty();
@@ -330,39 +336,33 @@ void Engine::finish(Entry& e, const std::string& error) {
 
 void Engine::execute(const MatchResult& match) {
   participants_ = size_ - static_cast<int>(match.joined.size());
-  std::vector<const ReadyTensor*> allreduces;
+  std::vector<const ReadyTensor*> allreduces, eager;
   bool shutdownReady = false;
   // A group with a failed member can never run as one bucket: its other members fail too, now or whenever
   // they become ready (identically on every rank: errors and readiness are agreed).
   for (const ReadyTensor& t : match.ready)
     if (!t.error.empty() && t.meta.groupSize) failedGroups_.emplace(t.meta.group, std::make_pair(t.error, 0u));
   for (const ReadyTensor& t : match.ready) {
-    Entry* local = findPending(t.meta.name);
     auto failed = t.meta.groupSize ? failedGroups_.find(t.meta.group) : failedGroups_.end();
     if (!t.error.empty() || failed != failedGroups_.end()) {
-      if (local)
+      if (Entry* local = findPending(t.meta.name))
         finish(*local, !t.error.empty() ? t.error
                                         : concat("neptune_rt: rank ", rank_, ": tensor '", t.meta.name,
                                                  "' was grouped with a tensor that failed:\n", failed->second.first));
       if (failed != failedGroups_.end() && ++failed->second.second == t.meta.groupSize) failedGroups_.erase(failed);
       continue;
     }
-    switch (t.meta.type) {
-      case OpType::kAllreduce:
-        if (t.eagerResult) {
-          executeEager(t, local);
-        } else {
-          allreduces.push_back(&t);
-        }
-        break;
-      case OpType::kShutdown:
-        shutdownReady = true;
-        break;
-      default:
-        break;
-    }
+    if (t.meta.type == OpType::kAllreduce) (t.eagerResult ? eager : allreduces).push_back(&t);
+    if (t.meta.type == OpType::kBroadcast) t.executed = true;
+    if (t.meta.type == OpType::kShutdown) shutdownReady = true;
   }
-  executeAllreduces(allreduces);
+  const auto buckets = planBuckets(allreduces, config_.fusionBytes);  // incomplete groups wait
+  for (const ReadyTensor* t : eager) t->executed = true;
+  for (const auto& bucket : buckets)
+    for (const ReadyTensor* t : bucket) t->executed = true;
+  learn(match);
+  for (const ReadyTensor* t : eager) executeEager(*t, findPending(t->meta.name));
+  for (const auto& bucket : buckets) executeBucket(bucket);
   for (const ReadyTensor& t : match.ready) {
     if (!t.error.empty()) continue;
     Entry* local = findPending(t.meta.name);

@@ -26,6 +26,7 @@
 #include "engine/handle.h"
 #include "engine/matching.h"
 #include "engine/residual_store.h"
+#include "engine/response_cache.h"
 #include "engine/tensor_meta.h"
 
 namespace nrt {
@@ -46,6 +47,7 @@ struct EngineConfig {
   CompressedAlgorithm compressedAlgorithm = CompressedAlgorithm::kAuto;  // as documented: by world size
   bool useCostModel = true;  // false: always use the requested codec ("auto" then means int8)
   bool deterministic = false;  // NEPTUNE_RT_DETERMINISTIC: no timing-based decisions (cost_model.h)
+  size_t cacheCapacity = 1024;  // NEPTUNE_RT_CACHE_CAPACITY: response-cache slots (response_cache.h); 0: none
 };
 
 // Log levels of Engine::setLogSink (Python's logging levels).
@@ -127,7 +129,8 @@ class Engine {
   bool cycle();  // one negotiation + execution; returns true if anything completed
   std::vector<char> buildMessage();
   void execute(const MatchResult& match);
-  void executeAllreduces(const std::vector<const ReadyTensor*>& tensors);
+  // The response cache learns from what runs this cycle (identically on every rank), before any handle completes.
+  void learn(const MatchResult& match);
   void executeEager(const ReadyTensor& t, Entry* local);
   void executeBucket(const std::vector<const ReadyTensor*>& bucket);
   void executeCompressedBucket(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals);
@@ -158,6 +161,8 @@ class Engine {
   std::condition_variable cv_;
   std::deque<Entry> incoming_;
   std::atomic<size_t> pendingCount_{0};   // pending_.size() after the last cycle
+  int waiters_ = 0;                        // threads in waitFor (they may drive cycles); the engine thread
+                                           // sleeps while they do
   // Held by whichever thread runs a cycle (the engine thread, or a user thread waiting in waitFor):
   // one thread at a time owns all communication.
   std::mutex cycleMu_;
@@ -179,6 +184,7 @@ class Engine {
   std::vector<std::string> toAbandon_;                              // rank 0: to announce next cycle
   std::vector<char> fusion_;
   std::vector<char> scratch_;
+  ResponseCache cache_{config_.cacheCapacity};
   bool shutdownDone_ = false;
   int participants_ = 1;  // ranks that have not joined, in the cycle being executed
   // Groups with a failed member: (the error, members failed so far); the rest fail as they become ready.

@@ -11,10 +11,6 @@
 
 namespace nrt {
 
-void Engine::executeAllreduces(const std::vector<const ReadyTensor*>& tensors) {
-  for (const auto& bucket : planBuckets(tensors, config_.fusionBytes)) executeBucket(bucket);
-}
-
 void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   if (!local) return;  // joined: contributes nothing and needs nothing
   BucketRecord rec;

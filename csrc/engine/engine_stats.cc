@@ -44,6 +44,16 @@ EngineStats::Totals EngineStats::totals() const {
   t.wireSeconds = sec(wireNs_);
   t.decodeSeconds = sec(decodeNs_);
   t.waitSeconds = sec(waitNs_);
+  t.cycles = cycles_.load(std::memory_order_relaxed);
+  t.handoffs = handoffs_.load(std::memory_order_relaxed);
+  t.buildSeconds = sec(buildNs_);
+  t.exchangeSeconds = sec(exchangeNs_);
+  t.matchSeconds = sec(matchNs_);
+  t.executeSeconds = sec(executeNs_);
+  t.cacheHits = cacheHits_.load(std::memory_order_relaxed);
+  t.cacheMisses = cacheMisses_.load(std::memory_order_relaxed);
+  t.cacheInvalidations = cacheInvalidations_.load(std::memory_order_relaxed);
+  t.cacheEvictions = cacheEvictions_.load(std::memory_order_relaxed);
   for (size_t i = 0; i < t.codecBuckets.size(); ++i) t.codecBuckets[i] = codecBuckets_[i].load(std::memory_order_relaxed);
   return t;
 }

@@ -34,11 +34,36 @@ class EngineStats {
     uint64_t buckets = 0, tensors = 0, bytesRaw = 0, bytesWire = 0;
     double negotiateSeconds = 0, encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0, waitSeconds = 0;
     std::array<uint64_t, codec_format::kNumCodecs> codecBuckets{};
+    // Response cache (response_cache.h), counted on agreed results, so equal on every rank: tensors that ran
+    // from a slot (hits) or after full metadata (misses, all-reduces and broadcasts only), slots dropped
+    // because a rank changed the tensor's key, slots reused for another tensor at capacity.
+    uint64_t cacheHits = 0, cacheMisses = 0, cacheInvalidations = 0, cacheEvictions = 0;
+    // Where a cycle's time goes (the profile of benchmarks/engine_overhead.py): cycles run, and seconds building
+    // this rank's message, in the exchange (waiting for peers included), parsing and matching, executing; and
+    // how often a waiting caller found the engine thread driving the cycle (a thread hand-off).
+    uint64_t cycles = 0, handoffs = 0;
+    double buildSeconds = 0, exchangeSeconds = 0, matchSeconds = 0, executeSeconds = 0;
   };
 
   void addBucket(const BucketRecord& r, uint8_t codecId);
   void addNegotiation(double seconds) { add(negotiateNs_, seconds); }
   void addWait(double seconds) { add(waitNs_, seconds); }
+  void addCycle(double build, double exchange, double match, double execute) {
+    cycles_.fetch_add(1, std::memory_order_relaxed);
+    add(buildNs_, build);
+    add(exchangeNs_, exchange);
+    add(matchNs_, match);
+    add(executeNs_, execute);
+  }
+  void addHandoff() { handoffs_.fetch_add(1, std::memory_order_relaxed); }
+  void addCacheLookups(uint64_t hits, uint64_t misses) {
+    cacheHits_.fetch_add(hits, std::memory_order_relaxed);
+    cacheMisses_.fetch_add(misses, std::memory_order_relaxed);
+  }
+  void addCacheChanges(uint64_t invalidations, uint64_t evictions) {
+    cacheInvalidations_.fetch_add(invalidations, std::memory_order_relaxed);
+    cacheEvictions_.fetch_add(evictions, std::memory_order_relaxed);
+  }
   Totals totals() const;
   // The last kRecordCapacity records, oldest first; `clear` empties the ring.
   std::vector<BucketRecord> records(bool clear);
@@ -48,6 +73,8 @@ class EngineStats {
 
   std::atomic<uint64_t> buckets_{0}, tensors_{0}, bytesRaw_{0}, bytesWire_{0};
   std::atomic<uint64_t> negotiateNs_{0}, encodeNs_{0}, wireNs_{0}, decodeNs_{0}, waitNs_{0};
+  std::atomic<uint64_t> cycles_{0}, handoffs_{0}, buildNs_{0}, exchangeNs_{0}, matchNs_{0}, executeNs_{0};
+  std::atomic<uint64_t> cacheHits_{0}, cacheMisses_{0}, cacheInvalidations_{0}, cacheEvictions_{0};
   std::array<std::atomic<uint64_t>, codec_format::kNumCodecs> codecBuckets_{};
   std::mutex ringMu_;  // the ring only; the counters above need none
   std::vector<BucketRecord> ring_;

@@ -1,6 +1,7 @@
 // Matching of announcements across ranks (see matching.h).
 #include "engine/matching.h"
 
+#include <algorithm>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -41,9 +42,43 @@ std::string mismatchMessage(const ReadyTensor& t) {
   return os.str();
 }
 
+// Operations that cannot run while some ranks have joined (they contribute nothing).
+std::string joinError(const TensorMeta& m, const std::vector<RankMessage>& msgs, const std::vector<int>& joined) {
+  if (joined.empty()) return {};
+  if (m.type == OpType::kAllreduce && (m.op == ReduceOp::kMin || m.op == ReduceOp::kMax))
+    return "neptune_rt: tensor '" + m.name + "': ranks " + rankList(joined) +
+           " have joined and contribute nothing; only sum and average all-reduces can run during join";
+  if (m.type == OpType::kBroadcast && msgs[m.root].joined)
+    return "neptune_rt: tensor '" + m.name + "': broadcast root " + std::to_string(m.root) + " has already joined";
+  return {};
+}
+
+// Cached tensors: ready where every participant set the slot's bit, partial (for stall reports) where some did.
+void matchCached(const std::vector<RankMessage>& msgs, const std::vector<int>& participants,
+                 const ResponseCache& cache, MatchResult& result) {
+  size_t bytes = 0;
+  for (int r : participants) bytes = std::max(bytes, msgs[r].cachedReady.size());
+  for (uint32_t slot = 0; slot < bytes * 8 && slot < cache.slotCount(); ++slot) {
+    if (!cache.occupied(slot)) continue;  // invalidated this cycle: its owners announce it in full next cycle
+    std::vector<int> have, missing;
+    for (int r : participants) (testBit(msgs[r].cachedReady, slot) ? have : missing).push_back(r);
+    if (have.empty()) continue;
+    const TensorMeta& meta = cache.meta(slot);
+    if (!missing.empty()) {
+      result.partial.push_back({meta.name, have, missing});
+      continue;
+    }
+    ReadyTensor t;
+    t.meta = meta;
+    t.cacheSlot = slot;
+    t.error = joinError(meta, msgs, result.joined);
+    result.ready.push_back(std::move(t));
+  }
+}
+
 }  // namespace
 
-MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs) {
+MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs, const ResponseCache& cache) {
   MatchResult result;
   const int n = static_cast<int>(msgs.size());
   std::vector<int> participants;
@@ -52,6 +87,7 @@ MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs) {
     result.allJoined = true;
     return result;
   }
+  matchCached(msgs, participants, cache, result);
 
   std::vector<std::unordered_map<std::string, const Announcement*>> byName(n);
   for (int r : participants)
@@ -78,14 +114,7 @@ MatchResult matchAnnouncements(const std::vector<RankMessage>& msgs) {
     }
     for (int r : participants)
       if (!sameMeta(t.meta, t.perRank[r]->meta)) t.error = mismatchMessage(t);
-    if (t.error.empty() && !result.joined.empty()) {
-      if (t.meta.type == OpType::kAllreduce && (t.meta.op == ReduceOp::kMin || t.meta.op == ReduceOp::kMax))
-        t.error = "neptune_rt: tensor '" + t.meta.name + "': ranks " + rankList(result.joined) +
-                  " have joined and contribute nothing; only sum and average all-reduces can run during join";
-      if (t.meta.type == OpType::kBroadcast && msgs[t.meta.root].joined)
-        t.error = "neptune_rt: tensor '" + t.meta.name + "': broadcast root " + std::to_string(t.meta.root) +
-                  " has already joined";
-    }
+    if (t.error.empty()) t.error = joinError(t.meta, msgs, result.joined);
     result.ready.push_back(std::move(t));
   }
   // Names other participants announced that the first one did not: partial too (for stall reports).

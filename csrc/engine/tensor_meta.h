@@ -42,13 +42,17 @@ struct RankMessage {
   bool joined = false;
   std::string failure;                 // non-empty: this rank's engine failed (why); every rank stops
   std::vector<std::string> abandoned;  // rank 0 only: names whose stall timed out; all ranks fail them
-  std::vector<Announcement> entries;
+  uint32_t cacheCapacity = 0;          // this rank's NEPTUNE_RT_CACHE_CAPACITY: every rank must use the same
+  std::vector<uint8_t> cachedReady;    // bit vector: response-cache slots this rank has ready (response_cache.h)
+  std::vector<uint32_t> cacheInvalid;  // slots whose name this rank submitted with another key: every rank evicts
+  std::vector<Announcement> entries;   // the rest, with full metadata
 };
 
 class MessageWriter {
  public:
   explicit MessageWriter(bool joined, const std::vector<std::string>& abandoned,
-                         const std::string& failure = std::string());
+                         const std::string& failure = std::string(), const std::vector<uint8_t>& cachedReady = {},
+                         const std::vector<uint32_t>& cacheInvalid = {}, uint32_t cacheCapacity = 0);
   // Appends an announcement if the message stays within `capacity` bytes; returns false (and writes
   // nothing) otherwise.
   bool add(const TensorMeta& meta, size_t capacity);

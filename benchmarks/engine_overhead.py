@@ -1,0 +1,187 @@
+"""Engine overhead benchmark, run under mpirun: what the engine adds on top of the bare collectives.
+
+    mpirun -np 4 --oversubscribe python benchmarks/engine_overhead.py --profile --json out.json
+
+Two cases, each timed interleaved with its bare-MPI peer (benchmarks/common.py: warm-up, then trials, median of
+the slowest rank's time per operation):
+  latency  a 4 KB float32 all-reduce through the engine (allreduce_async_ + wait) vs MPI_Allreduce (mpi4py);
+  step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
+           running-statistics buffers; channels divided by --divisor) submitted as a training step submits them
+           (one named allreduce_async_ each, then all waits) vs one MPI_Allreduce of the same total bytes (the
+           fused bare collective) and vs one MPI_Allreduce per tensor.
+overhead_us = engine time - fused bare collective; the target is at most 200 us per 100 tensors.
+--profile adds the engine's own timers per operation (nrt.stats(): cycles, hand-offs, message build, exchange,
+match, execute, wait) and the Python time to enqueue, from a separate untimed run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, summarize, timed_interleaved, write_json  # noqa: E402
+
+import neptune_rt as nrt  # noqa: E402
+
+WORLD = MPI.COMM_WORLD
+PROFILE_KEYS = ("cycles", "handoffs", "build_s", "exchange_s", "match_s", "execute_s", "negotiate_s", "wait_s",
+                "cache_hits", "cache_misses")
+
+
+def resnet50_shapes(divisor: int) -> list[tuple[int, ...]]:
+    """ResNet-50's 161 parameter shapes in registration order (channels // divisor), then BatchNorm
+    running-statistics buffers (mean, var of each BatchNorm in order) up to 200 tensors."""
+    def c(x: int) -> int:
+        return max(1, x // divisor)
+    params = [(c(64), 3, 7, 7), (c(64),), (c(64),)]
+    bn = [c(64)]
+    inp = c(64)
+    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+        w, out = c(width), c(width * 4)
+        for b in range(blocks):
+            params += [(w, inp, 1, 1), (w,), (w,), (w, w, 3, 3), (w,), (w,), (out, w, 1, 1), (out,), (out,)]
+            bn += [w, w, out]
+            if b == 0:
+                params += [(out, inp, 1, 1), (out,), (out,)]
+                bn.append(out)
+            inp = out
+    params += [(1000, c(2048)), (1000,)]
+    assert len(params) == 161, len(params)
+    buffers = [(ch,) for ch in bn for _ in range(2)]
+    return params + buffers[:200 - len(params)]
+
+
+def engine_step(tensors: list[np.ndarray]):
+    names = [f"param.{i}" for i in range(len(tensors))]
+
+    def run() -> None:
+        handles = [nrt.allreduce_async_(t, name=name) for t, name in zip(tensors, names)]
+        for h in handles:
+            h.wait()
+    return run
+
+
+def profile(run, ops_per_call: int, calls: int) -> dict:
+    """Engine timers and the Python enqueue time per operation, from `calls` untimed calls of `run`."""
+    before = nrt.stats()
+    WORLD.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        run()
+    wall = time.perf_counter() - t0
+    after = nrt.stats()
+    ops = ops_per_call * calls
+    out = {"ops": ops, "wall_us": wall / ops * 1e6}
+    for k in PROFILE_KEYS:
+        d = after[k] - before[k]
+        out[k.replace("_s", "_us") if k.endswith("_s") else k] = (d * 1e6 if k.endswith("_s") else d) / ops
+    return out
+
+
+def enqueue_time(buf: np.ndarray, calls: int) -> float:
+    """Microseconds in allreduce_async_ alone (Python, binding, enqueue), per call."""
+    spent = 0.0
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        h = nrt.allreduce_async_(buf, name="lat4k")
+        spent += time.perf_counter() - t0
+        h.wait()
+    return spent / calls * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=7)
+    p.add_argument("--latency-reps", type=int, default=300, help="4 KB all-reduces per trial")
+    p.add_argument("--step-reps", type=int, default=20, help="200-tensor steps per trial")
+    p.add_argument("--divisor", type=int, default=8, help="ResNet-50 channels are divided by this")
+    p.add_argument("--profile", action="store_true", help="print the engine's timers per operation")
+    p.add_argument("--link", default="shm")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    rng = np.random.default_rng(r)
+
+    buf4k = rng.integers(-8, 8, 1024).astype(np.float32)
+    latency = {"neptune_rt": lambda: nrt.allreduce_async_(buf4k, name="lat4k").wait(),
+               "mpi": lambda: WORLD.Allreduce(MPI.IN_PLACE, buf4k, op=MPI.SUM)}
+    shapes = resnet50_shapes(args.divisor)
+    tensors = [rng.integers(-8, 8, int(np.prod(s))).astype(np.float32).reshape(s) for s in shapes]
+    total = sum(t.nbytes for t in tensors)
+    flat = np.zeros(total // 4, np.float32)
+    step = {"neptune_rt": engine_step(tensors),
+            "mpi_fused": lambda: WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM),
+            "mpi_per_tensor": lambda: [WORLD.Allreduce(MPI.IN_PLACE, t, op=MPI.SUM) for t in tensors]}
+
+    def rescale(_label: str) -> None:  # keep the in-place sums small (integers, exact) from trial to trial
+        buf4k[:] = rng.integers(-8, 8, buf4k.size)
+        for t in tensors:
+            t.ravel()[:] = rng.integers(-8, 8, t.size)
+
+    lat = timed_interleaved(WORLD, latency, args.trials, args.latency_reps, warmup=1, prepare=rescale)
+    stp = timed_interleaved(WORLD, step, args.trials, args.step_reps, warmup=1, prepare=rescale)
+
+    # Correctness of what was timed: one engine step against the per-tensor MPI reference.
+    rescale("")
+    want = [t.copy() for t in tensors]
+    for w in want:
+        WORLD.Allreduce(MPI.IN_PLACE, w, op=MPI.SUM)
+    engine_step(tensors)()
+    wrong = int(sum(np.count_nonzero(t != w) for t, w in zip(tensors, want)))
+
+    rows = []
+    load = os.getloadavg()[0]
+    for impl, samples in lat.items():
+        med, lo, hi = summarize(samples)
+        rows.append({"impl": impl, "case": "latency_4k", "np": n, "tensors": 1, "size_bytes": buf4k.nbytes,
+                     "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6, "link": args.link,
+                     "loadavg_1min": load})
+    for impl, samples in stp.items():
+        med, lo, hi = summarize(samples)
+        rows.append({"impl": impl, "case": "step_200", "np": n, "tensors": len(tensors), "size_bytes": total,
+                     "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6, "link": args.link,
+                     "loadavg_1min": load, "wrong": wrong if impl == "neptune_rt" else 0})
+    by = {(x["case"], x["impl"]): x for x in rows}
+    lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
+    overhead = by[("step_200", "neptune_rt")]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
+    by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
+    by[("step_200", "neptune_rt")]["overhead_us"] = overhead
+    by[("step_200", "neptune_rt")]["overhead_us_per_100_tensors"] = overhead * 100 / len(tensors)
+
+    prof = {}
+    if args.profile:
+        prof["latency_4k"] = profile(latency["neptune_rt"], 1, args.latency_reps)
+        prof["latency_4k"]["enqueue_us"] = enqueue_time(buf4k, args.latency_reps)
+        prof["step_200"] = profile(step["neptune_rt"], len(tensors), args.step_reps)
+        everyone = WORLD.gather(prof, root=0)
+        for case in prof:
+            for row in rows:
+                if row["case"] == case and row["impl"] == "neptune_rt":
+                    row["profile_rank0"] = everyone[0][case] if r == 0 else None
+    if r == 0:
+        print(f"# {n} ranks, {args.link}, load average {load:.2f}; step: {len(tensors)} tensors, {total} bytes")
+        print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("size(B)", "size_bytes", "d"),
+                           ("time(us)", "time_us", ".1f"), ("min", "time_us_min", ".1f"), ("max", "time_us_max", ".1f"),
+                           ("#wrong", "wrong", "d")])
+        print(f"latency 4 KB: neptune_rt / MPI_Allreduce = {lat_ratio:.2f}x (target <= 1.5x)")
+        print(f"step of {len(tensors)}: engine overhead {overhead:.0f} us = {overhead * 100 / len(tensors):.0f} us "
+              f"per 100 tensors (target <= 200)")
+        if args.profile:
+            print("profile (rank 0, per operation, microseconds unless a count):")
+            keys = ["wall_us", "enqueue_us", "cycles", "handoffs", "build_us", "exchange_us", "match_us",
+                    "execute_us", "negotiate_us", "wait_us", "cache_hits", "cache_misses"]
+            print("  " + " ".join(f"{k:>12}" for k in ["case"] + keys))
+            for case, d in prof.items():
+                print("  " + " ".join([f"{case:>12}"] + [f"{d[k]:>12.2f}" if k in d else f"{'-':>12}" for k in keys]))
+        write_json(args.json, rows)
+    nrt.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+// This rank's side of a negotiation cycle (see engine.h): the message it sends (cached tensors as bits of the
+// response cache's bit vector, the rest as full announcements, small all-reduces' data as eager sums), and what
+// the response cache learns from the tensors a cycle runs. Exercised by tests/test_engine_cache.py.
+#include <algorithm>
+#include <cmath>
+
+#include "collectives/reduce.h"
+#include "engine/engine.h"
+#include "engine/negotiation.h"
+
+namespace nrt {
+
+std::vector<char> Engine::buildMessage() {
+  const bool joined = std::any_of(pending_.begin(), pending_.end(),
+                                  [](const Entry& e) { return e.meta.type == OpType::kJoin; });
+  // Cached tensors are one bit each; the rest (and names cached with another key, whose slot every rank then
+  // drops) are announced in full.
+  std::vector<uint8_t> cachedReady;
+  std::vector<uint32_t> cacheInvalid;
+  std::vector<bool> hit(pending_.size(), false);
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const Entry& e = pending_[i];
+    if (e.meta.type == OpType::kJoin) continue;
+    const ResponseCache::Found found = cache_.lookup(e.meta, e.prescale, e.postscale);
+    if (found.state == ResponseCache::Lookup::kHit) {
+      setBit(cachedReady, found.slot);
+      hit[i] = true;
+    } else if (found.state == ResponseCache::Lookup::kInvalid) {
+      cacheInvalid.push_back(found.slot);
+    }
+  }
+  MessageWriter w(joined, toAbandon_, std::string(), cachedReady, cacheInvalid,
+                  static_cast<uint32_t>(config_.cacheCapacity));
+  toAbandon_.clear();
+  GroupMessage own;
+  size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half
+  bool full = false;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const Entry& e = pending_[i];
+    if (e.meta.type == OpType::kJoin) continue;
+    if (!hit[i] && (full || !w.add(e.meta, config_.negotiationBytes / 2))) {
+      full = true;  // the rest is announced next cycle
+      continue;
+    }
+    const size_t bytes = e.meta.bytes();
+    // Small all-reduces ride along; with an adaptive codec too, since no codec beats the dense path on a
+    // latency-bound message (a forced codec is honoured).
+    const bool codecAllows = e.meta.codec == codec_format::kNone ||
+                             (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
+    // Grouped tensors never: their group travels as one bucket (fusion.h).
+    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
+                       bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
+    if (!eager) continue;
+    EagerSum& sum = own.sums[e.meta.name];
+    sum.dtype = e.meta.dtype;
+    sum.op = e.meta.op;
+    sum.count = e.meta.numel();
+    sum.contributors = 1;
+    sum.data.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
+    scaleInPlace(sum.data.data(), sum.count, sum.dtype, e.prescale);
+    eagerBudget -= bytes + e.meta.name.size() + 64;
+  }
+  own.ranks[rank_] = w.bytes();
+  return own.serialize();
+}
+
+void Engine::learn(const MatchResult& match) {
+  uint64_t hits = 0, misses = 0, evicted = 0;
+  for (const ReadyTensor& t : match.ready) {
+    if (!t.executed) continue;
+    if (t.cacheSlot != ResponseCache::kNoSlot) {
+      cache_.use(t.cacheSlot);
+      ++hits;
+      continue;
+    }
+    if (!ResponseCache::cacheable(t.meta)) continue;
+    ++misses;
+    auto it = pendingByName_.find(t.meta.name);  // not finished yet: nothing has run
+    const Entry* local = it == pendingByName_.end() ? nullptr : it->second;
+    const double nan = std::nan("");
+    evicted += cache_.insert(t.meta, local ? local->prescale : nan, local ? local->postscale : nan);
+  }
+  stats_.addCacheLookups(hits, misses);
+  if (evicted) stats_.addCacheChanges(0, evicted);
+}
+
+}  // namespace nrt
