@@ -3,7 +3,8 @@ produces their gradients) into flat buffers of up to `bucket_bytes`, and each pa
 view into its bucket. A full bucket is handed to the engine as one tensor, reduced in place: no fusion copies
 in the engine and one host staging copy per bucket for GPU tensors. Engine codecs (int8/int4/onebit) instead
 get one engine tensor per parameter (views into the bucket), so their error feedback stays keyed by parameter
-name. Exercised through tests/torch/test_optimizer.py.
+name, submitted as one group (neptune_rt/grouped.py): the engine fuses exactly the bucket, never by arrival.
+Exercised through tests/torch/test_optimizer.py and tests/torch/test_reproducibility.py.
 """
 from __future__ import annotations
 
@@ -65,13 +66,17 @@ class GradBucket:
         self._wire = (wire, ctx)
         if codec == "none":
             self.handles = [ops.Handle(_engine.allreduce_async_(wire, self.name, op, codec, prescale, postscale))]
-        else:  # engine codec: one tensor per parameter (the engine keeps error feedback per name)
-            offset, self.handles = 0, []
-            for p, name in zip(self.params, self.names):
-                part = wire[offset:offset + p.numel()]
-                self.handles.append(ops.Handle(_engine.allreduce_async_(part, self.prefix + name, op, codec,
-                                                                        prescale, postscale, adaptive)))
+        else:
+            # Engine codec: one engine tensor per parameter (error feedback is kept per name), submitted as one
+            # group, so the engine fuses exactly this bucket, in parameter order, whatever the timing
+            # (compressed results are bit-reproducible given the seed; the DDP hook does the same).
+            parts, offset = [], 0
+            for p in self.params:
+                parts.append(wire[offset:offset + p.numel()])
                 offset += p.numel()
+            names = [self.prefix + name for name in self.names]
+            self.handles = [ops.Handle(h) for h in _engine.grouped_allreduce_async_(
+                parts, names, op, codec, prescale, postscale, adaptive)]
 
     def wait(self, compression: Compressor) -> None:
         """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result."""
@@ -89,9 +94,11 @@ class GradBucket:
 
 
 def plan_buckets(params: list[torch.Tensor], names: dict[torch.Tensor, str], bucket_bytes: int,
-                 prefix: str) -> list[GradBucket]:
+                 prefix: str, first_bucket_bytes: int | None = None) -> list[GradBucket]:
     """Groups parameters, last first, into buckets of one dtype and device, up to `bucket_bytes` each
-    (a larger parameter gets a bucket of its own)."""
+    (a larger parameter gets a bucket of its own). The first bucket (the last layers, whose gradients
+    backward produces first) instead closes as soon as it holds `first_bucket_bytes` (DDP's rule for its
+    small first bucket), so that communication starts while backward still runs; None: no special case."""
     buckets: list[GradBucket] = []
     current: list[torch.Tensor] = []
     size = 0
@@ -103,6 +110,9 @@ def plan_buckets(params: list[torch.Tensor], names: dict[torch.Tensor, str], buc
             current, size = [], 0
         current.append(p)
         size += nbytes
+        if not buckets and first_bucket_bytes is not None and size >= first_bucket_bytes:
+            buckets.append(GradBucket(current, [names[q] for q in current], prefix))
+            current, size = [], 0
     if current:
         buckets.append(GradBucket(current, [names[q] for q in current], prefix))
     return buckets
