@@ -123,10 +123,15 @@ def build(impl: str, args: argparse.Namespace):
             state = nrt.comm_hook.CommHookState(model, codec=impl[5:], adaptive=False, prefix=f"prof.{impl}")
             ddp.register_comm_hook(state, TIMERS.wrap(nrt.comm_hook.hook, submits=True))
         return ddp, sgd(ddp.parameters())
-    kwargs = {} if args.bucket_mb is None else {"bucket_bytes": int(args.bucket_mb * 2**20)}
-    if args.first_bucket_mb is not None:
-        kwargs["first_bucket_bytes"] = int(args.first_bucket_mb * 2**20)
-    opt = nrt.DistributedOptimizer(sgd(model.parameters()), compression=nrt.Compression.forced(impl[4:]),
+    bucket_mb, first_mb = args.bucket_mb, args.first_bucket_mb
+    codec, _, sizes = impl[4:].partition(":")
+    if sizes:  # opt_int8:BUCKET/FIRST, in MiB; FIRST "-" means no small first bucket
+        b, f = sizes.split("/")
+        bucket_mb, first_mb = float(b), (None if f == "-" else float(f))
+    kwargs = {} if bucket_mb is None else {"bucket_bytes": int(bucket_mb * 2**20)}
+    if first_mb is not None or sizes:
+        kwargs["first_bucket_bytes"] = None if first_mb is None else int(first_mb * 2**20)
+    opt = nrt.DistributedOptimizer(sgd(model.parameters()), compression=nrt.Compression.forced(codec),
                                    named_parameters=[(f"prof.{impl}.{n}", p) for n, p in model.named_parameters()],
                                    **kwargs)
     return model, opt
@@ -177,7 +182,8 @@ def aggregate(per_step: list[list[dict]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma list from {', '.join(IMPLS)}")
+    ap.add_argument("--impls", default=",".join(IMPLS),
+                    help=f"comma list from {', '.join(IMPLS)}; opt_* may end in :BUCKET_MB/FIRST_MB (FIRST '-': none)")
     ap.add_argument("--depth", type=int, default=2, help="hidden 1024-wide layers (2: the Fashion-MNIST MLP)")
     ap.add_argument("--batch", type=int, default=256, help="global batch")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per trial")
@@ -192,7 +198,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     impls = args.impls.split(",")
-    unknown = [i for i in impls if i not in IMPLS]
+    unknown = [i for i in impls if i.split(":")[0] not in IMPLS or (":" in i and not i.startswith("opt_"))]
     if unknown:
         raise SystemExit(f"step_profile.py: unknown impls {unknown}; choose from {', '.join(IMPLS)}")
 
@@ -263,10 +269,11 @@ def print_rows(rows: list[dict], args: argparse.Namespace, size: int, params: in
                  ("negotiate", "negotiate_ms", ".2f"), ("encode", "encode_ms", ".2f"), ("wire", "wire_ms", ".1f"),
                  ("decode", "decode_ms", ".2f"), ("eng wait", "wait_ms", ".1f"), ("buckets", "buckets", ".0f"),
                  ("wire KB", None, "")]
-    print("  ".join(f"{h:>11}" for h, _, _ in cols))
+    width = [16] + [11] * (len(cols) - 1)
+    print("  ".join(f"{h:>{w}}" for (h, _, _), w in zip(cols, width)))
     for r in rows:
         cells = []
-        for h, k, spec in cols:
+        for (h, k, spec), w in zip(cols, width):
             if h == "min-max":
                 v = f"{r['step_ms_min']:.1f}-{r['step_ms_max']:.1f}"
             elif h == "wire KB":
@@ -274,7 +281,7 @@ def print_rows(rows: list[dict], args: argparse.Namespace, size: int, params: in
             else:
                 x = r.get(k)
                 v = "-" if x is None else (x if spec == "" else format(x, spec))
-            cells.append(f"{v:>11}")
+            cells.append(f"{v:>{w}}")
         print("  ".join(cells))
 
 

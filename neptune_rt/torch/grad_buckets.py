@@ -104,13 +104,14 @@ def plan_buckets(params: list[torch.Tensor], names: dict[torch.Tensor, str], buc
     size = 0
     for p in reversed(params):
         nbytes = p.numel() * p.element_size()
-        if current and (size + nbytes > bucket_bytes or p.dtype != current[0].dtype
-                        or p.device != current[0].device):
+        small_first = not buckets and first_bucket_bytes is not None
+        full = size + nbytes > bucket_bytes and not small_first  # the first bucket closes after, not before
+        if current and (full or p.dtype != current[0].dtype or p.device != current[0].device):
             buckets.append(GradBucket(current, [names[q] for q in current], prefix))
             current, size = [], 0
         current.append(p)
         size += nbytes
-        if not buckets and first_bucket_bytes is not None and size >= first_bucket_bytes:
+        if small_first and size >= first_bucket_bytes:
             buckets.append(GradBucket(current, [names[q] for q in current], prefix))
             current, size = [], 0
     if current:

@@ -6,7 +6,6 @@ engine as soon as backward has produced it (named by parameter, so ranks match w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator
@@ -18,6 +17,7 @@ from neptune_rt.torch import ops
 from neptune_rt.torch.compression import Compression, Compressor, require_codec
 from neptune_rt.torch.grad_buckets import GradBucket, plan_buckets
 from neptune_rt.torch.onebit_momentum import local_momentum_for
+from neptune_rt.torch.param_check import check_named, check_same_parameters_everywhere
 
 __all__ = ["DistributedOptimizer"]
 
@@ -71,7 +71,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._weight: float | None = None
         self.set_weight(weight)
         self._names: dict[torch.Tensor, str] = {}
-        self._given_names = _check_named(named_parameters)
+        self._given_names = check_named(named_parameters)
         if bucket_bytes < 1:
             raise ValueError(f"neptune_rt: bucket_bytes must be >= 1, got {bucket_bytes}")
         self._bucket_bytes = int(bucket_bytes)
@@ -85,7 +85,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._should_synchronize = True
         self._synchronized = False
         self._add_params(optimizer.param_groups)
-        _check_same_parameters_everywhere(self._names, self._bucket_bytes, self._first_bucket_bytes)
+        check_same_parameters_everywhere(self._names, self._bucket_bytes, self._first_bucket_bytes)
 
     # --- the wrapped optimizer's state, seen through the wrapper -------------------------------------------
     @property
@@ -294,46 +294,3 @@ class DistributedOptimizer(torch.optim.Optimizer):
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-
-
-def _check_named(named_parameters: Iterable[tuple[str, torch.Tensor]] | None) -> dict[torch.Tensor, str] | None:
-    if named_parameters is None:
-        return None
-    named = list(named_parameters)
-    if any(not isinstance(item, tuple) or len(item) != 2 for item in named):
-        raise ValueError("neptune_rt: named_parameters should be a sequence of (name, parameter) tuples, "
-                         "usually model.named_parameters()")
-    names = [n for n, _ in named]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"neptune_rt: named_parameters has duplicate names: {', '.join(duplicates)}")
-    return {p: n for n, p in named}
-
-
-def _signature(names: dict[torch.Tensor, str], bucket_bytes: int, first_bucket_bytes: int | None) -> list[str]:
-    return [f"bucket_bytes:{bucket_bytes}", f"first_bucket_bytes:{first_bucket_bytes}"] + sorted(f"{n}:{tuple(p.shape)}:{str(p.dtype).removeprefix('torch.')}:{int(p.requires_grad)}"
-                  for p, n in names.items())
-
-
-def _check_same_parameters_everywhere(names: dict[torch.Tensor, str], bucket_bytes: int,
-                                      first_bucket_bytes: int | None) -> None:
-    """One small collective at construction: every rank must hold the same named parameters, otherwise a
-    rank would wait for gradients that never come. Fails on every rank with the differences."""
-    from neptune_rt.torch.functions import allgather_object
-    signature = _signature(names, bucket_bytes, first_bucket_bytes)
-    digest = hashlib.sha256("\n".join(signature).encode()).hexdigest()
-    digests = allgather_object(digest, name="DistributedOptimizer.check")
-    if len(set(digests)) == 1:
-        return
-    everyone = allgather_object(signature, name="DistributedOptimizer.check.names")
-    mine = set(signature)
-    lines = []
-    for r, theirs in enumerate(everyone):
-        theirs = set(theirs)
-        if theirs != mine:
-            only_mine, only_theirs = sorted(mine - theirs)[:5], sorted(theirs - mine)[:5]
-            lines.append(f"  vs rank {r}: only here {only_mine}, only there {only_theirs}")
-    raise ValueError(
-        f"neptune_rt: rank {_engine.rank()}: DistributedOptimizer parameters differ across ranks "
-        f"(bucket_bytes, first_bucket_bytes, then name:shape:dtype:requires_grad):\n" + "\n".join(lines) +
-        "\nEvery rank must build the same model and wrap an optimizer over the same parameters.")
