@@ -8,6 +8,7 @@ Exercised through tests/torch/test_optimizer.py and tests/torch/test_reproducibi
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -38,6 +39,9 @@ class GradBucket:
         self.ready: set[torch.Tensor] = set()
         self.handles: list[ops.Handle] = []
         self._wire: tuple[torch.Tensor, Any] | None = None
+        self._arrived = threading.Event()
+        self._remaining = 0
+        self._lock = threading.Lock()
 
     @property
     def submitted(self) -> bool:
@@ -77,10 +81,34 @@ class GradBucket:
             names = [self.prefix + name for name in self.names]
             self.handles = [ops.Handle(h) for h in _engine.grouped_allreduce_async_(
                 parts, names, op, codec, prescale, postscale, adaptive)]
+        self._watch()
+
+    def _watch(self) -> None:
+        """Sets `_arrived` from the engine's completion thread once every handle of the bucket is done."""
+        self._arrived.clear()
+        self._remaining = len(self.handles)
+
+        def one_done(_handle: ops.Handle) -> None:
+            with self._lock:
+                self._remaining -= 1
+                last = self._remaining == 0
+            if last:
+                self._arrived.set()
+        for h in self.handles:
+            h.add_done_callback(one_done)
 
     def wait(self, compression: Compressor) -> None:
-        """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result."""
+        """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result.
+
+        It sleeps until the engine's completion callbacks say the bucket has arrived, instead of waiting on the
+        handles at once: a handle's wait() drives the engine's cycles from this thread, and on ranks that share
+        cores that thread then competes with the engine thread that does the work (measured: docs/torch.md,
+        "Step profile"). The engine fails every handle of a stalled or broken job within its timeout, so this
+        sleep ends; the handles' wait() then returns at once or raises the engine's error."""
         try:
+            while not self._arrived.wait(0.05):
+                if all(h.done() for h in self.handles):
+                    break
             for h in self.handles:
                 h.wait()
             wire, ctx = self._wire
