@@ -3,10 +3,12 @@ produces their gradients) into flat buffers of up to `bucket_bytes`, and each pa
 view into its bucket. A full bucket is handed to the engine as one tensor, reduced in place: no fusion copies
 in the engine and one host staging copy per bucket for GPU tensors. Engine codecs (int8/int4/onebit) instead
 get one engine tensor per parameter (views into the bucket), so their error feedback stays keyed by parameter
-name. Exercised through tests/torch/test_optimizer.py.
+name, submitted as one group (neptune_rt/grouped.py): the engine fuses exactly the bucket, never by arrival.
+Exercised through tests/torch/test_optimizer.py and tests/torch/test_reproducibility.py.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -37,6 +39,9 @@ class GradBucket:
         self.ready: set[torch.Tensor] = set()
         self.handles: list[ops.Handle] = []
         self._wire: tuple[torch.Tensor, Any] | None = None
+        self._arrived = threading.Event()
+        self._remaining = 0
+        self._lock = threading.Lock()
 
     @property
     def submitted(self) -> bool:
@@ -65,17 +70,45 @@ class GradBucket:
         self._wire = (wire, ctx)
         if codec == "none":
             self.handles = [ops.Handle(_engine.allreduce_async_(wire, self.name, op, codec, prescale, postscale))]
-        else:  # engine codec: one tensor per parameter (the engine keeps error feedback per name)
-            offset, self.handles = 0, []
-            for p, name in zip(self.params, self.names):
-                part = wire[offset:offset + p.numel()]
-                self.handles.append(ops.Handle(_engine.allreduce_async_(part, self.prefix + name, op, codec,
-                                                                        prescale, postscale, adaptive)))
+        else:
+            # Engine codec: one engine tensor per parameter (error feedback is kept per name), submitted as one
+            # group, so the engine fuses exactly this bucket, in parameter order, whatever the timing
+            # (compressed results are bit-reproducible given the seed; the DDP hook does the same).
+            parts, offset = [], 0
+            for p in self.params:
+                parts.append(wire[offset:offset + p.numel()])
                 offset += p.numel()
+            names = [self.prefix + name for name in self.names]
+            self.handles = [ops.Handle(h) for h in _engine.grouped_allreduce_async_(
+                parts, names, op, codec, prescale, postscale, adaptive)]
+        self._watch()
+
+    def _watch(self) -> None:
+        """Sets `_arrived` from the engine's completion thread once every handle of the bucket is done."""
+        self._arrived.clear()
+        self._remaining = len(self.handles)
+
+        def one_done(_handle: ops.Handle) -> None:
+            with self._lock:
+                self._remaining -= 1
+                last = self._remaining == 0
+            if last:
+                self._arrived.set()
+        for h in self.handles:
+            h.add_done_callback(one_done)
 
     def wait(self, compression: Compressor) -> None:
-        """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result."""
+        """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result.
+
+        It sleeps until the engine's completion callbacks say the bucket has arrived, instead of waiting on the
+        handles at once: a handle's wait() drives the engine's cycles from this thread, and on ranks that share
+        cores that thread then competes with the engine thread that does the work (measured: docs/torch.md,
+        "Step profile"). The engine fails every handle of a stalled or broken job within its timeout, so this
+        sleep ends; the handles' wait() then returns at once or raises the engine's error."""
         try:
+            while not self._arrived.wait(0.05):
+                if all(h.done() for h in self.handles):
+                    break
             for h in self.handles:
                 h.wait()
             wire, ctx = self._wire
@@ -89,20 +122,26 @@ class GradBucket:
 
 
 def plan_buckets(params: list[torch.Tensor], names: dict[torch.Tensor, str], bucket_bytes: int,
-                 prefix: str) -> list[GradBucket]:
+                 prefix: str, first_bucket_bytes: int | None = None) -> list[GradBucket]:
     """Groups parameters, last first, into buckets of one dtype and device, up to `bucket_bytes` each
-    (a larger parameter gets a bucket of its own)."""
+    (a larger parameter gets a bucket of its own). The first bucket (the last layers, whose gradients
+    backward produces first) instead closes as soon as it holds `first_bucket_bytes` (DDP's rule for its
+    small first bucket), so that communication starts while backward still runs; None: no special case."""
     buckets: list[GradBucket] = []
     current: list[torch.Tensor] = []
     size = 0
     for p in reversed(params):
         nbytes = p.numel() * p.element_size()
-        if current and (size + nbytes > bucket_bytes or p.dtype != current[0].dtype
-                        or p.device != current[0].device):
+        small_first = not buckets and first_bucket_bytes is not None
+        full = size + nbytes > bucket_bytes and not small_first  # the first bucket closes after, not before
+        if current and (full or p.dtype != current[0].dtype or p.device != current[0].device):
             buckets.append(GradBucket(current, [names[q] for q in current], prefix))
             current, size = [], 0
         current.append(p)
         size += nbytes
+        if small_first and size >= first_bucket_bytes:
+            buckets.append(GradBucket(current, [names[q] for q in current], prefix))
+            current, size = [], 0
     if current:
         buckets.append(GradBucket(current, [names[q] for q in current], prefix))
     return buckets

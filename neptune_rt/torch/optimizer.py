@@ -6,7 +6,6 @@ engine as soon as backward has produced it (named by parameter, so ranks match w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator
@@ -18,11 +17,14 @@ from neptune_rt.torch import ops
 from neptune_rt.torch.compression import Compression, Compressor, require_codec
 from neptune_rt.torch.grad_buckets import GradBucket, plan_buckets
 from neptune_rt.torch.onebit_momentum import local_momentum_for
+from neptune_rt.torch.param_check import check_named, check_same_parameters_everywhere
 
 __all__ = ["DistributedOptimizer"]
 
 _NAME_PREFIX = "grad."
+RESIDUALS_KEY = "neptune_rt_residuals"
 DEFAULT_BUCKET_BYTES = 25 << 20  # as DDP: large enough for the ring's bandwidth, small enough to overlap
+DEFAULT_FIRST_BUCKET_BYTES: int | None = None  # chosen by measurement: docs/torch.md, "Overlap with backward"
 
 
 class DistributedOptimizer(torch.optim.Optimizer):
@@ -45,7 +47,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
                  named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
                  compression: Compressor = Compression.none, backward_passes_per_step: int = 1,
                  op: str = ops.Average, gradient_predivide_factor: float = 1.0, weight: float | None = None,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, local_momentum: bool | None = None):
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, local_momentum: bool | None = None,
+                 first_bucket_bytes: int | None = DEFAULT_FIRST_BUCKET_BYTES):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"neptune_rt: DistributedOptimizer wraps a torch.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
@@ -68,10 +71,13 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._weight: float | None = None
         self.set_weight(weight)
         self._names: dict[torch.Tensor, str] = {}
-        self._given_names = _check_named(named_parameters)
+        self._given_names = check_named(named_parameters)
         if bucket_bytes < 1:
             raise ValueError(f"neptune_rt: bucket_bytes must be >= 1, got {bucket_bytes}")
         self._bucket_bytes = int(bucket_bytes)
+        if first_bucket_bytes is not None and first_bucket_bytes < 1:
+            raise ValueError(f"neptune_rt: first_bucket_bytes must be >= 1 or None, got {first_bucket_bytes}")
+        self._first_bucket_bytes = None if first_bucket_bytes is None else int(first_bucket_bytes)
         self._buckets: list[GradBucket] = []
         self._bucket_of: dict[torch.Tensor, GradBucket] = {}
         self._delay: dict[torch.Tensor, int] = {}
@@ -79,7 +85,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._should_synchronize = True
         self._synchronized = False
         self._add_params(optimizer.param_groups)
-        _check_same_parameters_everywhere(self._names, self._bucket_bytes)
+        check_same_parameters_everywhere(self._names, self._bucket_bytes, self._first_bucket_bytes)
 
     # --- the wrapped optimizer's state, seen through the wrapper -------------------------------------------
     @property
@@ -121,10 +127,32 @@ class DistributedOptimizer(torch.optim.Optimizer):
         return f"DistributedOptimizer({self._opt!r})"
 
     def state_dict(self) -> dict[str, Any]:
-        return self._opt.state_dict()
+        """The wrapped optimizer's state_dict, plus this rank's error-feedback residuals of the engine tensors
+        this optimizer submits (under "neptune_rt_residuals", tagged with this rank and the world size). No
+        communication; call it between steps (no all-reduce in flight)."""
+        state = self._opt.state_dict()
+        mine = {k: v for k, v in _engine.export_residuals().items() if k[0] in self._engine_names()}
+        if mine:
+            state = dict(state)
+            state[RESIDUALS_KEY] = {"rank": _engine.rank(), "size": _engine.size(), "residuals": mine}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads the wrapped optimizer's state; the residuals in `state_dict` replace this optimizer's only if
+        they were saved by this rank in a job of this size (each rank's residuals are its own: a state_dict
+        saved by rank 0 and loaded everywhere leaves the other ranks' residuals as they are)."""
+        state_dict = dict(state_dict)
+        saved = state_dict.pop(RESIDUALS_KEY, None)
         self._opt.load_state_dict(state_dict)
+        if saved is None or saved.get("rank") != _engine.rank() or saved.get("size") != _engine.size():
+            return
+        names = self._engine_names()
+        keep = {k: v for k, v in _engine.export_residuals().items() if k[0] not in names}
+        keep.update({k: v for k, v in saved["residuals"].items() if k[0] in names})
+        _engine.import_residuals(keep)  # the engine replaces all of this rank's residuals: keep the others
+
+    def _engine_names(self) -> set[str]:
+        return {_NAME_PREFIX + name for name in self._names.values()}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Collective when it adds parameters: every rank must add the same group."""
@@ -176,7 +204,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
                 self._names[p] = name
                 if p.requires_grad and p.numel() > 0:
                     fresh.append(p)
-        for bucket in plan_buckets(fresh, self._names, self._bucket_bytes, _NAME_PREFIX):
+        # Only the optimizer's first parameters get the small first bucket (a later param group is bucketed
+        # plainly: its gradients are not the first ones backward produces).
+        first = self._first_bucket_bytes if not self._buckets else None
+        for bucket in plan_buckets(fresh, self._names, self._bucket_bytes, _NAME_PREFIX, first):
             self._buckets.append(bucket)
             for p in bucket.params:
                 self._bucket_of[p] = bucket
@@ -263,45 +294,3 @@ class DistributedOptimizer(torch.optim.Optimizer):
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-
-
-def _check_named(named_parameters: Iterable[tuple[str, torch.Tensor]] | None) -> dict[torch.Tensor, str] | None:
-    if named_parameters is None:
-        return None
-    named = list(named_parameters)
-    if any(not isinstance(item, tuple) or len(item) != 2 for item in named):
-        raise ValueError("neptune_rt: named_parameters should be a sequence of (name, parameter) tuples, "
-                         "usually model.named_parameters()")
-    names = [n for n, _ in named]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"neptune_rt: named_parameters has duplicate names: {', '.join(duplicates)}")
-    return {p: n for n, p in named}
-
-
-def _signature(names: dict[torch.Tensor, str], bucket_bytes: int) -> list[str]:
-    return [f"bucket_bytes:{bucket_bytes}"] + sorted(f"{n}:{tuple(p.shape)}:{str(p.dtype).removeprefix('torch.')}:{int(p.requires_grad)}"
-                  for p, n in names.items())
-
-
-def _check_same_parameters_everywhere(names: dict[torch.Tensor, str], bucket_bytes: int) -> None:
-    """One small collective at construction: every rank must hold the same named parameters, otherwise a
-    rank would wait for gradients that never come. Fails on every rank with the differences."""
-    from neptune_rt.torch.functions import allgather_object
-    signature = _signature(names, bucket_bytes)
-    digest = hashlib.sha256("\n".join(signature).encode()).hexdigest()
-    digests = allgather_object(digest, name="DistributedOptimizer.check")
-    if len(set(digests)) == 1:
-        return
-    everyone = allgather_object(signature, name="DistributedOptimizer.check.names")
-    mine = set(signature)
-    lines = []
-    for r, theirs in enumerate(everyone):
-        theirs = set(theirs)
-        if theirs != mine:
-            only_mine, only_theirs = sorted(mine - theirs)[:5], sorted(theirs - mine)[:5]
-            lines.append(f"  vs rank {r}: only here {only_mine}, only there {only_theirs}")
-    raise ValueError(
-        f"neptune_rt: rank {_engine.rank()}: DistributedOptimizer parameters differ across ranks "
-        f"(bucket_bytes, then name:shape:dtype:requires_grad):\n" + "\n".join(lines) +
-        "\nEvery rank must build the same model and wrap an optimizer over the same parameters.")

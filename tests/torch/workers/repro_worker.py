@@ -1,8 +1,8 @@
-"""One training run through the neptune_rt DDP hook with a forced codec (every bucket quantized), with random
-delays in the backward pass so that gradients arrive at the engine with different timing in every run (the
-delays come from os.urandom, not from the seed). Prints the final parameters' checksum; run twice by
-tests/torch/test_reproducibility.py, which requires equal checksums: fusion must follow the submission, not
-arrival timing. `python repro_worker.py CODEC STEPS`."""
+"""One training run through the neptune_rt DDP hook or DistributedOptimizer with a forced codec (every bucket
+quantized), with random delays in the backward pass so that gradients arrive at the engine with different timing
+in every run (the delays come from os.urandom, not from the seed). Prints the final parameters' checksum; run
+twice by tests/torch/test_reproducibility.py, which requires equal checksums: fusion must follow the
+submission, not arrival timing. `python repro_worker.py CODEC STEPS [hook|optimizer]`."""
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +20,7 @@ import neptune_rt.torch as nrt
 from common import finish, setup
 
 codec, steps = sys.argv[1], int(sys.argv[2])
+path = sys.argv[3] if len(sys.argv) > 3 else "hook"
 rank, size = setup()
 jitter = random.Random(os.urandom(8))  # deliberately not seeded: timing differs from run to run
 
@@ -35,10 +36,19 @@ def make_model() -> nn.Module:
 model = make_model()
 for p in model.parameters():  # delay some gradients by up to 3 ms, at random
     p.register_hook(lambda g: (time.sleep(jitter.uniform(0, 0.003)) if jitter.random() < 0.5 else None, g)[1])
-ddp = DDP(model, bucket_cap_mb=0.02)  # ~5k floats: several DDP buckets of several parameters each
-state = nrt.comm_hook.CommHookState(model, codec=codec, adaptive=False, prefix="repro")
-ddp.register_comm_hook(state, nrt.comm_hook.hook)
-opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+if path == "hook":
+    ddp = DDP(model, bucket_cap_mb=0.02)  # ~5k floats: several DDP buckets of several parameters each
+    state = nrt.comm_hook.CommHookState(model, codec=codec, adaptive=False, prefix="repro")
+    ddp.register_comm_hook(state, nrt.comm_hook.hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+elif path == "optimizer":
+    ddp = model  # the optimizer's own buckets, of the same ~5k floats: several parameters each
+    opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                                   named_parameters=model.named_parameters(),
+                                   compression=nrt.Compression.forced(codec), bucket_bytes=20_000,
+                                   local_momentum=False)
+else:
+    raise SystemExit(f"repro_worker.py: path must be hook or optimizer, got {path!r}")
 for step in range(steps):
     g = torch.Generator().manual_seed(1000 * step + rank)
     x, y = torch.randn(32, 16, generator=g), torch.randint(0, 4, (32,), generator=g)
