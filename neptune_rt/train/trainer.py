@@ -177,6 +177,8 @@ class Trainer:
             t2 = None
         else:  # a rank with no samples in a short last batch contributes zeros at synchronize()
             t2 = t1s
+        if bal.scheduler is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the scheduler needs the compute time, not the launch time
         t3 = time.monotonic()
         bal.after_backward(len(idx), t3 - t1, slept, sq_norm)
         self.opt.synchronize()
