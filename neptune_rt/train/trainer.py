@@ -25,6 +25,7 @@ from neptune_rt.schedule import PlanSampler
 from neptune_rt.train import checkpoint as ckpt
 from neptune_rt.train.balance import Balancer, micro_backward, plan_record
 from neptune_rt.train.config import ConfigError, TrainConfig
+from neptune_rt.train.evaluate import score_test_set
 from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, write_atomic
 from neptune_rt.train.run_files import RunFiles, restore, snapshot
 from neptune_rt.train.telemetry import NOTE, EngineTelemetry
@@ -258,7 +259,8 @@ class Trainer:
 
     def _fields(self, record: dict[str, Any] | None) -> dict[str, str]:
         r = record or self.last_record or {}
-        out = {"epoch": f"{self.samples / self.sampler.dataset_size:.2f}", "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
+        out = {"epoch": f"{self.samples / self.sampler.dataset_size:.2f}",
+               "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
                "samples/s": f"{r.get('samples_per_s', 0):.0f}",
                "acc": f"{self.last_acc * 100:.2f}%" if self.last_acc is not None else "-",
                "comm": f"{r.get('comm_share', 0) * 100:.0f}%"}
@@ -270,24 +272,12 @@ class Trainer:
         if self.test is None:
             return
         t0 = time.monotonic()
-        x, y = self.test
-        mine = torch.arange(self.rank, len(x), self.size)  # disjoint shard per rank
-        self.model.eval()
-        correct = loss_sum = 0.0
-        with torch.no_grad(), self._autocast():
-            for part in mine.split(4096):
-                out = self.model(x[part].to(self.device)).float()
-                target = y[part].to(self.device)
-                loss_sum += float(self.loss_fn(out, target, reduction="sum"))
-                correct += float((out.argmax(1) == target).sum())
-        sums = nrt.allreduce(torch.tensor([correct, loss_sum, float(len(mine))], dtype=torch.float64),
-                             name="eval.metrics", op=nrt.Sum)
-        self.last_acc = float(sums[0] / sums[2])
+        self.last_acc, test_loss = score_test_set(self.model, *self.test, self.loss_fn, self._autocast, self.device)
         self.last_eval_step = self.step
         self.timeline.add("eval", t0, time.monotonic(), self.step)
         if self.lead:
             record = {"kind": "eval", "step": self.step, "samples": self.samples, "wall": round(self._wall(), 4),
-                      "time": time.time(), "test_accuracy": self.last_acc, "test_loss": float(sums[1] / sums[2])}
+                      "time": time.time(), "test_accuracy": self.last_acc, "test_loss": test_loss}
             self.metrics.write(record)
             if self.tb:
                 self.tb.scalars(self.step, {"eval/accuracy": self.last_acc, "eval/loss": record["test_loss"]})
