@@ -1,6 +1,7 @@
 """neptune_rt.train: the training front door. `Trainer` (a thin loop over the engine, DistributedOptimizer,
 global-batch sharding with neptune_rt.schedule.PlanSampler, and the batch-size scheduler), `TrainConfig` (every
-`neptune-rt train` flag), the built-in workloads and the run directory tools behind `neptune-rt train | make-csv | report | status`. See docs/train.md; tests in tests/train/.
+`neptune-rt train` flag), the built-in workloads and the run directory tools behind
+`neptune-rt train | make-csv | report | status`. See docs/train.md; tests in tests/train/.
 """
 from neptune_rt.train.config import ConfigError, TrainConfig
 
