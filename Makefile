@@ -47,6 +47,9 @@ test: build
 
 # make demo: the product's main job. 4 ranks train an MLP on Fashion-MNIST (installed from Debian here when
 # missing; digits otherwise) with int8 gradients, a live progress bar, the final test accuracy, then the report.
+# Rank 3 is made 2x slower (--emulate-slowdown, a demo aid; compute emulated by sleeping 1 ms per sample, 2 ms on
+# rank 3, so the imbalance shows through a busy machine's noise) and --balance hetero moves samples to the fast
+# ranks: the bar's batch=a/b/c/d and the report's batch-size plot show it.
 ifndef DEMO_RUN
 DEMO_RUN := runs/demo-$(shell date -u +%Y%m%d-%H%M%S)
 endif
@@ -64,6 +67,7 @@ demo: build demo-data
 	if [ -t 2 ]; then progress=bar; else progress=lines; fi; \
 	mpirun -np 4 --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 $(VENV)/bin/neptune-rt train $$data \
 	  --model mlp --hidden 512,256 --compression int8 --lr 0.05 --warmup-steps 50 --log-every 20 --eval-every 100 \
+	  --balance hetero --emulate-slowdown 1,1,1,2 --emulate-per-sample-ms 1 \
 	  --progress $$progress --checkpoint-every 500 --run-dir $(DEMO_RUN) \
 	&& $(VENV)/bin/neptune-rt report $(DEMO_RUN)
 

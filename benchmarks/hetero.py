@@ -2,8 +2,9 @@
 
     mpirun -np 4 --oversubscribe --bind-to none .venv/bin/python benchmarks/hetero.py --json benchmarks/results/hetero.json
 
-Rank speeds are emulated: every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on top of
-the real forward/backward (sleep takes no CPU, so four ranks on two shared cores stay faithful). Cases:
+Rank speeds are emulated (neptune_rt.schedule.slowdown_sleep, which the Trainer's --emulate-slowdown uses too):
+every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on top of the real forward/backward
+(sleep takes no CPU, so four ranks on two shared cores stay faithful). Cases:
   static profiles (default 1,1,2,4 and 1,1,1,2, homogeneous 1,1,1,1): an equal split vs the scheduler, same
      seed, data order and steps, the two runs interleaved step by step (A B A B: both see the same load on a
      shared machine); speedup = equal step time / balanced step time (median of the last half),
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import neptune_rt.torch as nrt  # noqa: E402
 from common import print_table, write_json  # noqa: E402
 from neptune_rt.schedule import (BatchScheduler, PlanSampler, gather_stats_async, integer_split,  # noqa: E402
-                                 local_backward, lr_scale, micro_split, micro_weights, stats_row)
+                                 local_backward, lr_scale, micro_split, micro_weights, slowdown_sleep, stats_row)
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 
@@ -105,7 +106,7 @@ class Run:
         opt.zero_grad()
         parts = torch.split(torch.as_tensor(batch.indices),
                             micro_split(b, sched.plan.max_micro[rank]) if sched else [b]) if b else []
-        time.sleep((self.slow_at(step)[rank] * args.per_sample_ms * b + args.step_ms) / 1e3)
+        slowdown_sleep(self.slow_at(step)[rank], b, args.per_sample_ms / 1e3, args.step_ms / 1e3)
         losses = [lambda p=p, w=w: w * nn.functional.cross_entropy(model(x[p]), y[p])
                   for p, w in zip(parts, micro_weights([len(p) for p in parts]))]
         sq = local_backward(model.parameters(), losses, measure_norm=self.adaptive) if losses else 0.0

@@ -1,6 +1,7 @@
-"""`PlanSampler`: cuts each global batch of a seeded per-epoch permutation into disjoint per-rank slices of
-the sizes the plan gives, so every sample is used exactly once per epoch whatever the sizes; deterministic and
-resumable (state_dict). Pure; tested in tests/schedule/test_sampler.py.
+"""`PlanSampler`, the one data sampler of neptune_rt (the Trainer's and a hand-written loop's): cuts each global
+batch of a seeded per-epoch permutation into disjoint per-rank slices of the sizes the caller gives for that step
+(a plan's, or `equal_split`), so every sample is used exactly once per epoch whatever the sizes; deterministic
+and resumable mid-epoch (state_dict). Pure; tested in tests/schedule/test_sampler.py.
 """
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import numpy as np
 
 from neptune_rt.schedule.waterfill import integer_split
 
-__all__ = ["PlanSampler", "GlobalBatch"]
+__all__ = ["PlanSampler", "GlobalBatch", "equal_split"]
+
+
+def equal_split(global_batch: int, world: int) -> list[int]:
+    """`global_batch` split across `world` ranks as evenly as possible (the first ranks take the remainder)."""
+    if world < 1 or global_batch < 0:
+        raise ValueError(f"cannot split a batch of {global_batch} across {world} ranks")
+    base, extra = divmod(global_batch, world)
+    return [base + (1 if r < extra else 0) for r in range(world)]
 
 
 @dataclass(frozen=True)

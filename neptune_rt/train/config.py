@@ -12,10 +12,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from neptune_rt.schedule.emulate import parse_factors
+
 __all__ = ["TrainConfig", "ConfigError", "add_arguments", "resolve", "load_toml", "dump_toml"]
 
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "onebit", "auto")
 MODELS = ("auto", "mlp", "dropout-mlp", "linear")
+BALANCE = ("off", "hetero", "goodput")
+LR_RULES = ("adascale", "sqrt", "linear")
 
 
 class ConfigError(ValueError):
@@ -42,7 +46,24 @@ class TrainConfig:
                                   "with error feedback), auto (the cost model picks)", CODECS)
     force_codec: bool = _f(False, "quantize every bucket with the codec (no cost-model fallback to dense)",
                            flag=True)
-    batch_size: int = _f(256, "global batch size (split equally across ranks)")
+    batch_size: int = _f(256, "global batch size (split equally across ranks unless --balance; in goodput mode "
+                              "the starting batch, the one --lr is tuned for)")
+    balance: str = _f("off", "dynamic batch sizes (docs/schedule.md): off (equal split), hetero (per-rank sizes "
+                             "from each rank's measured compute speed; the global batch and its gradient stay the "
+                             "same), goodput (hetero, and the scheduler may change the global batch, scaling the "
+                             "learning rate)", BALANCE)
+    max_micro: int = _f(0, "with --balance: largest micro-batch per rank; a larger share runs as gradient "
+                           "accumulation (0: no limit)")
+    batch_bounds: str = _f("", "--balance goodput: global batch bounds LO,HI (default: batch-size/4, "
+                               "8 x batch-size)")
+    lr_rule: str = _f("adascale", "--balance goodput: learning-rate scale for a global batch other than "
+                                  "--batch-size: adascale, sqrt or linear", LR_RULES)
+    emulate_slowdown: str = _f("", "testing/demo aid: per-rank slowdown factors, e.g. 1,1,1,2: rank i sleeps "
+                                   "(factor_i - 1) x its measured compute time each step (empty: off)")
+    emulate_per_sample_ms: float = _f(0.0, "testing aid, with --emulate-slowdown: emulate the compute as this "
+                                           "many ms per sample (rank i sleeps factor_i x it); with "
+                                           "--deterministic the scheduler sees these emulated times, not the "
+                                           "clock, so balanced runs and resumes are reproducible (0: measure)")
     epochs: float = _f(1.0, "epochs to train (ignored when --steps is set)")
     steps: int = _f(0, "optimizer steps to train (0: use --epochs)")
     optimizer: str = _f("sgd", "optimizer: sgd (with --momentum) or adamw", ("sgd", "adamw"))
@@ -72,18 +93,29 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
+                close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"unknown {f.name.replace('_', '-')} {value!r} (choose one of: "
-                                  f"{', '.join(choices)})")
+                                  f"{', '.join(choices)}){hint}")
         positive = {"batch_size": self.batch_size, "log_every": self.log_every,
                     "keep_checkpoints": self.keep_checkpoints}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        for name in ("steps", "eval_every", "checkpoint_every", "warmup_steps", "train_samples"):
+        for name in ("steps", "eval_every", "checkpoint_every", "warmup_steps", "train_samples", "max_micro"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.steps == 0 and not self.epochs > 0:
             raise ConfigError(f"--epochs must be > 0 (or set --steps), got {self.epochs}")
+        if self.emulate_per_sample_ms < 0:
+            raise ConfigError(f"--emulate-per-sample-ms must be >= 0, got {self.emulate_per_sample_ms}")
+        if self.emulate_per_sample_ms and not self.emulate_slowdown:
+            raise ConfigError("--emulate-per-sample-ms needs --emulate-slowdown (e.g. --emulate-slowdown 1,1,1,2)")
+        try:
+            self.bounds()
+        except ValueError:
+            raise ConfigError(f"--batch-bounds must be LO,HI with 1 <= LO <= --batch-size ({self.batch_size}) "
+                              f"<= HI, got {self.batch_bounds!r}") from None
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         try:
@@ -91,6 +123,25 @@ class TrainConfig:
         except ValueError:
             raise ConfigError(f"--hidden must be comma-separated positive integers, got {self.hidden!r}") from None
         return self
+
+    def check_world(self, size: int) -> list[float] | None:
+        """The settings that depend on the world size (ConfigError on every rank alike); the slowdown factors."""
+        if self.balance != "off" and self.batch_size < size:
+            raise ConfigError(f"--balance {self.balance} needs --batch-size >= the number of ranks ({size}), "
+                              f"got {self.batch_size}")
+        try:
+            return parse_factors(self.emulate_slowdown, size) if self.emulate_slowdown else None
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def bounds(self) -> tuple[int, int]:
+        """Global batch bounds of goodput mode."""
+        if not self.batch_bounds:
+            return max(1, self.batch_size // 4), 8 * self.batch_size
+        lo, hi = (int(v) for v in self.batch_bounds.split(","))
+        if not 1 <= lo <= self.batch_size <= hi:
+            raise ValueError(self.batch_bounds)
+        return lo, hi
 
     def hidden_sizes(self) -> list[int]:
         sizes = [int(s) for s in self.hidden.split(",") if s.strip()]

@@ -24,7 +24,7 @@ PLOTS = [
     ("throughput", "Throughput (samples/s) vs step", "step", "samples_per_s", "train"),
     ("comm_share", "Communication share of step time vs step", "step", "comm_share", "train"),
     ("wire_bytes", "Bytes on the wire per step (this rank) vs step", "step", "wire_per_step", "train"),
-    ("batch_sizes", "Batch size per rank vs step", "step", "batch_sizes", "train"),
+    ("batch_sizes", "Batch size per rank vs step", "step", "batch_sizes", "plan"),
 ]
 
 
@@ -51,8 +51,31 @@ class _Run:
                 previous = r["step"]
 
     def series(self, kind: str, x: str, y: str) -> tuple[list, list]:
+        if kind == "plan":
+            return self.batch_sizes()
         rows = [r for r in self.records if r.get("kind") == kind and x in r and y in r]
         return [r[x] for r in rows], [r[y] for r in rows]
+
+    def batch_sizes(self) -> tuple[list, list]:
+        """Per-rank batch sizes over steps: the scheduler's plan records (each applies from the step after it
+        was adopted, held to the last step), else the equal split the train records carry."""
+        plans = [r for r in self.records if r.get("kind") == "plan"]
+        train = [r for r in self.records if r.get("kind") == "train"]
+        if not plans:
+            return [r["step"] for r in train], [r["batch_sizes"] for r in train]
+        xs, ys = [p["step"] for p in plans], [p["local_batches"] for p in plans]
+        if train and train[-1]["step"] > xs[-1]:
+            xs, ys = xs + [train[-1]["step"]], ys + [ys[-1]]
+        return xs, ys
+
+    def plan_summary(self) -> str:
+        plans = [r for r in self.records if r.get("kind") == "plan"]
+        if not plans:
+            return ""
+        last = plans[-1]
+        return (f"{self.label}: {len(plans) - 1} re-plans; from step {last['step']} B={last['global_batch']}, "
+                f"per rank {last['local_batches']}, accumulation {last['accum_steps']}, lr scale "
+                f"{last['lr_scale']:.3f} ({last['reason']})")
 
     def summary(self) -> dict[str, Any]:
         train = [r for r in self.records if r.get("kind") == "train"]
@@ -123,6 +146,9 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
               f"{_fmt(s['compression']) + 'x' if s['compression'] else '-'} |" for s in rows]
     incomplete = [s["run"] for s in rows if s["state"] != "finished"]
     md = ["# Training report", "", "Runs: " + ", ".join(str(p) for p in run_dirs), "", *table, ""]
+    plans = [p for p in (r.plan_summary() for r in runs) if p]
+    if plans:
+        md += ["Batch-size scheduler, last plan:", ""] + [f"- {p}" for p in plans] + [""]
     if incomplete:
         md += [f"Not finished (curves end where the run stopped): {', '.join(incomplete)}", ""]
     body = [f"<h1>Training report</h1><p>Runs: {html.escape(', '.join(str(p) for p in run_dirs))}</p>",
@@ -132,6 +158,9 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
         body.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
                     + "</tr>")
     body.append("</table>")
+    if plans:
+        body.append("<p>Batch-size scheduler, last plan:</p><ul>" +
+                    "".join(f"<li>{html.escape(p)}</li>" for p in plans) + "</ul>")
     if incomplete:
         body.append(f"<p><b>Not finished:</b> {html.escape(', '.join(incomplete))}</p>")
     for stem, title, x, y, kind in PLOTS:

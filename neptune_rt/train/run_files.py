@@ -1,7 +1,8 @@
 """The run directory and what a checkpoint holds. `RunFiles.create` agrees on the directory across ranks
 (rank 0 decides, everyone gets the same answer or the same error), writes the resolved config.toml and run.json,
 and for --resume loads the last checkpoint on every rank. `snapshot` / `restore` turn a trainer into a checkpoint
-and back: model, optimizer, data position, every rank's RNG state and error-feedback residuals.
+and back: model, optimizer, data position (the sampler), the batch-size scheduler, every rank's RNG state and
+error-feedback residuals.
 Exercised by tests/train/test_resume.py.
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ import neptune_rt.torch as nrt
 from neptune_rt.train import checkpoint as ckpt
 from neptune_rt.train.config import TrainConfig, dump_toml
 from neptune_rt.train.monitor import RunState, write_atomic
-from neptune_rt.train.sampler import Position
 from neptune_rt.train.telemetry import export_residuals, import_residuals
 
 __all__ = ["RunFiles", "agree", "snapshot", "restore"]
@@ -99,14 +99,15 @@ class RunFiles:
 def snapshot(trainer: Any) -> dict[str, Any]:
     """Collective. The checkpoint content (complete on rank 0; other ranks get {})."""
     mine = {"torch_rng": torch.get_rng_state(), "residuals": export_residuals(),
-            "cuda_rng": torch.cuda.get_rng_state() if trainer.device.type == "cuda" else None}
+            "cuda_rng": torch.cuda.get_rng_state() if trainer.device.type == "cuda" else None,
+            "slowdown": trainer.balance.per_rank_state()}
     per_rank = nrt.allgather_object(mine, name="train.checkpoint.per_rank")
     if trainer.rank != 0:
         return {}
-    return {"config": trainer.config.to_dict(), "world_size": trainer.size, "epoch": trainer.pos.epoch,
-            "offset": trainer.pos.offset, "samples": trainer.samples, "wall": trainer._wall(),
+    return {"config": trainer.config.to_dict(), "world_size": trainer.size, "sampler": trainer.sampler.state_dict(),
+            "samples": trainer.samples, "wall": trainer._wall(),
             "model": trainer.model.state_dict(), "optimizer": trainer.opt.state_dict(), "per_rank": per_rank,
-            "scheduler": None, "totals": dict(trainer.totals), "last_acc": trainer.last_acc}
+            "scheduler": trainer.balance.state_dict(), "totals": dict(trainer.totals), "last_acc": trainer.last_acc}
 
 
 def _check_model(state: dict[str, Any], model: torch.nn.Module, source: str) -> None:
@@ -129,11 +130,18 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
         raise ckpt.CheckpointError(f"checkpoint in {source}: optimizer state does not fit ({err}); resume with "
                                    f"the run's own optimizer settings") from None
     trainer.step, trainer.samples, trainer.wall_offset = state["step"], state["samples"], state["wall"]
-    trainer.pos = Position(state["epoch"], state["offset"])
+    try:
+        trainer.sampler.load_state_dict(state["sampler"])
+    except (ValueError, KeyError) as err:
+        raise ckpt.CheckpointError(f"checkpoint in {source}: its data position does not fit this data set ({err}); "
+                                   f"resume with the run's own data and seed settings") from None
     trainer.last_acc = state.get("last_acc")
     trainer.totals.update(state.get("totals", {}))
     per_rank = state["per_rank"]
-    if len(per_rank) == trainer.size:
+    same_world = len(per_rank) == trainer.size
+    trainer.balance.load_state_dict(state.get("scheduler"), per_rank[trainer.rank].get("slowdown") if same_world
+                                    else None)
+    if same_world:
         mine = per_rank[trainer.rank]
         torch.set_rng_state(mine["torch_rng"])
         if mine.get("cuda_rng") is not None and trainer.device.type == "cuda":

@@ -48,6 +48,11 @@ def describe(run: Path) -> str:
         lines.append(f"  elapsed {_duration(last['wall'])}, {rate:.1f} steps/s"
                      + (f", about {_duration((total - step) / rate)} left" if rate and total and
                         state.get("state") == "running" else ""))
+    plans = [r for r in records if r.get("kind") == "plan"]
+    if plans:
+        p = plans[-1]
+        lines.append(f"  batch-size plan v{p['version']} (from step {p['step']}): B={p['global_batch']}, per rank "
+                     f"{p['local_batches']}" + (f", lr scale {p['lr_scale']:.3f}" if p["lr_scale"] != 1 else ""))
     if evals:
         lines.append(f"  test accuracy {evals[-1]['test_accuracy'] * 100:.2f}% at step {evals[-1]['step']}")
     last_ckpt = ckpt.latest(run / "checkpoints")

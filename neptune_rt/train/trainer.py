@@ -1,7 +1,8 @@
 """The thin Trainer: one readable loop that composes the engine, gradient compression (DistributedOptimizer,
-wrapping the user's optimizer, never patching it), global-batch sharding, evaluation, a learning-rate schedule
-with warm-up, gradient clipping, autocast, checkpoints and the run directory. Launch under mpirun; exercised by
-tests/train/test_cli.py and tests/train/test_resume.py.
+wrapping the user's optimizer, never patching it), global-batch sharding (PlanSampler), the batch-size scheduler
+(train/balance.py), evaluation, a learning-rate schedule with warm-up, gradient clipping, autocast, checkpoints
+and the run directory. Launch under mpirun; exercised by tests/train/test_train_cli.py, test_train_resume.py and
+test_train_balance.py.
 
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), (x_train, y_train), (x_test, y_test),
                       batch_size=256, epochs=2, compression="int8")
@@ -20,11 +21,13 @@ import torch
 import torch.nn.functional as F
 
 import neptune_rt.torch as nrt
+from neptune_rt.schedule import PlanSampler
 from neptune_rt.train import checkpoint as ckpt
+from neptune_rt.train.balance import Balancer, micro_backward, plan_record
 from neptune_rt.train.config import ConfigError, TrainConfig
+from neptune_rt.train.evaluate import score_test_set
 from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, write_atomic
 from neptune_rt.train.run_files import RunFiles, restore, snapshot
-from neptune_rt.train.sampler import EpochSampler, Position, equal_split
 from neptune_rt.train.telemetry import NOTE, EngineTelemetry
 
 __all__ = ["Trainer", "lr_factor"]
@@ -67,6 +70,7 @@ class Trainer:
         c = self.config
         nrt.init()
         self.rank, self.size = nrt.rank(), nrt.size()
+        self.balance = Balancer(c, self.rank, self.size)
         self.device = torch.device("cuda", nrt.local_rank() % max(1, torch.cuda.device_count())) \
             if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()) else torch.device("cpu")
         if c.amp == "fp16" and self.device.type != "cuda":
@@ -79,10 +83,12 @@ class Trainer:
             ("none", "fp16", "bf16") else getattr(nrt.Compression, c.compression)
         self.opt = nrt.DistributedOptimizer(self.user_optimizer, named_parameters=self.model.named_parameters(),
                                             compression=compression)
-        self.sampler = EpochSampler(len(self.x_train), c.seed)
-        self.steps_per_epoch = self.sampler.steps_per_epoch(c.batch_size)
+        self.sampler = PlanSampler(len(self.x_train), self.rank, self.size, seed=c.seed)
+        self.steps_per_epoch = -(-len(self.x_train) // c.batch_size)
         self.total_steps = c.steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
-        self.step, self.pos, self.samples, self.wall_offset, self.last_acc = 0, Position(), 0, 0.0, None
+        # Goodput mode may change the global batch: an --epochs run then ends after its samples, not its steps.
+        self.total_samples = 0 if c.steps or c.balance != "goodput" else math.ceil(c.epochs * len(self.x_train))
+        self.step, self.samples, self.wall_offset, self.last_acc = 0, 0, 0.0, None
         self.totals = {"step_s": 0.0, "comm_s": 0.0, "checkpoint_s": 0.0, "checkpoints": 0}
         resumed_at = None
         if c.resume:
@@ -105,20 +111,20 @@ class Trainer:
         if self.lead and not self.telemetry.available:
             self.progress.message(NOTE)
         self.interval = {"loss": 0.0, "n": 0, "step_s": 0.0, "comm_s": 0.0, "samples": 0, "t": time.monotonic()}
+        self._log_plan()
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         self._setup()
         c = self.config
         try:
-            while self.step < self.total_steps:
+            while not self._done():
                 ckpt.die_if("kill-at-step", self.step)
-                epoch = self.pos.epoch
                 self._train_step()
-                end_of_epoch = self.pos.epoch != epoch
+                end_of_epoch = self.sampler.epoch_done
                 if (c.eval_every and self.step % c.eval_every == 0) or (not c.eval_every and end_of_epoch):
                     self._evaluate()
-                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and not self._done():
                     self._checkpoint()
             if self.last_eval_step != self.step:
                 self._evaluate()
@@ -132,43 +138,70 @@ class Trainer:
 
     last_eval_step = -1
 
+    def _done(self) -> bool:
+        if self.total_samples:
+            return self.samples >= self.total_samples
+        return self.step >= self.total_steps
+
+    def _lr_factor(self) -> float:
+        c = self.config
+        if self.total_samples:  # goodput mode: the schedule follows samples, in steps of the starting batch
+            return lr_factor(self.samples // c.batch_size, self.total_samples // c.batch_size, c.warmup_steps,
+                             c.lr_schedule)
+        return lr_factor(self.step, self.total_steps, c.warmup_steps, c.lr_schedule)
+
     def _train_step(self) -> None:
-        c, tl, step = self.config, self.timeline, self.step
+        c, tl, step, bal = self.config, self.timeline, self.step, self.balance
         t0 = time.monotonic()
-        sizes = equal_split(self.sampler.batch_size_at(self.pos, c.batch_size), self.size)
-        idx = torch.from_numpy(self.sampler.slices(self.pos, sizes)[self.rank])
+        batch = self.sampler.next(bal.requested())
+        sizes = list(batch.local_batches)
+        idx = torch.from_numpy(batch.indices)
         for group, base in zip(self.opt.param_groups, self.base_lrs):
-            group["lr"] = base * lr_factor(step, self.total_steps, c.warmup_steps, c.lr_schedule)
-        self.opt.set_weight(sizes[self.rank] / sum(sizes))
+            group["lr"] = base * self._lr_factor() * bal.lr_scale  # the scheduler's scale, multiplicatively
+        self.opt.set_weight(batch.weight(self.rank))  # b_i / B: the reduced gradient is the global-batch mean
         self.model.train()
         self.opt.zero_grad()
         x, y = self.x_train[idx].to(self.device), self.y_train[idx].to(self.device)
         t1 = time.monotonic()
-        loss_value = 0.0
-        if len(idx):  # a rank with no samples in a short last batch contributes zeros at synchronize()
+        slept = bal.before_compute(len(idx))  # --emulate-slowdown: before the gradients leave this rank
+        t1s = time.monotonic()
+        loss_value, sq_norm, micro = 0.0, -1.0, bal.micro_batches(len(idx))
+        if len(micro) == 1 and not bal.measure_norm:
             with self._autocast():
                 loss = self.loss_fn(self.model(x), y)
             t2 = time.monotonic()
             loss.backward()
             loss_value = float(loss.detach())
-        else:
-            t2 = t1
+        elif micro:  # accumulation over micro-batches and/or this rank's gradient norm (goodput)
+            loss_value, sq_norm = micro_backward(self.model, self.loss_fn, self._autocast, x, y, micro,
+                                                 bal.measure_norm)
+            t2 = None
+        else:  # a rank with no samples in a short last batch contributes zeros at synchronize()
+            t2 = t1s
+        if bal.scheduler is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the scheduler needs the compute time, not the launch time
         t3 = time.monotonic()
+        bal.after_backward(len(idx), t3 - t1, slept, sq_norm)
         self.opt.synchronize()
         t4 = time.monotonic()
+        new_plan = bal.after_synchronize(self.model.parameters())
         if c.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad)
         with self.opt.skip_synchronize():
             self.opt.step()
         t5 = time.monotonic()
-        for name, a, b in (("data", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("comm wait", t3, t4),
-                           ("optimizer", t4, t5)):
+        phases = [("data", t0, t1)] + ([("emulated slowdown", t1, t1s)] if slept else [])
+        phases += [("forward", t1s, t2), ("backward", t2, t3)] if t2 is not None else \
+            [("compute", t1s, t3)]  # compute: forward+backward of every micro-batch
+        for name, a, b in phases + [("comm wait", t3, t4), ("optimizer", t4, t5)]:
             tl.add(name, a, b, step + 1)
-        tl.add("step", t0, t5, step + 1, batch=sizes[self.rank])
+        tl.add("step", t0, t5, step + 1, batch=sizes[self.rank], micro_batches=len(micro), slept=round(slept, 6))
         self.telemetry.bucket_events(tl, step + 1)
+        bal.end_step(t5 - t0)
         self.step += 1
         self.samples += sum(sizes)
-        self.pos = self.sampler.advance(self.pos, sum(sizes))
+        if new_plan is not None:
+            self._log_plan()
         iv = self.interval
         iv["loss"] += loss_value * len(idx)
         iv["n"] += len(idx)
@@ -177,10 +210,15 @@ class Trainer:
         iv["samples"] += sum(sizes)
         self.totals["step_s"] += t5 - t0
         self.totals["comm_s"] += t4 - t3
-        if self.step % c.log_every == 0 or self.step == self.total_steps:
+        if self.step % c.log_every == 0 or self._done():
             self._log(sizes)
         elif self.lead:
             self.progress.update(self.step, self._fields(None), False)
+
+    def _log_plan(self) -> None:
+        plan = self.balance.unlogged()
+        if plan is not None and self.lead:
+            self.metrics.write({**plan_record(plan, self.step), "wall": round(self._wall(), 4), "time": time.time()})
 
     def _autocast(self) -> Any:
         if self.config.amp == "off":
@@ -196,13 +234,16 @@ class Trainer:
         sums = nrt.allreduce(torch.tensor([iv["loss"], float(iv["n"])], dtype=torch.float64),
                              name="train.metrics", op=nrt.Sum)
         now = time.monotonic()
-        record = {"kind": "train", "step": self.step, "epoch": self.pos.epoch + self.pos.offset /
-                  self.sampler.num_samples, "samples": self.samples, "wall": round(self._wall(), 4),
+        self.balance.check_agreement()
+        record = {"kind": "train", "step": self.step, "epoch": self.sampler.epoch + self.sampler.position /
+                  self.sampler.dataset_size, "samples": self.samples, "wall": round(self._wall(), 4),
                   "time": time.time(), "loss": float(sums[0] / max(sums[1].item(), 1)),
                   "lr": self.opt.param_groups[0]["lr"],
                   "samples_per_s": iv["samples"] / max(now - iv["t"], 1e-9),
                   "comm_share": iv["comm_s"] / max(iv["step_s"], 1e-9), "batch_sizes": sizes,
                   **self.telemetry.interval()}
+        if self.balance.plan is not None:  # the plan for the next step, checked equal on every rank above
+            record.update(plan_version=self.balance.plan.version, plan_digest=self.balance.plan.digest())
         self.interval = {"loss": 0.0, "n": 0, "step_s": 0.0, "comm_s": 0.0, "samples": 0, "t": now}
         if self.lead:
             self.metrics.write(record)
@@ -218,36 +259,25 @@ class Trainer:
 
     def _fields(self, record: dict[str, Any] | None) -> dict[str, str]:
         r = record or self.last_record or {}
-        out = {"epoch": f"{self.samples / self.sampler.num_samples:.2f}", "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
+        out = {"epoch": f"{self.samples / self.sampler.dataset_size:.2f}",
+               "loss": f"{r['loss']:.4f}" if "loss" in r else "-",
                "samples/s": f"{r.get('samples_per_s', 0):.0f}",
                "acc": f"{self.last_acc * 100:.2f}%" if self.last_acc is not None else "-",
                "comm": f"{r.get('comm_share', 0) * 100:.0f}%"}
         if "compression_ratio" in r:
             out["ratio"] = f"{r['compression_ratio']:.1f}x"
-        return out
+        return {**out, **self.balance.progress_fields()}
 
     def _evaluate(self) -> None:
         if self.test is None:
             return
         t0 = time.monotonic()
-        x, y = self.test
-        mine = torch.arange(self.rank, len(x), self.size)  # disjoint shard per rank
-        self.model.eval()
-        correct = loss_sum = 0.0
-        with torch.no_grad(), self._autocast():
-            for part in mine.split(4096):
-                out = self.model(x[part].to(self.device)).float()
-                target = y[part].to(self.device)
-                loss_sum += float(self.loss_fn(out, target, reduction="sum"))
-                correct += float((out.argmax(1) == target).sum())
-        sums = nrt.allreduce(torch.tensor([correct, loss_sum, float(len(mine))], dtype=torch.float64),
-                             name="eval.metrics", op=nrt.Sum)
-        self.last_acc = float(sums[0] / sums[2])
+        self.last_acc, test_loss = score_test_set(self.model, *self.test, self.loss_fn, self._autocast, self.device)
         self.last_eval_step = self.step
         self.timeline.add("eval", t0, time.monotonic(), self.step)
         if self.lead:
             record = {"kind": "eval", "step": self.step, "samples": self.samples, "wall": round(self._wall(), 4),
-                      "time": time.time(), "test_accuracy": self.last_acc, "test_loss": float(sums[1] / sums[2])}
+                      "time": time.time(), "test_accuracy": self.last_acc, "test_loss": test_loss}
             self.metrics.write(record)
             if self.tb:
                 self.tb.scalars(self.step, {"eval/accuracy": self.last_acc, "eval/loss": record["test_loss"]})
@@ -259,7 +289,7 @@ class Trainer:
         if self.lead:
             ckpt.save(self.files.dir / "checkpoints", self.step, state, self.config.keep_checkpoints)
             self.timeline.write()
-        elif self.step == self.total_steps or self.config.checkpoint_every:
+        elif self._done() or self.config.checkpoint_every:
             self.timeline.write()
         took = time.monotonic() - t0
         self.totals["checkpoint_s"] += took

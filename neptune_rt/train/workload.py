@@ -26,6 +26,8 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
 def run_workload(config: TrainConfig) -> dict[str, Any]:
     local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))  # ranks sharing a node share its cores
+    from mpi4py import MPI
+    config.check_world(MPI.COMM_WORLD.Get_size())  # e.g. --emulate-slowdown's length, before the slow part
     data = load(config.data, config.data_dir, config.label_column)
     x_train, y_train = data.x_train, data.y_train
     if config.train_samples:

@@ -1,9 +1,10 @@
-"""PlanSampler: per-rank slices are disjoint, cover the data set exactly once per epoch while the sizes change
-every step, follow the plan, are deterministic given the seed, and resume from state_dict mid-epoch."""
+"""PlanSampler (the one sampler: the Trainer's and a hand-written loop's): per-rank slices are disjoint, cover the
+data set exactly once per epoch with equal splits and while the sizes change every step, follow the plan, are
+deterministic given the seed, and resume from state_dict mid-epoch (also on another world size). In-process."""
 import numpy as np
 import pytest
 
-from neptune_rt.schedule.sampler import PlanSampler
+from neptune_rt.schedule.sampler import PlanSampler, equal_split
 
 
 def run_epochs(n, world, seed, sizes_for_step, steps, start_states=None):
@@ -78,3 +79,41 @@ def test_bad_sizes_are_rejected():
     s = PlanSampler(10, 0, 2)
     with pytest.raises(ValueError, match="rank 0"):
         s.next([1, 2, 3])
+
+
+@pytest.mark.parametrize("n, batch, world", [(1437, 64, 4), (100, 7, 3), (10, 64, 4), (5, 2, 4)])
+def test_equal_splits_cover_each_epoch_once(n, batch, world):
+    samplers = [PlanSampler(n, r, world, seed=3) for r in range(world)]
+    for epoch in range(2):
+        seen, steps = [], 0
+        while steps == 0 or not samplers[0].epoch_done:  # the next epoch starts at the next call
+            batches = [s.next(equal_split(batch, world)) for s in samplers]
+            assert all(b.epoch == epoch for b in batches)
+            seen += [i for b in batches for i in b.indices.tolist()]
+            steps += 1
+        assert sorted(seen) == list(range(n)) and steps == -(-n // batch)
+
+
+def test_resume_on_another_world_size_continues_the_epoch():
+    """A checkpoint of 4 ranks resumed on 3: the data position carries over, the epoch is still covered once."""
+    old = [PlanSampler(200, r, 4, seed=2) for r in range(4)]
+    seen = []
+    for _ in range(3):
+        seen += [i for s in old for i in s.next(equal_split(32, 4)).indices.tolist()]
+    new = [PlanSampler(200, r, 3, seed=2) for r in range(3)]
+    for s in new:
+        s.load_state_dict(old[0].state_dict())
+    while not new[0].epoch_done:
+        seen += [i for s in new for i in s.next(equal_split(32, 3)).indices.tolist()]
+    assert sorted(seen) == list(range(200))
+
+
+def test_equal_split_and_bad_input():
+    assert equal_split(10, 4) == [3, 3, 2, 2]
+    assert equal_split(3, 4) == [1, 1, 1, 0]
+    with pytest.raises(ValueError, match="cannot split"):
+        equal_split(5, 0)
+    with pytest.raises(ValueError, match="dataset_size must be >= 1"):
+        PlanSampler(0, 0, 1)
+    with pytest.raises(ValueError, match="rank 0: checkpoint is for 10 samples"):
+        PlanSampler(11, 0, 1).load_state_dict(PlanSampler(10, 0, 1).state_dict())

@@ -1,0 +1,192 @@
+"""The Trainer's side of the batch-size scheduler (`--balance`, docs/schedule.md): each step's requested per-rank
+sizes and micro-batches, the emulated slowdown (`--emulate-slowdown`, a demo/test aid), the statistics row
+gathered after backward and fed to `BatchScheduler.observe`, the plan records of metrics.jsonl, the plan-digest
+check across ranks and the scheduler's checkpoint slot. With --balance off only the equal split and the emulated
+slowdown remain. Exercised by tests/train/test_train_balance.py under mpirun.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, ContextManager, Iterable
+
+import torch
+
+import neptune_rt.torch as nrt
+from neptune_rt.schedule import (BatchScheduler, EmulatedSlowdown, Plan, equal_split, gather_stats_async,
+                                 local_backward, micro_split, micro_weights, stats_row)
+from neptune_rt.train.config import ConfigError, TrainConfig
+
+__all__ = ["Balancer", "plan_record", "micro_backward"]
+
+
+def plan_record(plan: Plan, step: int) -> dict[str, Any]:
+    """metrics.jsonl's record of a new plan, adopted after `step` steps (it applies from step + 1)."""
+    return {"kind": "plan", "step": step, "version": plan.version, "global_batch": plan.global_batch,
+            "local_batches": list(plan.local_batches), "accum_steps": list(plan.accum_steps),
+            "max_micro": list(plan.max_micro), "lr_scale": plan.lr_scale, "noise_scale": plan.noise_scale,
+            "predicted_step_s": plan.predicted_step_s, "predicted_goodput": plan.predicted_goodput,
+            "reason": plan.reason, "digest": plan.digest()}
+
+
+def micro_backward(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor],
+                   autocast: Callable[[], ContextManager[Any]], x: torch.Tensor, y: torch.Tensor, micro: list[int],
+                   measure_norm: bool) -> tuple[float, float]:
+    """Forward+backward of a rank's micro-batches of sizes `micro`, accumulated through local_backward (so the
+    communication hooks fire once, with the whole local mean gradient); the local mean loss and the squared
+    norm of the local gradient (-1 unless measure_norm)."""
+    losses: list[torch.Tensor] = []
+
+    def part(xs: torch.Tensor, ys: torch.Tensor, w: float) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with autocast():
+                loss = w * loss_fn(model(xs), ys)
+            losses.append(loss.detach())
+            return loss
+        return run
+    fns = [part(xs, ys, w) for xs, ys, w in zip(x.split(micro), y.split(micro), micro_weights(micro))]
+    sq = local_backward(model.parameters(), fns, measure_norm=measure_norm)
+    return float(sum(losses)), sq
+
+
+class Balancer:
+    def __init__(self, config: TrainConfig, rank: int, size: int):
+        self.config, self.rank, self.size = config, rank, size
+        self.mode = config.balance
+        factors = config.check_world(size)
+        self.slowdown = EmulatedSlowdown(factors[rank], config.emulate_per_sample_ms / 1e3 or None) \
+            if factors else None
+        # Reproducible scheduler inputs: the emulated compute instead of the clock (see --emulate-per-sample-ms).
+        self.emulated_inputs = bool(config.deterministic and self.slowdown and self.slowdown.fixed)
+        self.scheduler = self._new_scheduler() if self.mode != "off" else None
+        self.logged_version = -1  # last plan version written to metrics.jsonl
+        self._pending: Callable[[], list[list[float]]] | None = None
+        self._row: list[float] = []
+        self.prev_step_s = 0.0
+
+    def _new_scheduler(self) -> BatchScheduler:
+        c = self.config
+        goodput = self.mode == "goodput"
+        largest = c.bounds()[1] if goodput else c.batch_size  # any share may run as accumulated micro-batches
+        return BatchScheduler(self.size, c.batch_size, max_micro=c.max_micro or largest,
+                              max_accum=max(16, -(-largest // (c.max_micro or largest))), adaptive_batch=goodput,
+                              batch_bounds=c.bounds() if goodput else None, lr_rule=c.lr_rule)
+
+    # -- per step ---------------------------------------------------------------------------------------
+    @property
+    def plan(self) -> Plan | None:
+        return self.scheduler.plan if self.scheduler else None
+
+    def requested(self) -> list[int]:
+        """Per-rank sizes to ask the sampler for this step."""
+        plan = self.plan
+        return list(plan.local_batches) if plan else equal_split(self.config.batch_size, self.size)
+
+    def micro_batches(self, local: int) -> list[int]:
+        """This rank's micro-batch sizes for a local batch of `local` samples (accumulation when > 1)."""
+        plan = self.plan
+        return micro_split(local, plan.max_micro[self.rank]) if plan else ([local] if local else [])
+
+    @property
+    def lr_scale(self) -> float:
+        return self.plan.lr_scale if self.plan else 1.0
+
+    @property
+    def measure_norm(self) -> bool:
+        return self.mode == "goodput"
+
+    def before_compute(self, local: int) -> float:
+        return self.slowdown.before_compute(local) if self.slowdown else 0.0
+
+    def after_backward(self, local: int, compute_s: float, slept_s: float, local_sq_norm: float) -> None:
+        """Right after backward, before waiting for the gradients: submits the statistics row (it is
+        negotiated in the same engine cycle as the gradients)."""
+        if self.slowdown:
+            self.slowdown.after_compute(local, compute_s - slept_s)
+        if self.scheduler is None:
+            return
+        step_s = self.prev_step_s
+        if self.emulated_inputs:
+            compute_s = step_s = self.slowdown.emulated_compute(local)
+        self._pending = gather_stats_async(stats_row(local, compute_s, local_sq_norm, -1.0, step_s))
+
+    def after_synchronize(self, params: Iterable[torch.Tensor]) -> Plan | None:
+        """After the gradients are reduced (before clipping): feeds every rank's row to the scheduler; returns
+        the new plan when it changed."""
+        if self.scheduler is None or self._pending is None:
+            return None
+        rows, self._pending = self._pending(), None
+        if self.measure_norm:  # the reduced gradient is bit-identical on every rank, so is its norm
+            avg = float(sum(float((p.grad.double() ** 2).sum()) for p in params if p.grad is not None))
+            for row in rows:
+                row[3] = avg
+        before = self.scheduler.plan
+        plan = self.scheduler.observe(rows)
+        return plan if plan is not before else None
+
+    def end_step(self, step_s: float) -> None:
+        self.prev_step_s = step_s
+
+    def progress_fields(self) -> dict[str, str]:
+        """The progress bar's / lines' view of the plan in force: per-rank sizes, accumulation, global batch."""
+        plan = self.plan
+        if plan is None:
+            return {}
+        out = {"batch": "/".join(map(str, plan.local_batches))}
+        if max(plan.accum_steps) > 1:
+            out["accum"] = "/".join(map(str, plan.accum_steps))
+        if plan.global_batch != self.config.batch_size:
+            out["B"] = str(plan.global_batch)
+        return out
+
+    def unlogged(self) -> Plan | None:
+        """The current plan if metrics.jsonl does not have it yet."""
+        plan = self.plan
+        if plan is None or plan.version == self.logged_version:
+            return None
+        self.logged_version = plan.version
+        return plan
+
+    def check_agreement(self) -> None:
+        """Collective: every rank holds the same plan (the scheduler is deterministic given identical inputs;
+        a difference would mean diverged inputs, and the ranks would ask for inconsistent slices)."""
+        if self.scheduler is None:
+            return
+        digests = nrt.allgather_object(self.plan.digest(), name="train.plan.digest")
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"neptune_rt: rank {self.rank}: the batch-size plans differ across ranks "
+                               f"(digests by rank: {digests}); the scheduler's inputs diverged")
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.scheduler is None:
+            return None
+        return {"mode": self.mode, "world_size": self.size, "scheduler": self.scheduler.state_dict()}
+
+    def per_rank_state(self) -> dict[str, Any] | None:
+        return self.slowdown.state_dict() if self.slowdown else None
+
+    def load_state_dict(self, state: dict[str, Any] | None, per_rank: dict[str, Any] | None) -> None:
+        """Restores the scheduler (and this rank's slowdown measurement). A checkpoint of another world size,
+        mode or global batch restarts the scheduler from an equal split, with a warning on rank 0."""
+        if self.slowdown and per_rank:
+            self.slowdown.load_state_dict(per_rank)
+        if self.scheduler is None:
+            return
+        why = None
+        if state is None:
+            why = "the checkpoint has no scheduler state (it ran with --balance off)"
+        elif state["world_size"] != self.size:
+            why = f"the checkpoint's {state['world_size']} ranks differ from this run's {self.size}"
+        elif state["mode"] != self.mode:
+            why = f"the checkpoint ran --balance {state['mode']}"
+        else:
+            try:
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (ValueError, KeyError) as err:
+                why = str(err)
+        if why:
+            self.scheduler = self._new_scheduler()
+            if self.rank == 0:
+                warnings.warn(f"--balance {self.mode}: the batch-size scheduler restarts from an equal split: {why}")
+        else:
+            self.logged_version = self.scheduler.plan.version  # already in metrics.jsonl

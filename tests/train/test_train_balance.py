@@ -1,0 +1,127 @@
+"""`neptune-rt train --balance` under real mpirun on digits: with an emulated slow rank the scheduler ends with
+per-rank sizes favouring the fast ranks while the model trains as with the equal split (same global-batch
+gradient); the bar / lines, metrics.jsonl's plan records, the report and status show the plan; kill-and-resume
+restores the scheduler (same plans, bitwise parameters in deterministic mode), a world-size change restarts it
+with a warning; a misspelt mode or a bad slowdown list fails clearly on every rank."""
+import shutil
+
+import pytest
+import torch
+
+from _cli import final_params, metrics, neptune, ok
+from conftest import DENSE_ARGS
+
+# conftest's dense run (3 ranks, equal split of 64) with rank 2 four times slower; the compute is emulated at
+# 0.5 ms per sample (sleep), so the balance shows through the load of a shared 2-core machine. --max-micro 16
+# makes the fast ranks' shares accumulate.
+BALANCED = ["--balance", "hetero", "--max-micro", "16", "--emulate-slowdown", "1,1,4", "--emulate-per-sample-ms",
+            "0.5", "--progress", "lines"]
+
+
+@pytest.fixture(scope="module")
+def equal_run(dense_run):
+    return dense_run
+
+
+@pytest.fixture(scope="module")
+def balanced_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("balance") / "hetero"
+    result = ok(neptune(3, "train", *DENSE_ARGS, *BALANCED, "--run-dir", run, timeout=300))
+    (run / "stderr.txt").write_text(result.stderr)
+    return run
+
+
+def _plans(run):
+    return [r for r in metrics(run) if r["kind"] == "plan"]
+
+
+def test_hetero_favours_the_fast_ranks_and_learns_like_the_equal_split(equal_run, balanced_run):
+    plans = _plans(balanced_run)
+    assert plans[0]["local_batches"] == [22, 21, 21] and plans[0]["step"] == 0  # the initial equal split
+    final = plans[-1]["local_batches"]
+    # Water-filling on 0.5 / 0.5 / 2 ms per sample gives [28.4, 28.4, 7.1]; timing noise leaves some slack.
+    assert sum(final) == 64 and final[2] <= 11 and min(final[:2]) >= 25, final
+    accum = [-(-b // 16) for b in final]  # shares above --max-micro 16 run as accumulated micro-batches
+    assert plans[-1]["accum_steps"] == accum and min(accum[:2]) >= 2
+    train = [r for r in metrics(balanced_run) if r["kind"] == "train"]
+    assert train[-1]["batch_sizes"] == final and train[-1]["plan_digest"] == plans[-1]["digest"]
+    assert all(r["batch_sizes"] == [22, 21, 21] or sum(r["batch_sizes"]) < 64
+               for r in metrics(equal_run) if r["kind"] == "train")
+    # Weights b_i / B keep the reduced gradient the global-batch mean: the parameters follow the equal split's
+    # up to summation order (measured 6e-8 to 1.4e-7 relative), and so does the test accuracy (1 point = 3.6
+    # samples).
+    want, got = final_params(equal_run), final_params(balanced_run)
+    for name in want:
+        rel = ((want[name] - got[name]).norm() / want[name].norm()).item()
+        assert rel < 1e-5, f"{name}: relative difference {rel:.3g} from the equal split"
+    acc = [[r["test_accuracy"] for r in metrics(run) if r["kind"] == "eval"][-1] for run in (equal_run, balanced_run)]
+    assert abs(acc[0] - acc[1]) <= 0.01 and acc[1] > 0.7, acc
+    lines = [line for line in (balanced_run / "stderr.txt").read_text().splitlines() if line.startswith("step ")]
+    assert lines[-1].endswith(f"batch={'/'.join(map(str, final))} accum={'/'.join(map(str, accum))}"), lines[-1]
+
+
+def test_report_and_status_show_the_plan(balanced_run):
+    ok(neptune(0, "report", balanced_run))
+    md = (balanced_run / "report" / "report.md").read_text()
+    final = _plans(balanced_run)[-1]
+    assert f"per rank {final['local_batches']}" in md and "re-plans" in md
+    status = ok(neptune(0, "status", balanced_run)).stdout
+    assert f"B=64, per rank {final['local_batches']}" in status
+
+
+# Deterministic: the scheduler sees the emulated compute (not the clock), so plans are reproducible. Checkpoint
+# at step 4 and kill at 7: the resume lands while the split is still converging (plans change at steps 3-7).
+RESUME = ["train", "--data", "digits", "--model", "dropout-mlp", "--dropout", "0.3", "--batch-size", "64",
+          "--steps", "20", "--checkpoint-every", "4", "--deterministic", "--log-every", "1", "--eval-every", "10",
+          "--lr", "0.1", "--seed", "1", "--balance", "hetero", "--max-micro", "20", "--emulate-slowdown", "1,3",
+          "--emulate-per-sample-ms", "0.2"]
+
+
+def _plan_trace(run):
+    return [(r["step"], r["batch_sizes"], r["plan_digest"]) for r in metrics(run) if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    run = tmp_path_factory.mktemp("balance") / "killed"
+    result = neptune(2, *RESUME, "--run-dir", run, env={"NEPTUNE_RT_TRAIN_FAULT": "kill-at-step:7"}, timeout=300)
+    assert result.returncode != 0, "the injected kill did not happen"
+    return run
+
+
+def test_kill_and_resume_restores_the_scheduler(killed, tmp_path):
+    full = tmp_path / "full"
+    ok(neptune(2, *RESUME, "--run-dir", full, timeout=300))
+    run = shutil.copytree(killed, tmp_path / "run")
+    assert torch.load(run / "checkpoints" / "step-00000004.pt", weights_only=False)["scheduler"]["mode"] == "hetero"
+    ok(neptune(2, "train", "--resume", run, timeout=300))
+    trace, want = _plan_trace(run), _plan_trace(full)
+    assert [s for s, *_ in trace] == list(range(1, 21))
+    assert len({d for *_, d in want[3:8]}) > 1, "the plans should still change after the checkpoint"
+    assert trace == want  # the same split and plan digest at every step
+    strip = lambda ps: [{k: v for k, v in p.items() if k not in ("wall", "time")} for p in ps]  # noqa: E731
+    assert strip(_plans(run)) == strip(_plans(full))
+    for name, value in final_params(full).items():
+        assert torch.equal(value, final_params(run)[name]), f"{name} differs after kill-and-resume"
+
+
+def test_resume_on_another_world_size_restarts_the_scheduler(killed, tmp_path):
+    run = shutil.copytree(killed, tmp_path / "run")
+    result = ok(neptune(3, "train", "--resume", run, "--emulate-slowdown", "1,1,3", timeout=300))
+    assert "scheduler restarts from an equal split: the checkpoint's 2 ranks differ from this run's 3" in result.stderr
+    plans = _plans(run)
+    old, new = [p for p in plans if len(p["local_batches"]) == 2], [p for p in plans if len(p["local_batches"]) == 3]
+    assert plans == old + new and all(p["step"] <= 4 for p in old)  # the 2-rank plans up to the checkpoint
+    assert new[0]["step"] == 4 and new[0]["version"] == 0 and new[0]["local_batches"] == [22, 21, 21]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--balance", "hetro"], "unknown balance 'hetro' (choose one of: off, hetero, goodput); did you mean 'hetero'?"),
+    (["--emulate-slowdown", "1,2,4"], "--emulate-slowdown '1,2,4' names 3 ranks but the job has 2"),
+])
+def test_bad_balance_settings_fail_on_every_rank(tmp_path, args, message):
+    result = neptune(2, "train", "--data", "digits", "--steps", "2", "--run-dir", tmp_path / "run", *args,
+                     timeout=120)
+    assert result.returncode == 2, result.output[-3000:]
+    assert result.stderr.count(message) == 1, result.output[-3000:]
+    assert not (tmp_path / "run" / "run.json").exists()
