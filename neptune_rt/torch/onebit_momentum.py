@@ -4,7 +4,7 @@ momentum update (what SGD would apply) is what travels, compressed with the engi
 wrapped SGD then applies the averaged update with its momentum, dampening and weight decay switched off for
 that step, so no second momentum amplifies the compression error by 1/(1 - momentum). Without Nesterov, each
 rank's momentum then restarts from the averaged update it just applied (`sync`, as 1-bit Adam does with its
-momentum): on the race workload that took onebit from ~260 steps to 85% to dense's ~160
+momentum): in the simulated race workload that took onebit from 230 steps to 85% to 150, dense's 160
 (benchmarks/onebit_convergence.py, docs/torch.md "Training at 1 bit").
 Exercised by tests/torch/test_compression.py (load_digits on 4 ranks) and tests/torch/test_optimizer.py.
 """
@@ -22,7 +22,8 @@ __all__ = ["LOCAL_MOMENTUM_CODECS", "SYNC_MOMENTUM", "LocalMomentum", "local_mom
 LOCAL_MOMENTUM_CODECS = ("onebit", "int4")
 # After the all-reduce, each rank's momentum buffer becomes the averaged update it applies (without Nesterov,
 # where the update is the buffer itself). Measured on the race workload (Fashion-MNIST MLP, 4 ranks, onebit ring,
-# block 256): steps to 85% fell from ~260 (each rank keeping its own buffer) to dense's ~150-160.
+# block 256, simulated): steps to 85% fell from 230 (each rank keeping its own buffer) to 150 (dense: 160), and
+# on a second seed matched dense (220 and 220).
 SYNC_MOMENTUM = True
 _SWITCHED_OFF = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False, "maximize": False}
 
