@@ -60,9 +60,9 @@ class LocalMomentum:
     Groups without momentum are left to the wrapped optimizer unchanged.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, sync: bool = SYNC_MOMENTUM):
+    def __init__(self, optimizer: torch.optim.Optimizer, sync: bool | None = None):
         self._opt = optimizer
-        self._sync = sync
+        self._sync = SYNC_MOMENTUM if sync is None else sync  # read now: a change of the module default counts
         self._groups: dict[torch.Tensor, dict[str, Any]] = {}
 
     def _group_of(self, p: torch.Tensor) -> dict[str, Any] | None:
