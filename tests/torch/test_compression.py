@@ -131,3 +131,13 @@ def test_local_momentum_step_equals_torch_sgd_on_one_rank(kw: dict) -> None:
         ref_opt.step()
         assert opt.param_groups[0]["momentum"] == kw["momentum"]
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["sync", "nosync"])
+def test_local_momentum_buffers_become_the_applied_update(variant: str) -> None:
+    """Forced onebit, 4 ranks: with sync (the default) every rank's momentum buffer is the averaged update it
+    applied, bit for bit and the same on every rank; with sync=False (and with Nesterov) each rank keeps its own."""
+    pytest.importorskip("sklearn")
+    if "onebit" not in engine.CODECS:
+        pytest.skip("onebit is not in this engine build")
+    assert_ok(run_workers("onebit_momentum_worker.py", 4, variant, timeout=120), 4)
