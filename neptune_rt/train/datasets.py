@@ -10,12 +10,13 @@ import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from neptune_rt import _env
 
-__all__ = ["Dataset", "DataError", "load", "FASHION_MNIST_DIR", "BUILTIN"]
+__all__ = ["Dataset", "DataError", "load", "training_pair", "FASHION_MNIST_DIR", "BUILTIN"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 BUILTIN = ("digits", "fashion-mnist", "mnist")
@@ -139,3 +140,16 @@ def _mnist(data_dir: str) -> Dataset:
         x_train, x_test = x_train / 255.0, x_test / 255.0
     return Dataset("mnist", x_train, y_train, x_test, np.asarray(test[1], dtype=np.int64),
                    [str(c) for c in range(10)])
+
+
+def training_pair(data: Any, what: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(features, labels) as torch tensors of equal, non-zero length; `what` names the argument in errors."""
+    import torch
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a pair (features, labels)") from None
+    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{what}: {len(x)} feature rows but {len(y)} labels")
+    return x, y

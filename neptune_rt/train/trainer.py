@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,33 +24,14 @@ from neptune_rt.schedule import PlanSampler
 from neptune_rt.train import checkpoint as ckpt
 from neptune_rt.train.balance import Balancer, micro_backward, plan_record
 from neptune_rt.train.config import ConfigError, TrainConfig
+from neptune_rt.train.datasets import training_pair
 from neptune_rt.train.evaluate import score_test_set
+from neptune_rt.train.lr_schedule import lr_factor
 from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, write_atomic
 from neptune_rt.train.run_files import RunFiles, restore, snapshot
 from neptune_rt.train.telemetry import NOTE, EngineTelemetry
 
 __all__ = ["Trainer", "lr_factor"]
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at `step` (0-based): linear warm-up, then cosine/linear/constant."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-
-
-def _as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        x, y = data
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a pair (features, labels)") from None
-    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"{what}: {len(x)} feature rows but {len(y)} labels")
-    return x, y
 
 
 class Trainer:
@@ -60,8 +40,8 @@ class Trainer:
                  config: TrainConfig | None = None, **overrides: Any):
         self.config = TrainConfig(**{**(config.to_dict() if config else {}), **overrides}).validate()
         self.model, self.loss_fn = model, loss_fn
-        self.x_train, self.y_train = _as_tensors(train_data, "train_data")
-        self.test = _as_tensors(test_data, "test_data") if test_data is not None else None
+        self.x_train, self.y_train = training_pair(train_data, "train_data")
+        self.test = training_pair(test_data, "test_data") if test_data is not None else None
         self.user_optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
 
