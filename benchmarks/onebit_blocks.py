@@ -9,8 +9,9 @@ Scale rules: `mean` = mean |x| per block (the codec's scale until this study; fo
 least-squares scale, argmin_s |x - s sign(x)|^2); `l2` = |x|_2 / sqrt(block), the block RMS (DeepSpeed's
 1-bit Adam; keeps the norm; the engine's codec since this study); `stoch` = stochastic sign, +max|x| with
 probability (1 + x / max|x|) / 2 (unbiased, higher variance). The `l2` rule is checked against the engine's
-own C++ codec before the study runs. The `adam` rows follow OneBitAdam: local momentum, u = m/(sqrt(v)+eps)
-compressed (results/onebit_blocks.json's adam rows predate that: DeepSpeed's scheme, all NaN).
+own C++ codec before the study runs; codec blocks start at each chunk, as in the engine (benchmarks/onebit_sim.py).
+The `adam` rows follow OneBitAdam: local momentum, u = m/(sqrt(v)+eps) compressed; with the default 30-step
+warm-up every 1-bit adam row diverges (results/onebit_blocks.json; docs/torch.md, "Known fragility").
 
     python benchmarks/onebit_blocks.py --json benchmarks/results/onebit_blocks.json
 """
@@ -25,72 +26,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-
-def scaled_sign(x: torch.Tensor, block: int, rule: str, gen: torch.Generator | None) -> torch.Tensor:
-    """Decoded value of one onebit encode of x (fp32, any length; a partial last block keeps its own scale)."""
-    n = x.numel()
-    pad = (-n) % block
-    xb = torch.cat([x, x.new_zeros(pad)]).view(-1, block)
-    lengths = torch.full((xb.shape[0],), float(block))
-    if pad:
-        lengths[-1] = block - pad
-    if rule == "mean":
-        scale = xb.abs().sum(1) / lengths
-        q = torch.where(xb < 0, -1.0, 1.0) * scale[:, None]
-    elif rule == "l2":
-        scale = xb.norm(dim=1) / lengths.sqrt()
-        q = torch.where(xb < 0, -1.0, 1.0) * scale[:, None]
-    elif rule == "stoch":
-        scale = xb.abs().amax(1).clamp_min(1e-30)
-        p_plus = (1 + xb / scale[:, None]) / 2
-        u = torch.rand(xb.shape, generator=gen)
-        q = torch.where(u < p_plus, 1.0, -1.0) * scale[:, None]
-    else:
-        raise ValueError(f"unknown scale rule {rule!r}")
-    return q.reshape(-1)[:n]
-
-
-class TwoPhase:
-    """n ranks' onebit two-phase all-reduce (mean) with worker and server error feedback."""
-
-    def __init__(self, count: int, n: int, block: int, rule: str, seed: int):
-        self.n, self.block, self.rule = n, block, rule
-        self.worker = [torch.zeros(count) for _ in range(n)]
-        base, extra = divmod(count, n)
-        self.chunks = [(r * base + min(r, extra), base + (r < extra)) for r in range(n)]
-        self.server = [torch.zeros(c) for _, c in self.chunks]
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, xs: list[torch.Tensor]) -> torch.Tensor:
-        sent = []
-        for r, x in enumerate(xs):
-            self.worker[r] += x
-            q = scaled_sign(self.worker[r], self.block, self.rule, self.gen)
-            self.worker[r] -= q
-            sent.append(q)
-        out = torch.empty_like(xs[0])
-        for r, (off, c) in enumerate(self.chunks):
-            part = sum(s[off:off + c] for s in sent) / self.n
-            self.server[r] += part
-            q = scaled_sign(self.server[r], self.block, self.rule, self.gen)
-            self.server[r] -= q
-            out[off:off + c] = q
-        return out
+from onebit_sim import OnebitAllreduce, check_against_codec, rank_gradients
 
 
 def bits_per_value(block: int) -> float:
     return 1 + 32 / block
-
-
-def check_against_engine() -> None:
-    """The `l2` rule is the engine's codec: decode(encode(x)) must agree with it."""
-    from neptune_rt import _C
-    x = torch.randn(1000)
-    for block in (32, 64, 128, 256):
-        engine = np.empty(1000, np.float32)
-        _C.decode(_C.encode("onebit", x.numpy(), block=block), engine)
-        ours = scaled_sign(x, block, "l2", None).numpy()
-        assert np.allclose(engine, ours, rtol=1e-6, atol=0), f"block {block}: {np.abs(engine - ours).max()}"
 
 
 def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, optimizer: str) -> dict:
@@ -105,7 +45,7 @@ def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, opt
     params = list(model.parameters())
     count = sum(p.numel() for p in params)
     n, local = args.ranks, args.batch // args.ranks
-    reduce = TwoPhase(count, n, block, rule, seed) if block else None
+    reduce = OnebitAllreduce(count, n, block, "two_phase", rule, seed) if block else None
     moms = [torch.zeros(count) for _ in range(n)]  # each rank's local momentum (SGD) / Adam's m (shared)
     shared_m, v = torch.zeros(count), torch.zeros(count)
     step = 0
@@ -113,17 +53,12 @@ def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, opt
         perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(100 * seed + epoch))]
         for start in range(0, len(perm) - args.batch + 1, args.batch):
             step += 1
-            grads = []
-            for r in range(n):
-                idx = perm[start + r * local: start + (r + 1) * local]
-                model.zero_grad()
-                nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
-                grads.append(torch.cat([p.grad.reshape(-1) for p in params]))
+            grads = rank_gradients(model, params, x_all, y_all, perm[start:start + n * local], n)
             with torch.no_grad():
                 if optimizer == "sgd":
                     for r in range(n):
                         moms[r] = grads[r].clone() if step == 1 else moms[r].mul_(args.momentum).add_(grads[r])
-                    update = reduce(moms) if reduce else sum(moms) / n
+                    update = (reduce(moms) if reduce else sum(moms)) / n
                     direction = args.lr * update
                 else:  # OneBitAdam: dense warm-up, then frozen v, local m_i, u_i = m_i / denom compressed
                     b1, b2 = 0.9, 0.999
@@ -138,7 +73,7 @@ def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, opt
                     else:
                         for r in range(n):
                             moms[r].lerp_(grads[r], 1 - b1)
-                        u = reduce([m / denom for m in moms])
+                        u = reduce([m / denom for m in moms]) / n
                     direction = args.adam_lr / (1 - b1 ** step) * u
                 offset = 0
                 for p in params:
@@ -151,8 +86,8 @@ def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, opt
            "scale": rule if block else "dense", "seed": seed, "steps": step, "test_acc": round(acc, 2),
            "train_loss": round(loss, 5), "bits_per_value": bits_per_value(block) if block else 32.0}
     if reduce:
-        row["worker_error_norm"] = round(float(sum(w.norm() for w in reduce.worker) / n), 5)
-        row["server_error_norm"] = round(float(sum(s.norm() for s in reduce.server) / n), 5)
+        row["worker_error_norm"] = round(float(sum(w.norm() for w in reduce.residual) / n), 5)
+        row["server_error_norm"] = round(float(sum(s.norm() for s in reduce.server) / n / n), 5)  # of the mean, not the sum
     return row
 
 
@@ -172,7 +107,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    check_against_engine()
+    check_against_codec()
     rows = []
     blocks = [int(b) for b in args.blocks.split(",")]
     cases = [(None, "dense")] + list(itertools.product(blocks, args.rules.split(",")))

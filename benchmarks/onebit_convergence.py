@@ -30,73 +30,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from onebit_sim import OnebitAllreduce, rank_gradients  # noqa: E402
 from race import load_data, make_model  # noqa: E402  (the race's data and initial weights, unchanged)
-
-
-def scaled_sign(x: torch.Tensor, block: int, stochastic: bool = False, gen: torch.Generator | None = None
-                ) -> torch.Tensor:
-    """decode(encode(x)) of the onebit codec: per block of `block` values (the last one partial, with its own
-    length), sign(x) (sign(0) = +1) times the block RMS; `stochastic`: +-max|x| with P(+) = (1 + x/max|x|)/2."""
-    n = x.numel()
-    pad = (-n) % block
-    xb = torch.cat([x, x.new_zeros(pad)]).view(-1, block) if pad else x.view(-1, block)
-    if stochastic:
-        scale = xb.abs().amax(1).clamp_min(1e-30)
-        u = torch.rand(xb.shape, generator=gen)
-        q = torch.where(u < (1 + xb / scale[:, None]) / 2, 1.0, -1.0) * scale[:, None]
-    else:
-        sq = xb.square().sum(1)
-        lengths = torch.full_like(sq, float(block))
-        if pad:
-            lengths[-1] = block - pad
-        q = torch.where(xb < 0, -1.0, 1.0) * (sq / lengths).sqrt()[:, None]
-    return q.reshape(-1)[:n]
-
-
-def split_evenly(count: int, n: int) -> list[tuple[int, int]]:
-    base, extra = divmod(count, n)
-    out, pos = [], 0
-    for i in range(n):
-        length = base + (i < extra)
-        out.append((pos, length))
-        pos += length
-    return out
-
-
-class OnebitAllreduce:
-    """The engine's compressed sum all-reduce of n ranks' fp32 vectors (csrc/collectives/compressed_allreduce.cc):
-    codec blocks start at each chunk's offset (one segment per chunk at this size), residuals are per rank."""
-
-    def __init__(self, count: int, n: int, block: int, algo: str, stochastic: bool, seed: int):
-        self.n, self.block, self.algo, self.stochastic = n, block, algo, stochastic
-        self.chunks = split_evenly(count, n)
-        self.residual = [torch.zeros(count) for _ in range(n)]
-        self.server = [torch.zeros(c) for _, c in self.chunks]  # two-phase's second error feedback
-        self.gen = torch.Generator().manual_seed(1000 + seed)
-
-    def _q(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        residual += x
-        q = scaled_sign(residual, self.block, self.stochastic, self.gen)
-        residual -= q
-        return q
-
-    def __call__(self, xs: list[torch.Tensor]) -> torch.Tensor:
-        n, out = self.n, torch.empty_like(xs[0])
-        for c, (off, length) in enumerate(self.chunks):
-            sl = slice(off, off + length)
-            if self.algo == "ring":  # chunk c starts at rank c; each next rank adds its own and requantizes
-                acc = self._q(self.residual[c][sl], xs[c][sl])
-                for k in range(1, n):
-                    r = (c + k) % n
-                    acc = self._q(self.residual[r][sl], xs[r][sl] + acc)
-            else:  # two-phase: every rank encodes chunk c once, rank c sums (own, c-1, c-2, ...) and re-encodes
-                parts = [self._q(self.residual[r][sl], xs[r][sl]) for r in range(n)]
-                total = parts[c].clone()
-                for d in range(1, n):
-                    total += parts[(c - d) % n]
-                acc = self._q(self.server[c], total)
-            out[sl] = acc
-        return out
 
 
 def parse_variant(name: str) -> dict:
@@ -130,7 +65,7 @@ def run(v: dict, seed: int, data, args: argparse.Namespace) -> dict:
     params = list(reversed(list(model.parameters())))  # a DistributedOptimizer bucket holds them last first
     count = sum(p.numel() for p in params)
     n, local = args.ranks, args.batch // args.ranks
-    reduce = (OnebitAllreduce(count, n, v["block"], v["algo"], v["stochastic"], seed)
+    reduce = (OnebitAllreduce(count, n, v["block"], v["algo"], "stoch" if v["stochastic"] else "l2", seed)
               if v["codec"] == "onebit" else None)
     bits = 1 + 32 / v["block"] if v["stochastic"] is False else 1 + 32 / v["block"]
     wire_per_value = 2 * (n - 1) / n / 8  # bytes per value per bit per rank
@@ -144,12 +79,7 @@ def run(v: dict, seed: int, data, args: argparse.Namespace) -> dict:
         perm = torch.randperm(len(x_train), generator=g)
         for start in range(0, len(perm) - args.batch + 1, args.batch):
             step += 1
-            grads = []
-            for r in range(n):
-                idx = perm[start + r * local: start + (r + 1) * local]
-                model.zero_grad()
-                nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
-                grads.append(torch.cat([p.grad.reshape(-1) for p in params]))
+            grads = rank_gradients(model, params, x_train, y_train, perm[start:start + n * local], n)
             with torch.no_grad():
                 exact = reduce is None or step <= v["warmup"]
                 wire += count * wire_per_value * (32 if exact else bits)
@@ -206,7 +136,7 @@ def check_engine(count: int, steps: int = 3) -> None:
     comm, rank, n = _C.Communicator(world), world.Get_rank(), world.Get_size()
     worst = 0.0
     for algo, block in (("ring", 256), ("two_phase", 256), ("ring", 64)):
-        sim = OnebitAllreduce(count, n, block, algo, False, 0)
+        sim = OnebitAllreduce(count, n, block, algo, "l2", 0)
         residual = np.zeros(count, np.float32)
         off, length = _C.owned_chunk(count, n, rank)
         chunk_residual = np.zeros(length, np.float32) if algo == "two_phase" else None
