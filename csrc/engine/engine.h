@@ -72,6 +72,13 @@ struct Entry {
   bool errorFeedback = true;
 };
 
+// Dense buckets from above our recursive-doubling range up to this size go to the transport's own all-reduce
+// (MPI_Iallreduce) where it has one for the dtype: on shared memory, 4 ranks, Open MPI's beat our ring there
+// (measured: docs/design.md, "Where a cycle's time goes"); larger buckets keep our pipelined ring.
+constexpr size_t kNativeAllreduceMaxBytes = 16 << 20;
+// The explicit decision function of executeBucket (engine_execute.cc).
+bool useNativeAllreduce(const Communicator& comm, size_t bytes, DataType dtype, ReduceOp op);
+
 // Throws std::invalid_argument, naming the rank and the tensor, for what no rank could ever run: negative
 // dimensions or a byte size that overflows, a prescale/postscale other than 1 on an integer tensor (or one
 // that is not finite), a codec on an integer tensor or an unknown codec id, a broadcast root outside the job.
