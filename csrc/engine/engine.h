@@ -75,7 +75,7 @@ struct Entry {
 // Dense buckets from above our recursive-doubling range up to this size go to the transport's own all-reduce
 // (MPI_Iallreduce) where it has one for the dtype: on shared memory, 4 ranks, Open MPI's beat our ring there
 // (measured: docs/design.md, "Where a cycle's time goes"); larger buckets keep our pipelined ring.
-constexpr size_t kNativeAllreduceMaxBytes = 16 << 20;
+constexpr size_t kNativeAllreduceMaxBytes = 4 << 20;
 // The explicit decision function of executeBucket (engine_execute.cc).
 bool useNativeAllreduce(const Communicator& comm, size_t bytes, DataType dtype, ReduceOp op);
 
