@@ -72,7 +72,12 @@ def grouped_step(tensors: list[np.ndarray]):
     names = [f"group.{i}" for i in range(len(tensors))]
 
     def run() -> None:
-        nrt.grouped_allreduce_async_(tensors, names).wait()
+        group = nrt.grouped_allreduce_async_(tensors, names)
+        if isinstance(group, list):  # builds before GroupHandle returned one handle per tensor
+            for h in group:
+                h.wait()
+        else:
+            group.wait()
     return run
 
 

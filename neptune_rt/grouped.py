@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from neptune_rt import engine as _eng
-from neptune_rt.buffers import empty_like, host_view, plain_array
+import numpy as np
+
+from neptune_rt.buffers import _DTYPE_NAMES, empty_like, host_view, plain_array
 from neptune_rt.engine import Handle, _auto_name, _check_op, _require, _track, codec_id
 
 __all__ = ["GroupHandle", "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async",
@@ -119,8 +121,10 @@ def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: s
         raise ValueError("grouped all-reduce of no tensors")
     if names is None:
         names = [_auto_name("allreduce", None) for _ in tensors]
+    elif not all(type(n) is str and n for n in names):
+        names = [_auto_name("allreduce", n) for n in names]  # raises, naming the bad one
     else:
-        names = [_auto_name("allreduce", n) for n in names]
+        names = list(names)
     if len(names) != len(tensors):
         raise ValueError(f"grouped all-reduce: {len(tensors)} tensors but {len(names)} names")
     _check_op(op, names[0])
@@ -128,12 +132,16 @@ def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: s
     out_arrays: list | None = None if in_place else []
     results = tensors if in_place else []
     write_backs: list | None = None
+    ndarray, known = np.ndarray, _DTYPE_NAMES
     for i, tensor in enumerate(tensors):
-        dtype = plain_array(tensor, in_place) if in_place else None
-        if dtype is not None:  # a plain numpy array, reduced where it lies
-            arrays.append(tensor)
-            dtypes.add(dtype)
-            continue
+        if in_place and type(tensor) is ndarray:
+            dtype = known.get(tensor.dtype) or plain_array(tensor, True)
+            if dtype is not None:
+                # A numpy array of a known dtype, reduced where it lies. The extension checks that it is
+                # contiguous and writable, naming the tensor (a per-tensor flags check here costs more).
+                arrays.append(tensor)
+                dtypes.add(dtype)
+                continue
         view = host_view(tensor, names[i], writable=in_place)
         arrays.append(view.array)
         dtypes.add(view.dtype)

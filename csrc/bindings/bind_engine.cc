@@ -206,7 +206,17 @@ class GroupTemplate {
     e.prescale = prescale_;
     e.postscale = postscale_;
     std::vector<int64_t> bufferShape;
-    BufferView in = viewBuffer(input, dtypeName_, output == nullptr, name, &bufferShape);
+    BufferView in;
+    try {
+      in = viewBuffer(input, dtypeName_, output == nullptr, name, &bufferShape);
+    } catch (py::error_already_set& err) {
+      // The buffer protocol's own refusal (a read-only array asked for writing) does not say which tensor.
+      if (!err.matches(PyExc_BufferError) && !err.matches(PyExc_ValueError)) throw;
+      throw std::invalid_argument(concat("neptune_rt: rank ", engine_.rank(), ": tensor '", name, "' cannot be used",
+                                         output ? "" : " in place",
+                                         " (", err.what(), "); pass a ", output ? "" : "writable, ",
+                                         "contiguous array"));
+    }
     e.meta.shape = shape.is_none() ? std::move(bufferShape) : shape.cast<std::vector<int64_t>>();
     checkEntry(e, engine_.rank(), engine_.size());
     checkSize(e.meta, in);
