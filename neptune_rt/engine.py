@@ -116,6 +116,7 @@ def init(comm: Any = None) -> None:
                 cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
                 deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
                 cache_capacity=_env.get("NEPTUNE_RT_CACHE_CAPACITY"),
+                native_allreduce_bytes=_env.get("NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES"),
             )
         except TimeoutError as err:
             _record_failure(str(err))

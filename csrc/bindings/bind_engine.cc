@@ -309,7 +309,7 @@ void registerEngine(py::module_& m) {
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
                        uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic,
-                       size_t cacheCapacity) {
+                       size_t cacheCapacity, size_t nativeAllreduceBytes) {
              EngineConfig c;
              c.fusionBytes = fusionBytes;
              c.eagerBytes = eagerBytes;
@@ -330,6 +330,7 @@ void registerEngine(py::module_& m) {
              NRT_CHECK_ARG(cacheCapacity <= (1u << 20), "neptune_rt: cache_capacity ", cacheCapacity,
                            " is too large (at most 1048576 slots; 0 disables the response cache)");
              c.cacheCapacity = cacheCapacity;
+             c.nativeAllreduceBytes = nativeAllreduceBytes;
              NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
                            " must stay below ", c.negotiationBytes - 4096);
              EnginePtr engine(new Engine(communicatorFromMpi4py(comm, timeout, "init()"), c));
@@ -341,7 +342,7 @@ void registerEngine(py::module_& m) {
            py::arg("codec_block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest",
            py::arg("seed") = 0, py::arg("compressed_algorithm") = "auto", py::arg("cost_model") = true,
            py::arg("deterministic") = false,
-           py::arg("cache_capacity") = 1024)
+           py::arg("cache_capacity") = 1024, py::arg("native_allreduce_bytes") = kNativeAllreduceMaxBytes)
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)

@@ -49,6 +49,7 @@ struct EngineConfig {
   bool useCostModel = true;  // false: always use the requested codec ("auto" then means int8)
   bool deterministic = false;  // NEPTUNE_RT_DETERMINISTIC: no timing-based decisions (cost_model.h)
   size_t cacheCapacity = 1024;  // NEPTUNE_RT_CACHE_CAPACITY: response-cache slots (response_cache.h); 0: none
+  size_t nativeAllreduceBytes = 1 << 20;  // NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES (useNativeAllreduce); 0: never
 };
 
 // Log levels of Engine::setLogSink (Python's logging levels).
@@ -72,12 +73,13 @@ struct Entry {
   bool errorFeedback = true;
 };
 
-// Dense buckets from above our recursive-doubling range up to this size go to the transport's own all-reduce
-// (MPI_Iallreduce) where it has one for the dtype: on shared memory, 4 ranks, Open MPI's beat our ring there
-// (measured: docs/design.md, "Where a cycle's time goes"); larger buckets keep our pipelined ring.
-constexpr size_t kNativeAllreduceMaxBytes = 4 << 20;
+// Dense buckets above our recursive-doubling range and up to EngineConfig::nativeAllreduceBytes (default below)
+// go to the transport's own all-reduce (MPI_Iallreduce) where it has one for the dtype: on shared memory, 4 ranks,
+// Open MPI's beat our ring at 256 KB, and the two were within noise from 1 to 4 MB on the loaded 2-core machine
+// (benchmarks/dense_native.py; docs/design.md, "Dense buckets"). Larger buckets keep our pipelined ring.
+constexpr size_t kNativeAllreduceMaxBytes = 1 << 20;
 // The explicit decision function of executeBucket (engine_execute.cc).
-bool useNativeAllreduce(const Communicator& comm, size_t bytes, DataType dtype, ReduceOp op);
+bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op);
 
 // Throws std::invalid_argument, naming the rank and the tensor, for what no rank could ever run: negative
 // dimensions or a byte size that overflows, a prescale/postscale other than 1 on an integer tensor (or one

@@ -11,9 +11,8 @@
 
 namespace nrt {
 
-bool useNativeAllreduce(const Communicator& comm, size_t bytes, DataType dtype, ReduceOp op) {
-  return comm.size() > 1 && bytes > kRecursiveDoublingMaxBytes && bytes <= kNativeAllreduceMaxBytes &&
-         comm.nativeAllreduce(dtype, op);
+bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op) {
+  return comm.size() > 1 && bytes > kRecursiveDoublingMaxBytes && bytes <= maxBytes && comm.nativeAllreduce(dtype, op);
 }
 
 void Engine::executeEager(const ReadyTensor& t, Entry* local) {
@@ -111,7 +110,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.dtype = head.dtype;
   o.op = head.op;
   o.averageDivisor = participants_;
-  if (useNativeAllreduce(*comm_, count * esize, head.dtype, head.op)) {
+  if (useNativeAllreduce(*comm_, count * esize, config_.nativeAllreduceBytes, head.dtype, head.op)) {
     // The transport's own all-reduce, polled against the same deadline as our collectives (a timeout poisons the
     // communicator; the buffer, fusion_ or the caller's output, is then never freed).
     Request rq = comm_->iallreduce(buffer, count, head.dtype, head.op);

@@ -137,9 +137,9 @@ def scenario_silent_rank(variant: str) -> None:
             threading.Timer(0.5, stop_self).start()
         last_ok = time.monotonic()
         first = None
-        # 16 MB: most of the time goes to the ring, not the negotiation; 2 MB ('busy_native'): to MPI_Iallreduce
+        # 16 MB: most of the time goes to the ring, not the negotiation; 1 MB ('busy_native'): to MPI_Iallreduce
         # (engine.h, kNativeAllreduceMaxBytes), whose wait has the same deadline.
-        x = np.empty(4_000_000 if variant == "busy" else 500_000, np.float32)
+        x = np.empty(4_000_000 if variant == "busy" else 250_000, np.float32)
         for i in range(100_000):
             x.fill(RANK + 1)
             try:
