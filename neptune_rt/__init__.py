@@ -8,6 +8,7 @@ from neptune_rt.engine import (  # noqa: F401
     barrier, broadcast, cost_model, broadcast_, broadcast_async, broadcast_async_, codec_id, comm, init, is_initialized,
     join, local_rank, local_size, poll, rank, shutdown, size, synchronize,
     grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_, stats, bucket_records,
+    GroupHandle,
 )
 from neptune_rt.engine import export_residuals, import_residuals, release  # noqa: F401
 from neptune_rt.engine import __all__ as _engine_all

@@ -43,6 +43,24 @@ def dtype_name(obj: Any) -> str:
     return name
 
 
+def plain_array(obj: Any, writable: bool) -> str | None:
+    """The engine dtype name when `obj` is a numpy array the engine can use as it is (C-contiguous, a supported
+    dtype, writable if it must be), else None (then host_view does the work, or names what is wrong). The fast
+    path of per-tensor and grouped submission: a few attribute reads, no HostView."""
+    if type(obj) is not np.ndarray:
+        return None
+    flags = obj.flags
+    if not flags.c_contiguous or (writable and not flags.writeable):
+        return None
+    name = _DTYPE_NAMES.get(obj.dtype)
+    if name is None:
+        try:
+            name = dtype_name(obj)
+        except ValueError:
+            return None  # host_view names the problem
+    return name
+
+
 def host_view(obj: Any, name: str, writable: bool) -> HostView:
     """Views `obj` as a host numpy array the engine can use. Non-contiguous input raises ValueError."""
     if _is_torch(obj):

@@ -17,14 +17,14 @@ from typing import Any, Callable
 import numpy as np
 
 from neptune_rt import _env
-from neptune_rt.buffers import HostView, empty_like, from_bytes, host_view
+from neptune_rt.buffers import HostView, empty_like, from_bytes, host_view, plain_array
 
 __all__ = [
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "comm",
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "barrier", "join",
     "synchronize", "poll", "Handle", "OPS", "CODECS", "codec_id", "cost_model",
-    "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",
+    "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_", "GroupHandle",
     "stats", "bucket_records",
     "export_residuals", "import_residuals", "release",
 ]
@@ -116,6 +116,7 @@ def init(comm: Any = None) -> None:
                 cost_model=_env.get("NEPTUNE_RT_COST_MODEL"),
                 deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
                 cache_capacity=_env.get("NEPTUNE_RT_CACHE_CAPACITY"),
+                native_allreduce_bytes=_env.get("NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES"),
             )
         except TimeoutError as err:
             _record_failure(str(err))
@@ -215,13 +216,14 @@ def comm() -> Any:
 
 class Handle:
     """An operation in flight. `wait()` returns its result; `done()` polls; callbacks run on completion."""
+    __slots__ = ("_native", "_keep", "_finalize", "_result", "_finalized", "__weakref__")
 
-    def __init__(self, native: Any, keep: tuple, finalize: Callable[[], Any]):
+    def __init__(self, native: Any, keep: tuple, finalize: Callable[[], Any] | None, result: Any = None):
         self._native = native
         self._keep = keep  # buffers the engine reads/writes: alive until completion
-        self._finalize = finalize
-        self._result: Any = None
-        self._finalized = False
+        self._finalize = finalize  # None: `result` is the result as it is (an in-place host buffer)
+        self._result = result
+        self._finalized = finalize is None
 
     @property
     def name(self) -> str:
@@ -229,6 +231,9 @@ class Handle:
 
     def done(self) -> bool:
         return self._native.done()
+
+    def _failed(self) -> bool:
+        return bool(self._native.error)
 
     @property
     def codec_used(self) -> str:
@@ -259,7 +264,7 @@ class Handle:
         if not self._finalized:
             self._result = self._finalize()
             self._finalized = True
-            self._keep = ()
+        self._keep = ()
         return self._result
 
     def add_done_callback(self, fn: Callable[["Handle"], None]) -> None:
@@ -269,14 +274,15 @@ class Handle:
         self._native.add_callback(lambda: fn(self))
 
 
-def _track(handle: Handle) -> Handle:
+def _track(handle: Any) -> Any:
     # Handles the caller drops must still keep their buffers alive: hold them until they are done.
     # Dropped handles that completed are swept out once the table has doubled since the last sweep: amortized
-    # O(1) per submission (a sweep at every submission made a 200-tensor step quadratic).
+    # O(1) per submission (a sweep at every submission made a 200-tensor step quadratic). Group handles
+    # (neptune_rt.grouped) are tracked as one.
     global _sweep_at
     with _inflight_lock:
         if len(_inflight) > _sweep_at:  # failed handles stay: their buffers may still be in use (see Handle.wait)
-            for key in [k for k, h in _inflight.items() if h.done() and not h._native.error]:
+            for key in [k for k, h in _inflight.items() if h.done() and not h._failed()]:
                 del _inflight[key]
             _sweep_at = max(64, 2 * len(_inflight))
         _inflight[id(handle)] = handle
@@ -311,6 +317,12 @@ def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, c
     error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
     name = _auto_name("allreduce", name)
     _check_op(op, name)
+    if in_place:
+        dtype = plain_array(tensor, True)
+        if dtype is not None:  # a plain numpy array: no view, no copy-back (the common case, kept cheap)
+            native = engine.enqueue_allreduce(name, tensor, tensor, dtype, tensor.shape, op,
+                                              codec_id(codec, adaptive), prescale, postscale, error_feedback)
+            return _track(Handle(native, (tensor,), None, tensor))
     view = host_view(tensor, name, writable=in_place)
     if in_place:
         out, out_view = tensor, view
@@ -460,7 +472,7 @@ def _comm_rank() -> int:
 
 # Grouped all-reduces live in their own module (deterministic fusion); they are part of this API.
 from neptune_rt.grouped import (  # noqa: E402
-    grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,
+    GroupHandle, grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,
 )
 # Error-feedback residuals (export, import, release) live in their own module; they are part of this API.
 from neptune_rt.residuals import (  # noqa: E402

@@ -1,68 +1,191 @@
 """Grouped all-reduces (Horovod's grouped_allreduce): several tensors of one dtype that travel as one engine
 bucket, in the given order, once all are ready on every rank. The bucket then depends only on what was
 submitted, never on arrival timing, so compressed results are bit-reproducible given the seed (the DDP hook
-submits each DDP bucket this way). Re-exported by neptune_rt.engine; exercised by tests/test_engine_stats.py.
+submits each DDP bucket this way). A submission is one native call and returns one GroupHandle, whose wait()
+covers every member; per-tensor Handles are made only when asked for (indexing, iteration). Re-exported by
+neptune_rt.engine; exercised by tests/test_engine_stats.py and tests/test_engine_groups.py.
 """
 from __future__ import annotations
 
-from neptune_rt.buffers import empty_like, host_view
-from neptune_rt.engine import Handle, _auto_name, _check_op, _require, _track, _written, codec_id
+import threading
+from collections.abc import Sequence
+from typing import Any, Callable
 
-__all__ = ["grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_"]
+from neptune_rt import engine as _eng
+import numpy as np
+
+from neptune_rt.buffers import _DTYPE_NAMES, empty_like, host_view, plain_array
+from neptune_rt.engine import Handle, _auto_name, _check_op, _require, _track, codec_id
+
+__all__ = ["GroupHandle", "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async",
+           "grouped_allreduce_async_"]
+
+
+class GroupHandle(Sequence):
+    """The members of one grouped all-reduce, in submission order. `wait()` waits for all of them (one native
+    wait: they complete together) and returns the list of results; `group[i]` (or iterating) gives member i's
+    own Handle, with its own wait(), done() and callbacks."""
+
+    def __init__(self, native: Any, names: list[str], keep: tuple, results: list,
+                 write_backs: list[Callable[[], None] | None] | None):
+        self._native = native  # _C.HandleGroup
+        self._names = names
+        self._keep = keep  # buffers the engine reads/writes: alive until completion
+        self._results = results
+        self._write_backs = write_backs  # per member: copies a staged result back (device tensors), or None
+        self._members: list[Handle | None] | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self._results)
+        if not -n <= index < n:
+            raise IndexError(f"group of {n} tensors has no member {index}")
+        index %= n
+        with self._lock:
+            if self._members is None:
+                self._members = [None] * n
+            member = self._members[index]
+            if member is None:
+                # The member keeps the whole group (and so every buffer) alive until it is waited on.
+                member = Handle(self._native[index], (self,), lambda i=index: self._finish(i))
+                self._members[index] = member
+        return member
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def done(self) -> bool:
+        return self._native.done()
+
+    def _failed(self) -> bool:
+        return self._native.first_error() >= 0
+
+    def _finish(self, index: int) -> Any:
+        if self._write_backs is not None:
+            write_back, self._write_backs[index] = self._write_backs[index], None
+            if write_back is not None:
+                write_back()
+        return self._results[index]
+
+    def wait(self, timeout: float | None = None) -> list:
+        """The results of every member, in order; TimeoutError if not all are done after `timeout` s,
+        RuntimeError (or TimeoutError) with the first failed member's error."""
+        engine = _eng._engine
+        limit = 0.0 if timeout is None else max(timeout, 1e-6)
+        if engine is not None and engine.running:
+            done = engine.wait_group(self._native, limit)
+        else:
+            done = all(self._native[i].wait(limit) for i in range(len(self)))
+        if not done:
+            where = f"rank {engine.rank}: " if engine is not None else ""
+            raise TimeoutError(f"neptune_rt: {where}group of {len(self)} tensors ('{self._names[0]}', ...) not "
+                               f"complete after {timeout} s")
+        failed = self._native.first_error()
+        if failed >= 0:
+            # A failed group keeps its buffers (tracked in _inflight) for good (see Handle.wait).
+            member = self._native[failed]
+            raise (TimeoutError if member.timed_out else RuntimeError)(member.error)
+        with _eng._inflight_lock:
+            _eng._inflight.pop(id(self), None)
+        if self._write_backs is not None:
+            for i in range(len(self)):
+                self._finish(i)
+        return list(self._results)
+
+    def add_done_callback(self, fn: Callable[["GroupHandle"], None]) -> None:
+        """Calls fn(group) once every member is done, on the engine's completion thread (at once if all are)."""
+        remaining = [len(self)]
+        lock = threading.Lock()
+
+        def one_done() -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                fn(self)
+        for i in range(len(self)):
+            self._native[i].add_callback(one_done)
 
 
 def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: str, codec: str,
-                   prescale: float, postscale: float, adaptive: bool) -> list[Handle]:
+                   prescale: float, postscale: float, adaptive: bool) -> GroupHandle:
     engine = _require()
     tensors = list(tensors)
     if not tensors:
         raise ValueError("grouped all-reduce of no tensors")
     if names is None:
         names = [_auto_name("allreduce", None) for _ in tensors]
-    names = [_auto_name("allreduce", n) for n in names]
+    elif not all(type(n) is str and n for n in names):
+        names = [_auto_name("allreduce", n) for n in names]  # raises, naming the bad one
+    else:
+        names = list(names)
     if len(names) != len(tensors):
         raise ValueError(f"grouped all-reduce: {len(tensors)} tensors but {len(names)} names")
-    for n in names:
-        _check_op(op, n)
-    views, outs, out_views = [], [], []
-    for tensor, n in zip(tensors, names):
-        view = host_view(tensor, n, writable=in_place)
-        out = tensor if in_place else empty_like(tensor)
-        views.append(view)
-        outs.append(out)
-        out_views.append(view if in_place else host_view(out, n, writable=True))
-    dtypes = {v.dtype for v in views}
+    _check_op(op, names[0])
+    arrays, dtypes = [], set()
+    out_arrays: list | None = None if in_place else []
+    results = tensors if in_place else []
+    write_backs: list | None = None
+    ndarray, known = np.ndarray, _DTYPE_NAMES
+    for i, tensor in enumerate(tensors):
+        if in_place and type(tensor) is ndarray:
+            dtype = known.get(tensor.dtype) or plain_array(tensor, True)
+            if dtype is not None:
+                # A numpy array of a known dtype, reduced where it lies. The extension checks that it is
+                # contiguous and writable, naming the tensor (a per-tensor flags check here costs more).
+                arrays.append(tensor)
+                dtypes.add(dtype)
+                continue
+        view = host_view(tensor, names[i], writable=in_place)
+        arrays.append(view.array)
+        dtypes.add(view.dtype)
+        if in_place:
+            out_view = view
+        else:
+            out = empty_like(tensor)
+            out_view = host_view(out, names[i], writable=True)
+            results.append(out)
+            out_arrays.append(out_view.array)
+        if out_view.write_back is not None:
+            if write_backs is None:
+                write_backs = [None] * len(tensors)
+            write_backs[i] = (lambda wb=out_view.write_back, a=out_view.array: wb(a))
     if len(dtypes) != 1:
         raise ValueError(f"grouped all-reduce of {names[0]!r}...: the tensors must share one dtype, got "
                          f"{sorted(dtypes)}")
-    natives = engine.enqueue_group_allreduce(names, [v.array for v in views], [v.array for v in out_views],
-                                             views[0].dtype, [list(v.shape) for v in views], op,
-                                             codec_id(codec, adaptive), prescale, postscale)
-    return [_track(Handle(native, (t, v, o, ov), _written(o, ov)))
-            for native, t, v, o, ov in zip(natives, tensors, views, outs, out_views)]
+    native = engine.enqueue_group_allreduce(names, arrays, out_arrays, dtypes.pop(), None, op,
+                                            codec_id(codec, adaptive), prescale, postscale)
+    return _track(GroupHandle(native, names, (tensors, arrays, out_arrays), list(results), write_backs))
 
 
 def grouped_allreduce_async_(tensors: list, names: list[str] | None = None, op: str = "sum",
                              codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
-                             adaptive: bool = True) -> list[Handle]:
+                             adaptive: bool = True) -> GroupHandle:
     """In-place all-reduce of several tensors of one dtype that travel as one bucket, in this order, once all
     are ready on every rank. Fusion then depends only on what was submitted, never on timing, so compressed
-    results are bit-reproducible given the seed. One handle per tensor."""
+    results are bit-reproducible given the seed. Returns a GroupHandle: wait() for all, or a Handle per tensor
+    by indexing or iterating."""
     return _enqueue_group(tensors, True, names, op, codec, prescale, postscale, adaptive)
 
 
 def grouped_allreduce_async(tensors: list, names: list[str] | None = None, op: str = "sum",
                             codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
-                            adaptive: bool = True) -> list[Handle]:
+                            adaptive: bool = True) -> GroupHandle:
     """As grouped_allreduce_async_, into new objects; the inputs stay unchanged."""
     return _enqueue_group(tensors, False, names, op, codec, prescale, postscale, adaptive)
 
 
 def grouped_allreduce(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",
                       prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> list:
-    return [h.wait() for h in grouped_allreduce_async(tensors, names, op, codec, prescale, postscale, adaptive)]
+    return grouped_allreduce_async(tensors, names, op, codec, prescale, postscale, adaptive).wait()
 
 
 def grouped_allreduce_(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",
                        prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> list:
-    return [h.wait() for h in grouped_allreduce_async_(tensors, names, op, codec, prescale, postscale, adaptive)]
+    return grouped_allreduce_async_(tensors, names, op, codec, prescale, postscale, adaptive).wait()

@@ -48,7 +48,7 @@ def test_init_shutdown_init_on_every_rank():
     assert_ok(run_mpi("failures_worker.py", 3, "reinit", timeout=120, env=ENV), 3)
 
 
-@pytest.mark.parametrize("variant", ["idle", "busy"])
+@pytest.mark.parametrize("variant", ["idle", "busy", "busy_native"])
 def test_silent_rank_is_detected_by_the_engine(variant):
     # Issue 8 item 13: rank 1 stops without exiting (the old test's os._exit let mpirun end the job, so it
     # passed whether or not the engine's timeouts worked). Ranks 0 and 2 must each fail with the engine's

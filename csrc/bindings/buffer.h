@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "common/types.h"
@@ -18,8 +19,11 @@ struct BufferView {
 };
 
 // `dtype` names the element type (bfloat16 arrives as a 2-byte buffer); the buffer must be C-contiguous.
-inline BufferView viewBuffer(pybind11::buffer& buf, const std::string& dtype, bool writable, const std::string& name) {
+// `shape`, when given, receives the buffer's own shape (in its own elements).
+inline BufferView viewBuffer(pybind11::buffer& buf, const std::string& dtype, bool writable, const std::string& name,
+                             std::vector<int64_t>* shape = nullptr) {
   pybind11::buffer_info info = buf.request(writable);
+  if (shape) shape->assign(info.shape.begin(), info.shape.end());
   BufferView v;
   v.dtype = dtypeFromName(dtype);
   const size_t esize = dtypeSize(v.dtype);

@@ -43,6 +43,19 @@ Request Communicator::irecv(void* ptr, size_t bytes, int peer, int tag) {
   return r;
 }
 
+Request Communicator::iallreduce(void* buffer, size_t count, DataType dtype, ReduceOp op) {
+  throwIfPoisoned();
+  NRT_CHECK_ARG(nativeAllreduce(dtype, op), "neptune_rt: rank ", rank(), ": this transport has no native all-reduce of ",
+                dtypeName(dtype), " ", reduceOpName(op));
+  Request r = postAllreduce(buffer, count, dtype, op);
+  if (r.active) track(r);
+  return r;
+}
+
+Request Communicator::postAllreduce(void*, size_t, DataType dtype, ReduceOp op) {
+  throw std::logic_error(concat("neptune_rt: no native all-reduce of ", dtypeName(dtype), " ", reduceOpName(op)));
+}
+
 bool Communicator::test(Request& req, size_t* received) {
   throwIfPoisoned();
   if (!req.active) {
@@ -64,9 +77,13 @@ void Communicator::wait(Request& req, const Deadline& deadline, const char* what
     if ((++checks & 63u) == 0 && deadline.expired()) {
       const int peer = req.peer;
       const std::string error =
-          concat("neptune_rt: rank ", rank(), " timed out waiting to ", req.isRecv ? "receive " : "send ", req.bytes,
-                 " bytes ", req.isRecv ? "from" : "to", " rank ", peer, " during ", what, " (is rank ", peer,
-                 " alive and running the same collectives? raise NEPTUNE_RT_TIMEOUT_SECONDS if it is just slow)");
+          peer < 0 ? concat("neptune_rt: rank ", rank(), " timed out in an all-reduce of ", req.bytes,
+                            " bytes with all ", size(), " ranks during ", what, " (are all ranks alive and running the "
+                            "same collectives? raise NEPTUNE_RT_TIMEOUT_SECONDS if one is just slow)")
+                   : concat("neptune_rt: rank ", rank(), " timed out waiting to ", req.isRecv ? "receive " : "send ",
+                            req.bytes, " bytes ", req.isRecv ? "from" : "to", " rank ", peer, " during ", what,
+                            " (is rank ", peer, " alive and running the same collectives? raise "
+                            "NEPTUNE_RT_TIMEOUT_SECONDS if it is just slow)");
       poison(error, /*timedOut=*/true);  // `req` and every other posted request are abandoned, not freed
       throw TimeoutError(error);
     }

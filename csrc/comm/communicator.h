@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/deadline.h"
+#include "common/types.h"
 
 namespace nrt {
 
@@ -25,7 +26,7 @@ namespace nrt {
 struct Request {
   std::array<unsigned char, 16> storage{};
   bool active = false;
-  int peer = -1;
+  int peer = -1;  // -1: a collective of the whole communicator (iallreduce)
   bool isRecv = false;
   size_t bytes = 0;
 };
@@ -69,6 +70,13 @@ class Communicator {
   Request isend(const void* ptr, size_t bytes, int peer, int tag);
   Request irecv(void* ptr, size_t bytes, int peer, int tag);
 
+  // A whole-communicator in-place all-reduce run by the transport itself (MPI_Iallreduce: the library's own
+  // tuned algorithms), where nativeAllreduce(dtype, op) says it has one; every rank must call it in the same
+  // order. Waited on like any request (wait() with a deadline). Poisoning leaves it posted (a collective cannot
+  // be cancelled): its buffer must then never be freed, as for any abandoned request. Average is a sum here.
+  virtual bool nativeAllreduce(DataType dtype, ReduceOp op) const { return false; }
+  Request iallreduce(void* buffer, size_t count, DataType dtype, ReduceOp op);
+
   // True when the request has completed (an inactive request is complete). Sets `received` (bytes that
   // actually arrived, for receives that may be shorter than posted) when not null.
   bool test(Request& req, size_t* received = nullptr);
@@ -102,6 +110,7 @@ class Communicator {
   virtual Request postSend(const void* ptr, size_t bytes, int peer, int tag) = 0;
   virtual Request postRecv(void* ptr, size_t bytes, int peer, int tag) = 0;
   virtual bool testPosted(Request& req, size_t* received) = 0;
+  virtual Request postAllreduce(void* buffer, size_t count, DataType dtype, ReduceOp op);
   // Give up on a posted request for good: cancel it if the transport can, keep its handle, never free it.
   virtual void abandon(Request& req) = 0;
 

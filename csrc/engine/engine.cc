@@ -1,5 +1,6 @@
-// The background engine loop: negotiation cycles and dispatch of what was agreed (see engine.h); this rank's message
-// and the response cache's updates are in engine_negotiate.cc. Submission and
+// The negotiation cycle and dispatch of what was agreed (see engine.h); who runs the cycles (the engine thread's
+// loop, a waiting caller) is in engine_drive.cc, this rank's message and the response cache's updates in
+// engine_negotiate.cc. Submission and
 // argument checks are in engine_submit.cc, stalls and failures in engine_failures.cc, the collectives in
 // engine_execute.cc (dense) and engine_compressed.cc; callbacks run on the completion queue.
 #include "engine/engine.h"
@@ -148,84 +149,6 @@ Engine::StepResult Engine::step() {
   }
   cv_.notify_all();
   return StepResult::kStopped;
-}
-
-void Engine::loop() {
-  while (true) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
-      cv_.wait(lock, [&] {
-        return !incoming_.empty() || stopRequested_ || !running_.load() ||
-               pendingCount_.load(std::memory_order_acquire) > 0;
-      });
-      if (stopRequested_ || !running_.load()) break;
-    }
-    switch (step()) {
-      case StepResult::kStopped:
-        return;
-      case StepResult::kBusy: {
-        // A waiting caller drives the cycles: sleep until the last one leaves waitFor (it notifies) rather than
-        // spin on cores its peers need; the timeout only guards against a missed wake-up.
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::microseconds(500),
-                     [&] { return waiters_ == 0 || stopRequested_ || !running_.load(); });
-        break;
-      }
-      case StepResult::kProgress:
-        break;
-      case StepResult::kNoProgress: {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
-                     [&] { return !incoming_.empty() || stopRequested_; });
-        break;
-      }
-    }
-  }
-  std::lock_guard<std::mutex> cycleLock(cycleMu_);
-  failEverything(shutdownDone_ ? "neptune_rt has been shut down" : "neptune_rt: the engine was stopped", false);
-}
-
-bool Engine::waitFor(Handle& h, double timeoutSeconds) {
-  // A thread that waits drives the cycles itself while the engine thread is idle: a synchronous
-  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_). A
-  // completion callback may wait too: it runs on the completion thread, which never holds cycleMu_.
-  if (h.done()) return true;
-  const double t0 = monotonicSeconds();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++waiters_;
-  }
-  struct AddWait {
-    Engine& engine;
-    double t0;
-    ~AddWait() {
-      engine.stats_.addWait(monotonicSeconds() - t0);
-      {
-        std::lock_guard<std::mutex> lock(engine.mu_);
-        if (--engine.waiters_ > 0) return;
-      }
-      engine.cv_.notify_all();  // the engine thread takes over what is left
-    }
-  } addWait{*this, t0};
-  const Deadline deadline = Deadline::after(timeoutSeconds);
-  while (!h.done()) {
-    if (deadline.expired()) return false;
-    switch (step()) {
-      case StepResult::kProgress:
-        continue;
-      case StepResult::kStopped:
-        return h.wait(timeoutSeconds);  // completed (or failed) by now
-      case StepResult::kBusy:
-        stats_.addHandoff();
-        h.wait(0.001);  // the engine thread is driving; it will complete us or hand back
-        break;
-      case StepResult::kNoProgress:
-        h.wait(config_.cycleSeconds);  // peers have not submitted yet
-        break;
-    }
-  }
-  return true;
 }
 
 bool Engine::cycle() {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -48,6 +49,7 @@ struct EngineConfig {
   bool useCostModel = true;  // false: always use the requested codec ("auto" then means int8)
   bool deterministic = false;  // NEPTUNE_RT_DETERMINISTIC: no timing-based decisions (cost_model.h)
   size_t cacheCapacity = 1024;  // NEPTUNE_RT_CACHE_CAPACITY: response-cache slots (response_cache.h); 0: none
+  size_t nativeAllreduceBytes = 1 << 20;  // NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES (useNativeAllreduce); 0: never
 };
 
 // Log levels of Engine::setLogSink (Python's logging levels).
@@ -65,10 +67,19 @@ struct Entry {
   double postscale = 1.0;
   std::shared_ptr<Handle> handle;
   uint64_t seq = 0;
+  Clock::time_point queuedAt{};  // when enqueue queued it (the engine thread's drive window, engine.cc)
   // Compressed all-reduces: keep an error-feedback residual for this name (false for automatic names,
   // which change every call, so no residual could ever be used again).
   bool errorFeedback = true;
 };
+
+// Dense buckets above our recursive-doubling range and up to EngineConfig::nativeAllreduceBytes (default below)
+// go to the transport's own all-reduce (MPI_Iallreduce) where it has one for the dtype: on shared memory, 4 ranks,
+// Open MPI's beat our ring at 256 KB, and the two were within noise from 1 to 4 MB on the loaded 2-core machine
+// (benchmarks/dense_native.py; docs/design.md, "Dense buckets"). Larger buckets keep our pipelined ring.
+constexpr size_t kNativeAllreduceMaxBytes = 1 << 20;
+// The explicit decision function of executeBucket (engine_execute.cc).
+bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op);
 
 // Throws std::invalid_argument, naming the rank and the tensor, for what no rank could ever run: negative
 // dimensions or a byte size that overflows, a prescale/postscale other than 1 on an integer tensor (or one
@@ -100,6 +111,8 @@ class Engine {
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
   bool waitFor(Handle& h, double timeoutSeconds);
+  // Waits for every member of `group` within one overall timeout (as waitFor). False on timeout.
+  bool waitForAll(const HandleGroup& group, double timeoutSeconds);
   // Collective: every rank must call it. Completes pending work first; fails what can never complete.
   // Returns "" when every rank agreed to stop, else why not (a timeout, or the engine had failed).
   std::string shutdown();
@@ -123,7 +136,13 @@ class Engine {
 
  private:
   enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
+  // How long the engine thread leaves queued work to a caller that is about to wait for it (engine.cc,
+  // leaveToCaller). Asynchronous work starts at most this much later.
+  static constexpr std::chrono::microseconds kDriveWindow{50};
   void loop();
+  bool hasWorkLocked() const;  // under mu_: work queued or pending
+  // Under mu_, on the engine thread: sleeps while a caller drives or may be about to; false once it should cycle.
+  bool leaveToCaller(std::unique_lock<std::mutex>& lock);
   // One negotiation cycle, unless another thread is running one (kBusy). Errors stop the engine.
   StepResult step();
   bool cycle();  // one negotiation + execution; returns true if anything completed
@@ -161,6 +180,7 @@ class Engine {
   std::condition_variable cv_;
   std::deque<Entry> incoming_;
   std::atomic<size_t> pendingCount_{0};   // pending_.size() after the last cycle
+  bool wakeOnWork_ = true;                 // enqueue notifies the engine thread (not in its drive window)
   int waiters_ = 0;                        // threads in waitFor (they may drive cycles); the engine thread
                                            // sleeps while they do
   // Held by whichever thread runs a cycle (the engine thread, or a user thread waiting in waitFor):

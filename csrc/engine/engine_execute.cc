@@ -11,6 +11,10 @@
 
 namespace nrt {
 
+bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op) {
+  return comm.size() > 1 && bytes > kRecursiveDoublingMaxBytes && bytes <= maxBytes && comm.nativeAllreduce(dtype, op);
+}
+
 void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   if (!local) return;  // joined: contributes nothing and needs nothing
   BucketRecord rec;
@@ -106,7 +110,15 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.dtype = head.dtype;
   o.op = head.op;
   o.averageDivisor = participants_;
-  allreduce(*comm_, o);
+  if (useNativeAllreduce(*comm_, count * esize, config_.nativeAllreduceBytes, head.dtype, head.op)) {
+    // The transport's own all-reduce, polled against the same deadline as our collectives (a timeout poisons the
+    // communicator; the buffer, fusion_ or the caller's output, is then never freed).
+    Request rq = comm_->iallreduce(buffer, count, head.dtype, head.op);
+    comm_->wait(rq, Deadline::after(o.timeoutSeconds), o.name.c_str(), nullptr, kLatencyYieldWindow);
+    if (head.op == ReduceOp::kAverage) finalizeAverage(buffer, count, head.dtype, participants_);
+  } else {
+    allreduce(*comm_, o);
+  }
   const double reduced = monotonicSeconds();
 
   const uint64_t wire = denseWireBytes(count * esize, size_);

@@ -55,11 +55,12 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
                                        "or give this one another name"));
   e.handle = std::make_shared<Handle>(e.meta.name);
   e.seq = nextSeq_++;
+  e.queuedAt = Clock::now();
   inFlight_[e.meta.name] = e.handle;
   if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
-  cv_.notify_one();
+  if (wakeOnWork_) cv_.notify_one();  // in its drive window the engine thread wakes by itself
   return handle;
 }
 
@@ -95,12 +96,14 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   for (Entry& e : entries) {
     e.handle = std::make_shared<Handle>(e.meta.name);
     e.seq = nextSeq_++;
+    e.queuedAt = Clock::now();
+  e.queuedAt = Clock::now();
     inFlight_[e.meta.name] = e.handle;
     if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     handles.push_back(e.handle);
     incoming_.push_back(std::move(e));
   }
-  cv_.notify_one();
+  if (wakeOnWork_) cv_.notify_one();  // in its drive window the engine thread wakes by itself
   return handles;
 }
 

@@ -62,4 +62,16 @@ std::vector<std::function<void()>> Handle::complete(const std::string& error, bo
   return callbacks;
 }
 
+bool HandleGroup::done() const {
+  for (const auto& h : members)
+    if (!h->done()) return false;
+  return true;
+}
+
+long HandleGroup::firstError() const {
+  for (size_t i = 0; i < members.size(); ++i)
+    if (!members[i]->error().empty()) return static_cast<long>(i);
+  return -1;
+}
+
 }  // namespace nrt

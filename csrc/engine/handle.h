@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -51,6 +52,15 @@ class Handle {
   bool timedOut_ = false;
   std::string error_;
   std::vector<std::function<void()>> callbacks_;
+};
+
+// The handles of one grouped submission (Engine::enqueueGroup), waited on as one: its members run as one bucket, so
+// they complete together. Lets a binding hand back one object instead of one per tensor.
+struct HandleGroup {
+  std::vector<std::shared_ptr<Handle>> members;
+  bool done() const;
+  // The first failed member's index, or -1.
+  long firstError() const;
 };
 
 }  // namespace nrt

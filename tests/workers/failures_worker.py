@@ -119,7 +119,7 @@ def scenario_reinit() -> None:
 
 def scenario_silent_rank(variant: str) -> None:
     """Rank 1 stops (SIGSTOP) without exiting: before submitting ('idle'), or at a random point of a stream of
-    large all-reduces ('busy'). Every other rank must fail with the engine's timeout, not hang."""
+    large all-reduces ('busy': our ring; 'busy_native': MPI_Iallreduce). Every other rank must fail with the engine's timeout, not hang."""
     survivors = WORLD.Split(int(RANK == 1), RANK)  # ranks 0 and 2 finish their checks before either aborts
     nrt.init()
     n = nrt.size()
@@ -137,7 +137,9 @@ def scenario_silent_rank(variant: str) -> None:
             threading.Timer(0.5, stop_self).start()
         last_ok = time.monotonic()
         first = None
-        x = np.empty(4_000_000, np.float32)  # 16 MB: most of the time goes to the ring, not the negotiation
+        # 16 MB: most of the time goes to the ring, not the negotiation; 1 MB ('busy_native'): to MPI_Iallreduce
+        # (engine.h, kNativeAllreduceMaxBytes), whose wait has the same deadline.
+        x = np.empty(4_000_000 if variant == "busy" else 250_000, np.float32)
         for i in range(100_000):
             x.fill(RANK + 1)
             try:

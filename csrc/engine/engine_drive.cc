@@ -1,0 +1,129 @@
+// Who runs the engine's cycles (see engine.h): the engine thread's loop, which leaves freshly queued work to a
+// caller about to wait for it, and waitFor/waitForAll, which drive cycles on the waiting thread. Exercised by every
+// engine test; tests/test_engine_groups.py checks that work nobody waits on still completes.
+#include <chrono>
+
+#include "engine/engine.h"
+
+namespace nrt {
+
+bool Engine::hasWorkLocked() const {
+  return !incoming_.empty() || pendingCount_.load(std::memory_order_acquire) > 0;
+}
+
+// Work queued while nobody cycles is often waited on at once by its submitter (a synchronous all-reduce), and a
+// waiting caller drives the cycle on its own thread (waitFor). If the engine thread cycled too, the two would
+// hand the cycle back and forth: two context switches per 4 KB all-reduce, on cores the peers need. So the engine
+// thread leaves queued work to a caller for kDriveWindow from its submission, and sleeps while callers drive; it
+// cycles once the oldest queued entry has waited that long with no caller, or when work from an earlier cycle is
+// pending (peers not ready yet). Asynchronous work thus starts at most kDriveWindow later.
+bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
+  const auto stopping = [&] { return stopRequested_ || !running_.load(); };
+  while (!stopping()) {
+    if (waiters_ > 0) {
+      // Sleep until the last caller leaves work behind (waitFor notifies then, and so does enqueue); the
+      // timeout only guards against a missed wake-up.
+      cv_.wait_for(lock, std::chrono::milliseconds(10), [&] { return (waiters_ == 0 && hasWorkLocked()) || stopping(); });
+      continue;
+    }
+    if (!hasWorkLocked()) return true;  // callers did it all: back to sleep
+    if (pendingCount_.load(std::memory_order_acquire) > 0 || incoming_.empty()) return false;
+    const auto due = incoming_.front().queuedAt + kDriveWindow;
+    if (Clock::now() >= due) return false;
+    // Not notified (enqueue leaves us be meanwhile): the window runs out, or a stop ends it.
+    wakeOnWork_ = false;
+    cv_.wait_until(lock, due, [&] { return waiters_ > 0 || stopping(); });
+    wakeOnWork_ = true;
+  }
+  return false;
+}
+
+void Engine::loop() {
+  const auto stopping = [&] { return stopRequested_ || !running_.load(); };
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
+      cv_.wait(lock, [&] { return hasWorkLocked() || stopping(); });
+      if (leaveToCaller(lock) || stopping()) {
+        if (stopping()) break;
+        continue;
+      }
+    }
+    switch (step()) {
+      case StepResult::kStopped:
+        return;
+      case StepResult::kBusy:
+      case StepResult::kProgress:
+        break;  // a caller drives (leaveToCaller waits for it), or there may be more to do
+      case StepResult::kNoProgress: {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
+                     [&] { return !incoming_.empty() || stopping(); });
+        break;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> cycleLock(cycleMu_);
+  failEverything(shutdownDone_ ? "neptune_rt has been shut down" : "neptune_rt: the engine was stopped", false);
+}
+
+bool Engine::waitFor(Handle& h, double timeoutSeconds) {
+  // A thread that waits drives the cycles itself while the engine thread is idle: a synchronous
+  // operation then costs no thread hand-offs. Only one thread at a time runs a cycle (cycleMu_). A
+  // completion callback may wait too: it runs on the completion thread, which never holds cycleMu_.
+  if (h.done()) return true;
+  const double t0 = monotonicSeconds();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++waiters_;
+  }
+  struct AddWait {
+    Engine& engine;
+    double t0;
+    ~AddWait() {
+      engine.stats_.addWait(monotonicSeconds() - t0);
+      {
+        std::lock_guard<std::mutex> lock(engine.mu_);
+        if (--engine.waiters_ > 0 || !engine.hasWorkLocked()) return;
+      }
+      engine.cv_.notify_all();  // the engine thread takes over what is left
+    }
+  } addWait{*this, t0};
+  const Deadline deadline = Deadline::after(timeoutSeconds);
+  while (!h.done()) {
+    if (deadline.expired()) return false;
+    switch (step()) {
+      case StepResult::kProgress:
+        continue;
+      case StepResult::kStopped:
+        return h.wait(timeoutSeconds);  // completed (or failed) by now
+      case StepResult::kBusy:
+        stats_.addHandoff();
+        h.wait(0.001);  // the engine thread is driving; it will complete us or hand back
+        break;
+      case StepResult::kNoProgress:
+        h.wait(config_.cycleSeconds);  // peers have not submitted yet
+        break;
+    }
+  }
+  return true;
+}
+
+bool Engine::waitForAll(const HandleGroup& group, double timeoutSeconds) {
+  // Members of a group complete together (one bucket), so this is one real wait followed by checks; a member
+  // left behind (a failure path completes them one by one) gets what remains of the time.
+  const Deadline deadline = Deadline::after(timeoutSeconds);
+  for (auto it = group.members.rbegin(); it != group.members.rend(); ++it) {
+    if ((*it)->done()) continue;
+    double left = 0;
+    if (timeoutSeconds > 0) {
+      left = std::chrono::duration<double>(deadline.at() - Clock::now()).count();
+      if (left <= 0) return false;
+    }
+    if (!waitFor(**it, left)) return false;
+  }
+  return true;
+}
+
+}  // namespace nrt

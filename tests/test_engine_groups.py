@@ -1,0 +1,21 @@
+"""Cheap submission under real mpirun: GroupHandle results against mpi4py's MPI_Allreduce (numpy and torch CPU
+buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), the plain-numpy fast
+path of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
+window). Worker: workers/engine_groups_worker.py."""
+import pytest
+
+from mpi_helpers import assert_ok, run_mpi
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+def test_group_handle(np_):
+    assert_ok(run_mpi("engine_groups_worker.py", np_, "group_handle", timeout=120), np_)
+
+
+def test_numpy_fast_path():
+    assert_ok(run_mpi("engine_groups_worker.py", 2, "fast_path", timeout=120), 2)
+
+
+@pytest.mark.parametrize("np_", [1, 4])
+def test_asynchronous_work_completes_without_a_waiter(np_):
+    assert_ok(run_mpi("engine_groups_worker.py", np_, "async_progress", timeout=120), np_)

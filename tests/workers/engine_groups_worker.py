@@ -1,0 +1,136 @@
+"""MPI worker for the cheap submission paths: GroupHandle (one native call and one wait per grouped all-reduce,
+per-member handles on demand), the plain-numpy fast path of allreduce_async_, and asynchronous work that nobody
+waits on (the engine thread must still drive it after its drive window). `python engine_groups_worker.py
+SCENARIO`; prints 'OK <rank>' per rank. Run by tests/test_engine_groups.py."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+import neptune_rt as nrt
+from reference import expect_error
+
+WORLD = MPI.COMM_WORLD
+
+
+def mpi_sum(x: np.ndarray, op=MPI.SUM) -> np.ndarray:
+    """The independent reference: mpi4py's own MPI_Allreduce of this rank's input."""
+    out = np.empty_like(x)
+    WORLD.Allreduce(np.ascontiguousarray(x), out, op=op)
+    return out
+
+
+def scenario_group_handle() -> None:
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    rng = np.random.default_rng(10 + r)
+    shapes = [(3,), (5, 7), (1,), (64, 3, 3), (), (1000,)]
+    for dtype in ("float32", "float64", "int32"):
+        for op, mpi_op in (("sum", MPI.SUM), ("max", MPI.MAX), ("average", MPI.SUM)):
+            xs = [rng.integers(-50, 50, s).astype(dtype) for s in shapes]
+            want = [mpi_sum(x, mpi_op) for x in xs]
+            if op == "average":
+                want = [(w / n).astype(dtype) if dtype != "int32" else np.trunc(w / n).astype(dtype) for w in want]
+            names = [f"{dtype}.{op}.{i}" for i in range(len(xs))]
+            # Out of place: inputs unchanged, results new arrays.
+            copies = [x.copy() for x in xs]
+            group = nrt.grouped_allreduce_async(xs, names=names, op=op)
+            assert isinstance(group, nrt.GroupHandle) and len(group) == len(xs)
+            got = group.wait()
+            assert all(np.array_equal(x, c) for x, c in zip(xs, copies)), "inputs changed"
+            for i, (g, w) in enumerate(zip(got, want)):
+                assert g.shape == shapes[i] and g.dtype == np.dtype(dtype), (g.shape, g.dtype)
+                assert np.allclose(g, w, atol=1e-5), (dtype, op, i, g, w)
+            assert group.done()
+            # Members on demand: their results are the group's, every way of reaching them.
+            assert all(np.array_equal(h.wait(), g) for h, g in zip(group, got))
+            assert np.array_equal(group[-1].wait(), got[-1]) and len(group[1:3]) == 2
+            assert group[0] is group[0] and group[0].name == names[0]
+            expect_error(lambda: group[len(xs)], IndexError, "no member")
+            # In place: the results are the caller's own arrays.
+            group = nrt.grouped_allreduce_async_(xs, names=names, op=op)
+            got = group.wait()
+            assert all(g is x for g, x in zip(got, xs))
+            assert all(np.allclose(x, w, atol=1e-5) for x, w in zip(xs, want)), (dtype, op)
+    # Torch CPU tensors (bfloat16 too: it crosses as 2-byte words with the tensor's shape) against numpy.
+    for dtype in (torch.float32, torch.bfloat16):
+        ts = [torch.arange(12, dtype=torch.float32).reshape(3, 4).to(dtype) * (r + 1), torch.full((5,), r + 0.0).to(dtype)]
+        want = [t.float().numpy() * sum(q + 1 for q in range(n)) / (r + 1) if i == 0 else
+                np.full(5, sum(range(n)), np.float32) for i, t in enumerate(ts)]
+        got = nrt.grouped_allreduce_async_(ts, names=[f"torch.{dtype}.0", f"torch.{dtype}.1"]).wait()
+        assert got[0] is ts[0] and got[0].dtype == dtype and tuple(got[0].shape) == (3, 4)
+        assert all(np.array_equal(g.float().numpy(), w) for g, w in zip(got, want)), (dtype, got, want)
+    # A callback on the group runs once, when every member is done, with the group.
+    calls = []
+    seen = threading.Event()
+    group = nrt.grouped_allreduce_async([np.full(4, float(r)), np.ones(2)], names=["cb.0", "cb.1"])
+    group.add_done_callback(lambda g: (calls.append(g.done()), seen.set()))
+    got = group.wait()
+    assert seen.wait(30) and calls == [True], calls
+    assert np.array_equal(got[0], np.full(4, float(sum(range(n))))) and np.array_equal(got[1], np.full(2, float(n)))
+    # Bad input is refused in the caller, naming the tensor.
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    expect_error(lambda: nrt.grouped_allreduce_async_([np.ones(3), ro], names=["rw", "ro"]), ValueError, "'ro'",
+                 "read-only")
+    expect_error(lambda: nrt.grouped_allreduce_async_([np.ones((4, 4))[:, 1]], names=["strided"]), ValueError,
+                 "'strided'", "not contiguous")
+    expect_error(lambda: nrt.grouped_allreduce_async([np.ones(2), np.ones(2, np.float32)], names=["f64", "f32"]),
+                 ValueError, "share one dtype")
+    if n > 1:  # a member whose shape differs between ranks fails, and the group's wait says which
+        group = nrt.grouped_allreduce_async([np.ones(10), np.ones(5 + (r == 1))], names=["fine", "bad"])
+        expect_error(lambda: group.wait(timeout=60), RuntimeError, "'bad'")
+        expect_error(lambda: group[1].wait(), RuntimeError, "'bad'", "different arguments")
+    assert np.all(nrt.allreduce(np.ones(3), name="after") == n)
+    nrt.shutdown()
+
+
+def scenario_fast_path() -> None:
+    """allreduce_async_ on plain numpy arrays skips the view machinery: same results, same checks."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    rng = np.random.default_rng(20 + r)
+    for rep in range(2):  # the second time, every dtype name is cached
+        for dtype in ("float32", "float64", "int64", "uint8", "float16"):
+            x = rng.integers(0, 9, (17, 3)).astype(dtype)
+            want = mpi_sum(x) if dtype != "float16" else mpi_sum(x.astype(np.float32)).astype(np.float16)
+            assert nrt.allreduce_async_(x, name=f"fast.{dtype}").wait() is x
+            assert np.array_equal(x, want), (dtype, x, want)
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    expect_error(lambda: nrt.allreduce_async_(ro, name="ro"), ValueError, "'ro'", "read-only")
+    expect_error(lambda: nrt.allreduce_async_(np.ones((4, 4))[:, 1], name="strided"), ValueError, "'strided'",
+                 "not contiguous")
+    nrt.shutdown()
+
+
+def scenario_async_progress() -> None:
+    """Work nobody waits on still completes: the engine thread takes it over once its drive window has run out.
+    The rank polls done() (which drives nothing) and sleeps in between."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    for rep in range(20):
+        time.sleep(0.002 * ((r + rep) % 3))  # ranks arrive at different times
+        x = np.full(8, float(r + rep), np.float32)
+        group_in = [np.full(3, float(r)), np.full(1000, 1.0)]
+        h = nrt.allreduce_async_(x, name=f"async.{rep}")
+        g = nrt.grouped_allreduce_async_(group_in, names=[f"ag.{rep}.0", f"ag.{rep}.1"])
+        deadline = time.monotonic() + 20
+        while not (h.done() and g.done()):
+            assert time.monotonic() < deadline, f"rank {r}: asynchronous work did not complete (rep {rep})"
+            time.sleep(0.0005)
+        assert np.all(x == sum(q + rep for q in range(n))), x
+        assert np.all(group_in[0] == sum(range(n))) and np.all(group_in[1] == n)
+        h.wait()
+        g.wait()
+    nrt.shutdown()
+
+
+if __name__ == "__main__":
+    globals()[f"scenario_{sys.argv[1]}"]()
+    print(f"OK {MPI.COMM_WORLD.Get_rank()}")
