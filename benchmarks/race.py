@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end training race: time to a target test accuracy for torch DDP over gloo (default, fp16 and
-PowerSGD hooks) and neptune_rt (DistributedOptimizer and the DDP hook, per codec), on Fashion-MNIST with an
+PowerSGD hooks) and neptune_rt (DistributedOptimizer, the DDP hook, and the DDP hook with local momentum, per
+codec; auto = the cost model's choice), on Fashion-MNIST with an
 MLP 784-1024-1024-10, global batch 256, SGD lr 0.05 momentum 0.9. Run it under mpirun, normally inside the
 emulated cluster (one rank per node):
 
@@ -35,7 +36,9 @@ import torch.nn as nn
 DATA = Path("/usr/share/datasets/fashion-mnist")
 DDP_IMPLS = ("ddp_default", "ddp_fp16", "ddp_powersgd")
 NRT_CODECS = ("none", "onebit", "int4", "int8", "auto")
-ALL_IMPLS = DDP_IMPLS + tuple(f"nrt_opt_{c}" for c in NRT_CODECS) + tuple(f"nrt_hook_{c}" for c in NRT_CODECS[1:])
+# nrt_hook_*: the DDP hook on raw gradients; nrt_mhook_*: the hook with local momentum (CommHookState(momentum=)).
+ALL_IMPLS = (DDP_IMPLS + tuple(f"nrt_opt_{c}" for c in NRT_CODECS) + tuple(f"nrt_hook_{c}" for c in NRT_CODECS[1:])
+             + tuple(f"nrt_mhook_{c}" for c in NRT_CODECS[1:]))
 
 
 def load_idx(name: str) -> np.ndarray:
@@ -80,11 +83,15 @@ def build(impl: str, tag: str, args: argparse.Namespace):
             ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return ddp, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
     codec = impl.rsplit("_", 1)[1]
-    if impl.startswith("nrt_hook_"):
+    if impl.startswith(("nrt_hook_", "nrt_mhook_")):
         ddp = DDP(model, bucket_cap_mb=25)
-        ddp.register_comm_hook(nrt.comm_hook.CommHookState(model, codec=codec, adaptive=codec == "auto",
-                                                           prefix=tag), nrt.comm_hook.hook)
-        return ddp, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
+        momentum = args.momentum if impl.startswith("nrt_mhook_") else 0.0
+        state = nrt.comm_hook.CommHookState(model, codec=codec, adaptive=codec == "auto", prefix=tag,
+                                            momentum=momentum)
+        ddp.register_comm_hook(state, nrt.comm_hook.hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
+        state.check_optimizer(opt)
+        return ddp, opt
     compression = (nrt.Compression.none if codec == "none" else
                    nrt.Compression.auto if codec == "auto" else nrt.Compression.forced(codec))
     opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum),
