@@ -14,7 +14,8 @@ same initial weights and data order. Training seconds exclude evaluation: the cl
 evaluated every `--eval-every` steps (each rank scores a quarter; the counts are summed). A run ends at the
 target accuracy, or at `--max-seconds` of training or `--max-epochs`. One JSON row per run: `impl`, `link`,
 `repeat`, `time_to_target_s` (null if not reached), `steps_to_target`, `final_acc`, `steps`, `train_s`,
-`step_ms` (median), `curve` ([train seconds, accuracy] pairs), and rows with `summary: true` holding the median
+`step_ms` (median), `codecs` (the engine's buckets per codec used in the run, including the evaluation's small
+dense all-reduces), `curve` ([train seconds, accuracy] pairs), and rows with `summary: true` holding the median
 per impl. Fashion-MNIST is read from /usr/share/datasets/fashion-mnist/ (Debian's dataset-fashion-mnist).
 """
 from __future__ import annotations
@@ -122,6 +123,8 @@ def race_one(impl: str, tag: str, data, args: argparse.Namespace, rank: int, siz
     train_s, steps, reached = 0.0, 0, None
     acc = 0.0
     nrt.barrier(name=f"{tag}.start")
+    from neptune_rt import engine
+    codecs_before = dict(engine.stats()["codecs"])
     for epoch in range(args.max_epochs):
         perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(epoch))
         for start in range(0, len(perm) - args.batch + 1, args.batch):
@@ -147,7 +150,10 @@ def race_one(impl: str, tag: str, data, args: argparse.Namespace, rank: int, siz
         break
     if hasattr(opt, "remove_hooks"):
         opt.remove_hooks()
-    return {"impl": impl, "time_to_target_s": round(reached[0], 3) if reached else None,
+    # The codecs neptune_rt's engine used for this run's buckets (auto: the cost model's choice), rank 0's count.
+    codecs = {c: n - codecs_before.get(c, 0) for c, n in engine.stats()["codecs"].items()
+              if n > codecs_before.get(c, 0)}
+    return {"impl": impl, "time_to_target_s": round(reached[0], 3) if reached else None, "codecs": codecs,
             "steps_to_target": reached[1] if reached else None, "final_acc": round(acc, 2), "steps": steps,
             "train_s": round(train_s, 3), "step_ms": round(1000 * statistics.median(step_times), 2),
             "curve": curve}
