@@ -101,6 +101,18 @@ class CommHookState:
         if self.momentum is not None:
             self.momentum.check_optimizer(optimizer)
 
+    def restore_momentum(self, optimizer: torch.optim.Optimizer) -> None:
+        """After loading a checkpoint into `optimizer` (and before the next backward): the hook's ū_prev is SGD's
+        momentum buffer, so take it from there (needs `module`, or the parameter numbering of the saved run)."""
+        self.check_optimizer(optimizer)
+        if self.momentum is None:
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    self.momentum.buffers[f"{self.prefix}.{self.name_of(p)}"] = buf.detach().reshape(-1).clone()
+
     def scaling(self) -> tuple[str, float]:
         """(engine op, prescale) for this step."""
         return (ops.Sum, self.weight) if self.weight is not None else (self.op, 1.0)

@@ -52,6 +52,12 @@ def exact() -> None:
         # The identity the hook rests on: SGD's momentum buffer is the hook's averaged local momentum.
         close(f"SGD's momentum buffer vs the hook's: {n}", opt.state[p]["momentum_buffer"],
               state.momentum.buffers[f"exact.{n}"].view_as(p), atol=1e-6)
+    # A restart: a fresh state takes ū_prev from the optimizer's momentum buffers.
+    fresh = nrt.comm_hook.CommHookState(model, prefix="exact", momentum=0.9, weight_decay=0.01)
+    fresh.restore_momentum(opt)
+    assert fresh.momentum.buffers.keys() == state.momentum.buffers.keys()
+    for name, buf in state.momentum.buffers.items():
+        close(f"restored momentum of {name}", fresh.momentum.buffers[name], buf, atol=1e-6)
     refusals = ((dict(momentum=0.9, nesterov=True), "Nesterov"), (dict(momentum=0.9, dampening=0.1), "dampening"),
                 (dict(weight_decay=0.01), "only with momentum"), (dict(momentum=1.0), r"in \(0, 1\)"))
     for kw, words in refusals:
