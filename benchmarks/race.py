@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end training race: time to a target test accuracy for torch DDP over gloo (default, fp16 and
-PowerSGD hooks) and neptune_rt (DistributedOptimizer and the DDP hook, per codec), on Fashion-MNIST with an
+PowerSGD hooks) and neptune_rt (DistributedOptimizer, the DDP hook, and the DDP hook with local momentum, per
+codec; auto = the cost model's choice), on Fashion-MNIST with an
 MLP 784-1024-1024-10, global batch 256, SGD lr 0.05 momentum 0.9. Run it under mpirun, normally inside the
 emulated cluster (one rank per node):
 
@@ -13,7 +14,8 @@ same initial weights and data order. Training seconds exclude evaluation: the cl
 evaluated every `--eval-every` steps (each rank scores a quarter; the counts are summed). A run ends at the
 target accuracy, or at `--max-seconds` of training or `--max-epochs`. One JSON row per run: `impl`, `link`,
 `repeat`, `time_to_target_s` (null if not reached), `steps_to_target`, `final_acc`, `steps`, `train_s`,
-`step_ms` (median), `curve` ([train seconds, accuracy] pairs), and rows with `summary: true` holding the median
+`step_ms` (median), `codecs` (the engine's buckets per codec used in the run, including the evaluation's small
+dense all-reduces), `curve` ([train seconds, accuracy] pairs), and rows with `summary: true` holding the median
 per impl. Fashion-MNIST is read from /usr/share/datasets/fashion-mnist/ (Debian's dataset-fashion-mnist).
 """
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch.nn as nn
 DATA = Path("/usr/share/datasets/fashion-mnist")
 DDP_IMPLS = ("ddp_default", "ddp_fp16", "ddp_powersgd")
 NRT_CODECS = ("none", "onebit", "int4", "int8", "auto")
-ALL_IMPLS = DDP_IMPLS + tuple(f"nrt_opt_{c}" for c in NRT_CODECS) + tuple(f"nrt_hook_{c}" for c in NRT_CODECS[1:])
+# nrt_hook_*: the DDP hook on raw gradients; nrt_mhook_*: the hook with local momentum (CommHookState(momentum=)).
+ALL_IMPLS = (DDP_IMPLS + tuple(f"nrt_opt_{c}" for c in NRT_CODECS) + tuple(f"nrt_hook_{c}" for c in NRT_CODECS[1:])
+             + tuple(f"nrt_mhook_{c}" for c in NRT_CODECS[1:]))
 
 
 def load_idx(name: str) -> np.ndarray:
@@ -80,11 +84,15 @@ def build(impl: str, tag: str, args: argparse.Namespace):
             ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return ddp, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
     codec = impl.rsplit("_", 1)[1]
-    if impl.startswith("nrt_hook_"):
+    if impl.startswith(("nrt_hook_", "nrt_mhook_")):
         ddp = DDP(model, bucket_cap_mb=25)
-        ddp.register_comm_hook(nrt.comm_hook.CommHookState(model, codec=codec, adaptive=codec == "auto",
-                                                           prefix=tag), nrt.comm_hook.hook)
-        return ddp, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
+        momentum = args.momentum if impl.startswith("nrt_mhook_") else 0.0
+        state = nrt.comm_hook.CommHookState(model, codec=codec, adaptive=codec == "auto", prefix=tag,
+                                            momentum=momentum)
+        ddp.register_comm_hook(state, nrt.comm_hook.hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
+        state.check_optimizer(opt)
+        return ddp, opt
     compression = (nrt.Compression.none if codec == "none" else
                    nrt.Compression.auto if codec == "auto" else nrt.Compression.forced(codec))
     opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum),
@@ -115,6 +123,8 @@ def race_one(impl: str, tag: str, data, args: argparse.Namespace, rank: int, siz
     train_s, steps, reached = 0.0, 0, None
     acc = 0.0
     nrt.barrier(name=f"{tag}.start")
+    from neptune_rt import engine
+    codecs_before = dict(engine.stats()["codecs"])
     for epoch in range(args.max_epochs):
         perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(epoch))
         for start in range(0, len(perm) - args.batch + 1, args.batch):
@@ -140,7 +150,10 @@ def race_one(impl: str, tag: str, data, args: argparse.Namespace, rank: int, siz
         break
     if hasattr(opt, "remove_hooks"):
         opt.remove_hooks()
-    return {"impl": impl, "time_to_target_s": round(reached[0], 3) if reached else None,
+    # The codecs neptune_rt's engine used for this run's buckets (auto: the cost model's choice), rank 0's count.
+    codecs = {c: n - codecs_before.get(c, 0) for c, n in engine.stats()["codecs"].items()
+              if n > codecs_before.get(c, 0)}
+    return {"impl": impl, "time_to_target_s": round(reached[0], 3) if reached else None, "codecs": codecs,
             "steps_to_target": reached[1] if reached else None, "final_acc": round(acc, 2), "steps": steps,
             "train_s": round(train_s, 3), "step_ms": round(1000 * statistics.median(step_times), 2),
             "curve": curve}

@@ -34,9 +34,11 @@ OPS = ("sum", "average", "min", "max")
 
 def _engine_codecs() -> tuple[str, ...]:
     """The codecs this build's engine applies per bucket: the extension's codec table ("none" = dense) plus
-    "auto" (the cost model picks dense, fp16 or int8). Kernels and numpy references: neptune_rt.codecs."""
+    "auto" (the cost model picks dense, fp16 or int8) and "auto_lowbit" (dense, fp16, int8, int4 or onebit: for
+    callers that compress a momentum-corrected update, as the PyTorch binding's local momentum does).
+    Kernels and numpy references: neptune_rt.codecs."""
     from neptune_rt import _C
-    return (*_C.codec_names(), "auto")
+    return (*_C.codec_names(), "auto", "auto_lowbit")
 
 
 CODECS: tuple[str, ...] = _engine_codecs()
@@ -63,7 +65,8 @@ def codec_id(codec: str, adaptive: bool = True) -> int:
     if not _CODEC_IDS:
         from neptune_rt import _C
         ids = {name: i for i, name in enumerate(_C.codec_names()) if name in CODECS}
-        _CODEC_IDS.update(ids, auto=_C.CODEC_AUTO_ID, _force=_C.CODEC_FORCE_BIT)
+        _CODEC_IDS.update(ids, auto=_C.CODEC_AUTO_ID, auto_lowbit=_C.CODEC_AUTO_LOWBIT_ID,
+                          _force=_C.CODEC_FORCE_BIT)
     ident = _CODEC_IDS.get(codec) if codec in CODECS else None
     if ident is None:
         raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
@@ -349,8 +352,8 @@ def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
               prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
     """All-reduce into a new object of the input's type. codec: "none" (dense), "fp16", "bf16", "int8",
-    "int4", "onebit" (error feedback kept per tensor name) or "auto"; with adaptive=True the cost model may
-    still choose the dense path (or fp16) for this bucket where it predicts that to be faster."""
+    "int4", "onebit" (error feedback kept per tensor name), "auto" or "auto_lowbit"; with adaptive=True the
+    cost model may still choose the dense path (or fp16) for this bucket where it predicts that to be faster."""
     return allreduce_async(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 

@@ -9,7 +9,7 @@ from neptune_rt import _C, engine
 
 
 def test_codecs_come_from_the_extension():
-    assert engine.CODECS == (*_C.codec_names(), "auto")
+    assert engine.CODECS == (*_C.codec_names(), "auto", "auto_lowbit")
     assert [engine.codec_id(c) for c in _C.codec_names()] == list(range(len(_C.codec_names())))
 
 

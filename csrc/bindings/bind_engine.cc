@@ -53,15 +53,10 @@ void shutdownOrThrow(Engine& e) {
 }
 
 // Error-feedback residuals cross the boundary as (name, codec name, own float32[count], reduced float32[count]
-// or None); residuals are keyed by the codec requested, so "auto" is a key too.
-std::string requestedCodecName(uint8_t id) {
-  return id == kAutoCodecId ? "auto" : codecName(static_cast<Codec>(id));
-}
-
+// or None); residuals are keyed by the codec requested, so "auto" and "auto_lowbit" are keys too.
 uint8_t requestedCodecId(const std::string& name, const std::string& tensor) {
-  if (name == "auto") return kAutoCodecId;
-  const Codec c = codecFromName(name);  // throws, listing the names
-  NRT_CHECK_ARG(c != Codec::kNone, "neptune_rt: residual of tensor '", tensor,
+  const uint8_t c = requestedCodecIdFromName(name);  // throws, listing the names
+  NRT_CHECK_ARG(c != codec_format::kNone, "neptune_rt: residual of tensor '", tensor,
                 "' is keyed by codec 'none', which keeps no error feedback");
   return static_cast<uint8_t>(c);
 }
@@ -243,6 +238,7 @@ class GroupTemplate {
 
 void registerEngine(py::module_& m) {
   m.attr("CODEC_AUTO_ID") = kAutoCodecId;
+  m.attr("CODEC_AUTO_LOWBIT_ID") = kAutoLowBitCodecId;
   m.attr("CODEC_FORCE_BIT") = kForceCodecBit;
   m.attr("MIN_COMPRESSED_BYTES") = kMinCompressedBytes;
   m.attr("COMPRESSION_REQUIRED_SPEEDUP") = kCompressionRequiredSpeedup;
@@ -297,7 +293,7 @@ void registerEngine(py::module_& m) {
            py::arg("codec"), py::arg("count"), py::arg("world_size"))
       .def("choose",
            [](const CostModel& cm, const std::string& requested, size_t count, size_t denseBytes, int n) {
-             const uint8_t id = requested == "auto" ? kAutoCodecId : static_cast<uint8_t>(codecFromName(requested));
+             const uint8_t id = requestedCodecIdFromName(requested);
              return std::string(codecName(static_cast<Codec>(cm.choose(id, count, denseBytes, n))));
            },
            py::arg("requested"), py::arg("count"), py::arg("dense_bytes"), py::arg("world_size"),

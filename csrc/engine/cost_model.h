@@ -26,10 +26,21 @@
 
 namespace nrt {
 
-// TensorMeta::codec holds a codec's format id, or kAutoCodecId for "auto"; kForceCodecBit set means "use
+// TensorMeta::codec holds a codec's format id, or one of the two auto ids; kForceCodecBit set means "use
 // exactly this codec, do not ask the cost model" (per call, agreed across ranks like any metadata).
+// "auto" (kAutoCodecId) picks among {fp16, int8}: the codecs that train as well as dense on raw gradients.
+// "auto_lowbit" (kAutoLowBitCodecId) picks among {fp16, int8, int4, onebit}: for callers that compress a
+// momentum-corrected update with error feedback (the PyTorch binding's local momentum, docs/torch.md), where
+// int4 and onebit train like dense too. Both fall back to the dense path, and both mean int8 where no
+// timing decides (forced, or NEPTUNE_RT_DETERMINISTIC=1).
 constexpr uint8_t kAutoCodecId = 0x7f;
+constexpr uint8_t kAutoLowBitCodecId = 0x7e;
 constexpr uint8_t kForceCodecBit = 0x80;
+inline bool isAutoCodec(uint8_t id) { return id == kAutoCodecId || id == kAutoLowBitCodecId; }
+// The name a requested codec id goes by ("auto", "auto_lowbit", or the codec's own name).
+std::string requestedCodecName(uint8_t id);
+// The inverse; throws std::invalid_argument listing the names.
+uint8_t requestedCodecIdFromName(const std::string& name);
 
 // Below this many fp32 bytes a bucket stays dense: per-message costs dominate there, and the per-byte
 // figures probed at 16 MB do not extrapolate down (measured: a 64 KB bucket predicted faster as int8 ran
@@ -54,7 +65,9 @@ struct CostModel {
   double predictDense(size_t bytes, int n) const;
   double predictCompressed(Codec c, size_t count, int n) const;
   // The fastest predicted choice among the dense path (buffer of `denseBytes`) and the candidates that
-  // `requested` allows: kAutoCodecId -> {fp16, int8}; a lossy codec -> {fp16, it}; fp16/bf16 -> {it}.
+  // `requested` allows: kAutoCodecId -> {fp16, int8}; kAutoLowBitCodecId -> {fp16, int8, int4, onebit};
+  // a lossy codec -> {fp16, it}; fp16/bf16 -> {it}. A codec wins only if predicted kCompressionRequiredSpeedup
+  // times faster than dense; among the codecs the fastest prediction wins (ties: the earlier in that list).
   // Returns codec_format::kNone for dense.
   uint8_t choose(uint8_t requested, size_t count, size_t denseBytes, int n) const;
   std::string describe() const;
@@ -63,12 +76,14 @@ struct CostModel {
 
   // Collective: every rank of `comm` calls it at the same point (the engine does, before deciding on a
   // bucket). Probes latency and the dense ring once, and each candidate codec of `requested` the first
-  // time it can be chosen: a few all-reduces of a 16 MB buffer (tens of ms on shared memory, about a
-  // second on 1 Gbit Ethernet), timed as they really run.
+  // time it can be chosen, timed as they really run: a few all-reduces of a 16 MB buffer (tens of ms on
+  // shared memory), or of 1 MB where a 1 MB dense ring already takes kSlowLinkProbeSeconds (a slow link:
+  // bandwidth-bound at that size, and 16 MB would cost seconds, e.g. ~2 s per dense run at 100 Mbit).
   // `opts`: the engine's compressed settings (algorithm, block, segments), so the probe times what runs.
   void probe(Communicator& comm, const CompressedAllreduceOptions& opts, uint8_t requested);
 
  private:
+  size_t probeCount_ = 0;  // fp32 values per probe all-reduce, fixed by the first probe
   uint8_t decide(uint8_t requested, size_t count, size_t denseBytes, int n) const;
   mutable std::mutex loggedMu_;
   mutable std::set<std::tuple<uint8_t, size_t, size_t, int>> logged_;  // shapes whose decision was logged

@@ -118,7 +118,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
       costModelText_ = costModel_.describe();
     }
     codec = costModel_.choose(codec, count, count * dtypeSize(head.dtype), size_);
-  } else if (codec == kAutoCodecId) {
+  } else if (isAutoCodec(codec)) {
     codec = codec_format::kInt8;
   }
 

@@ -33,7 +33,7 @@ void checkEntry(const Entry& e, int rank, int size) {
                   dtypeName(m.dtype), ", and prescale/postscale factors (here ", e.prescale, " and ", e.postscale,
                   ") apply only to floating tensors: scale the result yourself, or use a floating dtype");
     const uint8_t codec = m.codec & ~kForceCodecBit;
-    NRT_CHECK_ARG(codec < codec_format::kNumCodecs || codec == kAutoCodecId, where(), ": unknown codec id ",
+    NRT_CHECK_ARG(codec < codec_format::kNumCodecs || isAutoCodec(codec), where(), ": unknown codec id ",
                   int(codec));
     NRT_CHECK_ARG(codec == codec_format::kNone || isFloating(m.dtype), where(), " is ", dtypeName(m.dtype),
                   "; compression codecs need a floating dtype (use codec='none')");

@@ -20,6 +20,7 @@ from neptune_rt.torch.ops import (
     synchronize,
 )
 from neptune_rt.torch.onebit_adam import OneBitAdam
+from neptune_rt.torch.onebit_lamb import OneBitLamb
 from neptune_rt.torch.optimizer import DistributedOptimizer
 
 __all__ = [
@@ -27,7 +28,8 @@ __all__ = [
     "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "allgather", "allgather_async",
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "synchronize", "poll", "join", "barrier",
     "broadcast_parameters", "broadcast_optimizer_state", "broadcast_object", "allgather_object",
-    "Average", "Sum", "Min", "Max", "Compression", "Compressor", "Handle", "DistributedOptimizer", "OneBitAdam", "comm_hook",
+    "Average", "Sum", "Min", "Max", "Compression", "Compressor", "Handle", "DistributedOptimizer", "OneBitAdam",
+    "OneBitLamb", "comm_hook",
     "mpi_built", "mpi_enabled", "mpi_threads_supported", "gloo_built", "nccl_built", "cuda_built", "rocm_built",
     "ddl_built", "ccl_built", "is_homogeneous",
 ]

@@ -29,6 +29,9 @@ class OneBitAdam(torch.optim.Optimizer):
     """Adam with a dense warm-up, then frozen variance and 1-bit momentum with worker and server error
     feedback. Collective: every rank builds it over the same parameters, in the same order."""
 
+    # L2 weight decay (added to the gradient, as torch.optim.Adam); OneBitLamb decouples it (onebit_lamb.py).
+    _decoupled_weight_decay = False
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, warmup_steps: int | str = "auto",
                  warmup_compression: str = "none", max_warmup_steps: int = 1000, check_interval: int = 10,
@@ -141,7 +144,7 @@ class OneBitAdam(torch.optim.Optimizer):
             offset += n
             state = self.state[p]
             beta1, beta2 = group["betas"]
-            if group["weight_decay"]:
+            if group["weight_decay"] and not self._decoupled_weight_decay:
                 g = g.add(p, alpha=group["weight_decay"])
             state["exp_avg"].lerp_(g, 1 - beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -175,7 +178,7 @@ class OneBitAdam(torch.optim.Optimizer):
         grads = self._grads(params)
         denoms = []
         for (p, group), g in zip(params, grads):
-            if group["weight_decay"]:
+            if group["weight_decay"] and not self._decoupled_weight_decay:
                 g = g.add(p, alpha=group["weight_decay"])
             state = self.state[p]
             state["exp_avg"].lerp_(g, 1 - group["betas"][0])
@@ -193,7 +196,7 @@ class OneBitAdam(torch.optim.Optimizer):
         for p, group in params:
             n = p.numel()
             self.state[p]["worker_error"].copy_(worker_error[offset:offset + n].view_as(p))
-            p.add_(direction[offset:offset + n].view_as(p).to(p.device), alpha=-group["lr"] / (1 - group["betas"][0] ** t))
+            self._apply_direction(p, group, direction[offset:offset + n].view_as(p).to(p.device), t)
             offset += n
 
     def _server_error(self, count: int) -> torch.Tensor:
@@ -208,6 +211,10 @@ class OneBitAdam(torch.optim.Optimizer):
     def _denom(group: dict[str, Any], state: dict[str, Any], t_variance: int) -> torch.Tensor:
         """sqrt(v^) + eps, the variance's bias correction taken at step t_variance."""
         return (state["exp_avg_sq"].sqrt() / (1 - group["betas"][1] ** t_variance) ** 0.5).add_(group["eps"])
+
+    def _apply_direction(self, p: torch.Tensor, group: dict[str, Any], direction: torch.Tensor, t: int) -> None:
+        """The compressed phase's update from the averaged direction m / (sqrt(v^) + eps)."""
+        p.add_(direction, alpha=-group["lr"] / (1 - group["betas"][0] ** t))
 
     def _apply(self, p: torch.Tensor, group: dict[str, Any], state: dict[str, Any], t: int) -> None:
         """torch.optim.Adam's update (warm-up)."""

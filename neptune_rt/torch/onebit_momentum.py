@@ -15,11 +15,13 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["LOCAL_MOMENTUM_CODECS", "SYNC_MOMENTUM", "LocalMomentum", "local_momentum_for"]
+__all__ = ["LOCAL_MOMENTUM_CODECS", "SYNC_MOMENTUM", "LocalMomentum", "local_momentum_for", "engine_codec"]
 
-# Codecs whose error amplified by momentum breaks training (onebit) or costs accuracy (int4). int8 trains
-# within a point of dense as it is, so it takes this path only when asked (local_momentum=True).
-LOCAL_MOMENTUM_CODECS = ("onebit", "int4")
+# Codecs whose error amplified by momentum breaks training (onebit) or costs accuracy (int4), and "auto",
+# which under local momentum may choose them (the optimizer then asks the engine for "auto_lowbit": see
+# `engine_codec`). int8 trains within a point of dense as it is, so it takes this path only when asked
+# (local_momentum=True).
+LOCAL_MOMENTUM_CODECS = ("onebit", "int4", "auto")
 # After the all-reduce, each rank's momentum buffer becomes the averaged update it applies (without Nesterov,
 # where the update is the buffer itself). Measured on the race workload (Fashion-MNIST MLP, 4 ranks, onebit ring,
 # block 256, simulated): steps to 85% fell from 230 (each rank keeping its own buffer) to 150 (dense: 160), and
@@ -44,6 +46,13 @@ def local_momentum_for(optimizer: torch.optim.Optimizer, codec: str, requested: 
         raise ValueError(f"neptune_rt: local_momentum=True needs torch.optim.SGD (with momentum > 0), got "
                          f"{type(optimizer).__name__}; for Adam use neptune_rt.torch.OneBitAdam")
     return LocalMomentum(optimizer) if has_momentum else None
+
+
+def engine_codec(codec: str, local_momentum: bool) -> str:
+    """The engine codec to request: "auto" becomes "auto_lowbit" under local momentum, so that the engine's cost
+    model may also pick int4 and onebit (which train like dense only when the momentum-corrected update, not
+    the raw gradient, is what error feedback compresses); every other codec stays as it is."""
+    return "auto_lowbit" if codec == "auto" and local_momentum else codec
 
 
 class LocalMomentum:

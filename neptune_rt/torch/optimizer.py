@@ -14,9 +14,9 @@ import torch
 
 from neptune_rt import engine as _engine
 from neptune_rt.torch import ops
-from neptune_rt.torch.compression import Compression, Compressor, require_codec
+from neptune_rt.torch.compression import Compression, Compressor, EngineCodecCompressor, require_codec
 from neptune_rt.torch.grad_buckets import GradBucket, plan_buckets
-from neptune_rt.torch.onebit_momentum import local_momentum_for
+from neptune_rt.torch.onebit_momentum import engine_codec, local_momentum_for
 from neptune_rt.torch.param_check import check_named, check_same_parameters_everywhere
 
 __all__ = ["DistributedOptimizer"]
@@ -35,9 +35,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
     sum_i w_i g_i, exact whatever the split (implemented as the engine's prescale with op=Sum); and
     `bucket_bytes`, the size of the flat gradient buffers that travel as one engine tensor (`.grad` of each
     parameter becomes a view into its bucket, as with DDP's gradient_as_bucket_view); and `local_momentum`:
-    with SGD(momentum > 0) and the onebit or int4 codec (None, the default) or any engine codec (True), each
-    rank keeps its momentum and the compressed all-reduce carries SGD's update direction instead of the
-    gradient (see onebit_momentum.py and docs/torch.md, "Training at 1 bit"); False turns it off.
+    with SGD(momentum > 0) and the onebit, int4 or auto codec (None, the default) or any engine codec (True),
+    each rank keeps its momentum and the compressed all-reduce carries SGD's update direction instead of the
+    gradient (see onebit_momentum.py and docs/torch.md, "Training at 1 bit"); False turns it off. With auto, the
+    engine's cost model then chooses among dense, fp16, int8, int4 and onebit ("auto_lowbit").
     The constructor is collective: every rank must wrap an optimizer over the same named parameters.
     """
 
@@ -64,6 +65,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
             require_codec(codec)  # fail here, not inside the first backward
         self._opt = optimizer
         self._local_momentum = local_momentum_for(optimizer, codec, local_momentum)
+        if engine_codec(codec, self._local_momentum is not None) != codec:  # auto -> auto_lowbit
+            compression = EngineCodecCompressor(engine_codec(codec, True), getattr(compression, "adaptive", True))
         self._compression = compression
         self._passes = backward_passes_per_step
         self._op = op

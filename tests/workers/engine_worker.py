@@ -99,7 +99,7 @@ def scenario_codecs() -> None:
     if algorithm == "auto":
         from neptune_rt import _C
         algorithm = _C.choose_compressed_algorithm(n)
-    for codec in ["fp16", "bf16", "int8", "int4", "onebit", "auto"]:
+    for codec in ["fp16", "bf16", "int8", "int4", "onebit", "auto", "auto_lowbit"]:
         for dtype in ["float32", "float64", "float16"]:
             for count in [1, 7, 1000, 70001]:
                 x = np.random.default_rng(r * 31 + count).standard_normal(count).astype(dtype)
@@ -107,7 +107,7 @@ def scenario_codecs() -> None:
                          .astype(np.float64) for k in range(n)]
                 exact = np.sum(parts, axis=0)
                 h = nrt.allreduce_async(x, name=f"{codec}.{dtype}.{count}", codec=codec,
-                                        adaptive=codec == "auto")
+                                        adaptive=codec.startswith("auto"))
                 y = h.wait()
                 assert y.dtype == x.dtype
                 # Per element, the bound of the codec's error model (neptune_rt/codecs/bounds.py) plus the

@@ -2,9 +2,13 @@
 accuracy (rank 0: `ACC <mode> <percent> param_checksum <sum |p|>`). A mode is `<optimizer>/<compression>`:
 optimizer `sgd` (momentum DIGITS_MOMENTUM), `nesterov`, `adam` (all wrapped in DistributedOptimizer) or
 `onebitadam` (neptune_rt.torch.OneBitAdam, compression ignored); compression `none`, `fp16`, `bf16` or
-`forced:<codec>` (every bucket quantized, no cost-model fallback). Same initialization, data order and step
+`forced:<codec>` (every bucket quantized, no cost-model fallback) or `auto` (the cost model chooses; with SGD
+momentum that is local momentum and the engine's "auto_lowbit"). Same initialization, data order and step
 count for every mode; each mode names its engine tensors afresh (`<mode>.<param>`), so no mode starts from an
-earlier mode's error-feedback residuals. Run by tests/torch/test_compression.py."""
+earlier mode's error-feedback residuals. DIGITS_HIDDEN sets the hidden width (64; 1024 makes the gradients
+one 300 KB bucket, above the engine's 256 KB floor for compression). Rank 0 also prints
+`CODECS <mode> <local_momentum> <engine codec> <codec>=<buckets>...` (the codecs the engine used for the mode).
+Run by tests/torch/test_compression.py."""
 from __future__ import annotations
 
 import os
@@ -15,6 +19,7 @@ import torch.nn as nn
 from sklearn.datasets import load_digits
 
 import neptune_rt.torch as nrt
+from neptune_rt import engine as nrt_engine
 from common import finish, setup
 
 rank, size = setup(gloo=False)
@@ -22,6 +27,7 @@ modes = sys.argv[1:] or ["sgd/none", "sgd/fp16", "sgd/bf16"]
 EPOCHS, GLOBAL_BATCH = 12, 64
 LR, MOMENTUM = float(os.environ.get("DIGITS_LR", "0.1")), float(os.environ.get("DIGITS_MOMENTUM", "0.9"))
 ADAM_LR = float(os.environ.get("DIGITS_ADAM_LR", "0.003"))
+HIDDEN = int(os.environ.get("DIGITS_HIDDEN", "64"))
 
 digits = load_digits()
 x_all = torch.tensor(digits.data, dtype=torch.float32) / 16.0
@@ -50,8 +56,9 @@ def make_optimizer(mode: str, model: nn.Module) -> torch.optim.Optimizer:
 
 for mode in modes:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10))
     opt = make_optimizer(mode, model)
+    codecs_before = dict(nrt_engine.stats()["codecs"])
     for epoch in range(EPOCHS):
         perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
         for start in range(0, len(perm) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
@@ -68,6 +75,10 @@ for mode in modes:
                                                                                   op=nrt.Min)
     assert same.abs().max().item() == 0, f"rank {rank}: {mode}: ranks diverged"
     extra = f" frozen_at {opt.onebit['frozen_at']}" if hasattr(opt, "onebit") else ""
+    used = {c: n - codecs_before.get(c, 0) for c, n in nrt_engine.stats()["codecs"].items()
+            if n - codecs_before.get(c, 0) > 0}
     if rank == 0:
         print(f"ACC {mode} {acc:.2f} param_checksum {params.double().abs().sum().item():.9g}{extra}", flush=True)
+        print(f"CODECS {mode} {getattr(opt, 'local_momentum', False)} {getattr(opt, '_compression', None)} "
+              + " ".join(f"{c}={n}" for c, n in sorted(used.items())), flush=True)
 finish()
