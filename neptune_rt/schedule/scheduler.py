@@ -24,7 +24,9 @@ _MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, 
 class BatchScheduler:
     """Plans per-rank local batches (and, with `adaptive_batch`, the global batch).
 
-    world_size, global_batch: ranks and the starting global batch B0 (the batch the learning rate is tuned for).
+    world_size, global_batch: ranks and the starting global batch.
+    base_batch: the batch B0 the learning rate is tuned for (default: global_batch); lr_scale and the
+        statistical efficiency are relative to it.
     max_micro: largest micro-batch per rank (an int for all, a list, or later `set_max_micro` from probing);
         a larger share is run as gradient accumulation of up to `max_accum` micro-batches.
     min_local: smallest share of any rank (>= 1 keeps every rank in the noise-scale estimate).
@@ -33,13 +35,15 @@ class BatchScheduler:
     warmup_steps: first steps whose timings are ignored (allocator and caches warming up).
     adaptive_batch, batch_bounds: let the goodput model choose B in [lo, hi]; it changes B only when the
         predicted goodput improves by more than `goodput_gain` (5%), at most every `goodput_interval` steps.
-    lr_rule: "adascale" (default), "sqrt" or "linear": the plan's lr_scale for a batch other than B0.
+    lr_rule: "adascale" (default), "sqrt" or "linear": the learning-rate multiplier for a batch other than B0
+        (`lr_scale`; the AdaScale gain follows the noise scale every step), and the efficiency model that
+        goodput mode uses (the efficiency of a batch depends on the learning rate it is trained with).
     on_change: called with each new Plan (also logged at INFO on logger "neptune_rt.schedule").
     """
 
     def __init__(self, world_size: int, global_batch: int, *, max_micro: int | Sequence[int] = 1 << 30,
                  max_accum: int = 16, min_local: int = 1, damping: float = 0.5, hysteresis: float = 0.03,
-                 warmup_steps: int = 2, adaptive_batch: bool = False,
+                 warmup_steps: int = 2, adaptive_batch: bool = False, base_batch: int | None = None,
                  batch_bounds: tuple[int, int] | None = None, lr_rule: str = "adascale",
                  goodput_gain: float = 0.05, goodput_interval: int = 10, noise_warmup: int = 10,
                  noise_decay: float = 0.95, time_decay: float = 0.9,
@@ -51,7 +55,9 @@ class BatchScheduler:
             raise ValueError(f"scheduler: unknown lr_rule {lr_rule!r} (use one of {', '.join(LR_RULES)})")
         if not 0.0 < damping <= 1.0:
             raise ValueError(f"scheduler: damping must be in (0, 1], got {damping}")
-        self.world_size, self.base_batch = world_size, int(global_batch)
+        self.world_size, self.base_batch = world_size, int(base_batch or global_batch)
+        if self.base_batch < 1:
+            raise ValueError(f"scheduler: base_batch must be >= 1, got {base_batch}")
         micro = [int(max_micro)] * world_size if isinstance(max_micro, int) else [int(m) for m in max_micro]
         if len(micro) != world_size or min(micro) < 1:
             raise ValueError(f"scheduler: max_micro needs {world_size} values >= 1, got {micro}")
@@ -77,6 +83,14 @@ class BatchScheduler:
                                                  "initial equal split"))
 
     # -- public API -------------------------------------------------------------------------------------
+    @property
+    def lr_scale(self) -> float:
+        """Learning-rate multiplier for the current global batch relative to `base_batch`, under `lr_rule`.
+        With AdaScale it is the gain at the current (smoothed) noise scale, so it moves every step, as in
+        AdaScale; `plan.lr_scale` is its value when the plan was adopted."""
+        B = self.plan.global_batch
+        return lr_scale(self.lr_rule, self.noise.value, B, self.base_batch) if B != self.base_batch else 1.0
+
     def observe(self, rows: Sequence[Sequence[float]]) -> Plan:
         """Feeds one step's all-gathered statistics (one row per rank, columns STAT_COLUMNS; see
         `neptune_rt.schedule.stats_row`) and returns the plan for the next step."""
@@ -123,7 +137,7 @@ class BatchScheduler:
                 "explored": self._explored, "fresh_batch": self._fresh_batch,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
-                "world_size": self.world_size, "base_batch": self.base_batch}
+                "world_size": self.world_size, "base_batch": self.base_batch, "lr_rule": self.lr_rule}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.world_size or state["base_batch"] != self.base_batch:
@@ -167,7 +181,7 @@ class BatchScheduler:
     def _split_plan(self, B: int, split: Sequence[int], micro: Sequence[int], reason: str) -> Plan:
         phi = self.noise.value
         t = self._step_time(split)
-        good = B / t * efficiency(phi, B, self.base_batch) if t > 0 else 0.0
+        good = B / t * efficiency(phi, B, self.base_batch, self.lr_rule) if t > 0 else 0.0
         scale = lr_scale(self.lr_rule, phi, B, self.base_batch) if B != self.base_batch else 1.0
         return Plan(version=len(self.history), step=self.steps, global_batch=B, local_batches=tuple(split),
                     max_micro=tuple(micro), lr_scale=scale, noise_scale=phi, predicted_step_s=t,
@@ -216,7 +230,7 @@ class BatchScheduler:
 
     def _goodput(self, B: int) -> tuple[float, list[int]]:
         split = self._ideal_split(B, self.plan.max_micro)
-        return B / self._step_time(split) * efficiency(self.noise.value, B, self.base_batch), split
+        return B / self._step_time(split) * efficiency(self.noise.value, B, self.base_batch, self.lr_rule), split
 
     def _choose_batch(self) -> Plan | None:
         B, (lo, hi) = self.plan.global_batch, self.batch_bounds
