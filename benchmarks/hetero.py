@@ -94,6 +94,7 @@ class Run:
         self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
         self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
         self.times: list[float] = []
+        self.parts: list[tuple[float, ...]] = []
         self.clock, self.samples, self.step_s, self.reached = 0.0, 0, 0.0, None
         self.next_eval = args.eval_every
         self.done = False
@@ -115,16 +116,24 @@ class Run:
         losses = [lambda p=p, w=w: w * nn.functional.cross_entropy(model(x[p]), y[p])
                   for p, w in zip(parts, micro_weights([len(p) for p in parts]))]
         sq = local_backward(model.parameters(), losses, measure_norm=self.measure) if losses else 0.0
-        compute = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        compute = t1 - t0
         wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched else None
+        t2 = time.perf_counter()
         opt.step()
+        t3 = t4 = t5 = time.perf_counter()
         if sched:
             avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if self.measure else -1.0
+            t4 = time.perf_counter()
             rows = wait()
             for row in rows:
                 row[3] = avg  # the reduced gradient is bit-identical on every rank
+            t5 = time.perf_counter()
             sched.observe(rows)
         self.step_s = time.perf_counter() - t0
+        # Where the step goes (the scheduler's own cost on identical ranks): submit the statistics row, the
+        # optimizer step (gradient all-reduce), the reduced gradient's norm, the wait for the rows, observe().
+        self.parts.append((compute, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t0 + self.step_s - t5))
         self.times.append(self.step_s)
         self.clock += self.step_s
         self.samples += batch.global_batch
@@ -141,6 +150,7 @@ class Run:
 
     def result(self) -> dict:
         sched, tail = self.sched, self.times[len(self.times) // 2:]
+        parts = self.parts[len(self.parts) // 2:]
         return {"step_ms": 1e3 * statistics.median(tail), "step_ms_min": 1e3 * min(tail),
                 "step_ms_max": 1e3 * max(tail), "steps": len(self.times), "train_s": self.clock,
                 "test_acc": accuracy(self.model, self.data[2], self.data[3]), "time_to_target_s": self.reached,
@@ -149,7 +159,9 @@ class Run:
                 "final_batch": sched.plan.global_batch if sched else self.B,
                 "final_split": list(sched.plan.local_batches) if sched else self.equal,
                 "final_lr_scale": sched.lr_scale if sched else self.opt.param_groups[0]["lr"] / self.args.lr,
-                "noise_scale": sched.noise.value if sched else None}
+                "noise_scale": sched.noise.value if sched else None,
+                **{f"{name}_ms": 1e3 * statistics.median(p[i] for p in parts)
+                   for i, name in enumerate(("compute", "submit", "opt_step", "norm", "wait", "observe"))}}
 
 
 def interleaved(runs: dict[str, Run]) -> dict[str, dict]:

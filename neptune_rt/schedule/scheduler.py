@@ -174,6 +174,15 @@ class BatchScheduler:
         a, c = self._coeffs()
         return integer_split(a, c, B, [self.min_local] * self.world_size, self._hi(micro))
 
+    def _split_bound(self, B: int) -> float:
+        """A lower bound on the makespan of any split of B: the water level with no per-rank bounds,
+        (B + sum a_i/c_i) / sum 1/c_i (bounds only raise it). Valid while every rank gets >= 1 sample (a rank
+        with none would not pay its a_i); 0 (no bound) otherwise."""
+        if self.min_local < 1:
+            return 0.0
+        a, c = self._coeffs()
+        return (B + sum(ai / ci for ai, ci in zip(a, c))) / sum(1.0 / ci for ci in c)
+
     def _step_time(self, split: Sequence[int]) -> float:
         a, c = self._coeffs()
         return makespan(a, c, split) + self.overhead_s
@@ -195,6 +204,13 @@ class BatchScheduler:
             if choice is not None:
                 return choice
         B = plan.global_batch
+        # Hysteresis: a move must promise more than `hysteresis`, and more than half the timing noise the
+        # models see (on a busy machine a 3% threshold alone would chase noise).
+        noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
+        threshold = max(self.hysteresis, 0.5 * noise)
+        current = self._step_time(plan.local_batches)
+        if self._split_bound(B) + self.overhead_s >= (1.0 - threshold) * current:
+            return None  # no split of B can beat the current one by the threshold: skip the water-filling
         ideal = self._ideal_split(B, micro)
         if list(ideal) == list(plan.local_batches):
             return None
@@ -211,11 +227,7 @@ class BatchScheduler:
                 floors[j] += 1
             k += 1
         damped = floors
-        # Hysteresis: the move must promise more than `hysteresis`, and more than half the timing noise the
-        # models see (on a busy machine a 3% threshold alone would chase noise).
-        noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
-        threshold = max(self.hysteresis, 0.5 * noise)
-        if self._step_time(damped) >= (1.0 - threshold) * self._step_time(plan.local_batches):
+        if self._step_time(damped) >= (1.0 - threshold) * current:
             return None
         return self._split_plan(B, damped, micro, "re-balanced")
 

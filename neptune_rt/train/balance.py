@@ -88,7 +88,7 @@ class Balancer:
 
     @property
     def lr_scale(self) -> float:
-        return self.plan.lr_scale if self.plan else 1.0
+        return self.scheduler.lr_scale if self.scheduler else 1.0  # AdaScale's gain moves with the noise scale
 
     @property
     def measure_norm(self) -> bool:
