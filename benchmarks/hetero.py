@@ -16,7 +16,8 @@ every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on
      fixed multiplier sqrt(B/B0); adascale: the AdaScale gain from the measured noise scale, every step, which
      is what AdaScale at a fixed B is), all interleaved step by step, with a per-step cost of
      --goodput-step-ms (latency, synchronisation) on top. The learning rate --lr is the one for --goodput-base.
-One JSON row per run (`impl` "equal", "balanced", "fixed", "goodput"; `lr_rule`); a table on rank 0.
+One JSON row per run (`impl` "equal", "balanced" (statistics through StatsPipe), "balanced_now" (gathered at once),
+"fixed", "goodput"; `lr_rule`); step-part timings (`submit_ms`, `wait_ms`, `observe_ms`, ...); a table on rank 0.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import neptune_rt.torch as nrt  # noqa: E402
 from common import print_table, write_json  # noqa: E402
-from neptune_rt.schedule import (BatchScheduler, PlanSampler, gather_stats_async, integer_split,  # noqa: E402
-                                 local_backward, lr_scale, micro_split, micro_weights, slowdown_sleep, stats_row)
+from neptune_rt.schedule import (BatchScheduler, PlanSampler, StatsPipe, gather_stats_async,  # noqa: E402
+                                 integer_split, local_backward, lr_scale, micro_split, micro_weights, slowdown_sleep,
+                                 stats_row)
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 
@@ -74,7 +76,8 @@ class Run:
 
     def __init__(self, args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
                  adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf"),
-                 lr_rule: str = "adascale", base_batch: int | None = None, max_micro: int | None = None):
+                 lr_rule: str = "adascale", base_batch: int | None = None, max_micro: int | None = None,
+                 stats: str = "pipe"):
         self.args, self.data, self.slow_at, self.max_steps, self.target = args, data, slow_at, steps, target
         self.adaptive, self.max_seconds, self.B = adaptive, max_seconds, B
         # The noise scale is measured in goodput mode and for an AdaScale learning rate at a fixed B != B0.
@@ -93,6 +96,8 @@ class Run:
                                         goodput_interval=args.goodput_interval, noise_warmup=args.goodput_interval)
         self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
         self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
+        # Statistics one step late in the next gradient cycle (StatsPipe), or at once (--stats-exchange now).
+        self.pipe = StatsPipe() if self.sched and stats == "pipe" else None
         self.times: list[float] = []
         self.parts: list[tuple[float, ...]] = []
         self.clock, self.samples, self.step_s, self.reached = 0.0, 0, 0.0, None
@@ -109,6 +114,9 @@ class Run:
         for g in opt.param_groups:
             g["lr"] = self.base_lr * (sched.lr_scale if sched else 1.0)
         t0 = time.perf_counter()
+        if self.pipe:
+            self.pipe.send()  # the previous step's statistics, before backward: in the gradients' engine cycle
+        ts = time.perf_counter()
         opt.zero_grad()
         parts = torch.split(torch.as_tensor(batch.indices),
                             micro_split(b, sched.plan.max_micro[rank]) if sched else [b]) if b else []
@@ -117,23 +125,28 @@ class Run:
                   for p, w in zip(parts, micro_weights([len(p) for p in parts]))]
         sq = local_backward(model.parameters(), losses, measure_norm=self.measure) if losses else 0.0
         t1 = time.perf_counter()
-        compute = t1 - t0
-        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched else None
+        compute = t1 - ts
+        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched and not self.pipe else None
         t2 = time.perf_counter()
         opt.step()
         t3 = t4 = t5 = time.perf_counter()
+        avg = -1.0
         if sched:
             avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if self.measure else -1.0
             t4 = time.perf_counter()
-            rows = wait()
-            for row in rows:
-                row[3] = avg  # the reduced gradient is bit-identical on every rank
+            rows = self.pipe.receive() if self.pipe else wait()
             t5 = time.perf_counter()
-            sched.observe(rows)
+            if rows:
+                if not self.pipe:
+                    for row in rows:
+                        row[3] = avg  # the reduced gradient is bit-identical on every rank
+                sched.observe(rows)
         self.step_s = time.perf_counter() - t0
+        if self.pipe:
+            self.pipe.record(stats_row(b, compute, sq, avg, self.step_s))
         # Where the step goes (the scheduler's own cost on identical ranks): submit the statistics row, the
         # optimizer step (gradient all-reduce), the reduced gradient's norm, the wait for the rows, observe().
-        self.parts.append((compute, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t0 + self.step_s - t5))
+        self.parts.append((compute, (ts - t0) + (t2 - t1), t3 - t2, t4 - t3, t5 - t4, t0 + self.step_s - t5))
         self.times.append(self.step_s)
         self.clock += self.step_s
         self.samples += batch.global_batch
@@ -205,6 +218,9 @@ def main() -> None:
                     help="lr rules of the fixed-batch runs relative to --goodput-base, comma-separated (sqrt, "
                          "linear: fixed multipliers; adascale: the gain from the measured noise scale)")
     ap.add_argument("--eval-every", type=int, default=8192, help="samples between test evaluations")
+    ap.add_argument("--stats-exchange", default="pipe",
+                    help="static case: how the scheduler runs exchange statistics, comma-separated: pipe (StatsPipe, "
+                         "one step late in the next gradient cycle), now (gather_stats_async after backward)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -227,14 +243,16 @@ def main() -> None:
             if len(slow) != size:
                 sys.exit(f"profile {text} names {len(slow)} ranks, running {size}")
             ideal = max(slow) * sum(1 / s for s in slow) / size
+            kinds = [("equal", "equal", "pipe")] + [("balanced" if mode == "pipe" else f"balanced_{mode}", "scheduler",
+                                                     mode) for mode in args.stats_exchange.split(",")]
             runs = interleaved({impl: Run(args, data, policy=policy, slow_at=lambda _s, v=slow: v,
-                                          steps=args.steps, B=args.global_batch)
-                                for impl, policy in (("equal", "equal"), ("balanced", "scheduler"))})
-            speedup = runs["equal"]["step_ms"] / runs["balanced"]["step_ms"]
+                                          steps=args.steps, B=args.global_batch, stats=mode)
+                                for impl, policy, mode in kinds})
             for impl, r in runs.items():
+                speedup = runs["equal"]["step_ms"] / r["step_ms"]
                 record({"impl": impl, "case": "static", "profile": text, "global_batch": args.global_batch,
-                        **common, **r, "speedup": speedup if impl == "balanced" else 1.0,
-                        "ideal_speedup": ideal, "fraction_of_ideal": speedup / ideal if impl == "balanced" else None})
+                        **common, **r, "speedup": speedup, "ideal_speedup": ideal,
+                        "fraction_of_ideal": speedup / ideal if impl != "equal" else None})
     if "change" in cases:
         after = [1.0] * (size - 1) + [4.0]
         slow_at = lambda s: after if s >= args.change_at else [1.0] * size  # noqa: E731

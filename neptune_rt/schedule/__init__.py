@@ -17,13 +17,13 @@ __all__ = [
     "BatchScheduler", "Plan", "STAT_COLUMNS", "stats_row", "micro_split", "PlanSampler", "GlobalBatch", "equal_split",
     "NoiseScale", "efficiency", "lr_scale", "MemoryProbe", "SimulatedOOM", "CpuMemoryMeter", "CudaMemoryMeter",
     "continuous_split", "integer_split", "makespan", "gather_stats", "gather_stats_async", "probe_max_micro",
-    "local_backward", "micro_weights", "EmulatedSlowdown", "slowdown_sleep", "parse_factors",
+    "local_backward", "micro_weights", "EmulatedSlowdown", "slowdown_sleep", "parse_factors", "StatsPipe",
 ]
 
 
 def __getattr__(name: str):
     # The engine and torch helpers load on first use, so the pure policy imports without either.
-    if name in ("gather_stats", "gather_stats_async", "probe_max_micro"):
+    if name in ("gather_stats", "gather_stats_async", "probe_max_micro", "StatsPipe"):
         from neptune_rt.schedule import exchange
         return getattr(exchange, name)
     if name in ("local_backward", "micro_weights"):

@@ -19,6 +19,9 @@ __all__ = ["BatchScheduler"]
 log = logging.getLogger("neptune_rt.schedule")
 _COL = {name: i for i, name in enumerate(STAT_COLUMNS)}
 _MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, at most (see _coeffs)
+# Timed steps every rank's model needs before the split moves: one step cannot tell a slower rank from a noisy
+# step (on identical ranks of a busy machine a single early step re-split [64]*4 into [70, 59, 58, 69]).
+_MIN_TIMED_STEPS = 3
 
 
 class BatchScheduler:
@@ -77,7 +80,7 @@ class BatchScheduler:
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
         self._explored = False  # the one exploratory batch size was tried (see _choose_batch)
-        self._fresh_batch = False  # the plan just adopted changed the global batch
+        self._rows_batch = 0  # global batch of the last rows observed (0: none yet)
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
                                                  "initial equal split"))
@@ -100,8 +103,10 @@ class BatchScheduler:
         if any(r[_COL["oom"]] > 0 for r in rows):
             return self._back_off_oom(rows)
         # The first step at a new global batch runs new tensor shapes (allocator, caches): its timings would
-        # mislead the very fit that judges the new batch, so they are ignored, like the warm-up steps.
-        fresh, self._fresh_batch = self._fresh_batch, False
+        # mislead the very fit that judges the new batch, so they are ignored, like the warm-up steps. Judged
+        # from the rows themselves, so rows that arrive a step late (StatsPipe) are judged right too.
+        rows_batch = int(sum(r[_COL["local_batch"]] for r in rows))
+        fresh, self._rows_batch = self._rows_batch not in (0, rows_batch), rows_batch
         if self.steps > self.warmup_steps and not fresh:
             for model, r in zip(self.models, rows):
                 model.observe(r[_COL["local_batch"]], r[_COL["compute_s"]])
@@ -134,7 +139,7 @@ class BatchScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
-                "explored": self._explored, "fresh_batch": self._fresh_batch,
+                "explored": self._explored, "rows_batch": self._rows_batch,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
                 "world_size": self.world_size, "base_batch": self.base_batch, "lr_rule": self.lr_rule}
@@ -145,7 +150,7 @@ class BatchScheduler:
                              f"{state['base_batch']}, this run has {self.world_size} and {self.base_batch}")
         self.steps, self.overhead_s = int(state["steps"]), float(state["overhead_s"])
         self._explored = bool(state["explored"])
-        self._fresh_batch = bool(state.get("fresh_batch", False))
+        self._rows_batch = int(state.get("rows_batch", 0))
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
         for m, s in zip(self.models, state["models"]):
@@ -204,6 +209,8 @@ class BatchScheduler:
             if choice is not None:
                 return choice
         B = plan.global_batch
+        if min(m.count for m in self.models) < _MIN_TIMED_STEPS:
+            return None
         # Hysteresis: a move must promise more than `hysteresis`, and more than half the timing noise the
         # models see (on a busy machine a 3% threshold alone would chase noise).
         noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
@@ -277,7 +284,6 @@ class BatchScheduler:
         return self.set_max_micro(micro)
 
     def _adopt(self, plan: Plan) -> Plan:
-        self._fresh_batch = bool(self.history) and plan.global_batch != self.history[-1].global_batch
         self.history.append(plan)
         log.info("%s", plan.describe())
         if self.on_change is not None:

@@ -201,3 +201,14 @@ def test_goodput_with_the_sqrt_rule_maximises_the_sqrt_rule_efficiency():
         best = max(goodput(b, rule) for b in range(64, 4097, 8))
         assert goodput(B, rule) >= 0.93 * best, (rule, B, goodput(B, rule), best)
     assert picks["sqrt"] < picks["adascale"], picks
+
+
+def test_one_slow_first_step_does_not_resplit_identical_ranks():
+    # On identical ranks the first timed step had one rank 30% slow (a busy machine): a single step cannot tell
+    # a slow rank from noise, so the equal split stays.
+    rng = np.random.default_rng(11)
+    s = BatchScheduler(4, 256, warmup_steps=2)
+    for step in range(40):
+        slow = [1.3, 1, 1, 1] if step == 2 else [1, 1, 1, 1]
+        s.observe(rows_for(s.plan, slow, rng, noise=0.005))
+    assert len(s.history) == 1 and s.plan.local_batches == (64, 64, 64, 64), s.plan.describe()
