@@ -2,7 +2,8 @@
 
 Pure policy: `BatchScheduler` (heterogeneity balancing by water-filling, goodput-driven global batch),
 `Plan`, `PlanSampler` (the one sampler, also the Trainer's), `MemoryProbe`, `EmulatedSlowdown` (a demo and
-test aid). Engine / torch helpers: `gather_stats`, `probe_max_micro`, `local_backward`, the memory meters.
+test aid). Engine / torch helpers: `StatsPipe`, `gather_stats`, `probe_max_micro`, `local_backward`, the memory
+meters.
 Tests in tests/schedule/.
 """
 from neptune_rt.schedule.emulate import EmulatedSlowdown, parse_factors, slowdown_sleep
