@@ -11,10 +11,13 @@ every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on
      against the ideal max(s) * sum(1/s_i) / n; final test accuracy of both.
   change: homogeneous, then rank 3 slows down 4x at step --change-at; steps until the step time is back
      within 10% of its new steady state.
-  goodput: time to --target test accuracy with the scheduler choosing the global batch, against fixed global
-     batches (--fixed-batches, learning rate scaled by --fixed-lr-rule), all interleaved step by step, with a
-     per-step cost of --goodput-step-ms (latency, synchronisation) on top.
-One JSON row per run (`impl` "equal", "balanced", "fixed", "goodput"); a table on rank 0.
+  goodput: time to --target test accuracy with the scheduler choosing the global batch (one run per rule of
+     --lr-rule), against fixed global batches (--fixed-batches) for each rule of --fixed-lr-rule (sqrt: the
+     fixed multiplier sqrt(B/B0); adascale: the AdaScale gain from the measured noise scale, every step, which
+     is what AdaScale at a fixed B is), all interleaved step by step, with a per-step cost of
+     --goodput-step-ms (latency, synchronisation) on top. The learning rate --lr is the one for --goodput-base.
+One JSON row per run (`impl` "equal", "balanced" (statistics through StatsPipe), "balanced_now" (gathered at once),
+"fixed", "goodput"; `lr_rule`); step-part timings (`submit_ms`, `wait_ms`, `observe_ms`, ...); a table on rank 0.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import neptune_rt.torch as nrt  # noqa: E402
 from common import print_table, write_json  # noqa: E402
-from neptune_rt.schedule import (BatchScheduler, PlanSampler, gather_stats_async, integer_split,  # noqa: E402
-                                 local_backward, lr_scale, micro_split, micro_weights, slowdown_sleep, stats_row)
+from neptune_rt.schedule import (BatchScheduler, PlanSampler, StatsPipe, gather_stats_async,  # noqa: E402
+                                 integer_split, local_backward, lr_scale, micro_split, micro_weights, slowdown_sleep,
+                                 stats_row)
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 
@@ -71,9 +75,13 @@ class Run:
     --eval-every samples, untimed) or, checked at evaluations, after `max_seconds` of its own training time."""
 
     def __init__(self, args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
-                 adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf")):
+                 adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf"),
+                 lr_rule: str = "adascale", base_batch: int | None = None, max_micro: int | None = None,
+                 stats: str = "pipe"):
         self.args, self.data, self.slow_at, self.max_steps, self.target = args, data, slow_at, steps, target
         self.adaptive, self.max_seconds, self.B = adaptive, max_seconds, B
+        # The noise scale is measured in goodput mode and for an AdaScale learning rate at a fixed B != B0.
+        self.measure = adaptive or (lr_rule == "adascale" and base_batch not in (None, B))
         self.rank, size = nrt.rank(), nrt.size()
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -82,13 +90,16 @@ class Run:
                                             named_parameters=self.model.named_parameters())
         self.sched = None
         if policy == "scheduler":
-            self.sched = BatchScheduler(size, B, max_micro=args.max_micro, adaptive_batch=adaptive,
+            self.sched = BatchScheduler(size, B, max_micro=max_micro or args.max_micro, adaptive_batch=adaptive,
                                         batch_bounds=(args.min_batch or B, args.max_batch) if adaptive else None,
-                                        lr_rule=args.lr_rule, goodput_interval=args.goodput_interval,
-                                        noise_warmup=args.goodput_interval)
+                                        lr_rule=lr_rule, base_batch=base_batch,
+                                        goodput_interval=args.goodput_interval, noise_warmup=args.goodput_interval)
         self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
         self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
+        # Statistics one step late in the next gradient cycle (StatsPipe), or at once (--stats-exchange now).
+        self.pipe = StatsPipe() if self.sched and stats == "pipe" else None
         self.times: list[float] = []
+        self.parts: list[tuple[float, ...]] = []
         self.clock, self.samples, self.step_s, self.reached = 0.0, 0, 0.0, None
         self.next_eval = args.eval_every
         self.done = False
@@ -101,25 +112,41 @@ class Run:
         b = len(batch.indices)
         opt.set_weight(batch.weight(rank))
         for g in opt.param_groups:
-            g["lr"] = self.base_lr * (sched.plan.lr_scale if sched else 1.0)
+            g["lr"] = self.base_lr * (sched.lr_scale if sched else 1.0)
         t0 = time.perf_counter()
+        if self.pipe:
+            self.pipe.send()  # the previous step's statistics, before backward: in the gradients' engine cycle
+        ts = time.perf_counter()
         opt.zero_grad()
         parts = torch.split(torch.as_tensor(batch.indices),
                             micro_split(b, sched.plan.max_micro[rank]) if sched else [b]) if b else []
         slowdown_sleep(self.slow_at(step)[rank], b, args.per_sample_ms / 1e3, args.step_ms / 1e3)
         losses = [lambda p=p, w=w: w * nn.functional.cross_entropy(model(x[p]), y[p])
                   for p, w in zip(parts, micro_weights([len(p) for p in parts]))]
-        sq = local_backward(model.parameters(), losses, measure_norm=self.adaptive) if losses else 0.0
-        compute = time.perf_counter() - t0
-        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched else None
+        sq = local_backward(model.parameters(), losses, measure_norm=self.measure) if losses else 0.0
+        t1 = time.perf_counter()
+        compute = t1 - ts
+        wait = gather_stats_async(stats_row(b, compute, sq, -1.0, self.step_s)) if sched and not self.pipe else None
+        t2 = time.perf_counter()
         opt.step()
+        t3 = t4 = t5 = time.perf_counter()
+        avg = -1.0
         if sched:
-            avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if self.adaptive else -1.0
-            rows = wait()
-            for row in rows:
-                row[3] = avg  # the reduced gradient is bit-identical on every rank
-            sched.observe(rows)
+            avg = float(sum((p.grad.double() ** 2).sum() for p in model.parameters())) if self.measure else -1.0
+            t4 = time.perf_counter()
+            rows = self.pipe.receive() if self.pipe else wait()
+            t5 = time.perf_counter()
+            if rows:
+                if not self.pipe:
+                    for row in rows:
+                        row[3] = avg  # the reduced gradient is bit-identical on every rank
+                sched.observe(rows)
         self.step_s = time.perf_counter() - t0
+        if self.pipe:
+            self.pipe.record(stats_row(b, compute, sq, avg, self.step_s))
+        # Where the step goes (the scheduler's own cost on identical ranks): submit the statistics row, the
+        # optimizer step (gradient all-reduce), the reduced gradient's norm, the wait for the rows, observe().
+        self.parts.append((compute, (ts - t0) + (t2 - t1), t3 - t2, t4 - t3, t5 - t4, t0 + self.step_s - t5))
         self.times.append(self.step_s)
         self.clock += self.step_s
         self.samples += batch.global_batch
@@ -136,13 +163,18 @@ class Run:
 
     def result(self) -> dict:
         sched, tail = self.sched, self.times[len(self.times) // 2:]
+        parts = self.parts[len(self.parts) // 2:]
         return {"step_ms": 1e3 * statistics.median(tail), "step_ms_min": 1e3 * min(tail),
                 "step_ms_max": 1e3 * max(tail), "steps": len(self.times), "train_s": self.clock,
                 "test_acc": accuracy(self.model, self.data[2], self.data[3]), "time_to_target_s": self.reached,
                 "samples": self.samples, "step_times_ms": [round(1e3 * t, 2) for t in self.times],
                 "plans": [p.describe() for p in sched.history] if sched else [],
                 "final_batch": sched.plan.global_batch if sched else self.B,
-                "final_split": list(sched.plan.local_batches) if sched else self.equal}
+                "final_split": list(sched.plan.local_batches) if sched else self.equal,
+                "final_lr_scale": sched.lr_scale if sched else self.opt.param_groups[0]["lr"] / self.args.lr,
+                "noise_scale": sched.noise.value if sched else None,
+                **{f"{name}_ms": 1e3 * statistics.median(p[i] for p in parts)
+                   for i, name in enumerate(("compute", "submit", "opt_step", "norm", "wait", "observe"))}}
 
 
 def interleaved(runs: dict[str, Run]) -> dict[str, dict]:
@@ -167,7 +199,8 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=0.0, help="emulated fixed cost per step (static cases)")
     ap.add_argument("--max-micro", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--lr-rule", default="adascale")
+    ap.add_argument("--lr-rule", default="adascale",
+                    help="goodput case: the scheduler's lr rules, comma-separated (adascale, sqrt, linear)")
     ap.add_argument("--change-at", type=int, default=40)
     ap.add_argument("--target", type=float, default=0.85)
     ap.add_argument("--goodput-base", type=int, default=64, help="starting (and lr-tuned) global batch")
@@ -181,8 +214,13 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=4096)
     ap.add_argument("--goodput-max-steps", type=int, default=5000)
     ap.add_argument("--goodput-max-seconds", type=float, default=120.0, help="training-time cap per goodput run")
-    ap.add_argument("--fixed-lr-rule", default="sqrt", help="lr rule of the fixed-batch runs (relative to base)")
+    ap.add_argument("--fixed-lr-rule", default="sqrt",
+                    help="lr rules of the fixed-batch runs relative to --goodput-base, comma-separated (sqrt, "
+                         "linear: fixed multipliers; adascale: the gain from the measured noise scale)")
     ap.add_argument("--eval-every", type=int, default=8192, help="samples between test evaluations")
+    ap.add_argument("--stats-exchange", default="pipe",
+                    help="static case: how the scheduler runs exchange statistics, comma-separated: pipe (StatsPipe, "
+                         "one step late in the next gradient cycle), now (gather_stats_async after backward)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -205,14 +243,16 @@ def main() -> None:
             if len(slow) != size:
                 sys.exit(f"profile {text} names {len(slow)} ranks, running {size}")
             ideal = max(slow) * sum(1 / s for s in slow) / size
+            kinds = [("equal", "equal", "pipe")] + [("balanced" if mode == "pipe" else f"balanced_{mode}", "scheduler",
+                                                     mode) for mode in args.stats_exchange.split(",")]
             runs = interleaved({impl: Run(args, data, policy=policy, slow_at=lambda _s, v=slow: v,
-                                          steps=args.steps, B=args.global_batch)
-                                for impl, policy in (("equal", "equal"), ("balanced", "scheduler"))})
-            speedup = runs["equal"]["step_ms"] / runs["balanced"]["step_ms"]
+                                          steps=args.steps, B=args.global_batch, stats=mode)
+                                for impl, policy, mode in kinds})
             for impl, r in runs.items():
+                speedup = runs["equal"]["step_ms"] / r["step_ms"]
                 record({"impl": impl, "case": "static", "profile": text, "global_batch": args.global_batch,
-                        **common, **r, "speedup": speedup if impl == "balanced" else 1.0,
-                        "ideal_speedup": ideal, "fraction_of_ideal": speedup / ideal if impl == "balanced" else None})
+                        **common, **r, "speedup": speedup, "ideal_speedup": ideal,
+                        "fraction_of_ideal": speedup / ideal if impl != "equal" else None})
     if "change" in cases:
         after = [1.0] * (size - 1) + [4.0]
         slow_at = lambda s: after if s >= args.change_at else [1.0] * size  # noqa: E731
@@ -229,19 +269,33 @@ def main() -> None:
         flat = lambda _s: [1.0] * size  # noqa: E731
         common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms}
         fixed = [int(v) for v in args.fixed_batches.split(",")]
-        runs = {f"fixed{B}": Run(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps, B=B,
-                                 target=args.target, lr_mult=lr_scale(args.fixed_lr_rule, 0.0, B, args.goodput_base),
-                                 max_seconds=args.goodput_max_seconds) for B in fixed}
-        runs["goodput"] = Run(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps,
-                              B=args.goodput_base, target=args.target, adaptive=True,
-                              max_seconds=args.goodput_max_seconds)
+        base = args.goodput_base
+        runs = {}
+        for rule in args.fixed_lr_rule.split(","):
+            for B in fixed:
+                if B == base and any(k.startswith(f"fixed{B}.") for k in runs):
+                    continue  # at B0 every rule gives the same run
+                if rule == "adascale" and B != base:
+                    runs[f"fixed{B}.{rule}"] = Run(g, data, policy="scheduler", slow_at=flat,
+                                                   steps=args.goodput_max_steps, B=B, target=args.target,
+                                                   max_seconds=args.goodput_max_seconds, lr_rule=rule, base_batch=base,
+                                                   max_micro=B)  # no accumulation, as in the equal fixed runs
+                else:
+                    runs[f"fixed{B}.{rule}"] = Run(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps,
+                                                   B=B, target=args.target, lr_mult=lr_scale(rule, 0.0, B, base),
+                                                   max_seconds=args.goodput_max_seconds)
+        for rule in args.lr_rule.split(","):
+            runs[f"goodput.{rule}"] = Run(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps,
+                                          B=base, target=args.target, adaptive=True, lr_rule=rule,
+                                          max_seconds=args.goodput_max_seconds)
         results = interleaved(runs)
-        for B in fixed:
-            record({"impl": "fixed", "case": "goodput", "global_batch": B, **common, **results[f"fixed{B}"]})
-        record({"impl": "goodput", "case": "goodput", "global_batch": args.goodput_base, **common,
-                **results["goodput"]})
+        for key, r in results.items():
+            impl, rule = key.split(".")
+            record({"impl": "fixed" if impl.startswith("fixed") else "goodput", "case": "goodput", "lr_rule": rule,
+                    "global_batch": int(impl[5:]) if impl.startswith("fixed") else base, **common, **r})
     if rank == 0:
         print_table(rows, [("impl", "impl", "s"), ("case", "case", "s"), ("profile", "profile", "s"),
+                           ("lr_rule", "lr_rule", "s"),
                            ("B", "final_batch", "d"), ("step(ms)", "step_ms", ".1f"), ("speedup", "speedup", ".2f"),
                            ("ideal", "ideal_speedup", ".2f"), ("test_acc", "test_acc", ".4f"),
                            ("t_target(s)", "time_to_target_s", ".1f"), ("rebal", "rebalance_steps", "d")])

@@ -2,7 +2,8 @@
 
 Pure policy: `BatchScheduler` (heterogeneity balancing by water-filling, goodput-driven global batch),
 `Plan`, `PlanSampler` (the one sampler, also the Trainer's), `MemoryProbe`, `EmulatedSlowdown` (a demo and
-test aid). Engine / torch helpers: `gather_stats`, `probe_max_micro`, `local_backward`, the memory meters.
+test aid). Engine / torch helpers: `StatsPipe`, `gather_stats`, `probe_max_micro`, `local_backward`, the memory
+meters.
 Tests in tests/schedule/.
 """
 from neptune_rt.schedule.emulate import EmulatedSlowdown, parse_factors, slowdown_sleep
@@ -17,13 +18,13 @@ __all__ = [
     "BatchScheduler", "Plan", "STAT_COLUMNS", "stats_row", "micro_split", "PlanSampler", "GlobalBatch", "equal_split",
     "NoiseScale", "efficiency", "lr_scale", "MemoryProbe", "SimulatedOOM", "CpuMemoryMeter", "CudaMemoryMeter",
     "continuous_split", "integer_split", "makespan", "gather_stats", "gather_stats_async", "probe_max_micro",
-    "local_backward", "micro_weights", "EmulatedSlowdown", "slowdown_sleep", "parse_factors",
+    "local_backward", "micro_weights", "EmulatedSlowdown", "slowdown_sleep", "parse_factors", "StatsPipe",
 ]
 
 
 def __getattr__(name: str):
     # The engine and torch helpers load on first use, so the pure policy imports without either.
-    if name in ("gather_stats", "gather_stats_async", "probe_max_micro"):
+    if name in ("gather_stats", "gather_stats_async", "probe_max_micro", "StatsPipe"):
         from neptune_rt.schedule import exchange
         return getattr(exchange, name)
     if name in ("local_backward", "micro_weights"):

@@ -13,20 +13,37 @@ __all__ = ["NoiseScale", "efficiency", "lr_scale", "LR_RULES"]
 LR_RULES = ("adascale", "sqrt", "linear")
 
 
-def efficiency(noise_scale: float, batch: float, base_batch: float) -> float:
-    """Pollux's statistical efficiency of `batch` relative to `base_batch`: progress per sample,
-    (phi + B0) / (phi + B), with phi the gradient noise scale (1 at B = B0, -> B0/B when phi << B)."""
+def efficiency(noise_scale: float, batch: float, base_batch: float, rule: str = "adascale") -> float:
+    """Statistical efficiency of `batch` relative to `base_batch`: expected training progress per sample, with
+    the learning rate scaled by `rule` from one that is right for `base_batch`.
+
+    From the quadratic model of one SGD step (McCandlish et al. 2018, sec. 2.2), with lr eta on a batch of B:
+    progress eta |G|^2 - eta^2/2 (G^T H G)(1 + phi/B) (phi the noise scale, H taken isotropic so phi is also
+    the curvature-weighted one). Relative to the lr that is optimal at B0, a lr multiplier s at B gives
+    progress per step s (2 - s/r) times that at B0, where r = (phi + B0) B / ((phi + B) B0) is the ratio of
+    the optimal learning rates (the AdaScale gain). Per sample, with k = B/B0:
+        E(B) = (s/k) (2 - s/r)
+    adascale (s = r): E = r/k = (phi + B0)/(phi + B), Pollux's efficiency (the largest any rule reaches);
+    sqrt (s = sqrt(k)) and linear (s = k) fall short of it, and a rule whose lr passes 2r diverges: E <= 0,
+    clipped to 0. Exactly 1 at B = B0 for every rule."""
     phi = max(noise_scale, 0.0)
-    return (phi + base_batch) / (phi + batch)
+    if batch == base_batch:
+        return 1.0
+    gain = (phi + base_batch) * batch / ((phi + batch) * base_batch)
+    if rule == "adascale":
+        return gain * base_batch / batch
+    s = lr_scale(rule, phi, batch, base_batch)
+    return max(s * base_batch / batch * (2.0 - s / gain), 0.0)
 
 
 def lr_scale(rule: str, noise_scale: float, batch: float, base_batch: float) -> float:
     """Learning-rate multiplier at `batch` for a schedule tuned at `base_batch`.
-    adascale: the AdaScale gain (B/B0) * E(B) = (S/B0 + |G|^2) / (S/B + |G|^2), between 1 and B/B0;
-    sqrt: sqrt(B/B0); linear: B/B0."""
+    adascale: the AdaScale gain r = (S/B0 + |G|^2) / (S/B + |G|^2) = (phi + B0) B / ((phi + B) B0), between 1
+    and B/B0; sqrt: sqrt(B/B0); linear: B/B0."""
     ratio = batch / base_batch
     if rule == "adascale":
-        return ratio * efficiency(noise_scale, batch, base_batch)
+        phi = max(noise_scale, 0.0)
+        return (phi + base_batch) * ratio / (phi + batch)
     if rule == "sqrt":
         return math.sqrt(ratio)
     if rule == "linear":

@@ -19,12 +19,17 @@ __all__ = ["BatchScheduler"]
 log = logging.getLogger("neptune_rt.schedule")
 _COL = {name: i for i, name in enumerate(STAT_COLUMNS)}
 _MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, at most (see _coeffs)
+# Timed steps every rank's model needs before the split moves: one step cannot tell a slower rank from a noisy
+# step (on identical ranks of a busy machine a single early step re-split [64]*4 into [70, 59, 58, 69]).
+_MIN_TIMED_STEPS = 3
 
 
 class BatchScheduler:
     """Plans per-rank local batches (and, with `adaptive_batch`, the global batch).
 
-    world_size, global_batch: ranks and the starting global batch B0 (the batch the learning rate is tuned for).
+    world_size, global_batch: ranks and the starting global batch.
+    base_batch: the batch B0 the learning rate is tuned for (default: global_batch); lr_scale and the
+        statistical efficiency are relative to it.
     max_micro: largest micro-batch per rank (an int for all, a list, or later `set_max_micro` from probing);
         a larger share is run as gradient accumulation of up to `max_accum` micro-batches.
     min_local: smallest share of any rank (>= 1 keeps every rank in the noise-scale estimate).
@@ -33,13 +38,15 @@ class BatchScheduler:
     warmup_steps: first steps whose timings are ignored (allocator and caches warming up).
     adaptive_batch, batch_bounds: let the goodput model choose B in [lo, hi]; it changes B only when the
         predicted goodput improves by more than `goodput_gain` (5%), at most every `goodput_interval` steps.
-    lr_rule: "adascale" (default), "sqrt" or "linear": the plan's lr_scale for a batch other than B0.
+    lr_rule: "adascale" (default), "sqrt" or "linear": the learning-rate multiplier for a batch other than B0
+        (`lr_scale`; the AdaScale gain follows the noise scale every step), and the efficiency model that
+        goodput mode uses (the efficiency of a batch depends on the learning rate it is trained with).
     on_change: called with each new Plan (also logged at INFO on logger "neptune_rt.schedule").
     """
 
     def __init__(self, world_size: int, global_batch: int, *, max_micro: int | Sequence[int] = 1 << 30,
                  max_accum: int = 16, min_local: int = 1, damping: float = 0.5, hysteresis: float = 0.03,
-                 warmup_steps: int = 2, adaptive_batch: bool = False,
+                 warmup_steps: int = 2, adaptive_batch: bool = False, base_batch: int | None = None,
                  batch_bounds: tuple[int, int] | None = None, lr_rule: str = "adascale",
                  goodput_gain: float = 0.05, goodput_interval: int = 10, noise_warmup: int = 10,
                  noise_decay: float = 0.95, time_decay: float = 0.9,
@@ -51,7 +58,9 @@ class BatchScheduler:
             raise ValueError(f"scheduler: unknown lr_rule {lr_rule!r} (use one of {', '.join(LR_RULES)})")
         if not 0.0 < damping <= 1.0:
             raise ValueError(f"scheduler: damping must be in (0, 1], got {damping}")
-        self.world_size, self.base_batch = world_size, int(global_batch)
+        self.world_size, self.base_batch = world_size, int(base_batch or global_batch)
+        if self.base_batch < 1:
+            raise ValueError(f"scheduler: base_batch must be >= 1, got {base_batch}")
         micro = [int(max_micro)] * world_size if isinstance(max_micro, int) else [int(m) for m in max_micro]
         if len(micro) != world_size or min(micro) < 1:
             raise ValueError(f"scheduler: max_micro needs {world_size} values >= 1, got {micro}")
@@ -71,12 +80,20 @@ class BatchScheduler:
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
         self._explored = False  # the one exploratory batch size was tried (see _choose_batch)
-        self._fresh_batch = False  # the plan just adopted changed the global batch
+        self._rows_batch = 0  # global batch of the last rows observed (0: none yet)
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
                                                  "initial equal split"))
 
     # -- public API -------------------------------------------------------------------------------------
+    @property
+    def lr_scale(self) -> float:
+        """Learning-rate multiplier for the current global batch relative to `base_batch`, under `lr_rule`.
+        With AdaScale it is the gain at the current (smoothed) noise scale, so it moves every step, as in
+        AdaScale; `plan.lr_scale` is its value when the plan was adopted."""
+        B = self.plan.global_batch
+        return lr_scale(self.lr_rule, self.noise.value, B, self.base_batch) if B != self.base_batch else 1.0
+
     def observe(self, rows: Sequence[Sequence[float]]) -> Plan:
         """Feeds one step's all-gathered statistics (one row per rank, columns STAT_COLUMNS; see
         `neptune_rt.schedule.stats_row`) and returns the plan for the next step."""
@@ -86,8 +103,10 @@ class BatchScheduler:
         if any(r[_COL["oom"]] > 0 for r in rows):
             return self._back_off_oom(rows)
         # The first step at a new global batch runs new tensor shapes (allocator, caches): its timings would
-        # mislead the very fit that judges the new batch, so they are ignored, like the warm-up steps.
-        fresh, self._fresh_batch = self._fresh_batch, False
+        # mislead the very fit that judges the new batch, so they are ignored, like the warm-up steps. Judged
+        # from the rows themselves, so rows that arrive a step late (StatsPipe) are judged right too.
+        rows_batch = int(sum(r[_COL["local_batch"]] for r in rows))
+        fresh, self._rows_batch = self._rows_batch not in (0, rows_batch), rows_batch
         if self.steps > self.warmup_steps and not fresh:
             for model, r in zip(self.models, rows):
                 model.observe(r[_COL["local_batch"]], r[_COL["compute_s"]])
@@ -120,10 +139,10 @@ class BatchScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
-                "explored": self._explored, "fresh_batch": self._fresh_batch,
+                "explored": self._explored, "rows_batch": self._rows_batch,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
-                "world_size": self.world_size, "base_batch": self.base_batch}
+                "world_size": self.world_size, "base_batch": self.base_batch, "lr_rule": self.lr_rule}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.world_size or state["base_batch"] != self.base_batch:
@@ -131,7 +150,7 @@ class BatchScheduler:
                              f"{state['base_batch']}, this run has {self.world_size} and {self.base_batch}")
         self.steps, self.overhead_s = int(state["steps"]), float(state["overhead_s"])
         self._explored = bool(state["explored"])
-        self._fresh_batch = bool(state.get("fresh_batch", False))
+        self._rows_batch = int(state.get("rows_batch", 0))
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
         for m, s in zip(self.models, state["models"]):
@@ -160,6 +179,15 @@ class BatchScheduler:
         a, c = self._coeffs()
         return integer_split(a, c, B, [self.min_local] * self.world_size, self._hi(micro))
 
+    def _split_bound(self, B: int) -> float:
+        """A lower bound on the makespan of any split of B: the water level with no per-rank bounds,
+        (B + sum a_i/c_i) / sum 1/c_i (bounds only raise it). Valid while every rank gets >= 1 sample (a rank
+        with none would not pay its a_i); 0 (no bound) otherwise."""
+        if self.min_local < 1:
+            return 0.0
+        a, c = self._coeffs()
+        return (B + sum(ai / ci for ai, ci in zip(a, c))) / sum(1.0 / ci for ci in c)
+
     def _step_time(self, split: Sequence[int]) -> float:
         a, c = self._coeffs()
         return makespan(a, c, split) + self.overhead_s
@@ -167,7 +195,7 @@ class BatchScheduler:
     def _split_plan(self, B: int, split: Sequence[int], micro: Sequence[int], reason: str) -> Plan:
         phi = self.noise.value
         t = self._step_time(split)
-        good = B / t * efficiency(phi, B, self.base_batch) if t > 0 else 0.0
+        good = B / t * efficiency(phi, B, self.base_batch, self.lr_rule) if t > 0 else 0.0
         scale = lr_scale(self.lr_rule, phi, B, self.base_batch) if B != self.base_batch else 1.0
         return Plan(version=len(self.history), step=self.steps, global_batch=B, local_batches=tuple(split),
                     max_micro=tuple(micro), lr_scale=scale, noise_scale=phi, predicted_step_s=t,
@@ -181,6 +209,15 @@ class BatchScheduler:
             if choice is not None:
                 return choice
         B = plan.global_batch
+        if min(m.count for m in self.models) < _MIN_TIMED_STEPS:
+            return None
+        # Hysteresis: a move must promise more than `hysteresis`, and more than half the timing noise the
+        # models see (on a busy machine a 3% threshold alone would chase noise).
+        noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
+        threshold = max(self.hysteresis, 0.5 * noise)
+        current = self._step_time(plan.local_batches)
+        if self._split_bound(B) + self.overhead_s >= (1.0 - threshold) * current:
+            return None  # no split of B can beat the current one by the threshold: skip the water-filling
         ideal = self._ideal_split(B, micro)
         if list(ideal) == list(plan.local_batches):
             return None
@@ -197,11 +234,7 @@ class BatchScheduler:
                 floors[j] += 1
             k += 1
         damped = floors
-        # Hysteresis: the move must promise more than `hysteresis`, and more than half the timing noise the
-        # models see (on a busy machine a 3% threshold alone would chase noise).
-        noise = max(m.scale / max(m.predict(b), 1e-9) for m, b in zip(self.models, plan.local_batches))
-        threshold = max(self.hysteresis, 0.5 * noise)
-        if self._step_time(damped) >= (1.0 - threshold) * self._step_time(plan.local_batches):
+        if self._step_time(damped) >= (1.0 - threshold) * current:
             return None
         return self._split_plan(B, damped, micro, "re-balanced")
 
@@ -216,7 +249,7 @@ class BatchScheduler:
 
     def _goodput(self, B: int) -> tuple[float, list[int]]:
         split = self._ideal_split(B, self.plan.max_micro)
-        return B / self._step_time(split) * efficiency(self.noise.value, B, self.base_batch), split
+        return B / self._step_time(split) * efficiency(self.noise.value, B, self.base_batch, self.lr_rule), split
 
     def _choose_batch(self) -> Plan | None:
         B, (lo, hi) = self.plan.global_batch, self.batch_bounds
@@ -251,7 +284,6 @@ class BatchScheduler:
         return self.set_max_micro(micro)
 
     def _adopt(self, plan: Plan) -> Plan:
-        self._fresh_batch = bool(self.history) and plan.global_batch != self.history[-1].global_batch
         self.history.append(plan)
         log.info("%s", plan.describe())
         if self.on_change is not None:

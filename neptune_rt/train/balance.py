@@ -1,6 +1,6 @@
 """The Trainer's side of the batch-size scheduler (`--balance`, docs/schedule.md): each step's requested per-rank
-sizes and micro-batches, the emulated slowdown (`--emulate-slowdown`, a demo/test aid), the statistics row
-gathered after backward and fed to `BatchScheduler.observe`, the plan records of metrics.jsonl, the plan-digest
+sizes and micro-batches, the emulated slowdown (`--emulate-slowdown`, a demo/test aid), the statistics rows
+(through `StatsPipe`: each step's row travels in the next step's gradient cycle) fed to `BatchScheduler.observe`, the plan records of metrics.jsonl, the plan-digest
 check across ranks and the scheduler's checkpoint slot. With --balance off only the equal split and the emulated
 slowdown remain. Exercised by tests/train/test_train_balance.py under mpirun.
 """
@@ -12,8 +12,8 @@ from typing import Any, Callable, ContextManager, Iterable
 import torch
 
 import neptune_rt.torch as nrt
-from neptune_rt.schedule import (BatchScheduler, EmulatedSlowdown, Plan, equal_split, gather_stats_async,
-                                 local_backward, micro_split, micro_weights, stats_row)
+from neptune_rt.schedule import (BatchScheduler, EmulatedSlowdown, Plan, StatsPipe, equal_split, local_backward,
+                                 micro_split, micro_weights, stats_row)
 from neptune_rt.train.config import ConfigError, TrainConfig
 
 __all__ = ["Balancer", "plan_record", "micro_backward"]
@@ -59,9 +59,8 @@ class Balancer:
         self.emulated_inputs = bool(config.deterministic and self.slowdown and self.slowdown.fixed)
         self.scheduler = self._new_scheduler() if self.mode != "off" else None
         self.logged_version = -1  # last plan version written to metrics.jsonl
-        self._pending: Callable[[], list[list[float]]] | None = None
-        self._row: list[float] = []
-        self.prev_step_s = 0.0
+        self.pipe = StatsPipe() if self.scheduler else None
+        self._row: list[float] | None = None  # this step's row, completed with the step's wall time in end_step
 
     def _new_scheduler(self) -> BatchScheduler:
         c = self.config
@@ -88,43 +87,47 @@ class Balancer:
 
     @property
     def lr_scale(self) -> float:
-        return self.plan.lr_scale if self.plan else 1.0
+        return self.scheduler.lr_scale if self.scheduler else 1.0  # AdaScale's gain moves with the noise scale
 
     @property
     def measure_norm(self) -> bool:
         return self.mode == "goodput"
 
     def before_compute(self, local: int) -> float:
+        """Before forward/backward: sends the previous step's statistics row (it rides in the gradients' first
+        engine cycle, so nobody waits for it) and sleeps the emulated slowdown."""
+        if self.pipe:
+            self.pipe.send()
         return self.slowdown.before_compute(local) if self.slowdown else 0.0
 
     def after_backward(self, local: int, compute_s: float, slept_s: float, local_sq_norm: float) -> None:
-        """Right after backward, before waiting for the gradients: submits the statistics row (it is
-        negotiated in the same engine cycle as the gradients)."""
+        """Right after backward: this step's statistics (sent with the next step's gradients)."""
         if self.slowdown:
             self.slowdown.after_compute(local, compute_s - slept_s)
-        if self.scheduler is None:
-            return
-        step_s = self.prev_step_s
-        if self.emulated_inputs:
-            compute_s = step_s = self.slowdown.emulated_compute(local)
-        self._pending = gather_stats_async(stats_row(local, compute_s, local_sq_norm, -1.0, step_s))
+        if self.scheduler is not None:
+            if self.emulated_inputs:
+                compute_s = self.slowdown.emulated_compute(local)
+            self._row = stats_row(local, compute_s, local_sq_norm, -1.0, 0.0)
 
     def after_synchronize(self, params: Iterable[torch.Tensor]) -> Plan | None:
-        """After the gradients are reduced (before clipping): feeds every rank's row to the scheduler; returns
-        the new plan when it changed."""
-        if self.scheduler is None or self._pending is None:
+        """After the gradients are reduced (before clipping): the reduced gradient's norm for this step's row,
+        and every rank's previous-step rows to the scheduler; returns the new plan when it changed."""
+        if self.scheduler is None:
             return None
-        rows, self._pending = self._pending(), None
-        if self.measure_norm:  # the reduced gradient is bit-identical on every rank, so is its norm
-            avg = float(sum(float((p.grad.double() ** 2).sum()) for p in params if p.grad is not None))
-            for row in rows:
-                row[3] = avg
+        if self.measure_norm and self._row is not None:  # the reduced gradient is bit-identical on every rank
+            self._row[3] = float(sum(float((p.grad.double() ** 2).sum()) for p in params if p.grad is not None))
+        rows = self.pipe.receive()
+        if rows is None:
+            return None
         before = self.scheduler.plan
         plan = self.scheduler.observe(rows)
         return plan if plan is not before else None
 
     def end_step(self, step_s: float) -> None:
-        self.prev_step_s = step_s
+        if self.pipe and self._row is not None:
+            self._row[4] = self.slowdown.emulated_compute(int(self._row[0])) if self.emulated_inputs else step_s
+            self.pipe.record(self._row)
+            self._row = None
 
     def progress_fields(self) -> dict[str, str]:
         """The progress bar's / lines' view of the plan in force: per-rank sizes, accumulation, global batch."""
@@ -163,11 +166,18 @@ class Balancer:
         return {"mode": self.mode, "world_size": self.size, "scheduler": self.scheduler.state_dict()}
 
     def per_rank_state(self) -> dict[str, Any] | None:
-        return self.slowdown.state_dict() if self.slowdown else None
+        """This rank's own state: its slowdown measurement and the statistics row not yet sent."""
+        if not (self.slowdown or self.pipe):
+            return None
+        return {"emulate": self.slowdown.state_dict() if self.slowdown else None,
+                "pipe": self.pipe.state_dict() if self.pipe else None}
 
     def load_state_dict(self, state: dict[str, Any] | None, per_rank: dict[str, Any] | None) -> None:
         """Restores the scheduler (and this rank's slowdown measurement). A checkpoint of another world size,
         mode or global batch restarts the scheduler from an equal split, with a warning on rank 0."""
+        pipe = None
+        if per_rank is not None and "pipe" in per_rank:
+            per_rank, pipe = per_rank["emulate"], per_rank["pipe"]
         if self.slowdown and per_rank:
             self.slowdown.load_state_dict(per_rank)
         if self.scheduler is None:
@@ -190,3 +200,5 @@ class Balancer:
                 warnings.warn(f"--balance {self.mode}: the batch-size scheduler restarts from an equal split: {why}")
         else:
             self.logged_version = self.scheduler.plan.version  # already in metrics.jsonl
+            if pipe is not None:  # the row the uninterrupted run would send next (every rank has one)
+                self.pipe.load_state_dict(pipe)

@@ -1,7 +1,8 @@
 """Noise scale on a linear-regression task with known noise: per-sample gradients x (x.d - eps) with
 x ~ N(0, I_d), eps ~ N(0, s^2) at offset d = w - w* have |G|^2 = |d|^2 and tr(Sigma) = d (|d|^2 + s^2) + |d|^2
 (Gaussian fourth moments), so phi is known exactly. Ranks with unequal batches; the smoothed estimate must be
-within 15% of the truth. Also efficiency and the learning-rate rules."""
+within 15% of the truth. Also the learning-rate rules, and the efficiency under each rule against a Monte-Carlo
+SGD step on a noisy quadratic."""
 import math
 
 import numpy as np
@@ -65,3 +66,39 @@ def test_efficiency_and_lr_rules():
     with pytest.raises(ValueError, match="cosine"):
         lr_scale("cosine", 1.0, 2, 1)
     assert math.isclose(NoiseScale().value, 0.0)
+
+
+def sgd_step_progress(rng, d, sigma, grad, lr, batch, draws=400_000):
+    """Mean loss decrease of one SGD step on L(w) = |w|^2 / 2 at w = grad (so G = grad, H = I), with per-sample
+    gradient noise N(0, sigma^2 I): Monte Carlo over the minibatch noise."""
+    g = grad + rng.normal(0.0, sigma / math.sqrt(batch), size=(draws, d))
+    w_new = grad - lr * g
+    return float(np.mean(0.5 * grad @ grad - 0.5 * (w_new ** 2).sum(axis=1)))
+
+
+@pytest.mark.parametrize("rule", ["adascale", "sqrt", "linear"])
+@pytest.mark.parametrize("phi,batch", [(100.0, 256), (100.0, 1024), (2000.0, 1024), (2000.0, 256)])
+def test_efficiency_under_each_lr_rule_matches_a_simulated_sgd_step(rule, phi, batch):
+    # base lr: the optimal one at B0 (what "tuned at B0" means); the rule scales it to B. Efficiency is the
+    # progress per sample at B over that at B0, each measured by simulation.
+    rng = np.random.default_rng(7)
+    d, B0 = 8, 64
+    grad = np.full(d, 1.0)
+    sigma = math.sqrt(phi * float(grad @ grad) / d)  # phi = tr(Sigma) / |G|^2
+    lr0 = 1.0 / (1.0 + phi / B0)
+    base = sgd_step_progress(rng, d, sigma, grad, lr0, B0) / B0
+    lr = lr0 * lr_scale(rule, phi, batch, B0)
+    measured = max(sgd_step_progress(rng, d, sigma, grad, lr, batch) / batch / base, 0.0)
+    assert efficiency(phi, batch, B0, rule) == pytest.approx(measured, abs=0.01, rel=0.03), \
+        f"{rule}: model {efficiency(phi, batch, B0, rule):.4f} vs simulated {measured:.4f}"
+
+
+def test_adascale_is_the_most_efficient_rule_and_pollux_efficiency():
+    for phi in (10.0, 100.0, 1000.0):
+        for B in (128, 512, 4096):
+            pollux = (phi + 64) / (phi + B)
+            assert efficiency(phi, B, 64) == pytest.approx(pollux)
+            assert efficiency(phi, B, 64, "sqrt") <= pollux + 1e-12
+            assert efficiency(phi, B, 64, "linear") <= pollux + 1e-12
+    assert efficiency(10.0, 4096, 64, "linear") == 0.0  # lr far past twice the optimum: no progress (clipped)
+    assert all(efficiency(50.0, 64, 64, r) == 1.0 for r in ("adascale", "sqrt", "linear"))

@@ -1,6 +1,7 @@
 """The scheduler under real mpirun ranks (workers/schedule_worker.py): exact weighted gradients with unequal
 local batches and accumulation, identical decisions on every rank (plan hashes), checkpoint round trip
-mid-run, and memory probing with a memory cap on one rank only."""
+mid-run, memory probing with a memory cap on one rank only, statistics rows gathered at once and through
+StatsPipe (one step late, around a gradient all-reduce)."""
 import sys
 from pathlib import Path
 
@@ -25,3 +26,7 @@ def test_memory_probe_with_cap_on_one_rank():
 
 def test_statistics_rows_gathered_bit_for_bit():
     assert_ok(run_mpi(WORKER, 4, "gather", env=ENV), 4)
+
+
+def test_stats_pipe_delivers_the_previous_steps_rows():
+    assert_ok(run_mpi(WORKER, 4, "pipe", env=ENV), 4)

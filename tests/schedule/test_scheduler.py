@@ -3,6 +3,7 @@ brute-force-optimal split, does not flap, re-balances within 20 steps of a slowd
 passes a rank's micro-batch limit, backs off after an OOM, picks the goodput-optimal global batch only for a
 > 5% gain, and round-trips its state through a (JSON) checkpoint."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -133,3 +134,81 @@ def test_first_step_at_a_new_global_batch_is_not_timed():
     assert [(m.a, m.c, m.count) for m in s.models] == before
     s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(2000.0)))
     assert all(m.count == b[2] + 1 for m, b in zip(s.models, before))
+
+
+def test_skipping_replans_below_the_bound_changes_no_decision(monkeypatch):
+    # The cheap lower bound on any split's makespan lets observe() skip water-filling when no split can beat
+    # the current one by the hysteresis; the plans must be exactly those of the scheduler without the skip.
+    def run(skip: bool):
+        if not skip:
+            monkeypatch.setattr(BatchScheduler, "_split_bound", lambda self, B: 0.0)
+        rng = np.random.default_rng(6)
+        s = BatchScheduler(4, 256)
+        for step in range(150):
+            slow = [1, 1, 1, 1] if step < 60 else [1, 1, 3, 1]
+            s.observe(rows_for(s.plan, slow, rng, noise=0.05))
+        monkeypatch.undo()
+        return [p.digest() for p in s.history]
+    with_skip, without = run(True), run(False)
+    assert with_skip == without and len(with_skip) > 2
+
+
+def test_split_bound_is_a_lower_bound_of_every_split():
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        s = BatchScheduler(4, 97)
+        for m in s.models:
+            m.observe(10, float(rng.uniform(0.01, 0.2)))
+            m.observe(30, float(rng.uniform(0.25, 0.9)))
+        a, c = s._coeffs()
+        best = makespan(a, c, integer_split(a, c, 97, [1] * 4, [10**6] * 4))
+        assert s._split_bound(97) <= best + 1e-12
+
+
+def test_fixed_batch_with_adascale_follows_the_measured_noise_scale():
+    # A fixed B = 1024 with the lr tuned at B0 = 64: AdaScale's lr multiplier is the gain at the current noise
+    # scale, every step (not frozen when the plan was made).
+    rng = np.random.default_rng(9)
+    s = BatchScheduler(4, 1024, base_batch=64)
+    for phi in (100.0, 1000.0):
+        for _ in range(150):
+            s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, noise=0.0, norms=noise_norms(phi)))
+        gain = (phi + 64) * 1024 / ((phi + 1024) * 64)
+        assert s.lr_scale == pytest.approx(gain, rel=0.02), (phi, s.lr_scale, gain)
+    assert s.plan.global_batch == 1024 and len(s.history) == 1
+    assert BatchScheduler(4, 1024, base_batch=64, lr_rule="sqrt").lr_scale == 4.0
+    assert BatchScheduler(4, 256).lr_scale == 1.0
+
+
+def test_goodput_with_the_sqrt_rule_maximises_the_sqrt_rule_efficiency():
+    # Under the sqrt rule a large batch gets less than the AdaScale lr, so it is worth less: the scheduler must
+    # use the efficiency of the rule it applies, (s/k)(2 - s/r), and pick a smaller batch than with AdaScale.
+    rng = np.random.default_rng(10)
+    phi, picks = 2000.0, {}
+    for rule in ("adascale", "sqrt"):
+        s = BatchScheduler(4, 64, adaptive_batch=True, batch_bounds=(64, 4096), noise_warmup=5, goodput_interval=5,
+                           lr_rule=rule)
+        for _ in range(80):
+            s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(phi)))
+        picks[rule] = s.plan.global_batch
+
+    def goodput(b, rule):
+        per = integer_split([0.02] * 4, [0.0001] * 4, b, [1] * 4, [10**6] * 4)
+        k, r = b / 64, (phi + 64) * b / ((phi + b) * 64)
+        sc = r if rule == "adascale" else math.sqrt(k)
+        return b / (makespan([0.02] * 4, [0.0001] * 4, per) + 0.001) * sc / k * (2 - sc / r)
+    for rule, B in picks.items():
+        best = max(goodput(b, rule) for b in range(64, 4097, 8))
+        assert goodput(B, rule) >= 0.93 * best, (rule, B, goodput(B, rule), best)
+    assert picks["sqrt"] < picks["adascale"], picks
+
+
+def test_one_slow_first_step_does_not_resplit_identical_ranks():
+    # On identical ranks the first timed step had one rank 30% slow (a busy machine): a single step cannot tell
+    # a slow rank from noise, so the equal split stays.
+    rng = np.random.default_rng(11)
+    s = BatchScheduler(4, 256, warmup_steps=2)
+    for step in range(40):
+        slow = [1.3, 1, 1, 1] if step == 2 else [1, 1, 1, 1]
+        s.observe(rows_for(s.plan, slow, rng, noise=0.005))
+    assert len(s.history) == 1 and s.plan.local_batches == (64, 64, 64, 64), s.plan.describe()

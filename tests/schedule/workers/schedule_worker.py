@@ -6,9 +6,14 @@
              timings, makes the same decision everywhere (plan digests compared with mpi4py); the sampler's
              slices cover every sample once; the state round-trips through a checkpoint file mid-run
   probe      collective memory probing with a CPU memory cap on one rank only (arg 2: that rank)
+  gather     statistics rows all-gathered bit for bit (against mpi4py's allgather)
+  pipe       StatsPipe: each step's rows arrive in the next step, around a real gradient all-reduce, bit for bit
+             as mpi4py's allgather of the previous step's rows; none in the first step; the unsent row survives
+             a (JSON) checkpoint mid-run
 Every rank prints 'OK rank R' on success."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -21,7 +26,7 @@ import torch.nn as nn
 from mpi4py import MPI
 
 import neptune_rt.torch as nrt
-from neptune_rt.schedule import (BatchScheduler, CpuMemoryMeter, MemoryProbe, PlanSampler, gather_stats,
+from neptune_rt.schedule import (BatchScheduler, CpuMemoryMeter, MemoryProbe, PlanSampler, StatsPipe, gather_stats,
                                  local_backward, micro_weights, probe_max_micro, stats_row)
 from neptune_rt.schedule.exchange import gather_stats
 
@@ -172,6 +177,33 @@ elif mode == "gather":
         want = comm.allgather(row)
         if np.asarray(got).tobytes() != np.asarray(want).tobytes():
             fail(f"round {step}: gathered rows differ from MPI's allgather: {got} vs {want}")
+    print(f"OK rank {rank}", flush=True)
+elif mode == "pipe":
+    x, y = digits()
+    model = make_model()
+    opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),
+                                   named_parameters=model.named_parameters())
+    rng = np.random.default_rng(rank)
+    pipe, sent = StatsPipe(), None
+    for step in range(12):
+        if step == 6:  # checkpoint and resume: a fresh pipe from the saved state sends the same row
+            state = json.loads(json.dumps(pipe.state_dict()))
+            pipe = StatsPipe()
+            pipe.load_state_dict(state)
+        pipe.send()
+        opt.zero_grad()
+        part = slice(rank * 40 + step, rank * 40 + step + 32)
+        nn.functional.cross_entropy(model(x[part]), y[part]).backward()
+        opt.step()
+        rows = pipe.receive()
+        if step == 0 and rows is not None:
+            fail(f"first step received rows {rows} before any was recorded")
+        if step > 0:
+            want = comm.allgather(sent)
+            if np.asarray(rows).tobytes() != np.asarray(want).tobytes():
+                fail(f"step {step}: rows {rows} differ from the previous step's rows {want}")
+        sent = stats_row(int(rng.integers(1, 99)), float(rng.random()), float(rng.random()), 1.5, float(step))
+        pipe.record(sent)
     print(f"OK rank {rank}", flush=True)
 else:
     fail(f"unknown mode {mode}")
