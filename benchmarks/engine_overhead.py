@@ -4,7 +4,8 @@
 
 Two cases, each timed interleaved with its bare-MPI peer (benchmarks/common.py: warm-up, then trials, median of
 the slowest rank's time per operation):
-  latency  a 4 KB float32 all-reduce through the engine (allreduce_async_ + wait) vs MPI_Allreduce (mpi4py);
+  latency  a 4 KB float32 all-reduce through the engine, synchronous (`neptune_rt`: allreduce_, the peer of a
+           blocking MPI_Allreduce) and as allreduce_async_ + wait (`async_wait`), vs MPI_Allreduce (mpi4py);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
            running-statistics buffers; channels divided by --divisor), submitted two ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits) and `grouped` (one grouped_allreduce_async_ of the 200
@@ -124,7 +125,8 @@ def main() -> None:
     rng = np.random.default_rng(r)
 
     buf4k = rng.integers(-8, 8, 1024).astype(np.float32)
-    latency = {"neptune_rt": lambda: nrt.allreduce_async_(buf4k, name="lat4k").wait(),
+    latency = {"neptune_rt": lambda: nrt.allreduce_(buf4k, name="lat4k"),
+               "async_wait": lambda: nrt.allreduce_async_(buf4k, name="lat4k").wait(),
                "mpi": lambda: WORLD.Allreduce(MPI.IN_PLACE, buf4k, op=MPI.SUM)}
     shapes = resnet50_shapes(args.divisor)
     tensors = [rng.integers(-8, 8, int(np.prod(s))).astype(np.float32).reshape(s) for s in shapes]

@@ -359,7 +359,24 @@ def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str 
 
 def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
                prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
-    return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
+    """In-place all-reduce of `tensor`, returned when done (the synchronous allreduce_async_)."""
+    dtype = plain_array(tensor, True)
+    if dtype is None:
+        return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
+    # A plain numpy array: one native call enqueues and drives the cycle on this thread, without waking the
+    # engine thread (on shared cores that wake-up preempts a peer rank and costs more than the all-reduce).
+    engine = _require()
+    error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
+    name = _auto_name("allreduce", name)
+    _check_op(op, name)
+    native = engine.allreduce_now(name, tensor, tensor, dtype, tensor.shape, op, codec_id(codec, adaptive),
+                                  prescale, postscale, error_feedback)
+    if not native.error and native.done():
+        return tensor
+    handle = Handle(native, (tensor,), None, tensor)
+    if native.error:
+        _track(handle)  # a failed operation's buffer stays referenced for good (see Handle.wait)
+    return handle.wait()
 
 
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:

@@ -102,8 +102,10 @@ class Engine {
   Communicator& communicator() { return *comm_; }
 
   // Throws std::invalid_argument when the name is already in flight on this rank, and runtime_error when
-  // the engine has stopped (with the reason).
-  std::shared_ptr<Handle> enqueue(Entry entry);
+  // the engine has stopped (with the reason). callerWaits: the caller waits for it at once (waitFor, which drives
+  // the cycle on its own thread), so the engine thread is not woken: a synchronous operation then costs no
+  // thread wake-up, which on shared cores preempts a peer rank (engine_drive.cc).
+  std::shared_ptr<Handle> enqueue(Entry entry, bool callerWaits = false);
   // All-reduces that travel as one bucket, in this order, once all are ready everywhere (fusion.h): the
   // deterministic plan that makes compressed results reproducible. Same dtype, op and codec; accepted or
   // refused as a whole.

@@ -43,7 +43,7 @@ void checkEntry(const Entry& e, int rank, int size) {
                   size, "-rank job");
 }
 
-std::shared_ptr<Handle> Engine::enqueue(Entry e) {
+std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   NRT_CHECK_ARG(e.meta.groupSize == 0, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
                 "' names a group; submit groups with enqueueGroup");
   if (e.meta.type != OpType::kShutdown) checkEntry(e, rank_, size_);
@@ -60,7 +60,9 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e) {
   if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
-  if (wakeOnWork_) cv_.notify_one();  // in its drive window the engine thread wakes by itself
+  // In its drive window the engine thread wakes by itself; a waiting caller drives the cycle (and notifies the
+  // engine thread of anything it leaves behind, e.g. on a timeout).
+  if (wakeOnWork_ && !callerWaits) cv_.notify_one();
   return handle;
 }
 
@@ -97,7 +99,6 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     e.handle = std::make_shared<Handle>(e.meta.name);
     e.seq = nextSeq_++;
     e.queuedAt = Clock::now();
-  e.queuedAt = Clock::now();
     inFlight_[e.meta.name] = e.handle;
     if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     handles.push_back(e.handle);
