@@ -349,11 +349,32 @@ def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec
     return _enqueue_allreduce(tensor, False, name, op, codec, prescale, postscale, adaptive)
 
 
+def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | None, op: str, codec: str,
+                   prescale: float, postscale: float, adaptive: bool) -> np.ndarray:
+    # Plain numpy arrays: one native call enqueues and drives the cycle on this thread, without waking the engine
+    # thread (on shared cores that wake-up preempts a peer rank and costs more than a small all-reduce).
+    engine = _require()
+    error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
+    name = _auto_name("allreduce", name)
+    _check_op(op, name)
+    native = engine.allreduce_now(name, tensor, out, dtype, tensor.shape, op, codec_id(codec, adaptive),
+                                  prescale, postscale, error_feedback)
+    if not native.error and native.done():
+        return out
+    handle = Handle(native, (tensor, out), None, out)
+    if native.error:
+        _track(handle)  # a failed operation's buffers stay referenced for good (see Handle.wait)
+    return handle.wait()
+
+
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
               prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
     """All-reduce into a new object of the input's type. codec: "none" (dense), "fp16", "bf16", "int8",
     "int4", "onebit" (error feedback kept per tensor name), "auto" or "auto_lowbit"; with adaptive=True the
     cost model may still choose the dense path (or fp16) for this bucket where it predicts that to be faster."""
+    dtype = plain_array(tensor, False)
+    if dtype is not None:
+        return _allreduce_now(tensor, np.empty_like(tensor), dtype, name, op, codec, prescale, postscale, adaptive)
     return allreduce_async(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
@@ -361,22 +382,9 @@ def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str
                prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
     """In-place all-reduce of `tensor`, returned when done (the synchronous allreduce_async_)."""
     dtype = plain_array(tensor, True)
-    if dtype is None:
-        return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
-    # A plain numpy array: one native call enqueues and drives the cycle on this thread, without waking the
-    # engine thread (on shared cores that wake-up preempts a peer rank and costs more than the all-reduce).
-    engine = _require()
-    error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
-    name = _auto_name("allreduce", name)
-    _check_op(op, name)
-    native = engine.allreduce_now(name, tensor, tensor, dtype, tensor.shape, op, codec_id(codec, adaptive),
-                                  prescale, postscale, error_feedback)
-    if not native.error and native.done():
-        return tensor
-    handle = Handle(native, (tensor,), None, tensor)
-    if native.error:
-        _track(handle)  # a failed operation's buffer stays referenced for good (see Handle.wait)
-    return handle.wait()
+    if dtype is not None:
+        return _allreduce_now(tensor, tensor, dtype, name, op, codec, prescale, postscale, adaptive)
+    return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:

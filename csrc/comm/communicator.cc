@@ -16,8 +16,11 @@ void Backoff::pause() {
   // Two opposite pulls, measured on 4 emulated 1 Gbit nodes sharing 2 cores: MPI over TCP progresses only
   // inside MPI calls, so napping early slowed a 64 MB ring; but yielding for long (5-20 ms) slowed the
   // compressed all-reduce up to 2x, since waiting ranks then steal the cores that encoding ranks need.
-  // Spin briefly, yield for the window (200 us for bulk transfers), then nap 50 us between polls.
-  constexpr uint32_t kSpinIters = 64;
+  // Yield from the first miss for the window (200 us for bulk transfers), then nap 50 us between polls. No
+  // busy spin: where ranks share a core, a spinning waiter keeps the very peer it waits for off the CPU (64
+  // spins before yielding cost a 4 KB all-reduce on 4 ranks over 2 cores 1.3-1.5x; benchmarks/engine_overhead.py),
+  // and where a core is free, sched_yield returns at once, so yielding costs only its system call.
+  constexpr uint32_t kSpinIters = 1;
   ++iter_;
   if (iter_ < kSpinIters) return;
   const auto now = std::chrono::steady_clock::now();

@@ -31,13 +31,13 @@ struct Request {
   size_t bytes = 0;
 };
 
-// How a waiter polls: spin, then yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
+// How a waiter polls: yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
 // Bulk transfers: short, so waiting ranks leave the cores to ranks that encode or reduce (communicator.cc).
 constexpr std::chrono::microseconds kBulkYieldWindow{200};
 // Negotiation: peers arrive within a few ms of each other, and a nap then adds straight to latency.
 constexpr std::chrono::microseconds kLatencyYieldWindow{5000};
 
-// Spin briefly, then yield, then sleep: waits stay responsive without starving ranks that share a core.
+// Yield, then sleep: waits stay responsive without starving ranks that share a core.
 class Backoff {
  public:
   explicit Backoff(std::chrono::microseconds yieldWindow = kBulkYieldWindow) : yieldWindow_(yieldWindow) {}

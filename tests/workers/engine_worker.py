@@ -46,6 +46,14 @@ def scenario_api() -> None:
                 assert out.dtype == inputs[r].dtype and out.shape == inputs[r].shape
                 assert close(out, reduce_reference(inputs, dtype, op), dtype, n), (count, dtype, op)
                 assert np.array_equal(inputs[r], make_data(dtype, count, r, count)), "input modified"
+    # in place through the synchronous path (one native call, engine thread left asleep), every plain dtype
+    for count in [1, 1000, 300000]:
+        for dtype in [d for d in DTYPES if d != "bfloat16"]:
+            for op in OPS:
+                inputs = [make_data(dtype, count, k, count + 1) for k in range(n)]
+                x = inputs[r].copy()
+                assert nrt.allreduce_(x, name=f"now.{dtype}.{op}.{count}", op=op) is x
+                assert close(x, reduce_reference(inputs, dtype, op), dtype, n), ("allreduce_", count, dtype, op)
     # in place, 2-D, against mpi4py
     x = np.random.default_rng(r).standard_normal((33, 17))
     ref = np.empty_like(x)
