@@ -133,6 +133,20 @@ Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer i
   return e;
 }
 
+// enqueue_allreduce (callerWaits false) and allreduce_now (true: enqueue, then wait on this thread).
+auto allreduceCall(bool callerWaits) {
+  return [callerWaits](Engine& engine, const std::string& name, py::buffer input, py::buffer output,
+                       const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                       double prescale, double postscale, bool errorFeedback) {
+    Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale);
+    e.errorFeedback = errorFeedback;
+    py::gil_scoped_release release;
+    std::shared_ptr<Handle> h = engine.enqueue(std::move(e), callerWaits);
+    if (callerWaits) engine.waitFor(*h, 0.0);
+    return h;
+  };
+}
+
 py::dict statsDict(const EngineStats::Totals& t) {
   py::dict codecs;
   for (Codec c : allCodecs())
@@ -355,37 +369,14 @@ void registerEngine(py::module_& m) {
       .def_property_readonly("abandoned_requests", [](Engine& e) { return e.communicator().abandonedRequests(); })
       .def_property_readonly("cost_model", &Engine::costModelDescription,
                              "The probed cost model (empty until the first compressed bucket)")
-      .def(
-          "enqueue_allreduce",
-          [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
-             std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
-             bool errorFeedback) {
-            Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
-                                     postscale);
-            e.errorFeedback = errorFeedback;
-            return submit(engine, std::move(e));
-          },
-          py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
-          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,
-          py::arg("error_feedback") = true)
-      .def(
-          "allreduce_now",
-          [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
-             std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
-             bool errorFeedback) {
-            // A synchronous all-reduce in one call: enqueued without waking the engine thread, then driven to
-            // completion on this thread (Engine::enqueue's callerWaits). The handle says how it ended.
-            Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
-                                     postscale);
-            e.errorFeedback = errorFeedback;
-            py::gil_scoped_release release;
-            std::shared_ptr<Handle> h = engine.enqueue(std::move(e), /*callerWaits=*/true);
-            engine.waitFor(*h, 0.0);
-            return h;
-          },
-          py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
-          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,
-          py::arg("error_feedback") = true)
+      .def("enqueue_allreduce", allreduceCall(false), py::arg("name"), py::arg("input"), py::arg("output"),
+           py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
+           py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
+      // A synchronous all-reduce in one call: enqueued without waking the engine thread, then driven to completion
+      // on this thread (Engine::enqueue's callerWaits). The handle says how it ended.
+      .def("allreduce_now", allreduceCall(true), py::arg("name"), py::arg("input"), py::arg("output"),
+           py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
+           py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
       .def(
           "enqueue_allgather",
           [](Engine& engine, const std::string& name, py::buffer input, const std::string& dtype,
