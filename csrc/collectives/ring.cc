@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "collectives/reduce.h"
 #include "common/error.h"
@@ -91,10 +92,11 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
     if (steps[g].reduce && seg == 0) firstSendOfChunk[c] = static_cast<long>(sends.size());
     sends.push_back(comm.isend(segPtr(c, seg), segLen(c, seg) * p.elemSize, right, opts.tag));
   };
-  std::vector<char> scratch(kRecvWindow * std::min(segElems, *std::max_element(p.chunkCount.begin(),
-                                                                                  p.chunkCount.end())) *
-                            p.elemSize);
-  const size_t slotBytes = scratch.size() / kRecvWindow;
+  // Uninitialized: every byte is received before it is read, and zeroing kRecvWindow segments (2 MiB at the
+  // default segment size) cost more than the packing of a 2.5 MB bucket (benchmarks/engine_overhead.py).
+  const size_t slotBytes = std::min(segElems, *std::max_element(p.chunkCount.begin(), p.chunkCount.end())) *
+                           p.elemSize;
+  std::unique_ptr<char[]> scratch(new char[kRecvWindow * slotBytes]);
   // On an error, requests may still be posted into scratch (and into the caller's buffer, which the caller
   // keeps): the communicator is poisoned and scratch is never freed.
   PostedBuffers posted(comm, opts.name);
@@ -110,7 +112,7 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
       const Step& st = steps[u.step];
       void* dst;
       if (st.reduce) {
-        dst = scratch.data() + (postedRecvs % kRecvWindow) * slotBytes;
+        dst = scratch.get() + (postedRecvs % kRecvWindow) * slotBytes;
       } else {
         const long first = firstSendOfChunk[st.recvChunk];
         if (first >= 0) comm.wait(sends[first + u.seg], deadline, opts.name.c_str());
@@ -128,7 +130,7 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
     comm.wait(recvs[i], deadline, opts.name.c_str());
     char* place = p.base + u.elemOffset * p.elemSize;
     if (st.reduce) {
-      reduceInto(place, scratch.data() + (i % kRecvWindow) * slotBytes, u.elems, p.dtype, p.op);
+      reduceInto(place, scratch.get() + (i % kRecvWindow) * slotBytes, u.elems, p.dtype, p.op);
       if (u.step == lastReduceStep && p.averageDivisor > 1) finalizeAverage(place, u.elems, p.dtype, p.averageDivisor);
     }
     if (u.step + 1 < steps.size()) postStepSends(u.step + 1, u.seg);
