@@ -5,7 +5,9 @@ import pytest
 from mpi_helpers import assert_ok, run_mpi
 
 
-@pytest.mark.parametrize("np_", [1, 2, 3, 4, 5])
+# 4 ranks is left to the engine tests (test_engine.py runs the dense ring and recursive doubling at 4 through the
+# engine); 5 covers both the fold of an odd rank and two doubling rounds, 3 a ring of odd length.
+@pytest.mark.parametrize("np_", [1, 2, 3, 5])
 def test_collectives_sweep(np_):
     proc = run_mpi("collectives_worker.py", np_, timeout=400)
     assert_ok(proc, np_)

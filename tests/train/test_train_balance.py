@@ -2,7 +2,8 @@
 per-rank sizes favouring the fast ranks while the model trains as with the equal split (same global-batch
 gradient); the bar / lines, metrics.jsonl's plan records, the report and status show the plan; kill-and-resume
 restores the scheduler (same plans, bitwise parameters in deterministic mode), a world-size change restarts it
-with a warning; a misspelt mode or a bad slowdown list fails clearly on every rank."""
+with a warning; a misspelt mode or a bad slowdown list fails clearly on every rank; goodput mode keeps the global
+batch in its bounds and the learning rate on the AdaScale gain."""
 import shutil
 
 import pytest
@@ -125,3 +126,30 @@ def test_bad_balance_settings_fail_on_every_rank(tmp_path, args, message):
     assert result.returncode == 2, result.output[-3000:]
     assert result.stderr.count(message) == 1, result.output[-3000:]
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+# Goodput mode inside the Trainer: the global batch may move within --batch-bounds, the learning rate follows the
+# AdaScale gain (1 at the base batch, between 1 and B/B0 above it) and every plan is a split of its global batch.
+GOODPUT = ["--balance", "goodput", "--batch-bounds", "64,512", "--steps", "40", "--emulate-slowdown", "1,1,1",
+           "--emulate-per-sample-ms", "0.05", "--progress", "lines"]
+
+
+def test_goodput_mode_moves_the_global_batch_and_scales_the_lr(tmp_path):
+    run = tmp_path / "goodput"
+    ok(neptune(3, "train", *[a for a in DENSE_ARGS if a not in ("--steps", "30")], *GOODPUT, "--run-dir", run,
+               timeout=300))
+    plans = _plans(run)
+    assert plans[0]["global_batch"] == 64 and plans[0]["local_batches"] == [22, 21, 21]
+    for p in plans:
+        assert 64 <= p["global_batch"] <= 512 and sum(p["local_batches"]) == p["global_batch"], p
+    assert any(p["noise_scale"] > 0 for p in plans[1:]), "no noise scale was estimated"
+    # Step s runs under the last plan adopted after fewer than s steps (an epoch's last step may hold fewer samples).
+    def batch_at(step):
+        return [p["global_batch"] for p in plans if p["step"] < step][-1]
+    train = [(r, batch_at(r["step"])) for r in metrics(run) if r["kind"] == "train"]
+    for r, batch in train:
+        if batch == 64:
+            assert r["lr"] == pytest.approx(0.1, rel=1e-12), r
+        else:  # AdaScale gain r = (phi + B0) B / ((phi + B) B0), strictly between 1 and B/B0 for 0 < phi < inf
+            assert 0.1 < r["lr"] < 0.1 * batch / 64, (batch, r)
+    assert {batch for _, batch in train} != {64}, "the scheduler never changed the global batch"
