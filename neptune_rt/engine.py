@@ -361,10 +361,9 @@ def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | 
                                   prescale, postscale, error_feedback)
     if not native.error and native.done():
         return out
-    handle = Handle(native, (tensor, out), None, out)
-    if native.error:
-        _track(handle)  # a failed operation's buffers stay referenced for good (see Handle.wait)
-    return handle.wait()
+    # Not completed (or failed): tracked like any handle, so the buffers stay referenced while the engine may use
+    # them; wait() untracks it on success, a failed one keeps them for good (see Handle.wait).
+    return _track(Handle(native, (tensor, out), None, out)).wait()
 
 
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mpi_helpers import launcher_failed
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "benchmarks" / "cluster.py"
 PREFIX = f"nt{os.getpid() % 10**6}"  # + 2 hex digits per test: at most 10 characters, as cluster.py wants
@@ -40,8 +42,13 @@ def run_cluster(*args: str, timeout: float = 50.0) -> subprocess.CompletedProces
     """Runs cluster.py with the test's python; mpirun/ranks come from the same venv."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(CLUSTER), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    for attempt in range(2):
+        done = subprocess.run([sys.executable, str(CLUSTER), *args], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=REPO)
+        if attempt or not launcher_failed(done.returncode, done.stdout + done.stderr):
+            return done  # else Open MPI's launcher failed before any rank ran (mpi_helpers.LAUNCHER_RACE)
+        print(f"cluster.py: retrying after Open MPI's launcher failed to start:\n{done.stderr[-500:]}")
+    return done
 
 
 @pytest.fixture

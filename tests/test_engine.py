@@ -56,3 +56,8 @@ def test_missing_rank_times_out_instead_of_hanging():
     proc = run_mpi("engine_worker.py", 2, "timeout", timeout=60, env={"NEPTUNE_RT_TIMEOUT_SECONDS": "3"})
     assert "TIMEOUT-OK" in proc.stdout, proc.stdout + proc.stderr
     assert time.time() - start < 45
+
+
+def test_stochastic_rounding_does_not_depend_on_bucket_order():
+    env = {"NEPTUNE_RT_ROUNDING": "stochastic", "NEPTUNE_RT_SEED": "3"}
+    assert_ok(run_mpi("engine_worker.py", 3, "stream_order", timeout=120, env=env), 3)

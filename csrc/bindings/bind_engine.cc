@@ -142,7 +142,14 @@ auto allreduceCall(bool callerWaits) {
     e.errorFeedback = errorFeedback;
     py::gil_scoped_release release;
     std::shared_ptr<Handle> h = engine.enqueue(std::move(e), callerWaits);
-    if (callerWaits) engine.waitFor(*h, 0.0);
+    if (callerWaits) {
+      try {
+        engine.waitFor(*h, 0.0);
+      } catch (...) {
+        // Only a failure outside the cycle (allocation) gets here: the entry may still be queued, so the caller
+        // must get the handle that keeps its buffers alive; its wait meets the same error again.
+      }
+    }
     return h;
   };
 }

@@ -127,7 +127,11 @@ void runRing(Communicator& comm, const RingPlan& p, const CollectiveOptions& opt
     const RecvUnit& u = units[i];
     const Step& st = steps[u.step];
     if (st.reduce && u.seg == 0 && p.beforeOwnValues) p.beforeOwnValues(st.recvChunk);  // while it arrives
-    comm.wait(recvs[i], deadline, opts.name.c_str());
+    size_t received = 0;
+    comm.wait(recvs[i], deadline, opts.name.c_str(), &received);
+    // Scratch is uninitialized: a short segment (peers with different plans) must never be reduced.
+    NRT_CHECK(received == u.elems * p.elemSize, "neptune_rt: rank ", comm.rank(), ": ring segment of ", opts.name,
+              " from rank ", left, " has ", received, " bytes, ", u.elems * p.elemSize, " expected");
     char* place = p.base + u.elemOffset * p.elemSize;
     if (st.reduce) {
       reduceInto(place, scratch.get() + (i % kRecvWindow) * slotBytes, u.elems, p.dtype, p.op);

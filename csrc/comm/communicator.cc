@@ -16,15 +16,12 @@ void Backoff::pause() {
   // Two opposite pulls, measured on 4 emulated 1 Gbit nodes sharing 2 cores: MPI over TCP progresses only
   // inside MPI calls, so napping early slowed a 64 MB ring; but yielding for long (5-20 ms) slowed the
   // compressed all-reduce up to 2x, since waiting ranks then steal the cores that encoding ranks need.
-  // Yield from the first miss for the window (200 us for bulk transfers), then nap 50 us between polls. No
-  // busy spin: where ranks share a core, a spinning waiter keeps the very peer it waits for off the CPU (64
-  // spins before yielding cost a 4 KB all-reduce on 4 ranks over 2 cores 1.3-1.5x; benchmarks/engine_overhead.py),
-  // and where a core is free, sched_yield returns at once, so yielding costs only its system call.
-  constexpr uint32_t kSpinIters = 1;
-  ++iter_;
-  if (iter_ < kSpinIters) return;
+  // Yield from the first miss for the window (200 us for bulk transfers), then nap 50 us between polls. No busy
+  // spin: where ranks share a core, a spinning waiter keeps the very peer it waits for off the CPU (64 spins
+  // before the first yield made a 4 KB all-reduce on 4 ranks over 2 cores about 1.3x slower;
+  // benchmarks/engine_overhead.py), and where a core is free, sched_yield returns at once.
   const auto now = std::chrono::steady_clock::now();
-  if (iter_ == kSpinIters) yieldingSince_ = now;
+  if (iter_++ == 0) yieldingSince_ = now;
   if (now - yieldingSince_ < yieldWindow_) {
     sched_yield();
     return;
@@ -76,7 +73,7 @@ void Communicator::wait(Request& req, const Deadline& deadline, const char* what
   Backoff backoff(yieldWindow);
   uint32_t checks = 0;
   while (!test(req, received)) {
-    // Reading the clock costs more than a test; check it every few iterations.
+    // The deadline is checked every few polls (Backoff reads the clock anyway, but a Deadline is cheap to skip).
     if ((++checks & 63u) == 0 && deadline.expired()) {
       const int peer = req.peer;
       const std::string error =

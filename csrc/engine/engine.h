@@ -67,7 +67,7 @@ struct Entry {
   double postscale = 1.0;
   std::shared_ptr<Handle> handle;
   uint64_t seq = 0;
-  Clock::time_point queuedAt{};  // when enqueue queued it (the engine thread's drive window, engine.cc)
+  Clock::time_point queuedAt{};  // when enqueue queued it (the engine thread's drive window, engine_drive.cc)
   // Compressed all-reduces: keep an error-feedback residual for this name (false for automatic names,
   // which change every call, so no residual could ever be used again).
   bool errorFeedback = true;
@@ -138,7 +138,7 @@ class Engine {
 
  private:
   enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
-  // How long the engine thread leaves queued work to a caller that is about to wait for it (engine.cc,
+  // How long the engine thread leaves queued work to a caller that is about to wait for it (engine_drive.cc,
   // leaveToCaller). Asynchronous work starts at most this much later.
   static constexpr std::chrono::microseconds kDriveWindow{50};
   void loop();
@@ -223,7 +223,10 @@ class Engine {
   std::vector<float> chunkResidual_;
   std::vector<char> halfWork_;  // fp16/bf16 buckets travel as 16-bit values
   PayloadScratch payloadScratch_;  // compressed all-reduce payloads, reused from bucket to bucket
-  uint64_t compressedStep_ = 0;
+  // Stochastic rounding's stream per compressed bucket: (bucket's first tensor name, how many times it was
+  // compressed). Independent of the order buckets run in, which cycle boundaries (timing) can change: with a
+  // global counter, two buckets run in the other order drew each other's streams (engine_compressed.cc).
+  std::unordered_map<std::string, uint64_t> compressedCalls_;
   bool deferFinish_ = false;  // finish() collects into deferredFinish_ (recordCompressedBucket)
   std::vector<std::pair<Entry*, std::string>> deferredFinish_;
 

@@ -9,6 +9,7 @@
 #include "collectives/allreduce.h"
 #include "collectives/reduce.h"
 #include "collectives/ring.h"
+#include "codecs/format.h"
 #include "codecs/quantize.h"
 #include "common/error.h"
 #include "engine/engine.h"
@@ -72,6 +73,15 @@ uint64_t reduceAsHalves(Communicator& comm, const CollectiveOptions& opts, uint8
     convertToF32(halves, half, count, work);
   }
   return denseWireBytes(count * 2, size);
+}
+
+// The `step` of a bucket's stochastic-rounding stream (codec.h: draws depend on seed, step, rank, index): the
+// bucket's name hashed (FNV-1a) and mixed with its call count, so that every bucket has its own stream
+// whatever order the buckets run in.
+uint64_t roundingStream(const std::string& name, uint64_t calls) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return codec_format::mix64(h) + calls;
 }
 
 // The range [a, b) of bucket elements where a tensor at [offset, offset + n) meets this rank's chunk.
@@ -236,7 +246,7 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
     o.buffer = work;
     o.count = count;
     o.codec = static_cast<Codec>(codec);
-    o.step = compressedStep_++;
+    o.step = roundingStream(head.name, compressedCalls_[head.name]++);
     o.residual = residual;
     o.chunkResidual = chunkResidual;
     o.chunkResidualCount = twoPhase ? owned.count : 0;

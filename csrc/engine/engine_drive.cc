@@ -21,8 +21,8 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
   const auto stopping = [&] { return stopRequested_ || !running_.load(); };
   while (!stopping()) {
     if (waiters_ > 0) {
-      // Sleep until the last caller leaves work behind (waitFor notifies then, and so does enqueue); the
-      // timeout only guards against a missed wake-up.
+      // Sleep until the last caller leaves work behind (waitFor notifies then, and so does an enqueue that no
+      // caller waits for); the timeout only guards against a missed wake-up.
       cv_.wait_for(lock, std::chrono::milliseconds(10), [&] { return (waiters_ == 0 && hasWorkLocked()) || stopping(); });
       continue;
     }

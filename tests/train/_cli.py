@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from mpi_helpers import MpiResult, mpi_env, mpirun_path  # noqa: E402,F401
+from mpi_helpers import LAUNCHER_RACE, MpiResult, launcher_failed, mpi_env, mpirun_path  # noqa: E402,F401
 
 
 Result = MpiResult  # returncode, stdout, stderr, output
@@ -24,14 +24,18 @@ def neptune(np: int, *args: str, timeout: float = 120, env: dict[str, str] | Non
     if np:
         cmd = [mpirun_path(), "-np", str(np), "--oversubscribe", "--bind-to", "none", *cmd]
     full_env = mpi_env({"NEPTUNE_RT_TIMEOUT_SECONDS": "60", **(env or {})})
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} hung for {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(f"{' '.join(cmd)} hung for {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
+        if attempt or not np or not launcher_failed(proc.returncode, out + err):
+            break
+        print(f"mpirun failed to start ({LAUNCHER_RACE}); launching again", flush=True)  # nothing ran
     return Result(proc.returncode, out, err)
 
 
