@@ -45,7 +45,7 @@ def import_residuals(state: dict[tuple[str, str], Any]) -> None:
     Raises RuntimeError while compressed all-reduces are in flight (wait for their handles first), and
     ValueError for a malformed entry. A residual whose size does not match its tensor at first use is
     discarded with a warning naming the tensor. With NEPTUNE_RT_ROUNDING=stochastic a fresh engine draws
-    other roundings than the run it resumes (its step counter restarts); round-to-nearest resumes bitwise."""
+    other roundings than the run it resumes (its buckets' call counters restart); round-to-nearest resumes bitwise."""
     items = []
     for key, value in state.items():
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
