@@ -75,3 +75,19 @@ def write_json(path: str | os.PathLike | None, rows: list[dict]) -> None:
         with open(path, "w") as fh:
             json.dump(rows, fh, indent=1)
         print(f"# wrote {len(rows)} rows to {path}")
+
+
+def init_nrt_and_gloo() -> tuple[int, int]:
+    """The torch benchmarks' start: one torch thread per rank, neptune_rt's engine, and a gloo process group
+    for the DDP peers on the same ranks (MASTER_ADDR/PORT default to this host). Returns (rank, size)."""
+    import torch
+    import torch.distributed as dist
+
+    import neptune_rt.torch as nrt
+    torch.set_num_threads(1)
+    nrt.init()
+    rank, size = nrt.rank(), nrt.size()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    return rank, size

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import statistics
 import sys
 import time
@@ -222,13 +221,10 @@ def main() -> None:
     unknown = [i for i in impls if i not in ALL_IMPLS]
     if unknown:
         raise SystemExit(f"race.py: unknown impls {unknown}; choose from {', '.join(ALL_IMPLS)}")
-    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import init_nrt_and_gloo, write_json
     import neptune_rt.torch as nrt
-    nrt.init()
-    rank, size = nrt.rank(), nrt.size()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+    rank, size = init_nrt_and_gloo()
     data = load_data()
     rows = []
     for repeat in range(args.repeats):
@@ -250,8 +246,6 @@ def main() -> None:
                   f"{(str(s['time_min']) + '-' + str(s['time_max'])) if t is not None else '-':>13} "
                   f"{s['steps_to_target'] or '-':>6} {s['step_ms']:>8} {s['final_acc']:>6}")
         if args.json:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from common import write_json
             write_json(args.json, rows + summary)
     dist.barrier()
     dist.destroy_process_group()

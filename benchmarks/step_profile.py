@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
-import os
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ from neptune_rt import engine as _engine
 from neptune_rt.torch import grad_buckets, optimizer as _optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json  # noqa: E402
+from common import init_nrt_and_gloo, write_json  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 CODECS = ("int8", "int4", "onebit")
@@ -202,12 +201,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"step_profile.py: unknown impls {unknown}; choose from {', '.join(IMPLS)}")
 
-    torch.set_num_threads(1)
-    nrt.init()
-    rank, size = nrt.rank(), nrt.size()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+    rank, size = init_nrt_and_gloo()
     instrument()
     batches = load_batches(rank, size, args.batch, args.steps)
     built = {impl: build(impl, args) for impl in impls}
