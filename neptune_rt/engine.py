@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from neptune_rt import _env
-from neptune_rt.buffers import HostView, empty_like, from_bytes, host_view, plain_array
+from neptune_rt.buffers import HostView, empty_like, host_view, plain_array
 
 __all__ = [
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "comm",
@@ -386,66 +386,6 @@ def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str
     return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
 
 
-def allgather_async(tensor: Any, name: str | None = None) -> Handle:
-    """Concatenation of every rank's `tensor` along dimension 0 (first dimensions may differ)."""
-    engine = _require()
-    name = _auto_name("allgather", name)
-    if len(getattr(tensor, "shape", ())) == 0:
-        raise ValueError(f"tensor '{name}': allgather needs at least one dimension (reshape scalars to [1])")
-    view = host_view(tensor, name, writable=False)
-    native = engine.enqueue_allgather(name, view.array, view.dtype, list(view.shape))
-
-    def finalize() -> Any:
-        return from_bytes(tensor, native.take_output(), tuple(native.output_shape))
-    return _track(Handle(native, (tensor, view), finalize))
-
-
-def allgather(tensor: Any, name: str | None = None) -> Any:
-    return allgather_async(tensor, name).wait()
-
-
-def broadcast_async_(tensor: Any, root: int = 0, name: str | None = None) -> Handle:
-    engine = _require()
-    name = _auto_name("broadcast", name)
-    view = host_view(tensor, name, writable=True)
-    native = engine.enqueue_broadcast(name, view.array, view.array, view.dtype, list(view.shape), root)
-    return _track(Handle(native, (tensor, view), _written(tensor, view)))
-
-
-def broadcast_async(tensor: Any, root: int = 0, name: str | None = None) -> Handle:
-    engine = _require()
-    name = _auto_name("broadcast", name)
-    view = host_view(tensor, name, writable=False)
-    out = empty_like(tensor)
-    out_view = host_view(out, name, writable=True)
-    native = engine.enqueue_broadcast(name, view.array, out_view.array, view.dtype, list(view.shape), root)
-    return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
-
-
-def broadcast(tensor: Any, root: int = 0, name: str | None = None) -> Any:
-    return broadcast_async(tensor, root, name).wait()
-
-
-def broadcast_(tensor: Any, root: int = 0, name: str | None = None) -> Any:
-    return broadcast_async_(tensor, root, name).wait()
-
-
-def barrier(name: str | None = None, timeout: float | None = None) -> None:
-    """Returns once every rank has reached a barrier of the same name."""
-    engine = _require()
-    Handle(engine.enqueue_barrier(_auto_name("barrier", name)), (), lambda: None).wait(timeout)
-
-
-def join(name: str = "join") -> int:
-    """Blocks until every rank has called join; meanwhile this rank takes part in the others' all-reduces
-    (sum/average) with zeros and in their allgathers with no rows. Returns the highest rank among those that
-    joined in the last negotiation cycle (the engine does not know the order within a cycle);
-    neptune_rt.torch.join() returns the last rank to join, as Horovod does."""
-    native = _require().enqueue_join(name)
-    Handle(native, (), lambda: None).wait()
-    return int(native.value)
-
-
 def synchronize(handle: Handle, timeout: float | None = None) -> Any:
     """Waits for `handle` and returns its result (Horovod's name for Handle.wait)."""
     return handle.wait(timeout)
@@ -497,6 +437,10 @@ def _comm_rank() -> int:
         return -1
 
 
+# Allgather, broadcast, barrier and join live in their own module; they are part of this API.
+from neptune_rt.gather_broadcast import (  # noqa: E402
+    allgather, allgather_async, barrier, broadcast, broadcast_, broadcast_async, broadcast_async_, join,
+)
 # Grouped all-reduces live in their own module (deterministic fusion); they are part of this API.
 from neptune_rt.grouped import (  # noqa: E402
     GroupHandle, grouped_allreduce, grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_,

@@ -32,7 +32,8 @@ auto runDirect(Communicator& comm, std::initializer_list<pybind11::handle> buffe
 }
 
 void registerCollectives(pybind11::module_& m);  // bind_collectives.cc: direct collectives + info
-void registerEngine(pybind11::module_& m);       // bind_engine.cc: background engine and handles
+void registerHandles(pybind11::module_& m);      // bind_handles.cc: handles, handle groups, cost model
+void registerEngine(pybind11::module_& m);       // bind_engine.cc: background engine
 void registerCodecs(pybind11::module_& m);       // bind_codecs.cc: quantization codecs (CPU)
 void registerCompressed(pybind11::module_& m);   // bind_compressed.cc: compressed all-reduce
 }  // namespace nrt

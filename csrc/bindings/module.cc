@@ -6,6 +6,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "neptune_rt private extension: MPI collectives, background engine, gradient codecs";
   pybind11::register_exception<nrt::TimeoutError>(m, "CollectiveTimeout", PyExc_TimeoutError);
   nrt::registerCollectives(m);
+  nrt::registerHandles(m);
   nrt::registerEngine(m);
   nrt::registerCodecs(m);
   nrt::registerCompressed(m);
