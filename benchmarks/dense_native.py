@@ -1,5 +1,5 @@
-"""Dense all-reduce of one buffer three ways, interleaved under mpirun: our ring/recursive doubling on the calling
-thread (neptune_rt's Communicator), MPI_Allreduce, and MPI_Iallreduce polled with MPI_Test (what the engine runs
+"""Dense all-reduce of one buffer four ways, interleaved under mpirun: our decision function's choice (recursive
+doubling, halving-doubling or the ring) and our ring, on the calling thread (neptune_rt's Communicator), MPI_Allreduce, and MPI_Iallreduce polled with MPI_Test (what the engine runs
 for dense buckets up to kNativeAllreduceMaxBytes, csrc/engine/engine.h). The evidence behind that threshold:
 
     mpirun -np 4 --oversubscribe --bind-to none python benchmarks/dense_native.py --json out.json
@@ -39,12 +39,14 @@ def main() -> None:
             while not req.Test():
                 pass
         cases = {"neptune_rt_direct": lambda: _C.allreduce_inplace(direct, buf, "float32", "sum", "auto", 0, 300.0),
+                 "neptune_rt_ring": lambda: _C.allreduce_inplace(direct, buf, "float32", "sum", "ring", 0, 300.0),
                  "mpi": lambda: WORLD.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM),
                  "mpi_iallreduce": iallreduce}
         times = timed_interleaved(WORLD, cases, args.trials, args.reps)
         for impl, samples in times.items():
             med, lo, hi = summarize(samples)
-            rows.append({"impl": impl, "np": n, "size_bytes": size, "count": size // 4, "dtype": "float32",
+            rows.append({"impl": impl, "np": n, "algorithm": _C.choose_allreduce_algorithm(size, n)
+                     if impl == "neptune_rt_direct" else None, "size_bytes": size, "count": size // 4, "dtype": "float32",
                          "op": "sum", "codec": "none", "time_us": med * 1e6, "time_us_min": lo * 1e6,
                          "time_us_max": hi * 1e6, "algbw_gbps": size / med / 1e9,
                          "busbw_gbps": size / med / 1e9 * 2 * (n - 1) / n, "link": "shm",

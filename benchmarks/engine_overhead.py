@@ -8,11 +8,14 @@ the slowest rank's time per operation):
            blocking MPI_Allreduce) and as allreduce_async_ + wait (`async_wait`), vs MPI_Allreduce (mpi4py);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
            running-statistics buffers; channels divided by --divisor), submitted two ways: `neptune_rt` (one
-           named allreduce_async_ each, then all waits) and `grouped` (one grouped_allreduce_async_ of the 200
-           and one wait, as DistributedOptimizer and the DDP hook submit a bucket), vs one MPI_Allreduce of the
-           same total bytes (the fused bare collective) and vs one MPI_Allreduce per tensor.
-overhead_us = engine time - fused bare collective, for both ways; the target (at most 200 us per 100 tensors)
-applies to the way a training step of ours submits: grouped.
+           named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200
+           separate arrays and one wait: the engine packs and unpacks them) and `grouped_views` (the same group
+           made of views of one flat array, as DistributedOptimizer's buckets lay gradients out: reduced where
+           they lie), vs one MPI_Allreduce of the same total bytes (the fused bare collective) and vs one
+           MPI_Allreduce per tensor.
+overhead_us = engine time - fused bare collective, for each way; the target (at most 200 us per 100 tensors)
+applies to grouped submission. NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto in the environment picks the engine's
+algorithm for the 2.5 MB bucket (A/B runs).
 --profile adds the engine's own timers per operation (nrt.stats(): cycles, hand-offs, message build, exchange,
 match, execute, wait) and the Python time to enqueue, from a separate untimed run.
 """
@@ -69,8 +72,8 @@ def engine_step(tensors: list[np.ndarray]):
     return run
 
 
-def grouped_step(tensors: list[np.ndarray]):
-    names = [f"group.{i}" for i in range(len(tensors))]
+def grouped_step(tensors: list[np.ndarray], prefix: str = "group"):
+    names = [f"{prefix}.{i}" for i in range(len(tensors))]
 
     def run() -> None:
         group = nrt.grouped_allreduce_async_(tensors, names)
@@ -132,8 +135,11 @@ def main() -> None:
     tensors = [rng.integers(-8, 8, int(np.prod(s))).astype(np.float32).reshape(s) for s in shapes]
     total = sum(t.nbytes for t in tensors)
     flat = np.zeros(total // 4, np.float32)
+    backing = np.zeros(total // 4, np.float32)  # grouped_views: the 200 tensors as views of one array
+    views = [v.reshape(t.shape) for v, t in zip(np.split(backing, np.cumsum([t.size for t in tensors])[:-1]), tensors)]
     step = {"neptune_rt": engine_step(tensors),
             "grouped": grouped_step(tensors),
+            "grouped_views": grouped_step(views, "views"),
             "mpi_fused": lambda: WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM),
             "mpi_per_tensor": lambda: [WORLD.Allreduce(MPI.IN_PLACE, t, op=MPI.SUM) for t in tensors]}
 
@@ -141,6 +147,7 @@ def main() -> None:
         buf4k[:] = rng.integers(-8, 8, buf4k.size)
         for t in tensors:
             t.ravel()[:] = rng.integers(-8, 8, t.size)
+        backing[:] = np.concatenate([t.ravel() for t in tensors])
 
     lat = timed_interleaved(WORLD, latency, args.trials, args.latency_reps, warmup=1, prepare=rescale)
     stp = timed_interleaved(WORLD, step, args.trials, args.step_reps, warmup=1, prepare=rescale)
@@ -158,6 +165,11 @@ def main() -> None:
         WORLD.Allreduce(MPI.IN_PLACE, w, op=MPI.SUM)
     grouped_step(tensors)()
     wrong_grouped = int(sum(np.count_nonzero(t != w) for t, w in zip(tensors, want)))
+    rescale("")
+    want = np.concatenate([t.ravel() for t in tensors])
+    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
+    grouped_step(views, "views")()
+    wrong_views = int(np.count_nonzero(backing != want))
 
     rows = []
     load = os.getloadavg()[0]
@@ -171,12 +183,13 @@ def main() -> None:
         rows.append({"impl": impl, "case": "step_200", "np": n, "tensors": len(tensors), "size_bytes": total,
                      "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6, "link": args.link,
                      "loadavg_1min": load,
-                     "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped}.get(impl, 0)})
+                     "allreduce_algorithm": os.environ.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto"),
+                     "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views}.get(impl, 0)})
     by = {(x["case"], x["impl"]): x for x in rows}
     lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
     by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
     overheads = {}
-    for impl in ("neptune_rt", "grouped"):
+    for impl in ("neptune_rt", "grouped", "grouped_views"):
         overheads[impl] = by[("step_200", impl)]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
         by[("step_200", impl)]["overhead_us"] = overheads[impl]
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)
@@ -187,9 +200,11 @@ def main() -> None:
         prof["latency_4k"]["enqueue_us"] = enqueue_time(buf4k, args.latency_reps)
         prof["step_200"] = profile(step["neptune_rt"], len(tensors), args.step_reps)
         prof["grouped_200"] = profile(step["grouped"], len(tensors), args.step_reps)
+        prof["views_200"] = profile(step["grouped_views"], len(tensors), args.step_reps)
         everyone = WORLD.gather(prof, root=0)
         for case in prof:
-            impl, row_case = ("grouped", "step_200") if case == "grouped_200" else ("neptune_rt", case)
+            impl, row_case = {"grouped_200": ("grouped", "step_200"), "views_200": ("grouped_views", "step_200")}.get(
+                case, ("neptune_rt", case))
             for row in rows:
                 if row["case"] == row_case and row["impl"] == impl:
                     row["profile_rank0"] = everyone[0][case] if r == 0 else None
@@ -201,7 +216,7 @@ def main() -> None:
         print(f"latency 4 KB: neptune_rt / MPI_Allreduce = {lat_ratio:.2f}x (target <= 1.5x)")
         for impl, overhead in overheads.items():
             print(f"step of {len(tensors)} ({impl}): engine overhead {overhead:.0f} us = "
-                  f"{overhead * 100 / len(tensors):.0f} us per 100 tensors (target <= 200, for grouped)")
+                  f"{overhead * 100 / len(tensors):.0f} us per 100 tensors (target <= 200, for grouped submission)")
         if args.profile:
             print("profile (rank 0, per operation, microseconds unless a count):")
             keys = ["wall_us", "enqueue_us", "cycles", "handoffs", "build_us", "exchange_us", "match_us",

@@ -63,10 +63,15 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_CACHE_CAPACITY", "1024",
          "response-cache slots: a negotiated all-reduce/broadcast is then announced as one bit of a bit vector "
          "(least recently used slots are reused); 0 disables the cache; set the same value on every rank", _count),
-    Knob("NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES", "1M",
+    Knob("NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES", "auto",
          "dense buckets above 64K and up to this size are all-reduced by MPI_Iallreduce (the MPI library's own "
-         "algorithms, with the engine's timeout), larger ones by our ring; 0: always our ring; set the same "
-         "value on every rank", _bytes),
+         "algorithms, with the engine's timeout), larger ones by our own (NEPTUNE_RT_ALLREDUCE_ALGORITHM); 'auto': "
+         "256K where ours is halving_doubling, else 1M; 0: always ours; set the same value on every rank",
+         lambda v: None if v.strip().lower() == "auto" else _bytes(v)),
+    Knob("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto",
+         "our algorithm for dense buckets above 64K: 'auto' (halving_doubling up to 4M in a power-of-two world of "
+         "4+ ranks, else ring), 'ring', or 'halving_doubling' (power-of-two worlds); set the same value on every "
+         "rank", str),
     Knob("NEPTUNE_RT_MPI", "wheel",
          "build time (Makefile): 'wheel' uses the Open MPI + mpi4py wheels, 'system' the mpicc on PATH", str),
     Knob("NEPTUNE_RT_DATA_DIR", "",

@@ -120,6 +120,7 @@ def init(comm: Any = None) -> None:
                 deterministic=_env.get("NEPTUNE_RT_DETERMINISTIC"),
                 cache_capacity=_env.get("NEPTUNE_RT_CACHE_CAPACITY"),
                 native_allreduce_bytes=_env.get("NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES"),
+                allreduce_algorithm=_env.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM"),
             )
         except TimeoutError as err:
             _record_failure(str(err))

@@ -1,5 +1,5 @@
 """Direct collectives under real mpirun: world sizes 1..5 sweep counts {0,1,7,1000,10007,2^22}, every dtype
-and op, ring and recursive doubling, single- and multi-segment paths (tests/workers/collectives_worker.py)."""
+and op, ring, recursive doubling and (power-of-two worlds) halving-doubling, single- and multi-segment paths (tests/workers/collectives_worker.py)."""
 import pytest
 
 from mpi_helpers import assert_ok, run_mpi
@@ -13,11 +13,22 @@ def test_collectives_sweep(np_):
     assert_ok(proc, np_)
 
 
+def test_halving_doubling_allreduce_at_4_ranks():
+    # The dense all-reduce auto picks from 64 KiB to 4 MiB in a power-of-two world (halving_doubling.cc): every count,
+    # dtype, op and segment size of the sweep, at 4 ranks (two halving steps), the all-reduce alone.
+    proc = run_mpi("collectives_worker.py", 4, str(1 << 20), "allreduce", timeout=400)
+    assert_ok(proc, 4)
+
+
 def test_decision_function():
     from neptune_rt import _C
     limit = _C.RECURSIVE_DOUBLING_MAX_BYTES
     assert _C.choose_allreduce_algorithm(4096, 4) == "recursive_doubling"
     assert _C.choose_allreduce_algorithm(limit, 4) == "recursive_doubling"
-    assert _C.choose_allreduce_algorithm(limit + 1, 4) == "ring"
+    assert _C.choose_allreduce_algorithm(limit + 1, 4) == "halving_doubling"
+    assert _C.choose_allreduce_algorithm(4 << 20, 8) == "halving_doubling"
+    assert _C.choose_allreduce_algorithm((4 << 20) + 1, 8) == "ring"  # the ring pipelines across steps
+    assert _C.choose_allreduce_algorithm(64 << 20, 2) == "ring"
     assert _C.choose_allreduce_algorithm(64 << 20, 5) == "ring"
+    assert _C.choose_allreduce_algorithm(64 << 20, 6) == "ring"
     assert _C.choose_allreduce_algorithm(64 << 20, 1) == "recursive_doubling"  # nothing to move

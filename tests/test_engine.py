@@ -20,9 +20,11 @@ def test_engine_small_fusion_and_no_eager():
     assert_ok(run_mpi("engine_worker.py", 3, "api", timeout=300, env=env), 3)
 
 
-def test_engine_api_on_our_ring_only():
-    # NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES=0: dense buckets above 64 KB take our ring instead of MPI_Iallreduce.
-    assert_ok(run_mpi("engine_worker.py", 4, "api", timeout=300, env={"NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES": "0"}), 4)
+@pytest.mark.parametrize("algorithm", ["ring", "halving_doubling"])
+def test_engine_api_on_our_own_algorithms(algorithm):
+    # NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES=0: dense buckets above 64 KB take our algorithm instead of MPI_Iallreduce.
+    env = {"NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES": "0", "NEPTUNE_RT_ALLREDUCE_ALGORITHM": algorithm}
+    assert_ok(run_mpi("engine_worker.py", 4, "api", timeout=300, env=env), 4)
 
 
 @pytest.mark.parametrize("np_,algorithm", [(1, "two_phase"), (3, "two_phase"), (4, "ring"), (5, "two_phase")])

@@ -1,6 +1,6 @@
 """Cheap submission under real mpirun: GroupHandle results against mpi4py's MPI_Allreduce (numpy and torch CPU
-buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), the plain-numpy fast
-path of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
+buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), groups of views of
+one buffer (reduced where they lie), the plain-numpy fast path of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
 window). Worker: workers/engine_groups_worker.py."""
 import pytest
 
@@ -14,6 +14,10 @@ def test_group_handle(np_):
 
 def test_numpy_fast_path():
     assert_ok(run_mpi("engine_groups_worker.py", 2, "fast_path", timeout=120), 2)
+
+
+def test_grouped_views_of_one_buffer_reduce_in_place():
+    assert_ok(run_mpi("engine_groups_worker.py", 4, "views", timeout=120), 4)
 
 
 @pytest.mark.parametrize("np_", [1, 4])

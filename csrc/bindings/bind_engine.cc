@@ -1,6 +1,7 @@
 // Bindings for the background engine (its handles and cost model: bind_handles.cc). Python keeps the buffers alive until completion
 // (neptune_rt/engine.py); here: argument checks, GIL release, docstrings, and the two ends of an engine's
 // life: set-up with a deadline, and a shut-down that raises when the ranks did not stop together.
+#include <optional>
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -268,8 +269,16 @@ void registerEngine(py::module_& m) {
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
                        uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic,
-                       size_t cacheCapacity, size_t nativeAllreduceBytes) {
+                       size_t cacheCapacity, std::optional<size_t> nativeAllreduceBytes, const std::string& allreduceAlgorithm) {
              EngineConfig c;
+             c.denseAlgorithm = allreduceAlgorithmFromName(allreduceAlgorithm);
+             const int worldSize = comm.attr("Get_size")().cast<int>();
+             NRT_CHECK_ARG(c.denseAlgorithm != AllreduceAlgorithm::kRecursiveDoubling,
+                           "neptune_rt: allreduce_algorithm 'recursive_doubling' is for small buffers only (the engine "
+                           "uses it up to 64 KiB); choose auto, ring or halving_doubling for larger buckets");
+             NRT_CHECK_ARG(c.denseAlgorithm != AllreduceAlgorithm::kHalvingDoubling || (worldSize & (worldSize - 1)) == 0,
+                           "neptune_rt: allreduce_algorithm 'halving_doubling' needs a power-of-two world; this one "
+                           "has ", worldSize, " ranks: use auto or ring");
              c.fusionBytes = fusionBytes;
              c.eagerBytes = eagerBytes;
              c.cycleSeconds = cycleMs / 1000.0;
@@ -289,7 +298,8 @@ void registerEngine(py::module_& m) {
              NRT_CHECK_ARG(cacheCapacity <= (1u << 20), "neptune_rt: cache_capacity ", cacheCapacity,
                            " is too large (at most 1048576 slots; 0 disables the response cache)");
              c.cacheCapacity = cacheCapacity;
-             c.nativeAllreduceBytes = nativeAllreduceBytes;
+             c.nativeAllreduceBytes = nativeAllreduceBytes ? *nativeAllreduceBytes
+                                                           : defaultNativeAllreduceBytes(worldSize, c.denseAlgorithm);
              NRT_CHECK_ARG(c.eagerBytes + 4096 < c.negotiationBytes, "neptune_rt: eager_bytes ", c.eagerBytes,
                            " must stay below ", c.negotiationBytes - 4096);
              EnginePtr engine(new Engine(communicatorFromMpi4py(comm, timeout, "init()"), c));
@@ -301,7 +311,8 @@ void registerEngine(py::module_& m) {
            py::arg("codec_block") = codec_format::kDefaultBlockSize, py::arg("rounding") = "nearest",
            py::arg("seed") = 0, py::arg("compressed_algorithm") = "auto", py::arg("cost_model") = true,
            py::arg("deterministic") = false,
-           py::arg("cache_capacity") = 1024, py::arg("native_allreduce_bytes") = kNativeAllreduceMaxBytes)
+           py::arg("cache_capacity") = 1024, py::arg("native_allreduce_bytes") = py::none(),
+           py::arg("allreduce_algorithm") = "auto")
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)

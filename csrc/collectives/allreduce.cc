@@ -1,5 +1,6 @@
-// Dense all-reduce: the decision function, recursive doubling for small buffers, the ring for large ones,
-// and the ring's two halves exposed on their own (reduce-scatter, allgatherv).
+// Dense all-reduce: the decision function, recursive doubling for small buffers, halving-doubling
+// (halving_doubling.cc) or the ring for large ones, and the ring's two halves exposed on their own
+// (reduce-scatter, allgatherv).
 #include "collectives/allreduce.h"
 
 #include <numeric>
@@ -16,21 +17,26 @@ const char* allreduceAlgorithmName(AllreduceAlgorithm a) {
     case AllreduceAlgorithm::kAuto: return "auto";
     case AllreduceAlgorithm::kRing: return "ring";
     case AllreduceAlgorithm::kRecursiveDoubling: return "recursive_doubling";
+    case AllreduceAlgorithm::kHalvingDoubling: return "halving_doubling";
   }
   return "?";
 }
 
 AllreduceAlgorithm allreduceAlgorithmFromName(const std::string& name) {
-  for (auto a : {AllreduceAlgorithm::kAuto, AllreduceAlgorithm::kRing, AllreduceAlgorithm::kRecursiveDoubling})
+  for (auto a : {AllreduceAlgorithm::kAuto, AllreduceAlgorithm::kRing, AllreduceAlgorithm::kRecursiveDoubling,
+                 AllreduceAlgorithm::kHalvingDoubling})
     if (name == allreduceAlgorithmName(a)) return a;
-  throw std::invalid_argument("unknown all-reduce algorithm '" + name + "' (auto, ring, recursive_doubling)");
+  throw std::invalid_argument("unknown all-reduce algorithm '" + name +
+                              "' (auto, ring, recursive_doubling, halving_doubling)");
 }
 
 AllreduceAlgorithm chooseAllreduceAlgorithm(size_t bytes, int worldSize) {
   // With two ranks both algorithms send the whole buffer once each way; the ring pipelines, so use it
   // above the latency-bound sizes just as for larger worlds.
-  if (worldSize <= 1) return AllreduceAlgorithm::kRecursiveDoubling;
-  return bytes <= kRecursiveDoublingMaxBytes ? AllreduceAlgorithm::kRecursiveDoubling : AllreduceAlgorithm::kRing;
+  if (worldSize <= 1 || bytes <= kRecursiveDoublingMaxBytes) return AllreduceAlgorithm::kRecursiveDoubling;
+  const bool powerOfTwo = (worldSize & (worldSize - 1)) == 0;
+  return powerOfTwo && worldSize >= 4 && bytes <= kHalvingDoublingMaxBytes ? AllreduceAlgorithm::kHalvingDoubling
+                                                                            : AllreduceAlgorithm::kRing;
 }
 
 namespace {
@@ -109,6 +115,8 @@ void allreduce(Communicator& comm, const AllreduceOptions& o) {
   if (algo == AllreduceAlgorithm::kAuto) algo = chooseAllreduceAlgorithm(o.count * dtypeSize(o.dtype), comm.size());
   if (algo == AllreduceAlgorithm::kRecursiveDoubling) {
     recursiveDoubling(comm, o);
+  } else if (algo == AllreduceAlgorithm::kHalvingDoubling) {
+    halvingDoublingAllreduce(comm, o);
   } else {
     ringAllreduce(comm, o);
   }

@@ -1,5 +1,5 @@
-// Dense collectives as free functions with an options struct (Gloo style): all-reduce (ring or recursive
-// doubling, picked by chooseAllreduceAlgorithm), reduce-scatter, variable-size allgather, broadcast.
+// Dense collectives as free functions with an options struct (Gloo style): all-reduce (ring, recursive
+// doubling or halving-doubling, picked by chooseAllreduceAlgorithm), reduce-scatter, variable-size allgather, broadcast.
 // All work in place on caller-owned buffers; exercised by tests/test_collectives.py under mpirun.
 #pragma once
 
@@ -13,7 +13,7 @@
 
 namespace nrt {
 
-enum class AllreduceAlgorithm { kAuto = 0, kRing, kRecursiveDoubling };
+enum class AllreduceAlgorithm { kAuto = 0, kRing, kRecursiveDoubling, kHalvingDoubling };
 const char* allreduceAlgorithmName(AllreduceAlgorithm a);
 AllreduceAlgorithm allreduceAlgorithmFromName(const std::string& name);
 
@@ -22,8 +22,22 @@ AllreduceAlgorithm allreduceAlgorithmFromName(const std::string& name);
 // ring overtakes at a few hundred KB; 64 KiB keeps recursive doubling where it clearly wins.
 constexpr size_t kRecursiveDoublingMaxBytes = 64 * 1024;
 
-// The explicit decision function: tested, and used by the engine for every bucket.
+// Halving-doubling's upper bound in the decision function. Measured (benchmarks/dense_native.py, 4 ranks): on
+// shared memory over 2 cores it beat our ring by 1.1x from 256 KB to 2.5 MB, tied at 4 MB and lost at 8 MB; on
+// 4 emulated 1 Gbit nodes it tied at 2.5 MB and lost 1.3x at 16 and 64 MB, where the ring's pipelining across
+// steps keeps the link busy and halving-doubling drains it at every step.
+constexpr size_t kHalvingDoublingMaxBytes = 4 << 20;
+
+// The explicit decision function: tested, and used by the engine for every bucket. Above
+// kRecursiveDoublingMaxBytes and up to kHalvingDoublingMaxBytes: halving-doubling where the world is a power of
+// two of at least 4 ranks (the ring's bytes in 2 log2 n steps instead of 2(n-1); halving_doubling.cc); else the
+// ring (a fold would cost a non-power-of-two world a whole extra buffer; with 2 ranks the two are the same
+// exchange, and the ring pipelines it).
 AllreduceAlgorithm chooseAllreduceAlgorithm(size_t bytes, int worldSize);
+
+struct AllreduceOptions;
+// Rabenseifner's all-reduce (halving_doubling.cc); throws std::invalid_argument unless the world is a power of two.
+void halvingDoublingAllreduce(Communicator& comm, const AllreduceOptions& opts);
 
 struct AllreduceOptions : CollectiveOptions {
   void* buffer = nullptr;

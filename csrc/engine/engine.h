@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "codecs/codec.h"
+#include "collectives/allreduce.h"
 #include "collectives/compressed_allreduce.h"
 #include "collectives/options.h"
 #include "comm/communicator.h"
@@ -50,6 +51,9 @@ struct EngineConfig {
   bool deterministic = false;  // NEPTUNE_RT_DETERMINISTIC: no timing-based decisions (cost_model.h)
   size_t cacheCapacity = 1024;  // NEPTUNE_RT_CACHE_CAPACITY: response-cache slots (response_cache.h); 0: none
   size_t nativeAllreduceBytes = 1 << 20;  // NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES (useNativeAllreduce); 0: never
+  // NEPTUNE_RT_ALLREDUCE_ALGORITHM: our algorithm for dense buckets above kRecursiveDoublingMaxBytes (auto:
+  // chooseAllreduceAlgorithm; ring; halving_doubling, power-of-two worlds only).
+  AllreduceAlgorithm denseAlgorithm = AllreduceAlgorithm::kAuto;
 };
 
 // Log levels of Engine::setLogSink (Python's logging levels).
@@ -73,11 +77,15 @@ struct Entry {
   bool errorFeedback = true;
 };
 
-// Dense buckets above our recursive-doubling range and up to EngineConfig::nativeAllreduceBytes (default below)
-// go to the transport's own all-reduce (MPI_Iallreduce) where it has one for the dtype: on shared memory, 4 ranks,
-// Open MPI's beat our ring at 256 KB, and the two were within noise from 1 to 4 MB on the loaded 2-core machine
-// (benchmarks/dense_native.py; docs/design.md, "Dense buckets"). Larger buckets keep our pipelined ring.
+// Dense buckets above our recursive-doubling range and up to EngineConfig::nativeAllreduceBytes go to the
+// transport's own all-reduce (MPI_Iallreduce) where it has one for the dtype. The default depends on what ours
+// would be (benchmarks/dense_native.py, shared memory, 4 ranks; docs/design.md, "Dense buckets"): against our ring
+// Open MPI's won at 256 KB and tied from 1 to 4 MB (kNativeAllreduceMaxBytes); against halving-doubling it won at
+// 128 KB, tied at 256 KB and lost 1.2-1.3x from 512 KB to 2.5 MB (kNativeBeforeHalvingDoublingBytes).
 constexpr size_t kNativeAllreduceMaxBytes = 1 << 20;
+constexpr size_t kNativeBeforeHalvingDoublingBytes = 256 << 10;
+// The default of NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES for a world of n ranks whose large dense buckets use `algorithm`.
+size_t defaultNativeAllreduceBytes(int n, AllreduceAlgorithm algorithm);
 // The explicit decision function of executeBucket (engine_execute.cc).
 bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op);
 

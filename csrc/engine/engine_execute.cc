@@ -11,8 +11,26 @@
 
 namespace nrt {
 
+size_t defaultNativeAllreduceBytes(int n, AllreduceAlgorithm algorithm) {
+  if (algorithm == AllreduceAlgorithm::kAuto) algorithm = chooseAllreduceAlgorithm(kNativeAllreduceMaxBytes, n);
+  return algorithm == AllreduceAlgorithm::kHalvingDoubling ? kNativeBeforeHalvingDoublingBytes : kNativeAllreduceMaxBytes;
+}
+
 bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op) {
   return comm.size() > 1 && bytes > kRecursiveDoublingMaxBytes && bytes <= maxBytes && comm.nativeAllreduce(dtype, op);
+}
+
+// In-place members (output == input) of one bucket that follow each other in memory in bucket order: views of one
+// flat buffer, as DistributedOptimizer's gradient buckets and DDP's gradient_as_bucket_view lay gradients out.
+// The collective then runs on them where they are, with no packing or unpacking.
+static bool adjacentInPlace(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
+  if (bucket.size() < 2) return false;
+  for (size_t i = 0; i < bucket.size(); ++i) {
+    const Entry* e = locals[i];
+    if (e == nullptr || e->output != e->input) return false;  // a joined rank's zeros need the fusion buffer
+    if (i > 0 && static_cast<const char*>(locals[i - 1]->input) + bucket[i - 1]->meta.bytes() != e->input) return false;
+  }
+  return true;
 }
 
 void Engine::executeEager(const ReadyTensor& t, Entry* local) {
@@ -79,14 +97,16 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   size_t count = 0;
   for (const ReadyTensor* t : bucket) count += t->meta.numel();
 
-  // A lone tensor is reduced in its own output buffer; several are packed into the fusion buffer.
+  // A lone tensor is reduced in its own output buffer, and so are in-place members that lie back to back in
+  // memory; others are packed into the fusion buffer.
   char* buffer;
-  const bool direct = bucket.size() == 1 && locals[0] != nullptr;
+  const bool direct = (bucket.size() == 1 && locals[0] != nullptr) || adjacentInPlace(bucket, locals);
   if (direct) {
     Entry& e = *locals[0];
-    if (e.output != e.input) std::memcpy(e.output, e.input, count * esize);
-    scaleInPlace(e.output, count, head.dtype, e.prescale);
+    if (e.output != e.input) std::memcpy(e.output, e.input, count * esize);  // a lone tensor only
     buffer = static_cast<char*>(e.output);
+    for (size_t i = 0; i < bucket.size(); ++i)
+      scaleInPlace(locals[i]->output, bucket[i]->meta.numel(), head.dtype, locals[i]->prescale);
   } else {
     fusion_.resize(count * esize);
     buffer = fusion_.data();
@@ -110,6 +130,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.dtype = head.dtype;
   o.op = head.op;
   o.averageDivisor = participants_;
+  if (count * esize > kRecursiveDoublingMaxBytes) o.algorithm = config_.denseAlgorithm;
   if (useNativeAllreduce(*comm_, count * esize, config_.nativeAllreduceBytes, head.dtype, head.op)) {
     // The transport's own all-reduce, polled against the same deadline as our collectives (a timeout poisons the
     // communicator; the buffer, fusion_ or the caller's output, is then never freed).

@@ -1,6 +1,7 @@
-"""MPI worker: sweeps the direct collectives (all-reduce by ring and recursive doubling, reduce-scatter,
-allgatherv, broadcast) over counts x dtypes x ops x segment sizes, against an exact numpy reference and
-mpi4py's own collectives, and checks every rank ends bitwise identical. Prints 'OK <rank> <cases>'."""
+"""MPI worker: sweeps the direct collectives (all-reduce by ring, recursive doubling and, in a power-of-two world,
+halving-doubling; reduce-scatter, allgatherv, broadcast) over counts x dtypes x ops x segment sizes, against an
+exact numpy reference and mpi4py's own collectives, and checks every rank ends bitwise identical. Arguments: the
+large count (default 2^22), then "allreduce" to sweep the all-reduce alone. Prints 'OK <rank> <cases>'."""
 from __future__ import annotations
 
 import hashlib
@@ -71,14 +72,30 @@ def check_broadcast(comm, nbytes: int, root: int, seg: int) -> None:
         f"broadcast bytes={nbytes} root={root} seg={seg}"
 
 
+def check_halving_doubling_refused(comm) -> None:
+    """Outside a power-of-two world, asking for halving-doubling is refused on every rank, naming the fix."""
+    try:
+        _C.allreduce_inplace(comm, np.ones(1 << 17, np.float32), "float32", "sum", "halving_doubling", 0, TIMEOUT)
+    except ValueError as e:
+        assert "power-of-two world" in str(e) and "'ring' or 'auto'" in str(e), str(e)
+    else:
+        raise AssertionError(f"halving_doubling ran on {comm.size} ranks")
+
+
 def main() -> None:
     big = int(sys.argv[1]) if len(sys.argv) > 1 else 1 << 22
+    allreduce_only = sys.argv[2:] == ["allreduce"]
     comm = _C.Communicator(WORLD)
     cases = 0
+    power_of_two = comm.size & (comm.size - 1) == 0
+    algos = ["ring", "recursive_doubling", "auto"] + (["halving_doubling"] if power_of_two else [])
+    if not power_of_two:
+        check_halving_doubling_refused(comm)
+        cases += 1
     for count in [0, 1, 7, 1000, 10007]:
         for dtype in DTYPES:
             for op in OPS:
-                for algo in ["ring", "recursive_doubling", "auto"]:
+                for algo in algos:
                     for seg in [0, 64] if count > 7 else [0]:
                         check_allreduce(comm, count, dtype, op, algo, seg, seed=count)
                         cases += 1
@@ -86,6 +103,9 @@ def main() -> None:
         for seg in [0, 1 << 16]:
             check_allreduce(comm, big, dtype, op, "auto", seg, seed=3)
             cases += 1
+    if allreduce_only:
+        print(f"OK {comm.rank} {cases}", flush=True)
+        return
     for count in [0, 1, 5, 1000, 100003]:
         for seg in [0, 256]:
             check_reduce_scatter(comm, count, seg)

@@ -109,6 +109,36 @@ def scenario_fast_path() -> None:
     nrt.shutdown()
 
 
+def scenario_views() -> None:
+    """Grouped in-place all-reduces of views of one flat array (reduced where they lie, without packing) against
+    MPI_Allreduce of the flat array: with scales and averaging, below and above the eager and dense thresholds,
+    with the views out of memory order (packed after all) and with one rank passing separate arrays instead."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    rng = np.random.default_rng(30 + r)
+    for total in (1000, 300_000):
+        for op, prescale, postscale in (("sum", 1.0, 1.0), ("sum", 0.5, 4.0), ("average", 2.0, 1.0)):
+            for layout in ("views", "reversed", "mixed"):
+                flat = rng.integers(-64, 64, total).astype(np.float32)
+                want = mpi_sum(flat * prescale) * postscale / (n if op == "average" else 1)
+                cuts = sorted(rng.choice(np.arange(1, total), 5, replace=False).tolist())
+                cuts = WORLD.bcast(cuts)  # one bucket layout on every rank
+                views = np.split(flat, cuts)
+                if layout == "reversed":  # adjacent in memory, but not in bucket order
+                    views = views[::-1]
+                elif layout == "mixed" and r == n - 1:  # this rank's members are separate arrays
+                    views = [v.copy() for v in views]
+                names = [f"views.{total}.{op}.{prescale}.{layout}.{i}" for i in range(len(views))]
+                got = nrt.grouped_allreduce_async_(views, names=names, op=op, prescale=prescale,
+                                                   postscale=postscale).wait()
+                result = np.concatenate(got[::-1] if layout == "reversed" else got)
+                where = f"rank {r}: total {total} op {op} scales {prescale}/{postscale} layout {layout}"
+                assert np.array_equal(result, want), f"{where}: max error {np.abs(result - want).max()}"
+                if layout == "views":
+                    assert np.array_equal(flat, want), f"{where}: the flat array is not the result"
+    nrt.shutdown()
+
+
 def scenario_async_progress() -> None:
     """Work nobody waits on still completes: the engine thread takes it over once its drive window has run out.
     The rank polls done() (which drives nothing) and sleeps in between."""

@@ -191,6 +191,11 @@ def scenario_mismatch(kind: str) -> None:
 
 def scenario_errors() -> None:
     expect_error(lambda: nrt.allreduce(np.ones(3)), RuntimeError, "init")
+    for algorithm, words in (("bogus", ("'bogus'", "ring, recursive_doubling, halving_doubling")),
+                             ("recursive_doubling", ("small buffers only", "auto, ring or halving_doubling"))):
+        os.environ["NEPTUNE_RT_ALLREDUCE_ALGORITHM"] = algorithm
+        expect_error(nrt.init, ValueError, *words)  # refused before any set-up: nothing to clean up
+    del os.environ["NEPTUNE_RT_ALLREDUCE_ALGORITHM"]
     nrt.init()
     expect_error(lambda: nrt.allreduce(np.ones(3, np.complex64), name="c"), ValueError, "complex64")
     expect_error(lambda: nrt.allreduce(np.ones((4, 4))[:, 1], name="nc"), ValueError, "'nc'", "contiguous")
