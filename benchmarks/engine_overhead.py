@@ -10,8 +10,8 @@ the slowest rank's time per operation):
            running-statistics buffers; channels divided by --divisor), submitted two ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200
            separate arrays and one wait: the engine packs and unpacks them) and `grouped_views` (the same group
-           made of views of one flat array, as DistributedOptimizer's buckets lay gradients out: reduced where
-           they lie), vs one MPI_Allreduce of the same total bytes (the fused bare collective) and vs one
+           made of views of one flat array, the layout of DDP's gradient_as_bucket_view: reduced where they
+           lie), vs one MPI_Allreduce of the same total bytes (the fused bare collective) and vs one
            MPI_Allreduce per tensor.
 overhead_us = engine time - fused bare collective, for each way; the target (at most 200 us per 100 tensors)
 applies to grouped submission. NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto in the environment picks the engine's

@@ -26,6 +26,16 @@ def _bytes(text: str) -> int:
     return int(text)
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """A parser that accepts one of `allowed` (case and surrounding blanks ignored)."""
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+    return parse
+
+
 def _count(text: str) -> int:
     """A non-negative integer."""
     value = int(text)
@@ -71,7 +81,7 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto",
          "our algorithm for dense buckets above 64K: 'auto' (halving_doubling up to 4M in a power-of-two world of "
          "4+ ranks, else ring), 'ring', or 'halving_doubling' (power-of-two worlds); set the same value on every "
-         "rank", str),
+         "rank", _choice("auto", "ring", "halving_doubling")),
     Knob("NEPTUNE_RT_MPI", "wheel",
          "build time (Makefile): 'wheel' uses the Open MPI + mpi4py wheels, 'system' the mpicc on PATH", str),
     Knob("NEPTUNE_RT_DATA_DIR", "",

@@ -5,8 +5,7 @@ import pytest
 from mpi_helpers import assert_ok, run_mpi
 
 
-# 4 ranks is left to the engine tests (test_engine.py runs the dense ring and recursive doubling at 4 through the
-# engine); 5 covers both the fold of an odd rank and two doubling rounds, 3 a ring of odd length.
+# 4 ranks: the all-reduce alone below (halving-doubling), and test_engine.py through the engine; 5 covers both the fold of an odd rank and two doubling rounds, 3 a ring of odd length.
 @pytest.mark.parametrize("np_", [1, 2, 3, 5])
 def test_collectives_sweep(np_):
     proc = run_mpi("collectives_worker.py", np_, timeout=400)
@@ -29,6 +28,9 @@ def test_decision_function():
     assert _C.choose_allreduce_algorithm(4 << 20, 8) == "halving_doubling"
     assert _C.choose_allreduce_algorithm((4 << 20) + 1, 8) == "ring"  # the ring pipelines across steps
     assert _C.choose_allreduce_algorithm(64 << 20, 2) == "ring"
+    assert _C.choose_allreduce_algorithm(limit + 1, 2) == "ring"  # 2 ranks: one exchange either way, the ring pipelines
+    assert _C.choose_allreduce_algorithm(1 << 20, 3) == "ring"  # not a power of two
+    assert _C.choose_allreduce_algorithm(1 << 20, 6) == "ring"
     assert _C.choose_allreduce_algorithm(64 << 20, 5) == "ring"
     assert _C.choose_allreduce_algorithm(64 << 20, 6) == "ring"
     assert _C.choose_allreduce_algorithm(64 << 20, 1) == "recursive_doubling"  # nothing to move

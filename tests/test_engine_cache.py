@@ -49,3 +49,11 @@ def test_different_capacities_fail_on_every_rank():
     reported = sorted(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("CAPACITY-MISMATCH-OK"))
     assert reported == ["0", "1"], proc.output[-6000:]
     assert proc.returncode != 0  # a failed engine ends the job through the exit handler's abort
+
+
+def test_different_dense_algorithms_fail_on_every_rank():
+    # At 4 ranks auto means halving-doubling after MPI_Iallreduce up to 256 KiB; ring means MPI up to 1 MiB.
+    proc = run_mpi("engine_cache_worker.py", 4, "algorithm_mismatch", timeout=60, env=FAIL_FAST)
+    reported = sorted(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ALGORITHM-MISMATCH-OK"))
+    assert reported == ["0", "1", "2", "3"], proc.output[-6000:]
+    assert proc.returncode != 0  # a failed engine ends the job through the exit handler's abort

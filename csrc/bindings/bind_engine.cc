@@ -195,6 +195,8 @@ py::list recordList(const std::vector<BucketRecord>& records) {
     d["encode_s"] = r.encodeSeconds;
     d["wire_s"] = r.wireSeconds;
     d["decode_s"] = r.decodeSeconds;
+    d["algorithm"] = r.algorithm;
+    d["packed"] = r.packed;
     out.append(d);
   }
   return out;
@@ -272,7 +274,8 @@ void registerEngine(py::module_& m) {
                        size_t cacheCapacity, std::optional<size_t> nativeAllreduceBytes, const std::string& allreduceAlgorithm) {
              EngineConfig c;
              c.denseAlgorithm = allreduceAlgorithmFromName(allreduceAlgorithm);
-             const int worldSize = comm.attr("Get_size")().cast<int>();
+             // A non-mpi4py object is refused with its own message by communicatorFromMpi4py below.
+             const int worldSize = py::hasattr(comm, "Get_size") ? comm.attr("Get_size")().cast<int>() : 1;
              NRT_CHECK_ARG(c.denseAlgorithm != AllreduceAlgorithm::kRecursiveDoubling,
                            "neptune_rt: allreduce_algorithm 'recursive_doubling' is for small buffers only (the engine "
                            "uses it up to 64 KiB); choose auto, ring or halving_doubling for larger buckets");

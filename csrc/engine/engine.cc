@@ -199,6 +199,16 @@ bool Engine::cycle() {
       throw std::invalid_argument(concat("NEPTUNE_RT_CACHE_CAPACITY differs between ranks (rank 0: ",
                                          msgs[0].cacheCapacity, ", rank ", r, ": ", msgs[r].cacheCapacity,
                                          "); set the same value on every rank"));
+  // So must the choice of collective for a dense bucket, or one rank would sit in MPI_Iallreduce while another
+  // runs our algorithm, until the timeout.
+  for (int r = 0; r < size_; ++r)
+    if (msgs[r].denseAlgorithm != msgs[0].denseAlgorithm || msgs[r].nativeAllreduceBytes != msgs[0].nativeAllreduceBytes)
+      throw std::invalid_argument(concat(
+          "NEPTUNE_RT_ALLREDUCE_ALGORITHM or NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES differs between ranks (rank 0: ",
+          allreduceAlgorithmName(static_cast<AllreduceAlgorithm>(msgs[0].denseAlgorithm)), ", ",
+          msgs[0].nativeAllreduceBytes, " bytes; rank ", r, ": ",
+          allreduceAlgorithmName(static_cast<AllreduceAlgorithm>(msgs[r].denseAlgorithm)), ", ",
+          msgs[r].nativeAllreduceBytes, " bytes); set the same values on every rank"));
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;

@@ -50,7 +50,9 @@ struct EngineConfig {
   bool useCostModel = true;  // false: always use the requested codec ("auto" then means int8)
   bool deterministic = false;  // NEPTUNE_RT_DETERMINISTIC: no timing-based decisions (cost_model.h)
   size_t cacheCapacity = 1024;  // NEPTUNE_RT_CACHE_CAPACITY: response-cache slots (response_cache.h); 0: none
-  size_t nativeAllreduceBytes = 1 << 20;  // NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES (useNativeAllreduce); 0: never
+  // NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES (useNativeAllreduce); 0: never. The binding's default ('auto') is
+  // defaultNativeAllreduceBytes(n, denseAlgorithm); this one is for engines made in C++.
+  size_t nativeAllreduceBytes = 1 << 20;
   // NEPTUNE_RT_ALLREDUCE_ALGORITHM: our algorithm for dense buckets above kRecursiveDoublingMaxBytes (auto:
   // chooseAllreduceAlgorithm; ring; halving_doubling, power-of-two worlds only).
   AllreduceAlgorithm denseAlgorithm = AllreduceAlgorithm::kAuto;

@@ -38,7 +38,9 @@ uint64_t reduceAsHalves(Communicator& comm, const CollectiveOptions& opts, uint8
   const DataType half = codec == codec_format::kFp16 ? DataType::kFloat16 : DataType::kBFloat16;
   halfWork.resize(count * 2);
   char* halves = halfWork.data();
-  if (chooseAllreduceAlgorithm(count * 2, size) == AllreduceAlgorithm::kRing) {
+  // Above the recursive-doubling range, always this ring (also where a dense fp32 bucket would take
+  // halving-doubling): the casts overlapping the transfers are measured here, the other way is not.
+  if (chooseAllreduceAlgorithm(count * 2, size) != AllreduceAlgorithm::kRecursiveDoubling) {
     // The casts ride the ring: each chunk is cast just before the ring first reads it, and each all-gathered
     // segment is widened back as it lands, so both overlap the transfers (a whole-buffer cast before and
     // after cost 10% at 4x1 Gbit, 64 MB, against DDP's fp16 hook).

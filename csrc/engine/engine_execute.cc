@@ -20,9 +20,11 @@ bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes,
   return comm.size() > 1 && bytes > kRecursiveDoublingMaxBytes && bytes <= maxBytes && comm.nativeAllreduce(dtype, op);
 }
 
-// In-place members (output == input) of one bucket that follow each other in memory in bucket order: views of one
-// flat buffer, as DistributedOptimizer's gradient buckets and DDP's gradient_as_bucket_view lay gradients out.
-// The collective then runs on them where they are, with no packing or unpacking.
+// In-place members (output == input) of one bucket that follow each other in memory in bucket order: a user's
+// grouped_allreduce_ of views of one flat buffer (the layout of DDP's gradient_as_bucket_view and of our
+// DistributedOptimizer's buckets, which submit such a bucket as one flat tensor when dense). The collective then
+// runs on them where they are, with no packing or unpacking. Each rank decides for itself: the collective sees
+// the members in bucket order either way.
 static bool adjacentInPlace(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
   if (bucket.size() < 2) return false;
   for (size_t i = 0; i < bucket.size(); ++i) {
@@ -46,6 +48,7 @@ void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   rec.bytesRaw = t.meta.bytes();
   rec.bytesWire = local->handle->wireBytes;
   rec.decodeSeconds = monotonicSeconds() - rec.start;
+  rec.algorithm = "eager";
   stats_.addBucket(rec, codec_format::kNone);
   finish(*local);
 }
@@ -131,7 +134,13 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.op = head.op;
   o.averageDivisor = participants_;
   if (count * esize > kRecursiveDoublingMaxBytes) o.algorithm = config_.denseAlgorithm;
-  if (useNativeAllreduce(*comm_, count * esize, config_.nativeAllreduceBytes, head.dtype, head.op)) {
+  const bool native = useNativeAllreduce(*comm_, count * esize, config_.nativeAllreduceBytes, head.dtype, head.op);
+  rec.algorithm = native ? "mpi"
+                         : allreduceAlgorithmName(o.algorithm == AllreduceAlgorithm::kAuto
+                                                      ? chooseAllreduceAlgorithm(count * esize, size_)
+                                                      : o.algorithm);
+  rec.packed = !direct;
+  if (native) {
     // The transport's own all-reduce, polled against the same deadline as our collectives (a timeout poisons the
     // communicator; the buffer, fusion_ or the caller's output, is then never freed).
     Request rq = comm_->iallreduce(buffer, count, head.dtype, head.op);

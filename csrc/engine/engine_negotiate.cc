@@ -30,7 +30,8 @@ std::vector<char> Engine::buildMessage() {
     }
   }
   MessageWriter w(joined, toAbandon_, std::string(), cachedReady, cacheInvalid,
-                  static_cast<uint32_t>(config_.cacheCapacity));
+                  static_cast<uint32_t>(config_.cacheCapacity), static_cast<uint8_t>(config_.denseAlgorithm),
+                  config_.nativeAllreduceBytes);
   toAbandon_.clear();
   GroupMessage own;
   size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half

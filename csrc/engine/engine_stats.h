@@ -24,6 +24,10 @@ struct BucketRecord {
   uint64_t bytesRaw = 0;   // uncompressed bytes all-reduced (in the tensors' own dtype)
   uint64_t bytesWire = 0;  // bytes this rank sent
   double encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0;
+  // Dense buckets: the collective that ran ("eager", "recursive_doubling", "halving_doubling", "ring", "mpi" for
+  // MPI_Iallreduce; "" for compressed buckets) and whether the members were packed into the fusion buffer.
+  std::string algorithm;
+  bool packed = false;
 };
 
 class EngineStats {

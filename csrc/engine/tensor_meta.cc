@@ -1,7 +1,7 @@
 // Wire format of negotiation messages (see tensor_meta.h). Little-endian host layout: every rank of one
 // job runs the same build on the same kind of machine.
 //   header:  u32 magic | u8 joined | u32 nAbandoned | {u16 len, name}* | u16 len, failure
-//            | u32 cacheCapacity | u64 len, cached-ready bit vector | u32 nInvalid | u32 slot* | u32 nEntries (patched at the end)
+//            | u32 cacheCapacity | u8 denseAlgorithm | u64 nativeAllreduceBytes | u64 len, cached-ready bit vector | u32 nInvalid | u32 slot* | u32 nEntries (patched at the end)
 //   entry:   u16 nameLen | name | u8 type | u8 dtype | u8 op | u8 codec | i32 root | u8 ndim | i64 shape[ndim]
 //            | u16 groupLen | group | u32 groupSize | u32 groupIndex
 #include "engine/tensor_meta.h"
@@ -52,13 +52,15 @@ std::string TensorMeta::describe() const {
 
 MessageWriter::MessageWriter(bool joined, const std::vector<std::string>& abandoned, const std::string& failure,
                              const std::vector<uint8_t>& cachedReady, const std::vector<uint32_t>& cacheInvalid,
-                             uint32_t cacheCapacity) {
+                             uint32_t cacheCapacity, uint8_t denseAlgorithm, uint64_t nativeAllreduceBytes) {
   put<uint32_t>(buf_, kMagic);
   put<uint8_t>(buf_, joined ? 1 : 0);
   put<uint32_t>(buf_, static_cast<uint32_t>(abandoned.size()));
   for (const auto& a : abandoned) putString(buf_, a);
   putString(buf_, failure.substr(0, 4096));
   put<uint32_t>(buf_, cacheCapacity);
+  put<uint8_t>(buf_, denseAlgorithm);
+  put<uint64_t>(buf_, nativeAllreduceBytes);
   wire::putBytes(buf_, cachedReady.data(), cachedReady.size());
   put<uint32_t>(buf_, static_cast<uint32_t>(cacheInvalid.size()));
   for (uint32_t slot : cacheInvalid) put<uint32_t>(buf_, slot);
@@ -95,6 +97,8 @@ RankMessage parseRankMessage(const char* data, size_t len, int fromRank) {
   for (uint32_t i = 0; i < nAbandoned; ++i) msg.abandoned.push_back(r.str());
   msg.failure = r.str();
   msg.cacheCapacity = r.get<uint32_t>();
+  msg.denseAlgorithm = r.get<uint8_t>();
+  msg.nativeAllreduceBytes = r.get<uint64_t>();
   const uint64_t bitBytes = r.get<uint64_t>();
   const char* bits = r.take(bitBytes);
   msg.cachedReady.assign(bits, bits + bitBytes);

@@ -43,6 +43,8 @@ struct RankMessage {
   std::string failure;                 // non-empty: this rank's engine failed (why); every rank stops
   std::vector<std::string> abandoned;  // rank 0 only: names whose stall timed out; all ranks fail them
   uint32_t cacheCapacity = 0;          // this rank's NEPTUNE_RT_CACHE_CAPACITY: every rank must use the same
+  uint8_t denseAlgorithm = 0;          // and its NEPTUNE_RT_ALLREDUCE_ALGORITHM (an AllreduceAlgorithm) and
+  uint64_t nativeAllreduceBytes = 0;   // resolved NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES (else ranks pick different collectives)
   std::vector<uint8_t> cachedReady;    // bit vector: response-cache slots this rank has ready (response_cache.h)
   std::vector<uint32_t> cacheInvalid;  // slots whose name this rank submitted with another key: every rank evicts
   std::vector<Announcement> entries;   // the rest, with full metadata
@@ -52,7 +54,8 @@ class MessageWriter {
  public:
   explicit MessageWriter(bool joined, const std::vector<std::string>& abandoned,
                          const std::string& failure = std::string(), const std::vector<uint8_t>& cachedReady = {},
-                         const std::vector<uint32_t>& cacheInvalid = {}, uint32_t cacheCapacity = 0);
+                         const std::vector<uint32_t>& cacheInvalid = {}, uint32_t cacheCapacity = 0,
+                         uint8_t denseAlgorithm = 0, uint64_t nativeAllreduceBytes = 0);
   // Appends an announcement if the message stays within `capacity` bytes; returns false (and writes
   // nothing) otherwise.
   bool add(const TensorMeta& meta, size_t capacity);

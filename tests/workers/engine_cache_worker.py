@@ -242,6 +242,18 @@ def scenario_capacity_mismatch() -> None:
     WORLD.Barrier()  # both have reported; the exit handler then aborts the job (the engine failed)
 
 
+def scenario_algorithm_mismatch() -> None:
+    """Ranks that would run different collectives on one dense bucket (MPI_Iallreduce on one, ours on the other)
+    refuse at once, in the first cycle, instead of timing out in the bucket."""
+    os.environ["NEPTUNE_RT_ALLREDUCE_ALGORITHM"] = "ring" if WORLD.rank == 1 else "auto"
+    nrt.init()
+    expect_error(lambda: nrt.allreduce(np.ones(3), name="x"), RuntimeError, f"rank {WORLD.rank}",
+                 "NEPTUNE_RT_ALLREDUCE_ALGORITHM or NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES differs between ranks",
+                 "rank 0: auto, 262144 bytes; rank 1: ring, 1048576 bytes", "same values on every rank")
+    print(f"ALGORITHM-MISMATCH-OK {WORLD.rank}", flush=True)
+    WORLD.Barrier()  # both have reported; the exit handler then aborts the job (the engine failed)
+
+
 if __name__ == "__main__":
     globals()[f"scenario_{sys.argv[1]}"]()
     print(f"OK {WORLD.rank}", flush=True)

@@ -129,8 +129,13 @@ def scenario_views() -> None:
                 elif layout == "mixed" and r == n - 1:  # this rank's members are separate arrays
                     views = [v.copy() for v in views]
                 names = [f"views.{total}.{op}.{prescale}.{layout}.{i}" for i in range(len(views))]
+                nrt.bucket_records(clear=True)
                 got = nrt.grouped_allreduce_async_(views, names=names, op=op, prescale=prescale,
                                                    postscale=postscale).wait()
+                (record,) = nrt.bucket_records()
+                packed = layout == "reversed" or (layout == "mixed" and r == n - 1)
+                assert record["packed"] == packed, (r, layout, record)
+                assert record["algorithm"] == ("recursive_doubling" if total == 1000 else "halving_doubling"), record
                 result = np.concatenate(got[::-1] if layout == "reversed" else got)
                 where = f"rank {r}: total {total} op {op} scales {prescale}/{postscale} layout {layout}"
                 assert np.array_equal(result, want), f"{where}: max error {np.abs(result - want).max()}"
