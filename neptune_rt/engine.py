@@ -190,8 +190,8 @@ def stats() -> dict:
 def bucket_records(clear: bool = True) -> list[dict]:
     """Per-bucket records, oldest first, of the last BUCKET_RECORDS_KEPT (4096) buckets: start (seconds on
     time.monotonic()'s clock), codec, tensors, bytes_raw, bytes_wire, encode_s, wire_s, decode_s, and for dense
-    buckets algorithm ("eager", "recursive_doubling", "halving_doubling", "ring" or "mpi", MPI_Iallreduce) and packed
-    (members copied into the fusion buffer rather than reduced where they lie). clear=True
+    buckets algorithm ("eager", "recursive_doubling", "halving_doubling", "ring" or "mpi", MPI_Iallreduce), and packed
+    (members copied into the engine's fusion or fp32 work buffer rather than worked on where they lie). clear=True
     empties the ring, so successive calls return disjoint records."""
     return _require().bucket_records(clear)
 

@@ -91,6 +91,10 @@ size_t defaultNativeAllreduceBytes(int n, AllreduceAlgorithm algorithm);
 // The explicit decision function of executeBucket (engine_execute.cc).
 bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes, DataType dtype, ReduceOp op);
 
+// True when a bucket's members are all in place (output == input) and follow each other in memory in bucket order
+// (views of one flat buffer): the collective then runs on them where they lie (engine_execute.cc).
+bool adjacentInPlace(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals);
+
 // Throws std::invalid_argument, naming the rank and the tensor, for what no rank could ever run: negative
 // dimensions or a byte size that overflows, a prescale/postscale other than 1 on an integer tensor (or one
 // that is not finite), a codec on an integer tensor or an unknown codec id, a broadcast root outside the job.
@@ -237,6 +241,7 @@ class Engine {
   // compressed). Independent of the order buckets run in, which cycle boundaries (timing) can change: with a
   // global counter, two buckets run in the other order drew each other's streams (engine_compressed.cc).
   std::unordered_map<std::string, uint64_t> compressedCalls_;
+  bool compressedPacked_ = false;  // the last compressed bucket was gathered into work_ (its bucket record says so)
   bool deferFinish_ = false;  // finish() collects into deferredFinish_ (recordCompressedBucket)
   std::vector<std::pair<Entry*, std::string>> deferredFinish_;
 

@@ -157,15 +157,19 @@ void Engine::executeCompressedBucket(const std::vector<const ReadyTensor*>& buck
   const auto weightOf = [&](size_t i) { return static_cast<float>(locals[i]->prescale); };
 
   // A lone fp32 tensor is worked on in its own output buffer (and, unless its weight is 0, its residual in
-  // place); several tensors (or other float types) are gathered into the fp32 work buffer, residuals into
-  // the weighted slots of bucketResidual_.
-  const bool direct = bucket.size() == 1 && locals[0] != nullptr && head.dtype == DataType::kFloat32;
-  const bool slotInPlace = direct && stored[0] != nullptr && weightOf(0) != 0.0f;
+  // place), and so are fp32 members in place and back to back in memory (views of one flat buffer, as
+  // DistributedOptimizer and the DDP hook submit a compressed bucket); other buckets are gathered into the fp32
+  // work buffer. Residuals of several tensors go to the weighted slots of bucketResidual_.
+  const bool fp32 = head.dtype == DataType::kFloat32;
+  const bool lone = bucket.size() == 1 && locals[0] != nullptr && fp32;
+  const bool direct = lone || (fp32 && adjacentInPlace(bucket, locals));
+  compressedPacked_ = !direct;
+  const bool slotInPlace = lone && stored[0] != nullptr && weightOf(0) != 0.0f;
   float* work;
   float* residual = nullptr;  // the weighted slots, bucket coordinates
   if (direct) {
     Entry& e = *locals[0];
-    if (e.output != e.input) std::memcpy(e.output, e.input, count * sizeof(float));
+    if (e.output != e.input) std::memcpy(e.output, e.input, count * sizeof(float));  // a lone tensor only
     work = static_cast<float*>(e.output);
   } else {
     work_.resize(count);

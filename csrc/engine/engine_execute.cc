@@ -25,7 +25,7 @@ bool useNativeAllreduce(const Communicator& comm, size_t bytes, size_t maxBytes,
 // DistributedOptimizer's buckets, which submit such a bucket as one flat tensor when dense). The collective then
 // runs on them where they are, with no packing or unpacking. Each rank decides for itself: the collective sees
 // the members in bucket order either way.
-static bool adjacentInPlace(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
+bool adjacentInPlace(const std::vector<const ReadyTensor*>& bucket, const std::vector<Entry*>& locals) {
   if (bucket.size() < 2) return false;
   for (size_t i = 0; i < bucket.size(); ++i) {
     const Entry* e = locals[i];
@@ -73,6 +73,7 @@ void Engine::recordCompressedBucket(const std::vector<const ReadyTensor*>& bucke
   rec.encodeSeconds = after.encode - before.encode;
   rec.decodeSeconds = after.decode - before.decode;
   rec.wireSeconds = std::max(0.0, monotonicSeconds() - rec.start - rec.encodeSeconds - rec.decodeSeconds);
+  rec.packed = compressedPacked_;
   rec.tensors = static_cast<uint32_t>(bucket.size());
   for (const ReadyTensor* t : bucket) rec.bytesRaw += t->meta.bytes();
   bool ran = false;

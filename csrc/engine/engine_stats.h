@@ -25,7 +25,8 @@ struct BucketRecord {
   uint64_t bytesWire = 0;  // bytes this rank sent
   double encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0;
   // Dense buckets: the collective that ran ("eager", "recursive_doubling", "halving_doubling", "ring", "mpi" for
-  // MPI_Iallreduce; "" for compressed buckets) and whether the members were packed into the fusion buffer.
+  // MPI_Iallreduce; "" for compressed buckets). All: whether the members were packed into the fusion (dense) or
+  // fp32 work (compressed) buffer rather than worked on where they lie.
   std::string algorithm;
   bool packed = false;
 };
