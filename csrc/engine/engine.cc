@@ -211,6 +211,7 @@ bool Engine::cycle() {
           msgs[r].nativeAllreduceBytes, " bytes); set the same values on every rank"));
   // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
   pendingByName_.clear();
+  pendingByName_.reserve(pending_.size());
   for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
   // Slots that some rank submitted with another key go on every rank, before matching (response_cache.h).
   uint64_t invalidated = 0;

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -214,7 +215,8 @@ class Engine {
 
   // Only under cycleMu_.
   std::vector<Entry> pending_;  // in submission order
-  std::unordered_map<std::string, Entry*> pendingByName_;  // index of pending_, rebuilt every cycle
+  // Index of pending_, rebuilt every cycle; its keys view the entries' own names (pending_ is not resized meanwhile).
+  std::unordered_map<std::string_view, Entry*> pendingByName_;
   std::unordered_map<std::string, Clock::time_point> stallSince_;  // rank 0: partial tensors
   std::unordered_map<std::string, bool> stallWarned_;
   std::vector<std::string> toAbandon_;                              // rank 0: to announce next cycle
