@@ -73,7 +73,8 @@ class HalvingDoubling {
 
   // Waits yield for the latency window (5 ms), not the bulk window of the ring's waits: each of the few steps
   // waits for a peer's whole half at once, and a nap there adds straight to the step. With the bulk window it lost
-  // to the ring at 2.5 MB in both runs of a noisy hour; with this one it won in 4 of 5 (docs/design.md).
+  // to the ring at 2.5 MB in both runs of a noisy hour; with this one it won in 4 of 5 (docs/design.md,
+  // benchmarks/results/dense_hd_window_*.json).
   void waitChecked(Request& rq, size_t expected, int peer) {
     size_t received = 0;
     comm_.wait(rq, deadline_, o_.name.c_str(), &received, kLatencyYieldWindow);
