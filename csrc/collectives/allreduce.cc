@@ -39,6 +39,10 @@ AllreduceAlgorithm chooseAllreduceAlgorithm(size_t bytes, int worldSize) {
                                                                             : AllreduceAlgorithm::kRing;
 }
 
+AllreduceAlgorithm resolveAllreduceAlgorithm(AllreduceAlgorithm requested, size_t bytes, int worldSize) {
+  return requested == AllreduceAlgorithm::kAuto ? chooseAllreduceAlgorithm(bytes, worldSize) : requested;
+}
+
 namespace {
 
 // Recursive doubling on the shared schedule (doubling.h): fold, exchange whole buffers with the partner of
@@ -111,8 +115,7 @@ void allreduce(Communicator& comm, const AllreduceOptions& o) {
     return;
   }
   if (o.count == 0) return;
-  AllreduceAlgorithm algo = o.algorithm;
-  if (algo == AllreduceAlgorithm::kAuto) algo = chooseAllreduceAlgorithm(o.count * dtypeSize(o.dtype), comm.size());
+  const AllreduceAlgorithm algo = resolveAllreduceAlgorithm(o.algorithm, o.count * dtypeSize(o.dtype), comm.size());
   if (algo == AllreduceAlgorithm::kRecursiveDoubling) {
     recursiveDoubling(comm, o);
   } else if (algo == AllreduceAlgorithm::kHalvingDoubling) {

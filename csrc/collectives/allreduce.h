@@ -23,7 +23,8 @@ AllreduceAlgorithm allreduceAlgorithmFromName(const std::string& name);
 constexpr size_t kRecursiveDoublingMaxBytes = 64 * 1024;
 
 // Halving-doubling's upper bound in the decision function. Measured (benchmarks/dense_native.py, 4 ranks): on
-// shared memory over 2 cores it beat our ring by 1.1x from 256 KB to 2.5 MB, tied at 4 MB and lost at 8 MB; on
+// shared memory over 2 cores it beat our ring by about 1.1x at 2.5 MB in 4 of 5 runs (a wash at 1 MB), tied at
+// 4 MB and lost at 8 MB; on
 // 4 emulated 1 Gbit nodes it tied at 2.5 MB and lost 1.3x at 16 and 64 MB, where the ring's pipelining across
 // steps keeps the link busy and halving-doubling drains it at every step.
 constexpr size_t kHalvingDoublingMaxBytes = 4 << 20;
@@ -34,6 +35,8 @@ constexpr size_t kHalvingDoublingMaxBytes = 4 << 20;
 // ring (a fold would cost a non-power-of-two world a whole extra buffer; with 2 ranks the two are the same
 // exchange, and the ring pipelines it).
 AllreduceAlgorithm chooseAllreduceAlgorithm(size_t bytes, int worldSize);
+// The algorithm allreduce() runs for `requested` (kAuto: the decision function's choice).
+AllreduceAlgorithm resolveAllreduceAlgorithm(AllreduceAlgorithm requested, size_t bytes, int worldSize);
 
 struct AllreduceOptions;
 // Rabenseifner's all-reduce (halving_doubling.cc); throws std::invalid_argument unless the world is a power of two.

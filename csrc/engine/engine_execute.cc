@@ -12,7 +12,7 @@
 namespace nrt {
 
 size_t defaultNativeAllreduceBytes(int n, AllreduceAlgorithm algorithm) {
-  if (algorithm == AllreduceAlgorithm::kAuto) algorithm = chooseAllreduceAlgorithm(kNativeAllreduceMaxBytes, n);
+  algorithm = resolveAllreduceAlgorithm(algorithm, kNativeAllreduceMaxBytes, n);
   return algorithm == AllreduceAlgorithm::kHalvingDoubling ? kNativeBeforeHalvingDoublingBytes : kNativeAllreduceMaxBytes;
 }
 
@@ -136,10 +136,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   o.averageDivisor = participants_;
   if (count * esize > kRecursiveDoublingMaxBytes) o.algorithm = config_.denseAlgorithm;
   const bool native = useNativeAllreduce(*comm_, count * esize, config_.nativeAllreduceBytes, head.dtype, head.op);
-  rec.algorithm = native ? "mpi"
-                         : allreduceAlgorithmName(o.algorithm == AllreduceAlgorithm::kAuto
-                                                      ? chooseAllreduceAlgorithm(count * esize, size_)
-                                                      : o.algorithm);
+  rec.algorithm = native ? "mpi" : allreduceAlgorithmName(resolveAllreduceAlgorithm(o.algorithm, count * esize, size_));
   rec.packed = !direct;
   if (native) {
     // The transport's own all-reduce, polled against the same deadline as our collectives (a timeout poisons the

@@ -64,11 +64,7 @@ void matchCached(const std::vector<RankMessage>& msgs, const std::vector<int>& p
   for (int r : participants)
     for (size_t b = 0; b < msgs[r].cachedReady.size(); ++b) anyReady[b] |= msgs[r].cachedReady[b];
   for (uint32_t slot = 0; slot < bytes * 8 && slot < cache.slotCount(); ++slot) {
-    if (anyReady[slot / 8] == 0) {
-      slot |= 7u;  // the whole byte is empty: the loop's ++ moves on to the next one
-      continue;
-    }
-    if (!((anyReady[slot / 8] >> (slot % 8)) & 1u)) continue;
+    if (!testBit(anyReady, slot)) continue;
     if (!cache.occupied(slot)) continue;  // invalidated this cycle: its owners announce it in full next cycle
     std::vector<int> have, missing;
     for (int r : participants) (testBit(msgs[r].cachedReady, slot) ? have : missing).push_back(r);
