@@ -46,10 +46,28 @@ def _rank() -> int:
 def _fail(message: str) -> int:
     if _rank() == 0:  # every rank meets the same bad input; one message is enough
         print(f"neptune-rt: error: {message}", file=sys.stderr, flush=True)
-    else:  # let rank 0 exit first: the launcher ends the job at the first non-zero exit, message or not
+    # The launcher ends the job at the first non-zero exit, message or not: the other ranks leave only once rank
+    # 0 has written it. With MPI up, a barrier says so (bounded: a rank that failed otherwise must not hang us);
+    # before MPI_Init there is nothing to wait on, so they give rank 0 a head start.
+    if not _barrier(timeout_s=10.0) and _rank() != 0:
         import time
         time.sleep(5)
     return BAD_INPUT
+
+
+def _barrier(timeout_s: float) -> bool:
+    """MPI_Ibarrier on COMM_WORLD, polled until `timeout_s`; False when MPI is not running or it timed out."""
+    mpi_module = sys.modules.get("mpi4py.MPI")
+    if mpi_module is None or not mpi_module.Is_initialized() or mpi_module.Is_finalized():
+        return False
+    import time
+    request = mpi_module.COMM_WORLD.Ibarrier()
+    deadline = time.monotonic() + timeout_s
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False  # the request stays posted; the process is about to exit anyway
+        time.sleep(0.001)
+    return True
 
 
 def run_command(args: argparse.Namespace) -> int:
