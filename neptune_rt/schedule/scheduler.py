@@ -22,6 +22,8 @@ _MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, 
 # Timed steps every rank's model needs before the split moves: one step cannot tell a slower rank from a noisy
 # step (on identical ranks of a busy machine a single early step re-split [64]*4 into [70, 59, 58, 69]).
 _MIN_TIMED_STEPS = 3
+# Goodput intervals between explorations of another batch size (see _choose_batch).
+_EXPLORE_EVERY = 3
 
 
 class BatchScheduler:
@@ -79,7 +81,7 @@ class BatchScheduler:
         self.noise = NoiseScale(decay=noise_decay)
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
-        self._explored = False  # the one exploratory batch size was tried (see _choose_batch)
+        self._explored_at: int | None = None  # step of the last exploratory batch size (see _choose_batch)
         self._rows_batch = 0  # global batch of the last rows observed (0: none yet)
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
@@ -139,7 +141,7 @@ class BatchScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
-                "explored": self._explored, "rows_batch": self._rows_batch,
+                "explored_at": self._explored_at, "rows_batch": self._rows_batch,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
                 "world_size": self.world_size, "base_batch": self.base_batch, "lr_rule": self.lr_rule}
@@ -149,7 +151,10 @@ class BatchScheduler:
             raise ValueError(f"scheduler: checkpoint is for {state['world_size']} ranks and base batch "
                              f"{state['base_batch']}, this run has {self.world_size} and {self.base_batch}")
         self.steps, self.overhead_s = int(state["steps"]), float(state["overhead_s"])
-        self._explored = bool(state["explored"])
+        if "explored_at" in state:
+            self._explored_at = None if state["explored_at"] is None else int(state["explored_at"])
+        else:  # checkpoints before re-exploration kept a flag: explored once, at an unknown step
+            self._explored_at = self.steps if state.get("explored") else None
         self._rows_batch = int(state.get("rows_batch", 0))
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
@@ -253,10 +258,15 @@ class BatchScheduler:
 
     def _choose_batch(self) -> Plan | None:
         B, (lo, hi) = self.plan.global_batch, self.batch_bounds
-        if not self._explored and not all(m.identified for m in self.models) and lo < hi:
-            self._explored = True
+        gap = _EXPLORE_EVERY * self.goodput_interval
+        if any(m.intercept_unknown for m in self.models) and lo < hi and \
+                (self._explored_at is None or self.steps - self._explored_at >= gap):
+            self._explored_at = self.steps
             # One batch size cannot tell per-step overhead from per-sample cost, and without that every B
-            # looks equally fast: try a batch twice as large (half, at the upper bound) once, then decide.
+            # looks equally fast: try a batch twice as large (half, at the upper bound) for an interval, then
+            # decide. Again whenever the fit has forgotten the other size or was reset by a change of speed (a
+            # load burst during an exploration left the intercept at 0, and the scheduler at B0 for good:
+            # tests/schedule/test_scheduler.py), at most every _EXPLORE_EVERY goodput intervals.
             other = min(2 * B, hi, sum(self._hi(self.plan.max_micro))) if B < hi else max(B // 2, lo)
             if other != B:
                 return self._split_plan(other, self._ideal_split(other, self.plan.max_micro),

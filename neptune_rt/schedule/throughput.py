@@ -104,6 +104,20 @@ class LinearTimeModel:
         """Whether batch sizes 20% apart were seen (else the intercept a is a guess)."""
         return self.sizes[1] >= 1.2 * self.sizes[0]
 
+    @property
+    def intercept_unknown(self) -> bool:
+        """Whether another batch size should be tried: not identified since the last reset, or the fit fell back
+        to a line through 0 (a = 0: its sizes contradicted a line with a positive intercept, as a load burst at
+        one of them does) and the weighted spread of the sizes it still remembers is under 5% of their mean,
+        so the intercept stays 0 for good unless another size is seen."""
+        if not self.identified:
+            return True
+        sw, sb, sbb = self._s[0], self._s[1], self._s[2]
+        if self.a > 0 or sw <= 0:
+            return False
+        mean_b = sb / sw
+        return sbb / sw - mean_b * mean_b < (0.05 * mean_b) ** 2
+
     # -- checkpointing --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"s": list(self._s), "scale": self.scale, "count": self.count, "a": self.a, "c": self.c,

@@ -104,6 +104,38 @@ def test_goodput_picks_the_best_batch_and_needs_a_5_percent_gain():
     assert len(s.history) == before
 
 
+def test_goodput_explores_again_after_a_load_burst_spoils_the_first_exploration():
+    # Ranks with a real per-step cost (a = 20 ms) gain from larger batches. A 3x load burst during the first
+    # exploration (B=128, steps 12-17) reset the time models and left their intercept at 0: every batch then
+    # looked equally fast per sample, and with one exploration per run the scheduler stayed at B0 = 64 for good.
+    rng = np.random.default_rng(5)
+    s = BatchScheduler(4, 64, adaptive_batch=True, base_batch=64, batch_bounds=(64, 4096))
+    phi = 300.0
+    trace = []
+    for step in range(150):
+        slow = [3.0] * 4 if 12 <= step < 18 else [1.0] * 4
+        rows = rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.02, norms=noise_norms(phi))
+        for row in rows:  # the burst slows the whole step (a and c alike)
+            row[1] *= slow[0]
+            row[4] *= slow[0]
+        s.observe(rows)
+        trace.append(s.plan.global_batch)
+    assert trace[11] == 128, trace[:20]  # the first exploration, hit by the burst
+    assert trace[25] == 64, trace[:30]   # ... sent the scheduler back to B0
+    assert min(trace[120:]) >= 256, trace[::10]  # a later exploration found the larger batches again
+    explorations = [p for p in s.history if p.reason.startswith("explore")]
+    assert 2 <= len(explorations) <= 3, [p.reason for p in s.history]
+
+
+def test_goodput_does_not_explore_again_once_the_intercept_is_known():
+    rng = np.random.default_rng(6)
+    s = BatchScheduler(4, 64, adaptive_batch=True, base_batch=64, batch_bounds=(64, 4096))
+    for _ in range(300):
+        s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.02, norms=noise_norms(300.0)))
+    assert [p.reason for p in s.history].count("explore throughput at B=128") == 1
+    assert not any(p.reason.startswith("explore") for p in s.history[2:]), [p.reason for p in s.history]
+
+
 def test_state_round_trip_through_a_checkpoint():
     rng = np.random.default_rng(4)
     kw = dict(adaptive_batch=True, batch_bounds=(64, 1024), noise_warmup=3, goodput_interval=4)
