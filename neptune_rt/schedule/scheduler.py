@@ -22,8 +22,10 @@ _MAX_SPEEDUP = 8.0  # per-sample speed of any rank relative to the median rank, 
 # Timed steps every rank's model needs before the split moves: one step cannot tell a slower rank from a noisy
 # step (on identical ranks of a busy machine a single early step re-split [64]*4 into [70, 59, 58, 69]).
 _MIN_TIMED_STEPS = 3
-# Goodput intervals between explorations of another batch size (see _choose_batch).
+# Goodput intervals between explorations of another batch size (see _choose_batch), doubled up to 2^5 times
+# while explorations leave an intercept unknown.
 _EXPLORE_EVERY = 3
+_MAX_EXPLORE_BACKOFF = 5
 
 
 class BatchScheduler:
@@ -82,6 +84,7 @@ class BatchScheduler:
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
         self._explored_at: int | None = None  # step of the last exploratory batch size (see _choose_batch)
+        self._explore_streak = 0  # explorations since every intercept was last known and positive (each doubles the gap)
         self._rows_batch = 0  # global batch of the last rows observed (0: none yet)
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
@@ -141,7 +144,9 @@ class BatchScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "overhead_s": self.overhead_s, "plan": self.plan.to_dict(),
-                "explored_at": self._explored_at, "rows_batch": self._rows_batch,
+                "explored_at": self._explored_at, "explore_streak": self._explore_streak,
+                "explored": self._explored_at is not None,  # what checkpoints before re-exploration read
+                "rows_batch": self._rows_batch,
                 "history": [p.to_dict() for p in self.history[-32:]],
                 "models": [m.state_dict() for m in self.models], "noise": self.noise.state_dict(),
                 "world_size": self.world_size, "base_batch": self.base_batch, "lr_rule": self.lr_rule}
@@ -155,6 +160,7 @@ class BatchScheduler:
             self._explored_at = None if state["explored_at"] is None else int(state["explored_at"])
         else:  # checkpoints before re-exploration kept a flag: explored once, at an unknown step
             self._explored_at = self.steps if state.get("explored") else None
+        self._explore_streak = int(state.get("explore_streak", 0))
         self._rows_batch = int(state.get("rows_batch", 0))
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
@@ -258,15 +264,21 @@ class BatchScheduler:
 
     def _choose_batch(self) -> Plan | None:
         B, (lo, hi) = self.plan.global_batch, self.batch_bounds
-        gap = _EXPLORE_EVERY * self.goodput_interval
-        if any(m.intercept_unknown for m in self.models) and lo < hi and \
-                (self._explored_at is None or self.steps - self._explored_at >= gap):
+        unknown = any(m.intercept_unknown for m in self.models)
+        # Settled: every intercept known and clearly positive (a noise-sized one of a time proportional to the batch
+        # is not); a later loss of it is news, worth a prompt look.
+        if all(m.identified and m.a >= 0.05 * m.predict(b) for m, b in zip(self.models, self.plan.local_batches)):
+            self._explore_streak = 0
+        gap = _EXPLORE_EVERY * self.goodput_interval * 2 ** min(max(self._explore_streak - 1, 0), _MAX_EXPLORE_BACKOFF)
+        if unknown and lo < hi and (self._explored_at is None or self.steps - self._explored_at >= gap):
+            self._explore_streak += 1
             self._explored_at = self.steps
             # One batch size cannot tell per-step overhead from per-sample cost, and without that every B
             # looks equally fast: try a batch twice as large (half, at the upper bound) for an interval, then
             # decide. Again whenever the fit has forgotten the other size or was reset by a change of speed (a
             # load burst during an exploration left the intercept at 0, and the scheduler at B0 for good:
-            # tests/schedule/test_scheduler.py), at most every _EXPLORE_EVERY goodput intervals.
+            # tests/schedule/test_scheduler.py), at most every _EXPLORE_EVERY goodput intervals, doubling while
+            # explorations leave it unknown (a rank pinned at min_local, time truly proportional to the batch).
             other = min(2 * B, hi, sum(self._hi(self.plan.max_micro))) if B < hi else max(B // 2, lo)
             if other != B:
                 return self._split_plan(other, self._ideal_split(other, self.plan.max_micro),

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["add_commands", "run_command"]
 
 BAD_INPUT = 2
+_FAILURE_NOTICE_TAG = 0x4E52  # rank 0 -> the others: the bad-input message is written (see _fail)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -44,28 +46,50 @@ def _rank() -> int:
 
 
 def _fail(message: str) -> int:
-    if _rank() == 0:  # every rank meets the same bad input; one message is enough
+    """Every rank meets the same bad input; one message is enough, from rank 0. The launcher ends the job at the
+    first non-zero exit, message or not, so the other ranks leave only once rank 0 has written it: rank 0 says so
+    by a 0-byte message on a tag of its own (point to point, so it can never meet a peer that is already inside
+    another collective). A rank that hears nothing within 10 s met bad input alone, and says so itself. Before
+    MPI_Init there is nothing to wait on: the other ranks give rank 0 a head start."""
+    rank = _rank()
+    if rank == 0:
         print(f"neptune-rt: error: {message}", file=sys.stderr, flush=True)
-    # The launcher ends the job at the first non-zero exit, message or not: the other ranks leave only once rank
-    # 0 has written it. With MPI up, a barrier says so (bounded: a rank that failed otherwise must not hang us);
-    # before MPI_Init there is nothing to wait on, so they give rank 0 a head start.
-    if not _barrier(timeout_s=10.0) and _rank() != 0:
-        import time
-        time.sleep(5)
+    mpi = _mpi_if_running()
+    if mpi is None:
+        if rank != 0:
+            time.sleep(5)
+        return BAD_INPUT
+    world = mpi.COMM_WORLD
+    if rank == 0:
+        sends = [world.Isend([bytearray(), mpi.BYTE], dest=peer, tag=_FAILURE_NOTICE_TAG)
+                 for peer in range(1, world.Get_size())]
+        _poll(mpi, sends, timeout_s=1.0)  # 0-byte sends complete at once; never wait on a peer for long
+    elif _poll(mpi, [world.Irecv([bytearray(), mpi.BYTE], source=0, tag=_FAILURE_NOTICE_TAG)], timeout_s=10.0,
+               cancel=True):
+        time.sleep(0.5)  # rank 0's line is written; give the launcher a moment to forward it
+    else:
+        print(f"neptune-rt: error on rank {rank} (rank 0 did not stop on it): {message}", file=sys.stderr, flush=True)
     return BAD_INPUT
 
 
-def _barrier(timeout_s: float) -> bool:
-    """MPI_Ibarrier on COMM_WORLD, polled until `timeout_s`; False when MPI is not running or it timed out."""
-    mpi_module = sys.modules.get("mpi4py.MPI")
-    if mpi_module is None or not mpi_module.Is_initialized() or mpi_module.Is_finalized():
-        return False
-    import time
-    request = mpi_module.COMM_WORLD.Ibarrier()
+def _mpi_if_running():
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    return mpi
+
+
+def _poll(mpi, requests: list, timeout_s: float, cancel: bool = False) -> bool:
+    """Tests `requests` until all complete (True) or `timeout_s` passes (False; receives are then cancelled with
+    cancel=True, so that no late message lands in them)."""
     deadline = time.monotonic() + timeout_s
-    while not request.Test():
+    while not mpi.Request.Testall(requests):
         if time.monotonic() > deadline:
-            return False  # the request stays posted; the process is about to exit anyway
+            if cancel:
+                for request in requests:
+                    if request != mpi.REQUEST_NULL:
+                        request.Cancel()
+            return False
         time.sleep(0.001)
     return True
 
