@@ -38,8 +38,8 @@ mode = sys.argv[1]
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-    x, y = load_digits(return_X_y=True)
+    from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
+    x, y = digits_arrays()
     return torch.tensor(x / 16.0, dtype=torch.float64), torch.tensor(y)
 
 

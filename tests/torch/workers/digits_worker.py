@@ -16,7 +16,7 @@ import sys
 
 import torch
 import torch.nn as nn
-from sklearn.datasets import load_digits
+from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
 
 import neptune_rt.torch as nrt
 from neptune_rt import engine as nrt_engine
@@ -29,9 +29,9 @@ LR, MOMENTUM = float(os.environ.get("DIGITS_LR", "0.1")), float(os.environ.get("
 ADAM_LR = float(os.environ.get("DIGITS_ADAM_LR", "0.003"))
 HIDDEN = int(os.environ.get("DIGITS_HIDDEN", "64"))
 
-digits = load_digits()
-x_all = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-y_all = torch.tensor(digits.target)
+digits_data, digits_target = digits_arrays()
+x_all = torch.tensor(digits_data, dtype=torch.float32) / 16.0
+y_all = torch.tensor(digits_target)
 order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
 train_idx, test_idx = order[:1400], order[1400:]
 local = GLOBAL_BATCH // size

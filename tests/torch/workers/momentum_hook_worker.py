@@ -77,10 +77,10 @@ def exact() -> None:
 
 
 def digits(modes: list[str]) -> None:
-    from sklearn.datasets import load_digits
-    data = load_digits()
-    x_all = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y_all = torch.tensor(data.target)
+    from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
+    data, target = digits_arrays()
+    x_all = torch.tensor(data, dtype=torch.float32) / 16.0
+    y_all = torch.tensor(target)
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
     train_idx, test_idx = order[:1400], order[1400:]
     batch = 64

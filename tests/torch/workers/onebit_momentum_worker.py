@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from mpi4py import MPI
-from sklearn.datasets import load_digits
+from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
 
 import neptune_rt.torch as nrt
 import neptune_rt.torch.onebit_momentum as onebit_momentum
@@ -20,9 +20,9 @@ from common import finish, setup
 rank, size = setup(gloo=False)
 sync = sys.argv[1:] != ["nosync"]
 onebit_momentum.SYNC_MOMENTUM = sync  # read when DistributedOptimizer builds its LocalMomentum
-digits = load_digits()
-x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-y = torch.tensor(digits.target)
+digits_data, digits_target = digits_arrays()
+x = torch.tensor(digits_data, dtype=torch.float32) / 16.0
+y = torch.tensor(digits_target)
 
 
 def buffers_agree(opt: torch.optim.Optimizer, model: nn.Module) -> bool:

@@ -1,12 +1,12 @@
 """The Python API as the README shows it: a user's model and optimizer, numpy data, Trainer(...).fit(), no run
 directory given. Checks that nothing of the user's was patched. Run by tests/train/test_train_api.py."""
 import torch
-from sklearn.datasets import load_digits
+from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
 
 from neptune_rt.train import Trainer
 
-digits = load_digits()
-x, y = digits.data.astype("float32") / 16, digits.target
+data, target = digits_arrays()
+x, y = data.astype("float32") / 16, target
 model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 step_before, forward_before = type(opt).step, type(model).forward
