@@ -40,8 +40,10 @@ def test_hetero_favours_the_fast_ranks_and_learns_like_the_equal_split(equal_run
     plans = _plans(balanced_run)
     assert plans[0]["local_batches"] == [22, 21, 21] and plans[0]["step"] == 0  # the initial equal split
     final = plans[-1]["local_batches"]
-    # Water-filling on 0.5 / 0.5 / 2 ms per sample gives [28.4, 28.4, 7.1]; timing noise leaves some slack.
-    assert sum(final) == 64 and final[2] <= 11 and min(final[:2]) >= 25, final
+    # Water-filling on 0.5 / 0.5 / 2 ms per sample gives [28.4, 28.4, 7.1]. Timing noise on a shared machine moves
+    # samples between the two fast ranks (a CI run ended at [32, 24, 8]), so: each fast rank above an equal share
+    # (21.3), the slow one at most about half of it.
+    assert sum(final) == 64 and final[2] <= 11 and min(final[:2]) >= 22, final
     accum = [-(-b // 16) for b in final]  # shares above --max-micro 16 run as accumulated micro-batches
     assert plans[-1]["accum_steps"] == accum and min(accum[:2]) >= 2
     train = [r for r in metrics(balanced_run) if r["kind"] == "train"]
