@@ -55,6 +55,16 @@ def summarize(samples: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(samples), min(samples), max(samples)
 
 
+def timing_fields(samples: Sequence[float]) -> dict[str, float]:
+    """A JSON row's time_us (median of the trials' per-operation seconds), time_us_min and time_us_max."""
+    med, lo, hi = summarize(samples)
+    return {"time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6}
+
+
+# print_table columns for timing_fields.
+TIMING_COLUMNS = [("time(us)", "time_us", ".1f"), ("min", "time_us_min", ".1f"), ("max", "time_us_max", ".1f")]
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """columns: (header, key, format spec)."""
     header = "  ".join(f"{h:>{max(len(h), 10)}}" for h, _, _ in columns)

@@ -30,7 +30,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, summarize, timed_interleaved, write_json  # noqa: E402
+from common import TIMING_COLUMNS, print_table, timed_interleaved, timing_fields, write_json  # noqa: E402
 
 import neptune_rt as nrt  # noqa: E402
 
@@ -174,14 +174,12 @@ def main() -> None:
     rows = []
     load = os.getloadavg()[0]
     for impl, samples in lat.items():
-        med, lo, hi = summarize(samples)
         rows.append({"impl": impl, "case": "latency_4k", "np": n, "tensors": 1, "size_bytes": buf4k.nbytes,
-                     "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6, "link": args.link,
+                     **timing_fields(samples), "link": args.link,
                      "loadavg_1min": load})
     for impl, samples in stp.items():
-        med, lo, hi = summarize(samples)
         rows.append({"impl": impl, "case": "step_200", "np": n, "tensors": len(tensors), "size_bytes": total,
-                     "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6, "link": args.link,
+                     **timing_fields(samples), "link": args.link,
                      "loadavg_1min": load,
                      "allreduce_algorithm": os.environ.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto"),
                      "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views}.get(impl, 0)})
@@ -211,8 +209,7 @@ def main() -> None:
     if r == 0:
         print(f"# {n} ranks, {args.link}, load average {load:.2f}; step: {len(tensors)} tensors, {total} bytes")
         print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("size(B)", "size_bytes", "d"),
-                           ("time(us)", "time_us", ".1f"), ("min", "time_us_min", ".1f"), ("max", "time_us_max", ".1f"),
-                           ("#wrong", "wrong", "d")])
+                           *TIMING_COLUMNS, ("#wrong", "wrong", "d")])
         print(f"latency 4 KB: neptune_rt / MPI_Allreduce = {lat_ratio:.2f}x (target <= 1.5x)")
         for impl, overhead in overheads.items():
             print(f"step of {len(tensors)} ({impl}): engine overhead {overhead:.0f} us = "

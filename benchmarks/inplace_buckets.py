@@ -16,7 +16,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, summarize, timed_interleaved, write_json  # noqa: E402
+from common import TIMING_COLUMNS, print_table, timed_interleaved, timing_fields, write_json  # noqa: E402
 from engine_overhead import resnet50_shapes  # noqa: E402
 
 import neptune_rt as nrt  # noqa: E402
@@ -55,14 +55,12 @@ def main() -> None:
     rows = []
     for case, samples in times.items():
         codec, layout = case.split(".")
-        med, lo, hi = summarize(samples)
         rows.append({"impl": f"grouped_{layout}", "codec": codec, "np": n, "tensors": len(shapes),
-                     "size_bytes": flat.nbytes, "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6,
-                     "packed": layout == "separate", "link": "shm",
+                     "size_bytes": flat.nbytes, **timing_fields(samples), "packed": layout == "separate", "link": "shm",
                      "loadavg_1min": os.getloadavg()[0]})
     if r == 0:
         print_table(rows, [("codec", "codec", ""), ("impl", "impl", ""), ("size(B)", "size_bytes", "d"),
-                           ("time(us)", "time_us", ".1f"), ("min", "time_us_min", ".1f"), ("max", "time_us_max", ".1f")])
+                           *TIMING_COLUMNS])
         by = {(x["codec"], x["impl"]): x["time_us"] for x in rows}
         for codec in args.codecs.split(","):
             print(f"{codec}: separate / views = {by[(codec, 'grouped_separate')] / by[(codec, 'grouped_views')]:.2f}x")

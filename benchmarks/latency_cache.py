@@ -15,7 +15,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, summarize, timed_interleaved, write_json  # noqa: E402
+from common import TIMING_COLUMNS, print_table, timed_interleaved, timing_fields, write_json  # noqa: E402
 
 import neptune_rt as nrt  # noqa: E402
 
@@ -44,13 +44,11 @@ def main() -> None:
                  "mpi": lambda: WORLD.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)}
         times = timed_interleaved(WORLD, cases, args.trials, args.reps, prepare=reset)
         for impl, samples in times.items():
-            med, lo, hi = summarize(samples)
             rows.append({"impl": impl, "case": "latency_4k", "cached_names": fill, "np": nrt.size(),
-                         "size_bytes": buf.nbytes, "time_us": med * 1e6, "time_us_min": lo * 1e6,
-                         "time_us_max": hi * 1e6, "link": "shm", "loadavg_1min": os.getloadavg()[0]})
+                         "size_bytes": buf.nbytes, **timing_fields(samples), "link": "shm",
+                         "loadavg_1min": os.getloadavg()[0]})
     if nrt.rank() == 0:
-        print_table(rows, [("cached", "cached_names", "d"), ("impl", "impl", ""), ("time(us)", "time_us", ".1f"),
-                           ("min", "time_us_min", ".1f"), ("max", "time_us_max", ".1f")])
+        print_table(rows, [("cached", "cached_names", "d"), ("impl", "impl", ""), *TIMING_COLUMNS])
         write_json(args.json, rows)
     nrt.shutdown()
 

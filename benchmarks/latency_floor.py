@@ -18,7 +18,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import parse_size, print_table, summarize, timed_interleaved, write_json  # noqa: E402
+from common import TIMING_COLUMNS, parse_size, print_table, timed_interleaved, timing_fields, write_json  # noqa: E402
 
 import neptune_rt as nrt  # noqa: E402
 
@@ -59,13 +59,11 @@ def main() -> None:
         buf = np.zeros(max(size // 4, 1), np.float32)  # sums of zeros stay finite however many calls run
         times = timed_interleaved(WORLD, cases_for(buf, work_us), args.trials, args.reps)
         for impl, samples in times.items():
-            med, lo, hi = summarize(samples)
             rows.append({"impl": impl, "case": "latency_floor", "np": nrt.size(), "size_bytes": buf.nbytes,
-                         "time_us": med * 1e6, "time_us_min": lo * 1e6, "time_us_max": hi * 1e6, "link": "shm",
-                         "cores": os.cpu_count(), "loadavg_1min": os.getloadavg()[0]})
+                         **timing_fields(samples), "link": "shm", "cores": os.cpu_count(),
+                         "loadavg_1min": os.getloadavg()[0]})
     if nrt.rank() == 0:
-        print_table(rows, [("bytes", "size_bytes", "d"), ("impl", "impl", ""), ("time(us)", "time_us", ".1f"),
-                           ("min", "time_us_min", ".1f"), ("max", "time_us_max", ".1f")])
+        print_table(rows, [("bytes", "size_bytes", "d"), ("impl", "impl", ""), *TIMING_COLUMNS])
         write_json(args.json, rows)
     nrt.shutdown()
 
