@@ -42,12 +42,18 @@ class LinearTimeModel:
             s[k] = d * s[k] + v
         self._solve()
 
+    def _batch_moments(self) -> tuple[float, float]:
+        """Weighted mean and variance of the batch sizes the fit still remembers (needs weight > 0)."""
+        sw, sb, sbb = self._s[0], self._s[1], self._s[2]
+        mean_b = sb / sw
+        return mean_b, sbb / sw - mean_b * mean_b
+
     def _solve(self) -> None:
-        sw, sb, sbb, st, sbt = self._s
+        sw, _, _, st, sbt = self._s
         if sw <= 0:
             return
-        mean_b, mean_t = sb / sw, st / sw
-        var_b = sbb / sw - mean_b * mean_b
+        mean_b, var_b = self._batch_moments()
+        mean_t = st / sw
         # Only a spread of batch sizes identifies the intercept; with (nearly) one size, keep the previous
         # intercept (0 at first: time proportional to the batch) and fit the slope through the mean.
         if var_b > 1e-6 * max(mean_b * mean_b, 1.0):
@@ -112,11 +118,10 @@ class LinearTimeModel:
         so the intercept stays 0 for good unless another size is seen."""
         if not self.identified:
             return True
-        sw, sb, sbb = self._s[0], self._s[1], self._s[2]
-        if self.a > 0 or sw <= 0:
+        if self.a > 0 or self._s[0] <= 0:
             return False
-        mean_b = sb / sw
-        return sbb / sw - mean_b * mean_b < (0.05 * mean_b) ** 2
+        mean_b, var_b = self._batch_moments()
+        return var_b < (0.05 * mean_b) ** 2
 
     # -- checkpointing --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
