@@ -2,7 +2,8 @@
 // allgather by recursive doubling that retraces it. Each rank sends the ring's 2(n-1)/n S bytes, in 2 log2 n
 // pairwise exchanges instead of the ring's 2(n-1) neighbour steps: fewer points where a rank waits for a peer
 // that is off its core (4 ranks on 2 cores, 2.5 MB: 2.0-2.1 ms for Open MPI's own Rabenseifner against 3.5-4.5 ms
-// for its ring, benchmarks/results/mpi_allreduce_algorithms_np4.json; docs/design.md, "Dense buckets"). Exercised by tests/test_collectives.py.
+// for its ring, benchmarks/results/mpi_allreduce_algorithms_np4.json; docs/design.md, "Dense buckets").
+// Exercised by tests/test_collectives.py.
 #include <algorithm>
 #include <memory>
 

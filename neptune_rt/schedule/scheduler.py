@@ -84,7 +84,8 @@ class BatchScheduler:
         self.overhead_s = 0.0  # step time beyond the slowest rank's compute (communication, optimizer)
         self.steps = 0
         self._explored_at: int | None = None  # step of the last exploratory batch size (see _choose_batch)
-        self._explore_streak = 0  # explorations since every intercept was last known and positive (each doubles the gap)
+        # Explorations since every intercept was last known and positive (each doubles the gap to the next).
+        self._explore_streak = 0
         self._rows_batch = 0  # global batch of the last rows observed (0: none yet)
         self.history: list[Plan] = []
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
