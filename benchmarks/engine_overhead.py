@@ -7,15 +7,17 @@ the slowest rank's time per operation):
   latency  a 4 KB float32 all-reduce through the engine, synchronous (`neptune_rt`: allreduce_, the peer of a
            blocking MPI_Allreduce) and as allreduce_async_ + wait (`async_wait`), vs MPI_Allreduce (mpi4py);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
-           running-statistics buffers; channels divided by --divisor), submitted two ways: `neptune_rt` (one
+           running-statistics buffers; channels divided by --divisor), submitted four ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200
-           separate arrays and one wait: the engine packs and unpacks them) and `grouped_views` (the same group
+           separate arrays and one wait: the engine packs and unpacks them), `grouped_views` (the same group
            made of views of one flat array, the layout of DDP's gradient_as_bucket_view: reduced where they
-           lie), vs one MPI_Allreduce of the same total bytes (the fused bare collective) and vs one
-           MPI_Allreduce per tensor.
+           lie) and `views_sync` (those views through the synchronous grouped_allreduce_, whose caller drives
+           the cycle without waking the engine thread), vs one MPI_Allreduce of the same total bytes (the
+           fused bare collective) and vs one MPI_Allreduce per tensor.
 overhead_us = engine time - fused bare collective, for each way; the target (at most 200 us per 100 tensors)
-applies to grouped submission. NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto in the environment picks the engine's
-algorithm for the 2.5 MB bucket (A/B runs).
+applies to grouped submission. In the environment, NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto picks the engine's
+algorithm for the 2.5 MB bucket and NEPTUNE_RT_DRIVE_WINDOW_US the engine thread's drive window (A/B runs; both
+are recorded in the rows).
 --profile adds the engine's own timers per operation (nrt.stats(): cycles, hand-offs, message build, exchange,
 match, execute, wait) and the Python time to enqueue, from a separate untimed run.
 """
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import TIMING_COLUMNS, print_table, timed_interleaved, timing_fields, write_json  # noqa: E402
 
 import neptune_rt as nrt  # noqa: E402
+from neptune_rt import _env  # noqa: E402
 
 WORLD = MPI.COMM_WORLD
 PROFILE_KEYS = ("cycles", "handoffs", "build_s", "exchange_s", "match_s", "execute_s", "negotiate_s", "wait_s",
@@ -70,6 +73,12 @@ def engine_step(tensors: list[np.ndarray]):
         for h in handles:
             h.wait()
     return run
+
+
+def grouped_sync_step(tensors: list[np.ndarray], prefix: str):
+    """One grouped_allreduce_: the caller drives the cycle from the start (no engine-thread wake-up)."""
+    names = [f"{prefix}.{i}" for i in range(len(tensors))]
+    return lambda: nrt.grouped_allreduce_(tensors, names)
 
 
 def grouped_step(tensors: list[np.ndarray], prefix: str = "group"):
@@ -140,6 +149,7 @@ def main() -> None:
     step = {"neptune_rt": engine_step(tensors),
             "grouped": grouped_step(tensors),
             "grouped_views": grouped_step(views, "views"),
+            "views_sync": grouped_sync_step(views, "views"),
             "mpi_fused": lambda: WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM),
             "mpi_per_tensor": lambda: [WORLD.Allreduce(MPI.IN_PLACE, t, op=MPI.SUM) for t in tensors]}
 
@@ -170,24 +180,32 @@ def main() -> None:
     WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
     grouped_step(views, "views")()
     wrong_views = int(np.count_nonzero(backing != want))
+    rescale("")
+    want = np.concatenate([t.ravel() for t in tensors])
+    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
+    grouped_sync_step(views, "views")()
+    wrong_views_sync = int(np.count_nonzero(backing != want))
 
     rows = []
     load = os.getloadavg()[0]
+    window_us = _env.get("NEPTUNE_RT_DRIVE_WINDOW_US")
     for impl, samples in lat.items():
         rows.append({"impl": impl, "case": "latency_4k", "np": n, "tensors": 1, "size_bytes": buf4k.nbytes,
                      **timing_fields(samples), "link": args.link,
-                     "loadavg_1min": load})
+                     "loadavg_1min": load, "drive_window_us": window_us})
     for impl, samples in stp.items():
         rows.append({"impl": impl, "case": "step_200", "np": n, "tensors": len(tensors), "size_bytes": total,
                      **timing_fields(samples), "link": args.link,
                      "loadavg_1min": load,
                      "allreduce_algorithm": os.environ.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto"),
-                     "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views}.get(impl, 0)})
+                     "drive_window_us": window_us,
+                     "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views,
+                               "views_sync": wrong_views_sync}.get(impl, 0)})
     by = {(x["case"], x["impl"]): x for x in rows}
     lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
     by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
     overheads = {}
-    for impl in ("neptune_rt", "grouped", "grouped_views"):
+    for impl in ("neptune_rt", "grouped", "grouped_views", "views_sync"):
         overheads[impl] = by[("step_200", impl)]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
         by[("step_200", impl)]["overhead_us"] = overheads[impl]
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)
@@ -199,10 +217,11 @@ def main() -> None:
         prof["step_200"] = profile(step["neptune_rt"], len(tensors), args.step_reps)
         prof["grouped_200"] = profile(step["grouped"], len(tensors), args.step_reps)
         prof["views_200"] = profile(step["grouped_views"], len(tensors), args.step_reps)
+        prof["views_sync_200"] = profile(step["views_sync"], len(tensors), args.step_reps)
         everyone = WORLD.gather(prof, root=0)
         for case in prof:
-            impl, row_case = {"grouped_200": ("grouped", "step_200"), "views_200": ("grouped_views", "step_200")}.get(
-                case, ("neptune_rt", case))
+            impl, row_case = {"grouped_200": ("grouped", "step_200"), "views_200": ("grouped_views", "step_200"),
+                              "views_sync_200": ("views_sync", "step_200")}.get(case, ("neptune_rt", case))
             for row in rows:
                 if row["case"] == row_case and row["impl"] == impl:
                     row["profile_rank0"] = everyone[0][case] if r == 0 else None

@@ -44,12 +44,24 @@ def _count(text: str) -> int:
     return value
 
 
+def _window_us(text: str) -> float:
+    """Microseconds from 0 to 1e6 (one second)."""
+    value = float(text)
+    if not 0 <= value <= 1e6:
+        raise ValueError(f"{value} is outside 0..1000000")
+    return value
+
+
 KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_FUSION_BYTES", "64M", "small all-reduces are fused into buckets up to this size", _bytes),
     Knob("NEPTUNE_RT_EAGER_BYTES", "16K",
          "all-reduces up to this size travel inside the negotiation message (one round trip)", _bytes),
     Knob("NEPTUNE_RT_CYCLE_TIME_MS", "1.0",
          "pause between negotiation rounds that made no progress (ms)", float),
+    Knob("NEPTUNE_RT_DRIVE_WINDOW_US", "50",
+         "how long the engine thread leaves a fresh submission to a caller that is about to wait for it (the "
+         "caller then runs the cycle itself, with no thread hand-off); asynchronous work nobody waits on starts "
+         "at most this much later (us)", _window_us),
     Knob("NEPTUNE_RT_TIMEOUT_SECONDS", "300",
          "a collective, negotiation, init() or shutdown() that waits longer on its peers fails (s)", float),
     Knob("NEPTUNE_RT_STALL_WARNING_SECONDS", "60",

@@ -121,6 +121,7 @@ def init(comm: Any = None) -> None:
                 cache_capacity=_env.get("NEPTUNE_RT_CACHE_CAPACITY"),
                 native_allreduce_bytes=_env.get("NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES"),
                 allreduce_algorithm=_env.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM"),
+                drive_window_us=_env.get("NEPTUNE_RT_DRIVE_WINDOW_US"),
             )
         except TimeoutError as err:
             _record_failure(str(err))

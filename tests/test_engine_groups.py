@@ -1,6 +1,7 @@
 """Cheap submission under real mpirun: GroupHandle results against mpi4py's MPI_Allreduce (numpy and torch CPU
 buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), groups of views of
-one buffer (reduced where they lie), the plain-numpy fast path of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
+one buffer (reduced where they lie), the synchronous grouped_allreduce_ driven by its caller, the plain-numpy fast path
+of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
 window). Worker: workers/engine_groups_worker.py."""
 import pytest
 
@@ -18,6 +19,11 @@ def test_numpy_fast_path():
 
 def test_grouped_views_of_one_buffer_reduce_in_place():
     assert_ok(run_mpi("engine_groups_worker.py", 4, "views", timeout=120), 4)
+
+
+def test_synchronous_group_is_driven_by_its_caller():
+    assert_ok(run_mpi("engine_groups_worker.py", 2, "sync_group", timeout=120,
+                      env={"NEPTUNE_RT_DRIVE_WINDOW_US": "0"}), 2)
 
 
 @pytest.mark.parametrize("np_", [1, 4])

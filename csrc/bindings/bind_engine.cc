@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "bindings/bindings.h"
@@ -271,7 +272,8 @@ void registerEngine(py::module_& m) {
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
                        uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic,
-                       size_t cacheCapacity, std::optional<size_t> nativeAllreduceBytes, const std::string& allreduceAlgorithm) {
+                       size_t cacheCapacity, std::optional<size_t> nativeAllreduceBytes, const std::string& allreduceAlgorithm,
+                       double driveWindowUs) {
              EngineConfig c;
              c.denseAlgorithm = allreduceAlgorithmFromName(allreduceAlgorithm);
              // A non-mpi4py object is refused with its own message by communicatorFromMpi4py below.
@@ -285,6 +287,9 @@ void registerEngine(py::module_& m) {
              c.fusionBytes = fusionBytes;
              c.eagerBytes = eagerBytes;
              c.cycleSeconds = cycleMs / 1000.0;
+             NRT_CHECK_ARG(std::isfinite(driveWindowUs) && driveWindowUs >= 0 && driveWindowUs <= 1e6,
+                           "neptune_rt: drive_window_us ", driveWindowUs, " must be between 0 and 1000000");
+             c.driveWindow = std::chrono::microseconds(static_cast<int64_t>(driveWindowUs));
              c.timeoutSeconds = timeout;
              c.stallWarningSeconds = stallWarning;
              if (segmentBytes) {
@@ -315,7 +320,7 @@ void registerEngine(py::module_& m) {
            py::arg("seed") = 0, py::arg("compressed_algorithm") = "auto", py::arg("cost_model") = true,
            py::arg("deterministic") = false,
            py::arg("cache_capacity") = 1024, py::arg("native_allreduce_bytes") = py::none(),
-           py::arg("allreduce_algorithm") = "auto")
+           py::arg("allreduce_algorithm") = "auto", py::arg("drive_window_us") = 50.0)
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("running", &Engine::running)
@@ -390,7 +395,7 @@ void registerEngine(py::module_& m) {
           "enqueue_group_allreduce",
           [](Engine& engine, const std::vector<std::string>& names, const py::list& inputs, const py::object& outputs,
              const std::string& dtype, const py::object& shapes, const std::string& op, int codec, double prescale,
-             double postscale) {
+             double postscale, bool callerWaits) {
             const bool inPlace = outputs.is_none();
             const size_t n = names.size();
             NRT_CHECK_ARG(inputs.size() == n && (inPlace || py::len(outputs) == n) &&
@@ -412,14 +417,22 @@ void registerEngine(py::module_& m) {
             }
             auto handles = std::make_shared<HandleGroup>();
             py::gil_scoped_release release;
-            handles->members = engine.enqueueGroup(std::move(entries));
+            handles->members = engine.enqueueGroup(std::move(entries), callerWaits);
+            if (callerWaits) {
+              try {
+                engine.waitForAll(*handles, 0.0);
+              } catch (...) {
+                // As in allreduce_now: the caller's own wait meets the same error, holding the buffers alive.
+              }
+            }
             return handles;
           },
           py::arg("names"), py::arg("inputs"), py::arg("outputs") = py::none(), py::arg("dtype"),
           py::arg("shapes") = py::none(), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
-          py::arg("postscale") = 1.0,
+          py::arg("postscale") = 1.0, py::arg("caller_waits") = false,
           "All-reduces that travel as one bucket, in this order (deterministic fusion); one HandleGroup. "
-          "outputs=None: in place; shapes=None: each buffer's own shape")
+          "outputs=None: in place; shapes=None: each buffer's own shape; caller_waits=True: enqueue without waking "
+          "the engine thread and drive the cycles on this thread until the group is done (synchronous calls)")
       .def("wait_group", [](Engine& e, const HandleGroup& g, double timeout) { return e.waitForAll(g, timeout); },
            py::arg("group"), py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for every member of a group, running negotiation cycles on this thread while the engine is idle")

@@ -39,6 +39,9 @@ struct EngineConfig {
   size_t eagerBytes = 16 << 10;          // NEPTUNE_RT_EAGER_BYTES: all-reduces this small ride in negotiation
   size_t negotiationBytes = 256 << 10;   // capacity of one rank's negotiation message
   double cycleSeconds = 0.001;           // NEPTUNE_RT_CYCLE_TIME_MS: pause after a cycle that made no progress
+  // NEPTUNE_RT_DRIVE_WINDOW_US: how long the engine thread leaves freshly queued work to a caller about to wait
+  // for it (Engine::leaveToCaller, engine_drive.cc); asynchronous work nobody waits on starts this much later.
+  std::chrono::microseconds driveWindow{50};
   double timeoutSeconds = kDefaultTimeoutSeconds;  // NEPTUNE_RT_TIMEOUT_SECONDS
   double stallWarningSeconds = 60;       // NEPTUNE_RT_STALL_WARNING_SECONDS
   size_t segmentBytes = kDefaultSegmentBytes;      // NEPTUNE_RT_SEGMENT_BYTES
@@ -124,7 +127,7 @@ class Engine {
   // All-reduces that travel as one bucket, in this order, once all are ready everywhere (fusion.h): the
   // deterministic plan that makes compressed results reproducible. Same dtype, op and codec; accepted or
   // refused as a whole.
-  std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries);
+  std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries, bool callerWaits = false);
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
   bool waitFor(Handle& h, double timeoutSeconds);
@@ -155,7 +158,6 @@ class Engine {
   enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
   // How long the engine thread leaves queued work to a caller that is about to wait for it (engine_drive.cc,
   // leaveToCaller). Asynchronous work starts at most this much later.
-  static constexpr std::chrono::microseconds kDriveWindow{50};
   void loop();
   bool hasWorkLocked() const;  // under mu_: work queued or pending
   // Under mu_, on the engine thread: sleeps while a caller drives or may be about to; false once it should cycle.

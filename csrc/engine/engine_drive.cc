@@ -14,9 +14,12 @@ bool Engine::hasWorkLocked() const {
 // Work queued while nobody cycles is often waited on at once by its submitter (a synchronous all-reduce), and a
 // waiting caller drives the cycle on its own thread (waitFor). If the engine thread cycled too, the two would
 // hand the cycle back and forth: two context switches per 4 KB all-reduce, on cores the peers need. So the engine
-// thread leaves queued work to a caller for kDriveWindow from its submission, and sleeps while callers drive; it
-// cycles once the oldest queued entry has waited that long with no caller, or when work from an earlier cycle is
-// pending (peers not ready yet). Asynchronous work thus starts at most kDriveWindow later.
+// thread leaves queued work to a caller for config_.driveWindow (NEPTUNE_RT_DRIVE_WINDOW_US) from its submission,
+// and sleeps while callers drive; it cycles once the oldest queued entry has waited that long with no caller, or
+// when work from an earlier cycle is pending (peers not ready yet). Asynchronous work thus starts at most
+// driveWindow later. A caller that is slower than the window to come back from its submission to its wait (a
+// 200-member group often is: the wake-up of this thread takes its core first) pays a hand-off; synchronous calls
+// (allreduce_now, grouped_allreduce_) avoid that by not waking this thread at all (docs/design.md, "Who drives").
 bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
   const auto stopping = [&] { return stopRequested_ || !running_.load(); };
   while (!stopping()) {
@@ -28,7 +31,7 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
     }
     if (!hasWorkLocked()) return true;  // callers did it all: back to sleep
     if (pendingCount_.load(std::memory_order_acquire) > 0 || incoming_.empty()) return false;
-    const auto due = incoming_.front().queuedAt + kDriveWindow;
+    const auto due = incoming_.front().queuedAt + config_.driveWindow;
     if (Clock::now() >= due) return false;
     // Not notified (enqueue leaves us be meanwhile): the window runs out, or a stop ends it.
     wakeOnWork_ = false;

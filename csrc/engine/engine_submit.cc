@@ -66,7 +66,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   return handle;
 }
 
-std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> entries) {
+std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> entries, bool callerWaits) {
   NRT_CHECK_ARG(!entries.empty(), "neptune_rt: rank ", rank_, ": an empty group of all-reduces");
   NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
                 " all-reduces is too large (at most 2^20)");
@@ -104,7 +104,7 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     handles.push_back(e.handle);
     incoming_.push_back(std::move(e));
   }
-  if (wakeOnWork_) cv_.notify_one();  // in its drive window the engine thread wakes by itself
+  if (wakeOnWork_ && !callerWaits) cv_.notify_one();  // as in enqueue
   return handles;
 }
 

@@ -9,7 +9,6 @@ import threading
 import time
 
 import numpy as np
-import torch
 from mpi4py import MPI
 
 import neptune_rt as nrt
@@ -26,6 +25,8 @@ def mpi_sum(x: np.ndarray, op=MPI.SUM) -> np.ndarray:
 
 
 def scenario_group_handle() -> None:
+    import torch  # here only: importing it costs each rank of every other scenario ~2 s
+
     nrt.init()
     n, r = nrt.size(), nrt.rank()
     rng = np.random.default_rng(10 + r)
@@ -156,6 +157,40 @@ def scenario_views() -> None:
             assert record["codec"] == (codec if n > 1 else "none") and record["packed"] == (label == "copies"), record
             results[label] = np.concatenate(got)
         assert np.array_equal(results["views"], results["copies"]), f"rank {r}: {codec} views differ from copies"
+    nrt.shutdown()
+
+
+def scenario_sync_group() -> None:
+    """grouped_allreduce_ (synchronous) never wakes the engine thread: its caller drives the cycles, so even with a
+    drive window of 0 (the test sets NEPTUNE_RT_DRIVE_WINDOW_US=0: a woken engine thread takes every cycle at once)
+    the caller meets the engine thread in a cycle (a hand-off) at most on the first calls. The same groups submitted
+    asynchronously and waited on at once are handed off, which shows the check can fail."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    rng = np.random.default_rng(40 + r)
+    flat = np.zeros(200 * 16, np.float32)
+    views = np.split(flat, 200)
+    names = [f"sync.{i}" for i in range(200)]
+    handoffs = {}
+    for way in ("async_then_wait", "sync"):
+        before = nrt.stats()["handoffs"]
+        for rep in range(30):
+            flat[:] = rng.integers(-64, 64, flat.size)
+            want = mpi_sum(flat)
+            if way == "sync":
+                got = nrt.grouped_allreduce_(views, names=names)
+            else:
+                got = nrt.grouped_allreduce_async_(views, names=names).wait()
+            assert all(g is v for g, v in zip(got, views)), f"rank {r}: results are not the views themselves"
+            assert np.array_equal(flat, want), f"rank {r}: {way} rep {rep}: max error {np.abs(flat - want).max()}"
+        handoffs[way] = nrt.stats()["handoffs"] - before
+    source = np.full(3, float(r))  # the synchronous out-of-place form: a new result, the input unchanged
+    (copy,) = nrt.grouped_allreduce([source], names=["sync.copy"])
+    assert np.array_equal(copy, mpi_sum(np.full(3, float(r)))) and np.all(source == r), (copy, source)
+    # Every rank judges the same numbers (one rank's own count could pass by luck of scheduling).
+    counts = WORLD.allgather(handoffs)
+    assert all(c["sync"] <= 3 for c in counts), f"synchronous groups were handed off: {counts}"
+    assert sum(c["async_then_wait"] for c in counts) >= 10, f"the asynchronous control was never handed off: {counts}"
     nrt.shutdown()
 
 
