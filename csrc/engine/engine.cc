@@ -262,7 +262,7 @@ void Engine::finish(Entry& e, const std::string& error) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    inFlight_.erase(e.meta.name);
+    inFlight_.erase(std::string_view(e.meta.name));
   }
   if (e.meta.codec != codec_format::kNone) --compressedInFlight_;
   completions_.push(e.handle->complete(error));

@@ -205,7 +205,9 @@ class Engine {
   // Held by whichever thread runs a cycle (the engine thread, or a user thread waiting in waitFor):
   // one thread at a time owns all communication.
   std::mutex cycleMu_;
-  std::unordered_map<std::string, std::shared_ptr<Handle>> inFlight_;  // name -> handle (rejects duplicates)
+  // Names in flight (rejects duplicates): views of Handle::name(), whose handles the queued entries keep alive
+  // until finish() or failEverything() removes them here.
+  std::unordered_set<std::string_view> inFlight_;
   uint64_t nextSeq_ = 0;
   bool stopRequested_ = false;
   std::string fatal_;

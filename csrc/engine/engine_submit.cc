@@ -3,7 +3,8 @@
 // tests/test_engine_callbacks.py (validation) and tests/test_engine_stats.py (groups, logging).
 #include <cmath>
 #include <iostream>
-#include <unordered_set>
+#include <algorithm>
+#include <string_view>
 
 #include "common/error.h"
 #include "engine/engine.h"
@@ -56,7 +57,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   e.handle = std::make_shared<Handle>(e.meta.name);
   e.seq = nextSeq_++;
   e.queuedAt = Clock::now();
-  inFlight_[e.meta.name] = e.handle;
+  inFlight_.insert(e.handle->name());
   if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
@@ -71,7 +72,6 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
                 " all-reduces is too large (at most 2^20)");
   const TensorMeta& head = entries.front().meta;
-  std::unordered_set<std::string> names;
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry& e = entries[i];
     NRT_CHECK_ARG(e.meta.type == OpType::kAllreduce, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
@@ -81,11 +81,18 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
                   "neptune_rt: rank ", rank_, ": tensor '", e.meta.name, "' (", e.meta.describe(),
                   ") differs from the group's first, '", head.name, "' (", head.describe(),
                   "): a group's tensors share dtype, op and codec");
-    NRT_CHECK_ARG(names.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
-                  "' appears twice in one group");
     e.meta.group = head.name;  // unique: tensor names in flight are
     e.meta.groupSize = static_cast<uint32_t>(entries.size());
     e.meta.groupIndex = static_cast<uint32_t>(i);
+  }
+  {  // a name twice in one group: sorted views of the names, no copies (the common case costs one allocation)
+    std::vector<std::string_view> sorted;
+    sorted.reserve(entries.size());
+    for (const Entry& e : entries) sorted.push_back(e.meta.name);
+    std::sort(sorted.begin(), sorted.end());
+    const auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+    NRT_CHECK_ARG(twice == sorted.end(), "neptune_rt: rank ", rank_, ": tensor '", *twice,
+                  "' appears twice in one group");
   }
   std::vector<std::shared_ptr<Handle>> handles;
   std::lock_guard<std::mutex> lock(mu_);
@@ -99,7 +106,7 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     e.handle = std::make_shared<Handle>(e.meta.name);
     e.seq = nextSeq_++;
     e.queuedAt = Clock::now();
-    inFlight_[e.meta.name] = e.handle;
+    inFlight_.insert(e.handle->name());
     if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     handles.push_back(e.handle);
     incoming_.push_back(std::move(e));

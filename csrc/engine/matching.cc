@@ -66,11 +66,13 @@ void matchCached(const std::vector<RankMessage>& msgs, const std::vector<int>& p
   for (uint32_t slot = 0; slot < bytes * 8 && slot < cache.slotCount(); ++slot) {
     if (!testBit(anyReady, slot)) continue;
     if (!cache.occupied(slot)) continue;  // invalidated this cycle: its owners announce it in full next cycle
-    std::vector<int> have, missing;
-    for (int r : participants) (testBit(msgs[r].cachedReady, slot) ? have : missing).push_back(r);
-    if (have.empty()) continue;
+    size_t haveCount = 0;  // the lists only for partial slots: ready ones (the steady state) allocate nothing here
+    for (int r : participants) haveCount += testBit(msgs[r].cachedReady, slot);
+    if (haveCount == 0) continue;
     const TensorMeta& meta = cache.meta(slot);
-    if (!missing.empty()) {
+    if (haveCount < participants.size()) {
+      std::vector<int> have, missing;
+      for (int r : participants) (testBit(msgs[r].cachedReady, slot) ? have : missing).push_back(r);
       result.partial.push_back({meta.name, have, missing});
       continue;
     }

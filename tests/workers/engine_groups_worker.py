@@ -83,6 +83,8 @@ def scenario_group_handle() -> None:
                  "'strided'", "not contiguous")
     expect_error(lambda: nrt.grouped_allreduce_async([np.ones(2), np.ones(2, np.float32)], names=["f64", "f32"]),
                  ValueError, "share one dtype")
+    expect_error(lambda: nrt.grouped_allreduce_([np.ones(2), np.ones(3), np.ones(2)], names=["dup", "once", "dup"]),
+                 ValueError, "'dup'", "twice in one group")
     if n > 1:  # a member whose shape differs between ranks fails, and the group's wait says which
         group = nrt.grouped_allreduce_async([np.ones(10), np.ones(5 + (r == 1))], names=["fine", "bad"])
         expect_error(lambda: group.wait(timeout=60), RuntimeError, "'bad'")
