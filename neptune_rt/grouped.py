@@ -192,5 +192,6 @@ def grouped_allreduce_(tensors: list, names: list[str] | None = None, op: str = 
     """As grouped_allreduce_async_(...).wait(), but the submission does not wake the engine thread: this thread
     drives the cycles itself from the start. With async + wait, the woken engine thread takes the cycle whenever the
     caller needs longer than NEPTUNE_RT_DRIVE_WINDOW_US to come back from the submission to its wait, and that
-    hand-off cost 1-1.5 ms a step of 200 tensors on 2 ranks (docs/design.md, "Who drives")."""
+    hand-off cost about 1 ms a step of 200 tensors on 2 ranks (docs/design.md, "Drive window and synchronous
+    groups")."""
     return _enqueue_group(tensors, True, names, op, codec, prescale, postscale, adaptive, True).wait()

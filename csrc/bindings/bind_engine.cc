@@ -289,7 +289,7 @@ void registerEngine(py::module_& m) {
              c.cycleSeconds = cycleMs / 1000.0;
              NRT_CHECK_ARG(std::isfinite(driveWindowUs) && driveWindowUs >= 0 && driveWindowUs <= 1e6,
                            "neptune_rt: drive_window_us ", driveWindowUs, " must be between 0 and 1000000");
-             c.driveWindow = std::chrono::microseconds(static_cast<int64_t>(driveWindowUs));
+             c.driveWindow = std::chrono::microseconds(std::llround(driveWindowUs));
              c.timeoutSeconds = timeout;
              c.stallWarningSeconds = stallWarning;
              if (segmentBytes) {

@@ -156,8 +156,6 @@ class Engine {
 
  private:
   enum class StepResult { kBusy, kProgress, kNoProgress, kStopped };
-  // How long the engine thread leaves queued work to a caller that is about to wait for it (engine_drive.cc,
-  // leaveToCaller). Asynchronous work starts at most this much later.
   void loop();
   bool hasWorkLocked() const;  // under mu_: work queued or pending
   // Under mu_, on the engine thread: sleeps while a caller drives or may be about to; false once it should cycle.

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <algorithm>
 #include <string_view>
+#include <unordered_set>
 
 #include "common/error.h"
 #include "engine/engine.h"
@@ -57,10 +58,11 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   e.handle = std::make_shared<Handle>(e.meta.name);
   e.seq = nextSeq_++;
   e.queuedAt = Clock::now();
-  inFlight_.insert(e.handle->name());
-  if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   auto handle = e.handle;
   incoming_.push_back(std::move(e));
+  // Once queued: the entry keeps the handle (and so the name inFlight_ views) alive until finish/failEverything.
+  inFlight_.insert(handle->name());
+  if (incoming_.back().meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
   // In its drive window the engine thread wakes by itself; a waiting caller drives the cycle (and notifies the
   // engine thread of anything it leaves behind, e.g. on a timeout).
   if (wakeOnWork_ && !callerWaits) cv_.notify_one();
@@ -90,11 +92,15 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     sorted.reserve(entries.size());
     for (const Entry& e : entries) sorted.push_back(e.meta.name);
     std::sort(sorted.begin(), sorted.end());
-    const auto twice = std::adjacent_find(sorted.begin(), sorted.end());
-    NRT_CHECK_ARG(twice == sorted.end(), "neptune_rt: rank ", rank_, ": tensor '", *twice,
-                  "' appears twice in one group");
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      std::unordered_set<std::string_view> seen;  // the error path only: name the first repeat, in submission order
+      for (const Entry& e : entries)
+        NRT_CHECK_ARG(seen.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
+                      "' appears twice in one group");
+    }
   }
   std::vector<std::shared_ptr<Handle>> handles;
+  handles.reserve(entries.size());
   std::lock_guard<std::mutex> lock(mu_);
   if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
   for (const Entry& e : entries)
@@ -106,10 +112,10 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     e.handle = std::make_shared<Handle>(e.meta.name);
     e.seq = nextSeq_++;
     e.queuedAt = Clock::now();
-    inFlight_.insert(e.handle->name());
     if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     handles.push_back(e.handle);
     incoming_.push_back(std::move(e));
+    inFlight_.insert(handles.back()->name());  // once queued, as in enqueue
   }
   if (wakeOnWork_ && !callerWaits) cv_.notify_one();  // as in enqueue
   return handles;

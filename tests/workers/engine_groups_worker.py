@@ -192,7 +192,8 @@ def scenario_sync_group() -> None:
     # Every rank judges the same numbers (one rank's own count could pass by luck of scheduling).
     counts = WORLD.allgather(handoffs)
     assert all(c["sync"] <= 3 for c in counts), f"synchronous groups were handed off: {counts}"
-    assert sum(c["async_then_wait"] for c in counts) >= 10, f"the asynchronous control was never handed off: {counts}"
+    # The control (22-30 hand-offs a rank here) needs the woken engine thread to beat its caller to the cycle.
+    assert sum(c["async_then_wait"] for c in counts) >= 5, f"the asynchronous control was hardly handed off: {counts}"
     nrt.shutdown()
 
 
