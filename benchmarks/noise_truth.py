@@ -8,6 +8,12 @@ gradient) and tr(Sigma) (mean per-sample squared gradient norm minus |G|^2, per-
 the two linear layers) are computed exactly; then many random global batches are split over 4 emulated ranks
 exactly as the scheduler sees them, and NoiseScale's one-step estimates (S, |G|^2) and the smoothed phi are
 compared with the truth. One JSON row per (step, global batch).
+
+With --hessian, each point also gets McCandlish et al.'s (2018) Hessian-weighted noise scale
+B_noise = tr(H Sigma) / (G^T H G), of which the scheduler's phi = tr(Sigma) / |G|^2 ("B_simple") is the H ~ I
+approximation: Hessian-vector products (double backward) with H on --hessian-samples training samples, tr(H Sigma)
+as the mean of (g_i - G)^T H (g_i - G) over --hessian-draws single-sample gradients g_i (rows: "B_noise",
+"gHg_over_g2" = G^T H G / |G|^2 and "trHS_over_trS" = tr(H Sigma) / tr(Sigma); see hessian_noise_scale).
 """
 from __future__ import annotations
 
@@ -53,6 +59,37 @@ def truth(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return mean_sq - g2, g2
 
 
+def hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """H v, H the Hessian of the mean loss over (x, y), by double backward."""
+    params = list(model.parameters())
+    loss = nn.functional.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    hv = torch.autograd.grad(flat @ v.to(flat.dtype), params)
+    return torch.cat([h.reshape(-1) for h in hv]).double()
+
+
+def hessian_noise_scale(model, x, y, samples: int, draws: int, rng, trace_sigma: float) -> dict:
+    """B_noise = tr(H Sigma) / (G^T H G) and its parts (see the module docstring). The per-sample norms are heavy-
+    tailed, so tr(H Sigma) from a few dozen samples is noisy; B_noise takes the sampled ratio tr(H Sigma) / tr(Sigma)
+    (same samples, far steadier) times the exact tr(Sigma); B_noise_sampled is the raw ratio."""
+    G = flat_grad(model, x, y)
+    sub = torch.as_tensor(rng.choice(len(x), size=samples, replace=False))
+    xs, ys = x[sub], y[sub]
+    gHg = float(G @ hvp(model, xs, ys, G))
+    quad, sq = [], []
+    for i in rng.choice(len(x), size=draws, replace=False):
+        d = flat_grad(model, x[i:i + 1], y[i:i + 1]) - G
+        quad.append(float(d @ hvp(model, xs, ys, d)))
+        sq.append(float(d @ d))
+    trHS, trS = float(np.mean(quad)), float(np.mean(sq))
+    return {"G2": float(G @ G), "gHg": gHg, "gHg_over_g2": gHg / float(G @ G), "trHS": trHS,
+            "trHS_sem": float(np.std(quad) / np.sqrt(draws)), "trS_sampled": trS,
+            "trHS_over_trS": trHS / trS,
+            "B_noise": trHS / trS * trace_sigma / gHg if gHg > 0 else float("inf"),
+            "B_noise_sampled": trHS / gHg if gHg > 0 else float("inf"), "B_simple_sampled": trS / float(G @ G)}
+
+
 def check_estimator(model, x, y, B: int, ranks: int, draws: int, rng) -> dict:
     s_hat, g_hat, smooth = [], [], NoiseScale()
     for _ in range(draws):
@@ -78,6 +115,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=60)
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--hessian", action="store_true", help="also the Hessian-weighted noise scale B_noise")
+    ap.add_argument("--hessian-samples", type=int, default=4096, help="training samples H is taken over")
+    ap.add_argument("--hessian-draws", type=int, default=64, help="single-sample gradients for tr(H Sigma)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -96,6 +136,12 @@ def main() -> None:
             opt.step()
             step += 1
         S, g2 = truth(model, x, y)
+        if args.hessian:
+            h = hessian_noise_scale(model, x, y, args.hessian_samples, args.hessian_draws, rng, S)
+            row = {"impl": "hessian_noise_scale", "step": step, "S_true": S, "G2_true": g2, "phi_true": S / g2,
+                   "hessian_samples": args.hessian_samples, "hessian_draws": args.hessian_draws, **h}
+            rows.append(row)
+            print("#", {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
         for B in (int(b) for b in args.batches.split(",")):
             est = check_estimator(model, x, y, B, args.ranks, args.draws, rng)
             row = {"impl": "noise_truth", "step": step, "global_batch": B, "ranks": args.ranks,
@@ -103,7 +149,12 @@ def main() -> None:
                    "phi_est": est["S_est"] / est["G2_est"] if est["G2_est"] > 0 else float("inf")}
             rows.append(row)
             print("#", {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    print_table(rows, [("step", "step", "d"), ("B", "global_batch", "d"), ("S_true", "S_true", ".4g"),
+    if args.hessian:
+        print_table([r for r in rows if r["impl"] == "hessian_noise_scale"],
+                    [("step", "step", "d"), ("B_simple", "phi_true", ".1f"), ("B_noise", "B_noise", ".1f"),
+                     ("gHg/|G|^2", "gHg_over_g2", ".3g"), ("tr(HS)/tr(S)", "trHS_over_trS", ".3g")])
+    rows_est = [r for r in rows if r["impl"] == "noise_truth"]
+    print_table(rows_est, [("step", "step", "d"), ("B", "global_batch", "d"), ("S_true", "S_true", ".4g"),
                        ("S_est", "S_est", ".4g"), ("G2_true", "G2_true", ".4g"), ("G2_est", "G2_est", ".4g"),
                        ("phi_true", "phi_true", ".1f"), ("phi_est", "phi_est", ".1f"),
                        ("phi_smooth", "phi_smoothed", ".1f")])
