@@ -3,7 +3,6 @@
 // tests/test_engine_callbacks.py (validation) and tests/test_engine_stats.py (groups, logging).
 #include <cmath>
 #include <iostream>
-#include <algorithm>
 #include <string_view>
 #include <unordered_set>
 
@@ -74,6 +73,8 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
                 " all-reduces is too large (at most 2^20)");
   const TensorMeta& head = entries.front().meta;
+  std::unordered_set<std::string_view> names;  // views of the entries' names: no copies
+  names.reserve(entries.size());
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry& e = entries[i];
     NRT_CHECK_ARG(e.meta.type == OpType::kAllreduce, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
@@ -83,21 +84,11 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
                   "neptune_rt: rank ", rank_, ": tensor '", e.meta.name, "' (", e.meta.describe(),
                   ") differs from the group's first, '", head.name, "' (", head.describe(),
                   "): a group's tensors share dtype, op and codec");
+    NRT_CHECK_ARG(names.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
+                  "' appears twice in one group");
     e.meta.group = head.name;  // unique: tensor names in flight are
     e.meta.groupSize = static_cast<uint32_t>(entries.size());
     e.meta.groupIndex = static_cast<uint32_t>(i);
-  }
-  {  // a name twice in one group: sorted views of the names, no copies (the common case costs one allocation)
-    std::vector<std::string_view> sorted;
-    sorted.reserve(entries.size());
-    for (const Entry& e : entries) sorted.push_back(e.meta.name);
-    std::sort(sorted.begin(), sorted.end());
-    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-      std::unordered_set<std::string_view> seen;  // the error path only: name the first repeat, in submission order
-      for (const Entry& e : entries)
-        NRT_CHECK_ARG(seen.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
-                      "' appears twice in one group");
-    }
   }
   std::vector<std::shared_ptr<Handle>> handles;
   handles.reserve(entries.size());
