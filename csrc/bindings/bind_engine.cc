@@ -215,10 +215,11 @@ class GroupTemplate {
     codec_ = static_cast<uint8_t>(codec);
   }
 
-  // `output` null: in place. `shape` None: the input buffer's own shape.
-  Entry entry(const std::string& name, py::buffer& input, py::buffer* output, const py::object& shape) const {
+  // `output` null: in place. `shape` None: the input buffer's own shape. Takes the name over (no copy).
+  Entry entry(std::string&& name, py::buffer& input, py::buffer* output, const py::object& shape) const {
     Entry e;
-    e.meta.name = name;
+    e.meta.name = std::move(name);
+    const std::string& tensor = e.meta.name;
     e.meta.type = OpType::kAllreduce;
     e.meta.dtype = dtype_;
     e.meta.op = op_;
@@ -228,11 +229,11 @@ class GroupTemplate {
     std::vector<int64_t> bufferShape;
     BufferView in;
     try {
-      in = viewBuffer(input, dtypeName_, output == nullptr, name, &bufferShape);
+      in = viewBuffer(input, dtypeName_, output == nullptr, tensor, &bufferShape);
     } catch (py::error_already_set& err) {
       // The buffer protocol's own refusal (a read-only array asked for writing) does not say which tensor.
       if (!err.matches(PyExc_BufferError) && !err.matches(PyExc_ValueError)) throw;
-      throw std::invalid_argument(concat("neptune_rt: rank ", engine_.rank(), ": tensor '", name, "' cannot be used",
+      throw std::invalid_argument(concat("neptune_rt: rank ", engine_.rank(), ": tensor '", tensor, "' cannot be used",
                                          output ? "" : " in place",
                                          " (", err.what(), "); pass a ", output ? "" : "writable, ",
                                          "contiguous array"));
@@ -243,7 +244,7 @@ class GroupTemplate {
     e.input = in.ptr;
     e.output = in.ptr;
     if (output) {
-      BufferView out = viewBuffer(*output, dtypeName_, true, name);
+      BufferView out = viewBuffer(*output, dtypeName_, true, tensor);
       checkSize(e.meta, out);
       e.output = out.ptr;
     }
@@ -393,7 +394,7 @@ void registerEngine(py::module_& m) {
           py::arg("name"))
       .def(
           "enqueue_group_allreduce",
-          [](Engine& engine, const std::vector<std::string>& names, const py::list& inputs, const py::object& outputs,
+          [](Engine& engine, std::vector<std::string> names, const py::list& inputs, const py::object& outputs,
              const std::string& dtype, const py::object& shapes, const std::string& op, int codec, double prescale,
              double postscale, bool callerWaits) {
             const bool inPlace = outputs.is_none();
@@ -408,11 +409,12 @@ void registerEngine(py::module_& m) {
             GroupTemplate group(engine, dtype, op, codec, prescale, postscale);
             for (size_t i = 0; i < n; ++i) {
               py::buffer in = inputs[i].cast<py::buffer>();
+              const py::object shape = shapes.is_none() ? py::none() : py::object(shapes[py::int_(i)]);
               if (inPlace) {
-                entries.push_back(group.entry(names[i], in, nullptr, shapes.is_none() ? py::none() : shapes[py::int_(i)]));
+                entries.push_back(group.entry(std::move(names[i]), in, nullptr, shape));
               } else {
                 py::buffer out = outputs[py::int_(i)].cast<py::buffer>();
-                entries.push_back(group.entry(names[i], in, &out, shapes.is_none() ? py::none() : shapes[py::int_(i)]));
+                entries.push_back(group.entry(std::move(names[i]), in, &out, shape));
               }
             }
             auto handles = std::make_shared<HandleGroup>();

@@ -170,6 +170,7 @@ bool Engine::cycle() {
               << " s for its peers to negotiate; pending here: " << namesOf(pending_)
               << " (a rank may be stuck, or not calling the same collectives)" << std::endl;
   };
+  pendingIndexed_ = false;  // pending_ does not change until this cycle ends: findPending indexes it once
   std::vector<char> own = buildMessage();
   const double built = monotonicSeconds();
   const std::vector<char> combined = exchangeCombine(
@@ -209,10 +210,6 @@ bool Engine::cycle() {
           msgs[0].nativeAllreduceBytes, " bytes; rank ", r, ": ",
           allreduceAlgorithmName(static_cast<AllreduceAlgorithm>(msgs[r].denseAlgorithm)), ", ",
           msgs[r].nativeAllreduceBytes, " bytes); set the same values on every rank"));
-  // pending_ does not change until this cycle ends, so its entries can be indexed by name once.
-  pendingByName_.clear();
-  pendingByName_.reserve(pending_.size());
-  for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
   // Slots that some rank submitted with another key go on every rank, before matching (response_cache.h).
   uint64_t invalidated = 0;
   for (const RankMessage& m : msgs)
@@ -251,8 +248,21 @@ bool Engine::cycle() {
 }
 
 Entry* Engine::findPending(const std::string& name) {
+  if (!pendingIndexed_) {
+    pendingByName_.clear();
+    pendingByName_.reserve(pending_.size());
+    for (Entry& e : pending_) pendingByName_[e.meta.name] = &e;
+    pendingIndexed_ = true;
+  }
   auto it = pendingByName_.find(name);
   return it == pendingByName_.end() || it->second->handle->done() ? nullptr : it->second;
+}
+
+Entry* Engine::localOf(const ReadyTensor& t) {
+  if (t.cacheSlot == ResponseCache::kNoSlot) return findPending(t.meta.name);
+  // Ready by the bit vectors: this rank set the slot's bit for this entry (buildMessage), or has joined (no entry).
+  Entry* e = t.cacheSlot < localBySlot_.size() ? localBySlot_[t.cacheSlot] : nullptr;
+  return e == nullptr || e->handle->done() ? nullptr : e;
 }
 
 void Engine::finish(Entry& e, const std::string& error) {
@@ -279,7 +289,7 @@ void Engine::execute(const MatchResult& match) {
   for (const ReadyTensor& t : match.ready) {
     auto failed = t.meta.groupSize ? failedGroups_.find(t.meta.group) : failedGroups_.end();
     if (!t.error.empty() || failed != failedGroups_.end()) {
-      if (Entry* local = findPending(t.meta.name))
+      if (Entry* local = localOf(t))
         finish(*local, !t.error.empty() ? t.error
                                         : concat("neptune_rt: rank ", rank_, ": tensor '", t.meta.name,
                                                  "' was grouped with a tensor that failed:\n", failed->second.first));
@@ -295,11 +305,11 @@ void Engine::execute(const MatchResult& match) {
   for (const auto& bucket : buckets)
     for (const ReadyTensor* t : bucket) t->executed = true;
   learn(match);
-  for (const ReadyTensor* t : eager) executeEager(*t, findPending(t->meta.name));
+  for (const ReadyTensor* t : eager) executeEager(*t, localOf(*t));
   for (const auto& bucket : buckets) executeBucket(bucket);
   for (const ReadyTensor& t : match.ready) {
     if (!t.error.empty()) continue;
-    Entry* local = findPending(t.meta.name);
+    Entry* local = localOf(t);
     if (t.meta.type == OpType::kAllgather) executeAllgather(t, local);
     if (t.meta.type == OpType::kBroadcast) executeBroadcast(t, local);
     if (t.meta.type == OpType::kBarrier && local) finish(*local);

@@ -182,7 +182,11 @@ class Engine {
   // peers why, so they stop in their next cycle instead of waiting out the timeout.
   void announceFailure(const std::string& error);
   void failEverything(const std::string& error, bool timedOut);
+  // The local entry of a tensor by name, or null (none, or finished already). Indexes pending_ on the first
+  // call of a cycle: a cycle of cached tensors only never needs the index (localOf).
   Entry* findPending(const std::string& name);
+  // The local entry of a ready tensor: by its cache slot when it was ready by the bit vectors, else by name.
+  Entry* localOf(const ReadyTensor& t);
   CollectiveOptions collectiveOptions(const std::string& name) const;
   // The engine's compressed all-reduce settings (algorithm, block, rounding, seed, segments) for a bucket.
   CompressedAllreduceOptions compressedOptions(const std::string& name, uint32_t block) const;
@@ -217,8 +221,13 @@ class Engine {
 
   // Only under cycleMu_.
   std::vector<Entry> pending_;  // in submission order
-  // Index of pending_, rebuilt every cycle; its keys view the entries' own names (pending_ is not resized meanwhile).
+  // Index of pending_, built at most once a cycle, on first use (findPending); its keys view the entries' own
+  // names (pending_ is not resized meanwhile).
   std::unordered_map<std::string_view, Entry*> pendingByName_;
+  bool pendingIndexed_ = false;
+  // This cycle: the local entry behind each cache slot whose bit this rank set (buildMessage), so cached tensors
+  // find their entries without the name index.
+  std::vector<Entry*> localBySlot_;
   std::unordered_map<std::string, Clock::time_point> stallSince_;  // rank 0: partial tensors
   std::unordered_map<std::string, bool> stallWarned_;
   std::vector<std::string> toAbandon_;                              // rank 0: to announce next cycle

@@ -93,7 +93,8 @@ void Engine::recordCompressedBucket(const std::vector<const ReadyTensor*>& bucke
 void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   const TensorMeta& head = bucket.front()->meta;
   std::vector<Entry*> locals;
-  for (const ReadyTensor* t : bucket) locals.push_back(findPending(t->meta.name));
+  locals.reserve(bucket.size());
+  for (const ReadyTensor* t : bucket) locals.push_back(localOf(*t));
   if (head.codec != codec_format::kNone) return recordCompressedBucket(bucket, locals);
   BucketRecord rec;
   rec.start = monotonicSeconds();

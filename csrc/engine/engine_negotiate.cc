@@ -18,12 +18,14 @@ std::vector<char> Engine::buildMessage() {
   std::vector<uint8_t> cachedReady;
   std::vector<uint32_t> cacheInvalid;
   std::vector<bool> hit(pending_.size(), false);
+  localBySlot_.assign(cache_.slotCount(), nullptr);
   for (size_t i = 0; i < pending_.size(); ++i) {
-    const Entry& e = pending_[i];
+    Entry& e = pending_[i];
     if (e.meta.type == OpType::kJoin) continue;
     const ResponseCache::Found found = cache_.lookup(e.meta, e.prescale, e.postscale);
     if (found.state == ResponseCache::Lookup::kHit) {
       setBit(cachedReady, found.slot);
+      localBySlot_[found.slot] = &e;
       hit[i] = true;
     } else if (found.state == ResponseCache::Lookup::kInvalid) {
       cacheInvalid.push_back(found.slot);
@@ -76,8 +78,7 @@ void Engine::learn(const MatchResult& match) {
     }
     if (!ResponseCache::cacheable(t.meta)) continue;
     ++misses;
-    auto it = pendingByName_.find(t.meta.name);  // not finished yet: nothing has run
-    const Entry* local = it == pendingByName_.end() ? nullptr : it->second;
+    const Entry* local = findPending(t.meta.name);  // not finished yet: nothing has run
     const double nan = std::nan("");
     evicted += cache_.insert(t.meta, local ? local->prescale : nan, local ? local->postscale : nan);
   }

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <iostream>
 #include <string_view>
-#include <unordered_set>
 
 #include "common/error.h"
 #include "engine/engine.h"
@@ -73,8 +72,6 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
                 " all-reduces is too large (at most 2^20)");
   const TensorMeta& head = entries.front().meta;
-  std::unordered_set<std::string_view> names;  // views of the entries' names: no copies
-  names.reserve(entries.size());
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry& e = entries[i];
     NRT_CHECK_ARG(e.meta.type == OpType::kAllreduce, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
@@ -84,29 +81,37 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
                   "neptune_rt: rank ", rank_, ": tensor '", e.meta.name, "' (", e.meta.describe(),
                   ") differs from the group's first, '", head.name, "' (", head.describe(),
                   "): a group's tensors share dtype, op and codec");
-    NRT_CHECK_ARG(names.insert(e.meta.name).second, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
-                  "' appears twice in one group");
     e.meta.group = head.name;  // unique: tensor names in flight are
     e.meta.groupSize = static_cast<uint32_t>(entries.size());
     e.meta.groupIndex = static_cast<uint32_t>(i);
   }
+  // Handles first (outside the lock): inFlight_ views their names.
   std::vector<std::shared_ptr<Handle>> handles;
   handles.reserve(entries.size());
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
-  for (const Entry& e : entries)
-    if (inFlight_.count(e.meta.name))
-      throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", e.meta.name,
-                                         "' is already in flight; synchronize it before submitting the name again"));
-  // All members enter the queue together, so they are announced in the same cycle (bar a full message).
   for (Entry& e : entries) {
     e.handle = std::make_shared<Handle>(e.meta.name);
-    e.seq = nextSeq_++;
-    e.queuedAt = Clock::now();
-    if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     handles.push_back(e.handle);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
+  // One insertion per name finds a name in flight from an earlier submission and a name twice in this group alike
+  // (a set of its own per group cost an allocation per member); a refused group leaves inFlight_ as it was.
+  for (size_t i = 0; i < handles.size(); ++i) {
+    if (inFlight_.insert(handles[i]->name()).second) continue;
+    for (size_t j = 0; j < i; ++j) inFlight_.erase(handles[j]->name());
+    const std::string& name = entries[i].meta.name;
+    NRT_CHECK_ARG(inFlight_.count(name), "neptune_rt: rank ", rank_, ": tensor '", name,
+                  "' appears twice in one group");
+    throw std::invalid_argument(concat("neptune_rt: rank ", rank_, ": a tensor named '", name,
+                                       "' is already in flight; synchronize it before submitting the name again"));
+  }
+  // All members enter the queue together, so they are announced in the same cycle (bar a full message).
+  const Clock::time_point now = Clock::now();
+  for (Entry& e : entries) {
+    e.seq = nextSeq_++;
+    e.queuedAt = now;
+    if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
     incoming_.push_back(std::move(e));
-    inFlight_.insert(handles.back()->name());  // once queued, as in enqueue
   }
   if (wakeOnWork_ && !callerWaits) cv_.notify_one();  // as in enqueue
   return handles;

@@ -7,9 +7,11 @@
 
 namespace nrt {
 
-bool Handle::done() const {
+bool Handle::done() const { return doneFlag_.load(std::memory_order_acquire); }
+
+bool Handle::failed() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return done_;
+  return !error_.empty();
 }
 
 bool Handle::wait(double timeoutSeconds) const {
@@ -53,9 +55,9 @@ std::vector<std::function<void()>> Handle::complete(const std::string& error, bo
     std::lock_guard<std::mutex> lock(mu_);
     if (done_) return callbacks;
     done_ = true;
-    doneFlag_.store(true, std::memory_order_release);
     error_ = error;
     timedOut_ = timedOut;
+    doneFlag_.store(true, std::memory_order_release);  // last: done() then sees the results and the error
     callbacks.swap(callbacks_);
   }
   cv_.notify_all();
@@ -70,7 +72,7 @@ bool HandleGroup::done() const {
 
 long HandleGroup::firstError() const {
   for (size_t i = 0; i < members.size(); ++i)
-    if (!members[i]->error().empty()) return static_cast<long>(i);
+    if (members[i]->failed()) return static_cast<long>(i);
   return -1;
 }
 

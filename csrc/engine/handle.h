@@ -20,7 +20,8 @@ class Handle {
   explicit Handle(std::string name) : name_(std::move(name)) {}
 
   const std::string& name() const { return name_; }
-  bool done() const;
+  bool done() const;  // lock-free: a group's waits poll every member
+  bool failed() const;  // done with an error (error() without copying it)
   // Blocks until done or `timeoutSeconds` pass (<= 0: until done; the engine's own timeouts bound that).
   // Returns false on timeout. Does not throw: check error() afterwards.
   bool wait(double timeoutSeconds) const;
@@ -48,7 +49,7 @@ class Handle {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool done_ = false;
-  std::atomic<bool> doneFlag_{false};  // mirrors done_ for the lock-free spin in wait()
+  std::atomic<bool> doneFlag_{false};  // mirrors done_ for done() and the lock-free spin in wait()
   bool timedOut_ = false;
   std::string error_;
   std::vector<std::function<void()>> callbacks_;
@@ -58,7 +59,8 @@ class Handle {
 // they complete together. Lets a binding hand back one object instead of one per tensor.
 struct HandleGroup {
   std::vector<std::shared_ptr<Handle>> members;
-  bool done() const;
+  bool done() const;  // lock-free: a group's waits poll every member
+  bool failed() const;  // done with an error (error() without copying it)
   // The first failed member's index, or -1.
   long firstError() const;
 };

@@ -63,6 +63,9 @@ void matchCached(const std::vector<RankMessage>& msgs, const std::vector<int>& p
   std::vector<uint8_t> anyReady(bytes, 0);
   for (int r : participants)
     for (size_t b = 0; b < msgs[r].cachedReady.size(); ++b) anyReady[b] |= msgs[r].cachedReady[b];
+  size_t candidates = 0;
+  for (uint8_t byte : anyReady) candidates += static_cast<size_t>(__builtin_popcount(byte));
+  result.ready.reserve(candidates + msgs[participants.front()].entries.size());
   for (uint32_t slot = 0; slot < bytes * 8 && slot < cache.slotCount(); ++slot) {
     if (!testBit(anyReady, slot)) continue;
     if (!cache.occupied(slot)) continue;  // invalidated this cycle: its owners announce it in full next cycle

@@ -85,6 +85,19 @@ def scenario_group_handle() -> None:
                  ValueError, "share one dtype")
     expect_error(lambda: nrt.grouped_allreduce_([np.ones(2), np.ones(3), np.ones(2)], names=["dup", "once", "dup"]),
                  ValueError, "'dup'", "twice in one group")
+    # Rank 0 holds "held" in flight (the others submit theirs after the barrier), so a group naming it is refused;
+    # a refused group leaves none of its names in flight: "dup", "once" and "free" can be used at once.
+    if r == 0:
+        held = nrt.allreduce_async(np.ones(3), name="held")
+        expect_error(lambda: nrt.grouped_allreduce_([np.ones(2), np.ones(2)], names=["free", "held"]), ValueError,
+                     "'held'", "in flight")
+        WORLD.Barrier()
+    else:
+        WORLD.Barrier()
+        held = nrt.allreduce_async(np.ones(3), name="held")
+    assert np.all(held.wait() == n)
+    got = nrt.grouped_allreduce_([np.ones(2), np.ones(3), np.ones(1)], names=["dup", "once", "free"])
+    assert all(np.all(g == n) for g in got), got
     if n > 1:  # a member whose shape differs between ranks fails, and the group's wait says which
         group = nrt.grouped_allreduce_async([np.ones(10), np.ones(5 + (r == 1))], names=["fine", "bad"])
         expect_error(lambda: group.wait(timeout=60), RuntimeError, "'bad'")
