@@ -7,13 +7,14 @@ the slowest rank's time per operation):
   latency  a 4 KB float32 all-reduce through the engine, synchronous (`neptune_rt`: allreduce_, the peer of a
            blocking MPI_Allreduce) and as allreduce_async_ + wait (`async_wait`), vs MPI_Allreduce (mpi4py);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
-           running-statistics buffers; channels divided by --divisor), submitted four ways: `neptune_rt` (one
+           running-statistics buffers; channels divided by --divisor), submitted five ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200
            separate arrays and one wait: the engine packs and unpacks them), `grouped_views` (the same group
            made of views of one flat array, the layout of DDP's gradient_as_bucket_view: reduced where they
-           lie) and `views_sync` (those views through the synchronous grouped_allreduce_, whose caller drives
-           the cycle without waking the engine thread), vs one MPI_Allreduce of the same total bytes (the
-           fused bare collective) and vs one MPI_Allreduce per tensor.
+           lie), `views_sync` (those views through the synchronous grouped_allreduce_, whose caller drives the
+           cycle without waking the engine thread) and `views_callback` (asynchronous, the caller asleep until
+           the group's completion callback: how DistributedOptimizer and the DDP hook wait), vs one
+           MPI_Allreduce of the same total bytes (the fused bare collective) and vs one per tensor.
 overhead_us = engine time - fused bare collective, for each way; the target (at most 200 us per 100 tensors)
 applies to grouped submission. In the environment, NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto picks the engine's
 algorithm for the 2.5 MB bucket and NEPTUNE_RT_DRIVE_WINDOW_US the engine thread's drive window (A/B runs; both
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -79,6 +81,20 @@ def grouped_sync_step(tensors: list[np.ndarray], prefix: str):
     """One grouped_allreduce_: the caller drives the cycle from the start (no engine-thread wake-up)."""
     names = [f"{prefix}.{i}" for i in range(len(tensors))]
     return lambda: nrt.grouped_allreduce_(tensors, names)
+
+
+def grouped_callback_step(tensors: list[np.ndarray], prefix: str):
+    """The way DistributedOptimizer and the DDP hook wait: one completion callback on the group sets an event that
+    the training thread sleeps on (it never drives the cycle), then the group's wait() collects the results."""
+    names = [f"{prefix}.{i}" for i in range(len(tensors))]
+
+    def run() -> None:
+        arrived = threading.Event()
+        group = nrt.grouped_allreduce_async_(tensors, names)
+        group.add_done_callback(lambda _group: arrived.set())
+        arrived.wait()
+        group.wait()
+    return run
 
 
 def grouped_step(tensors: list[np.ndarray], prefix: str = "group"):
@@ -150,6 +166,7 @@ def main() -> None:
             "grouped": grouped_step(tensors),
             "grouped_views": grouped_step(views, "views"),
             "views_sync": grouped_sync_step(views, "views"),
+            "views_callback": grouped_callback_step(views, "views"),
             "mpi_fused": lambda: WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM),
             "mpi_per_tensor": lambda: [WORLD.Allreduce(MPI.IN_PLACE, t, op=MPI.SUM) for t in tensors]}
 
@@ -185,6 +202,11 @@ def main() -> None:
     WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
     grouped_sync_step(views, "views")()
     wrong_views_sync = int(np.count_nonzero(backing != want))
+    rescale("")
+    want = np.concatenate([t.ravel() for t in tensors])
+    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
+    grouped_callback_step(views, "views")()
+    wrong_views_callback = int(np.count_nonzero(backing != want))
 
     rows = []
     load = os.getloadavg()[0]
@@ -200,12 +222,12 @@ def main() -> None:
                      "allreduce_algorithm": os.environ.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto"),
                      "drive_window_us": window_us,
                      "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views,
-                               "views_sync": wrong_views_sync}.get(impl, 0)})
+                               "views_sync": wrong_views_sync, "views_callback": wrong_views_callback}.get(impl, 0)})
     by = {(x["case"], x["impl"]): x for x in rows}
     lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
     by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
     overheads = {}
-    for impl in ("neptune_rt", "grouped", "grouped_views", "views_sync"):
+    for impl in ("neptune_rt", "grouped", "grouped_views", "views_sync", "views_callback"):
         overheads[impl] = by[("step_200", impl)]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
         by[("step_200", impl)]["overhead_us"] = overheads[impl]
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)

@@ -99,18 +99,9 @@ class GroupHandle(Sequence):
         return list(self._results)
 
     def add_done_callback(self, fn: Callable[["GroupHandle"], None]) -> None:
-        """Calls fn(group) once every member is done, on the engine's completion thread (at once if all are)."""
-        remaining = [len(self)]
-        lock = threading.Lock()
-
-        def one_done() -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                fn(self)
-        for i in range(len(self)):
-            self._native[i].add_callback(one_done)
+        """Calls fn(group) once every member is done, on the engine's completion thread (at once if all are).
+        One native countdown over the members: a Python callback per member cost ~5 us per tensor."""
+        self._native.add_callback(lambda: fn(self))
 
 
 def _plain_group(tensors: list) -> bool:

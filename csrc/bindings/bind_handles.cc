@@ -45,7 +45,9 @@ void registerHandles(py::module_& m) {
              return g.members[static_cast<size_t>(i)];
            })
       .def("done", &HandleGroup::done, "True once every member is done")
-      .def("first_error", &HandleGroup::firstError, "Index of the first failed member, or -1");
+      .def("first_error", &HandleGroup::firstError, "Index of the first failed member, or -1")
+      .def("add_callback", &HandleGroup::addCallback, py::arg("fn"),
+           "Calls fn() once every member is done, on the engine's completion thread (at once if all are)");
 
   py::class_<CostModel>(m, "CostModel", "Per-bucket dense-vs-compressed decision (engine/cost_model.h)")
       .def(py::init<>())

@@ -59,7 +59,8 @@ inline BufferView viewBuffer(pybind11::buffer& buf, const std::string& dtype, bo
   } release{&view};
   if (shape) shape->assign(view.shape, view.shape + view.ndim);
   size_t expected = static_cast<size_t>(view.itemsize);
-  for (int d = view.ndim - 1; d >= 0; --d) {
+  // No strides (ctypes arrays, say) means C-contiguous.
+  for (int d = view.strides ? view.ndim - 1 : -1; d >= 0; --d) {
     NRT_CHECK_ARG(view.shape[d] <= 1 || view.strides[d] == static_cast<Py_ssize_t>(expected),
                   "neptune_rt: tensor '", name, "' is not contiguous (strides do not match a C-contiguous layout); "
                   "pass a contiguous copy (numpy.ascontiguousarray / tensor.contiguous())");

@@ -244,6 +244,8 @@ bool Engine::cycle() {
   stats_.addCycle(built - negotiationStart, exchanged - built, matched - exchanged, executed - matched);
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const Entry& e) { return e.handle->done(); }),
                  pending_.end());
+  pendingIndexed_ = false;  // both point into pending_, which has just changed
+  localBySlot_.clear();
   return pending_.size() != before || !abandoned.empty();
 }
 

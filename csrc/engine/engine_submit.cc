@@ -96,6 +96,8 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
   // One insertion per name finds a name in flight from an earlier submission and a name twice in this group alike
   // (a set of its own per group cost an allocation per member); a refused group leaves inFlight_ as it was.
+  // Reserved first, so that no insertion below can throw and leave views of the handles freed on the way out.
+  inFlight_.reserve(inFlight_.size() + handles.size());
   for (size_t i = 0; i < handles.size(); ++i) {
     if (inFlight_.insert(handles[i]->name()).second) continue;
     for (size_t j = 0; j < i; ++j) inFlight_.erase(handles[j]->name());
@@ -107,12 +109,20 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   }
   // All members enter the queue together, so they are announced in the same cycle (bar a full message).
   const Clock::time_point now = Clock::now();
-  for (Entry& e : entries) {
-    e.seq = nextSeq_++;
-    e.queuedAt = now;
-    if (e.meta.codec != codec_format::kNone) ++compressedInFlight_;
-    incoming_.push_back(std::move(e));
+  const bool compressed = head.codec != codec_format::kNone;  // a group shares one codec
+  const size_t queued = incoming_.size();
+  try {
+    for (Entry& e : entries) {
+      e.seq = nextSeq_++;
+      e.queuedAt = now;
+      incoming_.push_back(std::move(e));
+    }
+  } catch (...) {  // out of memory: the group was never queued, and its names are free again
+    incoming_.resize(queued);
+    for (const auto& h : handles) inFlight_.erase(h->name());
+    throw;
   }
+  if (compressed) compressedInFlight_ += static_cast<int>(entries.size());  // import_residuals refuses meanwhile
   if (wakeOnWork_ && !callerWaits) cv_.notify_one();  // as in enqueue
   return handles;
 }

@@ -70,6 +70,16 @@ bool HandleGroup::done() const {
   return true;
 }
 
+void HandleGroup::addCallback(std::function<void()> fn) {
+  if (members.empty()) return fn();
+  auto remaining = std::make_shared<std::atomic<size_t>>(members.size());
+  auto shared = std::make_shared<std::function<void()>>(std::move(fn));
+  for (const auto& h : members)
+    h->addCallback([remaining, shared] {
+      if (remaining->fetch_sub(1, std::memory_order_acq_rel) == 1) (*shared)();
+    });
+}
+
 long HandleGroup::firstError() const {
   for (size_t i = 0; i < members.size(); ++i)
     if (members[i]->failed()) return static_cast<long>(i);

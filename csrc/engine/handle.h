@@ -59,10 +59,13 @@ class Handle {
 // they complete together. Lets a binding hand back one object instead of one per tensor.
 struct HandleGroup {
   std::vector<std::shared_ptr<Handle>> members;
-  bool done() const;  // lock-free: a group's waits poll every member
-  bool failed() const;  // done with an error (error() without copying it)
+  bool done() const;
   // The first failed member's index, or -1.
   long firstError() const;
+  // Runs `fn` once, when every member is done (as Handle::addCallback: on the engine's completion thread, or at
+  // once if all are). One countdown shared by the members: a callback per member would cost a call into the
+  // caller's language per tensor.
+  void addCallback(std::function<void()> fn);
 };
 
 }  // namespace nrt

@@ -1,7 +1,9 @@
 """What the PyTorch binding does to a tensor before the engine sees it and after the result comes back, where
 Horovod accepts more than the engine: argument checks with a hint (`check_tensor`), int16 (the engine has no
-16-bit integer type) and integer pre/post-scaling (the engine scales floating-point tensors only). Used by
-neptune_rt.torch.ops; tested under mpirun by tests/torch/workers/horovod_compat_worker.py.
+16-bit integer type) and integer pre/post-scaling (the engine scales floating-point tensors only); and
+`flat_parts`, the per-parameter slices of a flat bucket that the DDP hook and DistributedOptimizer submit as one
+group. Used by neptune_rt.torch.ops; tested under mpirun by tests/torch/workers/horovod_compat_worker.py (and
+the hook and optimizer tests for `flat_parts`).
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import torch
 
 from neptune_rt import engine as _engine
 
-__all__ = ["check_tensor", "check_reducible", "is_integer", "scale_integer", "REDUCE_AS", "needs_bytes", "as_bytes"]
+__all__ = ["check_tensor", "check_reducible", "is_integer", "scale_integer", "REDUCE_AS", "needs_bytes", "as_bytes",
+           "flat_parts"]
 
 # All-reduce: dtypes the engine lacks, reduced in a wider type of the engine's and narrowed on return. The
 # narrowing wraps modulo 2**16, as int16 addition in Horovod's reduction does.
@@ -66,3 +69,19 @@ def as_bytes(t: torch.Tensor, call: str, name: str | None) -> torch.Tensor:
     if not t.is_contiguous():
         raise ValueError(f"neptune_rt: {_where()}{call}: tensor {name!r} is not contiguous; pass x.contiguous()")
     return t.reshape(1).view(torch.uint8) if t.dim() == 0 else t.view(torch.uint8)
+
+
+# Dtypes numpy shares with torch (bfloat16 is not one): a CPU tensor of these is viewed as a numpy array as it is.
+_NUMPY_NATIVE = {torch.float32, torch.float64, torch.float16}
+
+
+def flat_parts(flat: torch.Tensor, spans: list[tuple[int, int]]) -> list:
+    """Slices (offset, elements) of a contiguous 1-D tensor, for a grouped all-reduce in place. On the CPU with a
+    dtype numpy shares they are numpy views of the tensor's memory, which the engine takes on its fast path (torch
+    slices cost a view conversion each: 2.2 ms against 0.35 ms for a group of 161 on 1 rank); otherwise torch
+    slices."""
+    if flat.device.type == "cpu" and flat.dtype in _NUMPY_NATIVE and flat.is_contiguous():
+        base = flat.detach().numpy()
+    else:
+        base = flat
+    return [base[offset:offset + n] for offset, n in spans]

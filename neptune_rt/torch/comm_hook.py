@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from neptune_rt import engine as _engine
-from neptune_rt.torch import ops
+from neptune_rt.torch import _wire, ops
 from neptune_rt.torch.compression import Compression, Compressor, EngineCodecCompressor, compressor_for
 from neptune_rt.torch.hook_momentum import HookMomentum
 
@@ -151,19 +151,15 @@ def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[
         parts = [(f"{names[0]}+{len(names)}" if len(names) > 1 else names[0], host)]
     else:
         # One engine tensor per parameter: error feedback is kept per parameter name.
-        parts = [(name, host[o:o + g.numel()]) for name, o, g in zip(names, offsets, grads)]
+        parts = list(zip(names, _wire.flat_parts(host, [(o, g.numel()) for o, g in zip(offsets, grads)])))
 
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    remaining = [len(parts)]
-    lock = threading.Lock()
-    handles: list[_engine.Handle] = []
 
-    def complete() -> None:
+    def complete(group: _engine.GroupHandle) -> None:
         # Runs on the engine's completion thread once the last part has arrived (never under the cycle lock,
         # so communication goes on meanwhile).
         try:
-            for h in handles:
-                h.wait()
+            group.wait()
             if copy_back is not None:
                 copy_back()
             result = compressor.decompress(compressed, ctx)
@@ -176,16 +172,7 @@ def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[
             future.set_exception(RuntimeError(f"neptune_rt: rank {_engine.rank()}: DDP bucket with "
                                               f"{names[0]} ...: {err}"))
 
-    def one_done(_handle: _engine.Handle) -> None:
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-        if last:
-            complete()
-
-    handles.extend(_engine.grouped_allreduce_async_([part for _, part in parts], [name for name, _ in parts], op,
-                                                    compressor.codec, prescale, 1.0,
-                                                    getattr(compressor, "adaptive", True)))
-    for h in handles:
-        h.add_done_callback(one_done)
+    # One group, one completion callback for all its members (a Python callback per member cost ~5 us a tensor).
+    _engine.grouped_allreduce_async_([part for _, part in parts], [name for name, _ in parts], op, compressor.codec,
+                                     prescale, 1.0, getattr(compressor, "adaptive", True)).add_done_callback(complete)
     return future

@@ -8,13 +8,14 @@ Exercised through tests/torch/test_optimizer.py and tests/torch/test_reproducibi
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
 import torch
 
 from neptune_rt import engine as _engine
-from neptune_rt.torch import ops
+from neptune_rt.torch import _wire, ops
 from neptune_rt.torch.compression import Compressor
 
 __all__ = ["GradBucket", "plan_buckets"]
@@ -74,13 +75,11 @@ class GradBucket:
             # Engine codec: one engine tensor per parameter (error feedback is kept per name), submitted as one
             # group, so the engine fuses exactly this bucket, in parameter order, whatever the timing
             # (compressed results are bit-reproducible given the seed; the DDP hook does the same).
-            parts, offset = [], 0
-            for p in self.params:
-                parts.append(wire[offset:offset + p.numel()])
-                offset += p.numel()
+            sizes = [p.numel() for p in self.params]
+            parts = _wire.flat_parts(wire, list(zip(itertools.accumulate(sizes, initial=0), sizes)))
             names = [self.prefix + name for name in self.names]
-            self.handles = [ops.Handle(h) for h in _engine.grouped_allreduce_async_(
-                parts, names, op, codec, prescale, postscale, adaptive)]
+            # The group itself is the handle: one completion callback and one wait for all its members.
+            self.handles = [_engine.grouped_allreduce_async_(parts, names, op, codec, prescale, postscale, adaptive)]
         self._watch()
 
     def _watch(self) -> None:

@@ -73,6 +73,9 @@ def scenario_group_handle() -> None:
     group.add_done_callback(lambda g: (calls.append(g.done()), seen.set()))
     got = group.wait()
     assert seen.wait(30) and calls == [True], calls
+    late: list[bool] = []  # on a group that is done already: at once, on the calling thread
+    group.add_done_callback(lambda g: late.append(threading.current_thread() is threading.main_thread()))
+    assert late == [True], late
     assert np.array_equal(got[0], np.full(4, float(sum(range(n))))) and np.array_equal(got[1], np.full(2, float(n)))
     # Bad input is refused in the caller, naming the tensor.
     ro = np.ones(3)
