@@ -12,8 +12,9 @@ the slowest rank's time per operation):
            separate arrays and one wait: the engine packs and unpacks them), `grouped_views` (the same group
            made of views of one flat array, the layout of DDP's gradient_as_bucket_view: reduced where they
            lie), `views_sync` (those views through the synchronous grouped_allreduce_, whose caller drives the
-           cycle without waking the engine thread) and `views_callback` (asynchronous, the caller asleep until
-           the group's completion callback: how DistributedOptimizer and the DDP hook wait), vs one
+           cycle without waking the engine thread), `views_callback` (asynchronous, the caller asleep until
+           the group's completion callback: how the DDP hook waits) and `views_passive` (asleep in
+           wait(drive=False) until the engine thread is done: how DistributedOptimizer waits), vs one
            MPI_Allreduce of the same total bytes (the fused bare collective) and vs one per tensor.
 overhead_us = engine time - fused bare collective, for each way; the target (at most 200 us per 100 tensors)
 applies to grouped submission. In the environment, NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto picks the engine's
@@ -84,8 +85,8 @@ def grouped_sync_step(tensors: list[np.ndarray], prefix: str):
 
 
 def grouped_callback_step(tensors: list[np.ndarray], prefix: str):
-    """The way DistributedOptimizer and the DDP hook wait: one completion callback on the group sets an event that
-    the training thread sleeps on (it never drives the cycle), then the group's wait() collects the results."""
+    """How the DDP hook waits: one completion callback on the group (there it completes DDP's future) sets an event
+    that the training thread sleeps on (it never drives the cycle), then the group's wait() collects the results."""
     names = [f"{prefix}.{i}" for i in range(len(tensors))]
 
     def run() -> None:
@@ -95,6 +96,12 @@ def grouped_callback_step(tensors: list[np.ndarray], prefix: str):
         arrived.wait()
         group.wait()
     return run
+
+
+def grouped_passive_step(tensors: list[np.ndarray], prefix: str):
+    """How DistributedOptimizer waits: asleep in the group's wait(drive=False) until the engine thread is done."""
+    names = [f"{prefix}.{i}" for i in range(len(tensors))]
+    return lambda: nrt.grouped_allreduce_async_(tensors, names).wait(drive=False)
 
 
 def grouped_step(tensors: list[np.ndarray], prefix: str = "group"):
@@ -167,6 +174,7 @@ def main() -> None:
             "grouped_views": grouped_step(views, "views"),
             "views_sync": grouped_sync_step(views, "views"),
             "views_callback": grouped_callback_step(views, "views"),
+            "views_passive": grouped_passive_step(views, "views"),
             "mpi_fused": lambda: WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM),
             "mpi_per_tensor": lambda: [WORLD.Allreduce(MPI.IN_PLACE, t, op=MPI.SUM) for t in tensors]}
 
@@ -207,6 +215,11 @@ def main() -> None:
     WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
     grouped_callback_step(views, "views")()
     wrong_views_callback = int(np.count_nonzero(backing != want))
+    rescale("")
+    want = np.concatenate([t.ravel() for t in tensors])
+    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
+    grouped_passive_step(views, "views")()
+    wrong_views_passive = int(np.count_nonzero(backing != want))
 
     rows = []
     load = os.getloadavg()[0]
@@ -222,12 +235,13 @@ def main() -> None:
                      "allreduce_algorithm": os.environ.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto"),
                      "drive_window_us": window_us,
                      "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views,
-                               "views_sync": wrong_views_sync, "views_callback": wrong_views_callback}.get(impl, 0)})
+                               "views_sync": wrong_views_sync, "views_callback": wrong_views_callback,
+                               "views_passive": wrong_views_passive}.get(impl, 0)})
     by = {(x["case"], x["impl"]): x for x in rows}
     lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
     by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
     overheads = {}
-    for impl in ("neptune_rt", "grouped", "grouped_views", "views_sync", "views_callback"):
+    for impl in ("neptune_rt", "grouped", "grouped_views", "views_sync", "views_callback", "views_passive"):
         overheads[impl] = by[("step_200", impl)]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
         by[("step_200", impl)]["overhead_us"] = overheads[impl]
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)

@@ -252,11 +252,13 @@ class Handle:
         """For all-reduces: payload bytes this rank sent, once done."""
         return self._native.wire_bytes
 
-    def wait(self, timeout: float | None = None) -> Any:
-        """Result of the operation; TimeoutError if not done after `timeout` s, RuntimeError if it failed."""
+    def wait(self, timeout: float | None = None, drive: bool = True) -> Any:
+        """Result of the operation; TimeoutError if not done after `timeout` s, RuntimeError if it failed.
+        drive=False: sleep until done instead of running the engine's cycles on this thread while the engine
+        thread is idle (for a thread that shares its core with the engine thread, which then does the work)."""
         engine = _engine
         limit = 0.0 if timeout is None else max(timeout, 1e-6)
-        done = engine.wait(self._native, limit) if engine is not None and engine.running \
+        done = engine.wait(self._native, limit) if drive and engine is not None and engine.running \
             else self._native.wait(limit)
         if not done:
             where = f"rank {_engine.rank}: " if _engine is not None else ""

@@ -73,15 +73,15 @@ class GroupHandle(Sequence):
                 write_back()
         return self._results[index]
 
-    def wait(self, timeout: float | None = None) -> list:
+    def wait(self, timeout: float | None = None, drive: bool = True) -> list:
         """The results of every member, in order; TimeoutError if not all are done after `timeout` s,
-        RuntimeError (or TimeoutError) with the first failed member's error."""
+        RuntimeError (or TimeoutError) with the first failed member's error. drive=False: as Handle.wait."""
         engine = _eng._engine
         limit = 0.0 if timeout is None else max(timeout, 1e-6)
-        if engine is not None and engine.running:
+        if drive and engine is not None and engine.running:
             done = engine.wait_group(self._native, limit)
         else:
-            done = all(self._native[i].wait(limit) for i in range(len(self)))
+            done = self._native.wait(limit)
         if not done:
             where = f"rank {engine.rank}: " if engine is not None else ""
             raise TimeoutError(f"neptune_rt: {where}group of {len(self)} tensors ('{self._names[0]}', ...) not "

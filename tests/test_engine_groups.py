@@ -1,6 +1,7 @@
 """Cheap submission under real mpirun: GroupHandle results against mpi4py's MPI_Allreduce (numpy and torch CPU
 buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), groups of views of
-one buffer (reduced where they lie), the synchronous grouped_allreduce_ driven by its caller, the plain-numpy fast path
+one buffer (reduced where they lie), the synchronous grouped_allreduce_ driven by its caller, wait(drive=False) that leaves the cycles to the engine
+thread, the plain-numpy fast path
 of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
 window). Worker: workers/engine_groups_worker.py."""
 import pytest
@@ -24,6 +25,11 @@ def test_grouped_views_of_one_buffer_reduce_in_place():
 def test_synchronous_group_is_driven_by_its_caller():
     assert_ok(run_mpi("engine_groups_worker.py", 2, "sync_group", timeout=120,
                       env={"NEPTUNE_RT_DRIVE_WINDOW_US": "0"}), 2)
+
+
+def test_passive_wait_leaves_the_cycles_to_the_engine_thread():
+    assert_ok(run_mpi("engine_groups_worker.py", 2, "passive_wait", timeout=120,
+                      env={"NEPTUNE_RT_DRIVE_WINDOW_US": "500000"}), 2)
 
 
 @pytest.mark.parametrize("np_", [1, 4])

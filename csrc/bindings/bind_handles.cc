@@ -46,6 +46,8 @@ void registerHandles(py::module_& m) {
            })
       .def("done", &HandleGroup::done, "True once every member is done")
       .def("first_error", &HandleGroup::firstError, "Index of the first failed member, or -1")
+      .def("wait", &HandleGroup::wait, py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
+           "Wait for every member without running the engine's cycles on this thread; False on timeout")
       .def("add_callback", &HandleGroup::addCallback, py::arg("fn"),
            "Calls fn() once every member is done, on the engine's completion thread (at once if all are)");
 

@@ -70,6 +70,20 @@ bool HandleGroup::done() const {
   return true;
 }
 
+bool HandleGroup::wait(double timeoutSeconds) const {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSeconds);
+  for (auto it = members.rbegin(); it != members.rend(); ++it) {  // they complete together: the last one first
+    if ((*it)->done()) continue;
+    double left = 0;
+    if (timeoutSeconds > 0) {
+      left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+      if (left <= 0) return false;
+    }
+    if (!(*it)->wait(left)) return false;
+  }
+  return true;
+}
+
 void HandleGroup::addCallback(std::function<void()> fn) {
   if (members.empty()) return fn();
   auto remaining = std::make_shared<std::atomic<size_t>>(members.size());

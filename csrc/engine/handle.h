@@ -62,6 +62,9 @@ struct HandleGroup {
   bool done() const;
   // The first failed member's index, or -1.
   long firstError() const;
+  // Waits for every member within one overall timeout (<= 0: no limit of its own) as Handle::wait does: without
+  // running the engine's cycles (Engine::waitForAll runs them). False on timeout.
+  bool wait(double timeoutSeconds) const;
   // Runs `fn` once, when every member is done (as Handle::addCallback: on the engine's completion thread, or at
   // once if all are). One countdown shared by the members: a callback per member would cost a call into the
   // caller's language per tensor.

@@ -9,13 +9,12 @@ Exercised through tests/torch/test_optimizer.py and tests/torch/test_reproducibi
 from __future__ import annotations
 
 import itertools
-import threading
 from typing import Any
 
 import torch
 
 from neptune_rt import engine as _engine
-from neptune_rt.torch import _wire, ops
+from neptune_rt.torch import _wire
 from neptune_rt.torch.compression import Compressor
 
 __all__ = ["GradBucket", "plan_buckets"]
@@ -38,11 +37,8 @@ class GradBucket:
         # Named after its parameters, never by position: identical on every rank with the same model.
         self.name = prefix + (names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}more")
         self.ready: set[torch.Tensor] = set()
-        self.handles: list[ops.Handle] = []
+        self.handles: list = []  # engine Handles (dense) or one GroupHandle (codecs): wait(drive=False) each
         self._wire: tuple[torch.Tensor, Any] | None = None
-        self._arrived = threading.Event()
-        self._remaining = 0
-        self._lock = threading.Lock()
 
     @property
     def submitted(self) -> bool:
@@ -70,46 +66,29 @@ class GradBucket:
         wire, ctx = compression.compress(self.flat)
         self._wire = (wire, ctx)
         if codec == "none":
-            self.handles = [ops.Handle(_engine.allreduce_async_(wire, self.name, op, codec, prescale, postscale))]
+            self.handles = [_engine.allreduce_async_(wire, self.name, op, codec, prescale, postscale)]
         else:
             # Engine codec: one engine tensor per parameter (error feedback is kept per name), submitted as one
             # group, so the engine fuses exactly this bucket, in parameter order, whatever the timing
-            # (compressed results are bit-reproducible given the seed; the DDP hook does the same).
+            # (compressed results are bit-reproducible given the seed; the DDP hook does the same). The group
+            # itself is the handle: one wait for all its members.
             sizes = [p.numel() for p in self.params]
             parts = _wire.flat_parts(wire, list(zip(itertools.accumulate(sizes, initial=0), sizes)))
             names = [self.prefix + name for name in self.names]
-            # The group itself is the handle: one completion callback and one wait for all its members.
             self.handles = [_engine.grouped_allreduce_async_(parts, names, op, codec, prescale, postscale, adaptive)]
-        self._watch()
-
-    def _watch(self) -> None:
-        """Sets `_arrived` from the engine's completion thread once every handle of the bucket is done."""
-        self._arrived.clear()
-        self._remaining = len(self.handles)
-
-        def one_done(_handle: ops.Handle) -> None:
-            with self._lock:
-                self._remaining -= 1
-                last = self._remaining == 0
-            if last:
-                self._arrived.set()
-        for h in self.handles:
-            h.add_done_callback(one_done)
 
     def wait(self, compression: Compressor) -> None:
         """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result.
 
-        It sleeps until the engine's completion callbacks say the bucket has arrived, instead of waiting on the
-        handles at once: a handle's wait() drives the engine's cycles from this thread, and on ranks that share
-        cores that thread then competes with the engine thread that does the work (measured: docs/torch.md,
-        "Step profile"). The engine fails every handle of a stalled or broken job within its timeout, so this
-        sleep ends; the handles' wait() then returns at once or raises the engine's error."""
+        It sleeps until the engine thread has completed the bucket (`wait(drive=False)`) instead of driving the
+        engine's cycles from this thread: on ranks that share cores that thread would compete with the engine
+        thread that does the work (measured: docs/torch.md, "Step profile"). It used to sleep until a completion
+        callback set an event, which added a hop through the completion thread and the GIL to every bucket
+        (docs/torch.md, "Waiting for a bucket"). The engine fails every handle of a stalled or broken job within
+        its timeout, so this sleep ends."""
         try:
-            while not self._arrived.wait(0.05):
-                if all(h.done() for h in self.handles):
-                    break
             for h in self.handles:
-                h.wait()
+                h.wait(drive=False)
             wire, ctx = self._wire
             if wire is not self.flat:
                 with torch.no_grad():

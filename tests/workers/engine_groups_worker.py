@@ -4,6 +4,7 @@ waits on (the engine thread must still drive it after its drive window). `python
 SCENARIO`; prints 'OK <rank>' per rank. Run by tests/test_engine_groups.py."""
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -88,17 +89,19 @@ def scenario_group_handle() -> None:
                  ValueError, "share one dtype")
     expect_error(lambda: nrt.grouped_allreduce_([np.ones(2), np.ones(3), np.ones(2)], names=["dup", "once", "dup"]),
                  ValueError, "'dup'", "twice in one group")
-    # Rank 0 holds "held" in flight (the others submit theirs after the barrier), so a group naming it is refused;
-    # a refused group leaves none of its names in flight: "dup", "once" and "free" can be used at once.
-    if r == 0:
-        held = nrt.allreduce_async(np.ones(3), name="held")
-        expect_error(lambda: nrt.grouped_allreduce_([np.ones(2), np.ones(2)], names=["free", "held"]), ValueError,
-                     "'held'", "in flight")
-        WORLD.Barrier()
-    else:
-        WORLD.Barrier()
-        held = nrt.allreduce_async(np.ones(3), name="held")
-    assert np.all(held.wait() == n)
+    # Rank 0 holds "held" in flight (the others submit theirs after the barrier, so it cannot complete: hence
+    # n > 1), and a group naming it is refused; a refused group leaves none of its names in flight: "dup", "once"
+    # and "free" can be used at once.
+    if n > 1:
+        if r == 0:
+            held = nrt.allreduce_async(np.ones(3), name="held")
+            expect_error(lambda: nrt.grouped_allreduce_([np.ones(2), np.ones(2)], names=["free", "held"]),
+                         ValueError, "'held'", "in flight")
+            WORLD.Barrier()
+        else:
+            WORLD.Barrier()
+            held = nrt.allreduce_async(np.ones(3), name="held")
+        assert np.all(held.wait() == n)
     got = nrt.grouped_allreduce_([np.ones(2), np.ones(3), np.ones(1)], names=["dup", "once", "free"])
     assert all(np.all(g == n) for g in got), got
     if n > 1:  # a member whose shape differs between ranks fails, and the group's wait says which
@@ -210,6 +213,31 @@ def scenario_sync_group() -> None:
     assert all(c["sync"] <= 3 for c in counts), f"synchronous groups were handed off: {counts}"
     # The control (22-30 hand-offs a rank here) needs the woken engine thread to beat its caller to the cycle.
     assert sum(c["async_then_wait"] for c in counts) >= 5, f"the asynchronous control was hardly handed off: {counts}"
+    nrt.shutdown()
+
+
+def scenario_passive_wait() -> None:
+    """wait(drive=False) (how DistributedOptimizer waits) leaves the cycles to the engine thread. The test sets a
+    drive window of 0.5 s: the engine thread leaves fresh work that long to a caller who may drive it, so a
+    passive waiter takes at least the window and a driving one far less (the control: the check can fail)."""
+    nrt.init()
+    n, r = nrt.size(), nrt.rank()
+    window = float(os.environ["NEPTUNE_RT_DRIVE_WINDOW_US"]) / 1e6
+    flat = np.zeros(60, np.float32)
+    views = np.split(flat, 3)
+    took = {}
+    for drive in (False, True):
+        flat[:] = np.arange(60) + r
+        WORLD.Barrier()
+        t0 = time.monotonic()
+        got = nrt.grouped_allreduce_async_(views, names=[f"passive.{i}" for i in range(3)]).wait(drive=drive)
+        took[drive] = time.monotonic() - t0
+        assert np.array_equal(flat, n * np.arange(60) + sum(range(n))), (drive, flat)
+        assert all(g is v for g, v in zip(got, views))
+        h = nrt.allreduce_async_(np.ones(4), name="passive.one")  # a single Handle the same way
+        assert np.all(h.wait(drive=drive) == n)
+    assert took[False] >= 0.9 * window, f"rank {r}: a passive wait ended before the engine thread could cycle: {took}"
+    assert took[True] < 0.5 * window, f"rank {r}: the driving control waited for the engine thread: {took}"
     nrt.shutdown()
 
 
