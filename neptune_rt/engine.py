@@ -259,7 +259,7 @@ class Handle:
         engine = _engine
         limit = 0.0 if timeout is None else max(timeout, 1e-6)
         done = engine.wait(self._native, limit) if drive and engine is not None and engine.running \
-            else self._native.wait(limit)
+            else _wait_passive(self._native, timeout)
         if not done:
             where = f"rank {_engine.rank}: " if _engine is not None else ""
             raise TimeoutError(f"neptune_rt: {where}'{self.name}' not complete after {timeout} s")
@@ -281,6 +281,16 @@ class Handle:
         thread if already done). Never under the engine's locks: fn may wait on other handles, and slow work
         there delays later callbacks, not communication. fn must not call shutdown() (RuntimeError)."""
         self._native.add_callback(lambda: fn(self))
+
+
+def _wait_passive(native: Any, timeout: float | None) -> bool:
+    """A native handle's (or group's) wait without driving the engine. Without a timeout it waits in slices, so
+    that Ctrl-C reaches Python within half a second even while the engine waits out its own timeout."""
+    if timeout is not None:
+        return native.wait(max(timeout, 1e-6))
+    while not native.wait(0.5):
+        pass
+    return True
 
 
 def _track(handle: Any) -> Any:

@@ -81,7 +81,7 @@ class GroupHandle(Sequence):
         if drive and engine is not None and engine.running:
             done = engine.wait_group(self._native, limit)
         else:
-            done = self._native.wait(limit)
+            done = _eng._wait_passive(self._native, timeout)
         if not done:
             where = f"rank {engine.rank}: " if engine is not None else ""
             raise TimeoutError(f"neptune_rt: {where}group of {len(self)} tensors ('{self._names[0]}', ...) not "

@@ -95,12 +95,21 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   std::lock_guard<std::mutex> lock(mu_);
   if (!running_.load()) throw std::runtime_error(fatal_.empty() ? "neptune_rt: the engine has stopped" : fatal_);
   // One insertion per name finds a name in flight from an earlier submission and a name twice in this group alike
-  // (a set of its own per group cost an allocation per member); a refused group leaves inFlight_ as it was.
-  // Reserved first, so that no insertion below can throw and leave views of the handles freed on the way out.
-  inFlight_.reserve(inFlight_.size() + handles.size());
+  // (a set of its own per group cost an allocation per member); a refused group leaves inFlight_ as it was, also
+  // when an insertion runs out of memory (its views would outlive the handles freed on the way out).
+  const auto rollback = [&](size_t inserted) {
+    for (size_t j = 0; j < inserted; ++j) inFlight_.erase(handles[j]->name());
+  };
   for (size_t i = 0; i < handles.size(); ++i) {
-    if (inFlight_.insert(handles[i]->name()).second) continue;
-    for (size_t j = 0; j < i; ++j) inFlight_.erase(handles[j]->name());
+    bool inserted;
+    try {
+      inserted = inFlight_.insert(handles[i]->name()).second;
+    } catch (...) {
+      rollback(i);
+      throw;
+    }
+    if (inserted) continue;
+    rollback(i);
     const std::string& name = entries[i].meta.name;
     NRT_CHECK_ARG(inFlight_.count(name), "neptune_rt: rank ", rank_, ": tensor '", name,
                   "' appears twice in one group");

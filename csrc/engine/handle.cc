@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <chrono>
+#include <new>
 
 namespace nrt {
 
@@ -88,10 +89,19 @@ void HandleGroup::addCallback(std::function<void()> fn) {
   if (members.empty()) return fn();
   auto remaining = std::make_shared<std::atomic<size_t>>(members.size());
   auto shared = std::make_shared<std::function<void()>>(std::move(fn));
-  for (const auto& h : members)
-    h->addCallback([remaining, shared] {
-      if (remaining->fetch_sub(1, std::memory_order_acq_rel) == 1) (*shared)();
-    });
+  size_t registered = 0;
+  try {
+    for (const auto& h : members) {
+      h->addCallback([remaining, shared] {
+        if (remaining->fetch_sub(1, std::memory_order_acq_rel) == 1) (*shared)();
+      });
+      ++registered;
+    }
+  } catch (const std::bad_alloc&) {  // count the members left out as done, so that fn still runs once
+    if (remaining->fetch_sub(members.size() - registered, std::memory_order_acq_rel) == members.size() - registered)
+      (*shared)();
+    throw;
+  }
 }
 
 long HandleGroup::firstError() const {

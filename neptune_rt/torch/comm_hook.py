@@ -132,6 +132,7 @@ def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[
     """All-reduces one DDP bucket through neptune_rt; the future completes when every part has arrived."""
     with state._lock:
         state.calls += 1
+    rank = _engine.rank()  # now: once the engine has failed, asking for it raises (complete() must not)
     buffer = bucket.buffer()
     params = bucket.parameters()
     grads = bucket.gradients()
@@ -169,8 +170,7 @@ def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[
                 state.momentum.after(names, views, params)
             future.set_result(buffer)
         except Exception as err:  # noqa: BLE001 -- handed to DDP, which raises it in backward()
-            future.set_exception(RuntimeError(f"neptune_rt: rank {_engine.rank()}: DDP bucket with "
-                                              f"{names[0]} ...: {err}"))
+            future.set_exception(RuntimeError(f"neptune_rt: rank {rank}: DDP bucket with {names[0]} ...: {err}"))
 
     # One group, one completion callback for all its members (a Python callback per member cost ~5 us a tensor).
     _engine.grouped_allreduce_async_([part for _, part in parts], [name for name, _ in parts], op, compressor.codec,

@@ -1,4 +1,5 @@
-"""The neptune_rt DDP communication hook against DDP's own hooks on 4 real MPI ranks; and its local momentum
+"""The neptune_rt DDP communication hook against DDP's own hooks on 4 real MPI ranks (and backward raising, not
+hanging, when the engine fails); and its local momentum
 (CommHookState(momentum=...)): exact with exact communication, and onebit through it trains load_digits within
 1 point of dense DDP."""
 import pytest
@@ -10,6 +11,15 @@ from mpi_helpers import assert_ok, run_workers
 
 def test_ddp_hook_matches_ddp_default_hooks() -> None:
     assert_ok(run_workers("ddp_hook_worker.py", 4), 4)
+
+
+def test_ddp_hook_raises_in_backward_when_the_engine_fails() -> None:
+    proc = run_workers("ddp_hook_failure_worker.py", 2, env={"NEPTUNE_RT_TIMEOUT_SECONDS": "60"})
+    oks = [line for line in proc.stdout.splitlines() if line.startswith("OK")]
+    assert len(oks) == 2, proc.output
+    # After any engine failure the exit handler aborts the job, so it ends non-zero (docs/failures.md).
+    assert proc.returncode != 0 and "aborting the MPI job at exit after an earlier failure" in proc.output, \
+        proc.output
 
 
 def test_momentum_hook_with_exact_communication_is_plain_ddp() -> None:
