@@ -187,39 +187,27 @@ def main() -> None:
     lat = timed_interleaved(WORLD, latency, args.trials, args.latency_reps, warmup=1, prepare=rescale)
     stp = timed_interleaved(WORLD, step, args.trials, args.step_reps, warmup=1, prepare=rescale)
 
-    # Correctness of what was timed: one engine step against the per-tensor MPI reference.
-    rescale("")
-    want = [t.copy() for t in tensors]
-    for w in want:
-        WORLD.Allreduce(MPI.IN_PLACE, w, op=MPI.SUM)
-    engine_step(tensors)()
-    wrong = int(sum(np.count_nonzero(t != w) for t, w in zip(tensors, want)))
-    rescale("")
-    want = [t.copy() for t in tensors]
-    for w in want:
-        WORLD.Allreduce(MPI.IN_PLACE, w, op=MPI.SUM)
-    grouped_step(tensors)()
-    wrong_grouped = int(sum(np.count_nonzero(t != w) for t, w in zip(tensors, want)))
-    rescale("")
-    want = np.concatenate([t.ravel() for t in tensors])
-    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
-    grouped_step(views, "views")()
-    wrong_views = int(np.count_nonzero(backing != want))
-    rescale("")
-    want = np.concatenate([t.ravel() for t in tensors])
-    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
-    grouped_sync_step(views, "views")()
-    wrong_views_sync = int(np.count_nonzero(backing != want))
-    rescale("")
-    want = np.concatenate([t.ravel() for t in tensors])
-    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
-    grouped_callback_step(views, "views")()
-    wrong_views_callback = int(np.count_nonzero(backing != want))
-    rescale("")
-    want = np.concatenate([t.ravel() for t in tensors])
-    WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
-    grouped_passive_step(views, "views")()
-    wrong_views_passive = int(np.count_nonzero(backing != want))
+    # Correctness of what was timed: one step of each engine way against MPI_Allreduce of the same data.
+    def wrong_separate(run) -> int:
+        rescale("")
+        want = [t.copy() for t in tensors]
+        for w in want:
+            WORLD.Allreduce(MPI.IN_PLACE, w, op=MPI.SUM)
+        run()
+        return int(sum(np.count_nonzero(t != w) for t, w in zip(tensors, want)))
+
+    def wrong_views(run) -> int:
+        rescale("")
+        want = np.concatenate([t.ravel() for t in tensors])
+        WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
+        run()
+        return int(np.count_nonzero(backing != want))
+
+    wrong = {"neptune_rt": wrong_separate(engine_step(tensors)), "grouped": wrong_separate(grouped_step(tensors)),
+             "grouped_views": wrong_views(grouped_step(views, "views")),
+             "views_sync": wrong_views(grouped_sync_step(views, "views")),
+             "views_callback": wrong_views(grouped_callback_step(views, "views")),
+             "views_passive": wrong_views(grouped_passive_step(views, "views"))}
 
     rows = []
     load = os.getloadavg()[0]
@@ -234,14 +222,12 @@ def main() -> None:
                      "loadavg_1min": load,
                      "allreduce_algorithm": os.environ.get("NEPTUNE_RT_ALLREDUCE_ALGORITHM", "auto"),
                      "drive_window_us": window_us,
-                     "wrong": {"neptune_rt": wrong, "grouped": wrong_grouped, "grouped_views": wrong_views,
-                               "views_sync": wrong_views_sync, "views_callback": wrong_views_callback,
-                               "views_passive": wrong_views_passive}.get(impl, 0)})
+                     "wrong": wrong.get(impl, 0)})
     by = {(x["case"], x["impl"]): x for x in rows}
     lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
     by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
     overheads = {}
-    for impl in ("neptune_rt", "grouped", "grouped_views", "views_sync", "views_callback", "views_passive"):
+    for impl in wrong:
         overheads[impl] = by[("step_200", impl)]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
         by[("step_200", impl)]["overhead_us"] = overheads[impl]
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)
