@@ -16,6 +16,8 @@ the slowest rank's time per operation):
            the group's completion callback: how the DDP hook waits) and `views_passive` (asleep in
            wait(drive=False) until the engine thread is done: how DistributedOptimizer waits), vs one
            MPI_Allreduce of the same total bytes (the fused bare collective) and vs one per tensor.
+Each way is checked once against MPI_Allreduce of the same data (#wrong: elements that differ; the latency case
+too). --cases latency or step runs one case alone (A/B runs of one figure).
 overhead_us = engine time - fused bare collective, for each way; the target (at most 200 us per 100 tensors)
 applies to grouped submission. In the environment, NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto picks the engine's
 algorithm for the 2.5 MB bucket and NEPTUNE_RT_DRIVE_WINDOW_US the engine thread's drive window (A/B runs; both
@@ -152,9 +154,13 @@ def main() -> None:
     p.add_argument("--step-reps", type=int, default=20, help="200-tensor steps per trial")
     p.add_argument("--divisor", type=int, default=8, help="ResNet-50 channels are divided by this")
     p.add_argument("--profile", action="store_true", help="print the engine's timers per operation")
+    p.add_argument("--cases", default="latency,step", help="comma-separated: latency (4 KB), step (200 tensors)")
     p.add_argument("--link", default="shm")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    cases = set(args.cases.split(","))
+    if not cases or not cases <= {"latency", "step"}:
+        p.error(f"--cases {args.cases!r}: use latency, step or both")
     nrt.init()
     n, r = nrt.size(), nrt.rank()
     rng = np.random.default_rng(r)
@@ -184,8 +190,10 @@ def main() -> None:
             t.ravel()[:] = rng.integers(-8, 8, t.size)
         backing[:] = np.concatenate([t.ravel() for t in tensors])
 
-    lat = timed_interleaved(WORLD, latency, args.trials, args.latency_reps, warmup=1, prepare=rescale)
-    stp = timed_interleaved(WORLD, step, args.trials, args.step_reps, warmup=1, prepare=rescale)
+    lat = timed_interleaved(WORLD, latency, args.trials, args.latency_reps, warmup=1, prepare=rescale) \
+        if "latency" in cases else {}
+    stp = timed_interleaved(WORLD, step, args.trials, args.step_reps, warmup=1, prepare=rescale) \
+        if "step" in cases else {}
 
     # Correctness of what was timed: one step of each engine way against MPI_Allreduce of the same data.
     def wrong_separate(run) -> int:
@@ -203,11 +211,19 @@ def main() -> None:
         run()
         return int(np.count_nonzero(backing != want))
 
+    def wrong_latency(run) -> int:  # one 4 KB all-reduce (in place) against MPI_Allreduce of the same data
+        rescale("")
+        want = buf4k.copy()
+        WORLD.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
+        run()
+        return int(np.count_nonzero(buf4k != want))
+
+    wrong_lat = {impl: wrong_latency(latency[impl]) for impl in lat if impl != "mpi"}
     wrong = {"neptune_rt": wrong_separate(engine_step(tensors)), "grouped": wrong_separate(grouped_step(tensors)),
              "grouped_views": wrong_views(grouped_step(views, "views")),
              "views_sync": wrong_views(grouped_sync_step(views, "views")),
              "views_callback": wrong_views(grouped_callback_step(views, "views")),
-             "views_passive": wrong_views(grouped_passive_step(views, "views"))}
+             "views_passive": wrong_views(grouped_passive_step(views, "views"))} if stp else {}
 
     rows = []
     load = os.getloadavg()[0]
@@ -215,7 +231,7 @@ def main() -> None:
     for impl, samples in lat.items():
         rows.append({"impl": impl, "case": "latency_4k", "np": n, "tensors": 1, "size_bytes": buf4k.nbytes,
                      **timing_fields(samples), "link": args.link,
-                     "loadavg_1min": load, "drive_window_us": window_us})
+                     "loadavg_1min": load, "drive_window_us": window_us, "wrong": wrong_lat.get(impl, 0)})
     for impl, samples in stp.items():
         rows.append({"impl": impl, "case": "step_200", "np": n, "tensors": len(tensors), "size_bytes": total,
                      **timing_fields(samples), "link": args.link,
@@ -224,8 +240,9 @@ def main() -> None:
                      "drive_window_us": window_us,
                      "wrong": wrong.get(impl, 0)})
     by = {(x["case"], x["impl"]): x for x in rows}
-    lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
-    by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
+    if lat:
+        lat_ratio = by[("latency_4k", "neptune_rt")]["time_us"] / by[("latency_4k", "mpi")]["time_us"]
+        by[("latency_4k", "neptune_rt")]["ratio_vs_mpi"] = lat_ratio
     overheads = {}
     for impl in wrong:
         overheads[impl] = by[("step_200", impl)]["time_us"] - by[("step_200", "mpi_fused")]["time_us"]
@@ -233,9 +250,10 @@ def main() -> None:
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)
 
     prof = {}
-    if args.profile:
+    if args.profile and lat:
         prof["latency_4k"] = profile(latency["neptune_rt"], 1, args.latency_reps)
         prof["latency_4k"]["enqueue_us"] = enqueue_time(buf4k, args.latency_reps)
+    if args.profile and stp:
         prof["step_200"] = profile(step["neptune_rt"], len(tensors), args.step_reps)
         prof["grouped_200"] = profile(step["grouped"], len(tensors), args.step_reps)
         prof["views_200"] = profile(step["grouped_views"], len(tensors), args.step_reps)
@@ -251,7 +269,8 @@ def main() -> None:
         print(f"# {n} ranks, {args.link}, load average {load:.2f}; step: {len(tensors)} tensors, {total} bytes")
         print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("size(B)", "size_bytes", "d"),
                            *TIMING_COLUMNS, ("#wrong", "wrong", "d")])
-        print(f"latency 4 KB: neptune_rt / MPI_Allreduce = {lat_ratio:.2f}x (target <= 1.5x)")
+        if lat:
+            print(f"latency 4 KB: neptune_rt / MPI_Allreduce = {lat_ratio:.2f}x (target <= 1.5x)")
         for impl, overhead in overheads.items():
             print(f"step of {len(tensors)} ({impl}): engine overhead {overhead:.0f} us = "
                   f"{overhead * 100 / len(tensors):.0f} us per 100 tensors (target <= 200, for grouped submission)")

@@ -136,26 +136,36 @@ Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer i
 }
 
 // enqueue_allreduce (callerWaits false) and allreduce_now (true: enqueue, then wait on this thread).
-auto allreduceCall(bool callerWaits) {
-  return [callerWaits](Engine& engine, const std::string& name, py::buffer input, py::buffer output,
-                       const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                       double prescale, double postscale, bool errorFeedback) {
-    Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale);
-    e.errorFeedback = errorFeedback;
-    py::gil_scoped_release release;
-    std::shared_ptr<Handle> h = engine.enqueue(std::move(e), callerWaits);
-    if (callerWaits) {
-      try {
-        engine.waitFor(*h, 0.0);
-      } catch (...) {
-        // Only a failure outside the cycle (allocation) gets here: the entry may still be queued, so the caller
-        // must get the handle that keeps its buffers alive; its wait meets the same error again.
-      }
-    }
-    return h;
-  };
+Entry allreduceCallEntry(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
+                         const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                         double prescale, double postscale, bool errorFeedback) {
+  Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale);
+  e.errorFeedback = errorFeedback;
+  return e;
 }
 
+// A synchronous all-reduce: enqueued without waking the engine thread, then driven to completion on this thread.
+// None when it completed cleanly (the common case: no handle object for Python to make and query), else the
+// handle, which keeps the buffers' owner waiting and says how it ended.
+py::object allreduceNow(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
+                        const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                        double prescale, double postscale, bool errorFeedback) {
+  Entry e = allreduceCallEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale,
+                               errorFeedback);
+  std::shared_ptr<Handle> h;
+  {
+    py::gil_scoped_release release;
+    h = engine.enqueue(std::move(e), true);
+    try {
+      engine.waitFor(*h, 0.0);
+    } catch (...) {
+      // Only a failure outside the cycle (allocation) gets here: the entry may still be queued, so the caller
+      // must get the handle that keeps its buffers alive; its wait meets the same error again.
+    }
+  }
+  if (h->done() && !h->failed()) return py::none();
+  return py::cast(h);
+}
 py::dict statsDict(const EngineStats::Totals& t) {
   py::dict codecs;
   for (Codec c : allCodecs())
@@ -338,13 +348,22 @@ void registerEngine(py::module_& m) {
       .def_property_readonly("abandoned_requests", [](Engine& e) { return e.communicator().abandonedRequests(); })
       .def_property_readonly("cost_model", &Engine::costModelDescription,
                              "The probed cost model (empty until the first compressed bucket)")
-      .def("enqueue_allreduce", allreduceCall(false), py::arg("name"), py::arg("input"), py::arg("output"),
-           py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
-           py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
-      // A synchronous all-reduce in one call: enqueued without waking the engine thread, then driven to completion
-      // on this thread (Engine::enqueue's callerWaits). The handle says how it ended.
-      .def("allreduce_now", allreduceCall(true), py::arg("name"), py::arg("input"), py::arg("output"),
-           py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
+      .def(
+          "enqueue_allreduce",
+          [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
+             std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
+             bool errorFeedback) {
+            Entry e = allreduceCallEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
+                                         postscale, errorFeedback);
+            py::gil_scoped_release release;
+            return engine.enqueue(std::move(e), false);
+          },
+          py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
+          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
+      // A synchronous all-reduce in one call (Engine::enqueue's callerWaits): None once it completed cleanly, else
+      // the handle that says how it ended.
+      .def("allreduce_now", &allreduceNow, py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"),
+           py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
            py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
       .def(
           "enqueue_allgather",

@@ -56,7 +56,7 @@ void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
   std::vector<char> incoming(bytes);
   PostedBuffers posted(comm, o.name);  // on an error a receive may still be posted into `incoming`
   posted.keep(incoming);
-  const auto wait = [&](Request& rq) { comm.wait(rq, deadline, what, nullptr, kLatencyYieldWindow); };
+  const auto wait = [&](Request& rq) { comm.wait(rq, deadline, what, nullptr, kLatencyWait); };
 
   const int foldPartner = plan.foldPartner();
   if (foldPartner >= 0) {

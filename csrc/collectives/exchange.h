@@ -19,14 +19,25 @@ struct ExchangeOptions : CollectiveOptions {
   std::function<void()> onSlow;
 };
 
-// Merges two groups' messages (the caller's group first); must give the same bytes whichever side calls
-// it with which order of arguments, so that every rank ends with the same message.
-using Combine = std::function<std::vector<char>(const std::vector<char>& ours, const std::vector<char>& theirs,
-                                                int theirRank)>;
+// A message as it travels: kHeaderBytes at the front for the exchange's framing (it writes the payload's length
+// there), then the payload. Writers append the payload to `bytes`; the exchange sends from and receives into this
+// layout, so a message is never copied between the writer, MPI and the combine step. The payload starts
+// kHeaderBytes into a heap block, so an offset that is a multiple of 8 within it is 8-byte aligned.
+struct FramedMessage {
+  static constexpr size_t kHeaderBytes = sizeof(uint64_t);
+  std::vector<char> bytes = std::vector<char>(kHeaderBytes);
+
+  const char* data() const { return bytes.data() + kHeaderBytes; }
+  size_t size() const { return bytes.size() - kHeaderBytes; }
+};
+
+// Merges two groups' messages (the caller's group first) into a new message; must give the same bytes whichever
+// side calls it with which order of arguments, so that every rank ends with the same message.
+using Combine = std::function<FramedMessage(const FramedMessage& ours, const FramedMessage& theirs, int theirRank)>;
 
 // Returns the message of the whole communicator. Each rank's own message must be at most `capacity`
 // bytes, and a combined message at most the sum of its parts.
-std::vector<char> exchangeCombine(Communicator& comm, std::vector<char> mine, const ExchangeOptions& opts,
-                                  const Combine& combine);
+FramedMessage exchangeCombine(Communicator& comm, FramedMessage mine, const ExchangeOptions& opts,
+                              const Combine& combine);
 
 }  // namespace nrt

@@ -78,7 +78,7 @@ class HalvingDoubling {
   // benchmarks/results/dense_hd_window_*.json).
   void waitChecked(Request& rq, size_t expected, int peer) {
     size_t received = 0;
-    comm_.wait(rq, deadline_, o_.name.c_str(), &received, kLatencyYieldWindow);
+    comm_.wait(rq, deadline_, o_.name.c_str(), &received, kLatencyWait);
     // Scratch is uninitialized: a short segment (peers with different plans) must never be reduced.
     NRT_CHECK(received == expected, "neptune_rt: rank ", comm_.rank(), ": segment of ", o_.name, " from rank ",
               peer, " has ", received, " bytes, ", expected, " expected");

@@ -16,13 +16,16 @@ void Backoff::pause() {
   // Two opposite pulls, measured on 4 emulated 1 Gbit nodes sharing 2 cores: MPI over TCP progresses only
   // inside MPI calls, so napping early slowed a 64 MB ring; but yielding for long (5-20 ms) slowed the
   // compressed all-reduce up to 2x, since waiting ranks then steal the cores that encoding ranks need.
-  // Yield from the first miss for the window (200 us for bulk transfers), then nap 50 us between polls. No busy
-  // spin: where ranks share a core, a spinning waiter keeps the very peer it waits for off the CPU, and where a
-  // core is free, sched_yield returns at once. (Measured on 4 ranks over 2 cores: no slower than 64 spins first,
-  // within run-to-run noise; benchmarks/results/engine_overhead_np4_quiet_{sync,after}.json.)
+  // Spin for the policy's first polls (latency-bound waits only: a bounded 10-20 us, see kLatencyWait), then
+  // yield for the window (200 us for bulk transfers), then nap 50 us between polls. No long busy spin: where
+  // ranks share a core, a spinning waiter keeps the very peer it waits for off the CPU.
+  if (iter_ < policy_.spins) {
+    ++iter_;
+    return;
+  }
   const auto now = std::chrono::steady_clock::now();
-  if (iter_++ == 0) yieldingSince_ = now;
-  if (now - yieldingSince_ < yieldWindow_) {
+  if (iter_++ == policy_.spins) yieldingSince_ = now;
+  if (now - yieldingSince_ < policy_.yieldWindow) {
     sched_yield();
     return;
   }
@@ -69,8 +72,8 @@ bool Communicator::test(Request& req, size_t* received) {
 }
 
 void Communicator::wait(Request& req, const Deadline& deadline, const char* what, size_t* received,
-                        std::chrono::microseconds yieldWindow) {
-  Backoff backoff(yieldWindow);
+                        WaitPolicy policy) {
+  Backoff backoff(policy);
   uint32_t checks = 0;
   while (!test(req, received)) {
     // The deadline is checked every few polls (Backoff reads the clock anyway, but a Deadline is cheap to skip).

@@ -31,22 +31,31 @@ struct Request {
   size_t bytes = 0;
 };
 
-// How a waiter polls: yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
-// Bulk transfers: short, so waiting ranks leave the cores to ranks that encode or reduce (communicator.cc).
-constexpr std::chrono::microseconds kBulkYieldWindow{200};
-// Negotiation: peers arrive within a few ms of each other, and a nap then adds straight to latency.
-constexpr std::chrono::microseconds kLatencyYieldWindow{5000};
+// How a waiter polls: spin, yield (MPI progresses only inside MPI calls), then nap (communicator.cc).
+struct WaitPolicy {
+  uint32_t spins;                       // polls before the first yield
+  std::chrono::microseconds yieldWindow;  // then yield for this long, then nap between polls
+};
+// Bulk transfers: no spin and a short yield window, so waiting ranks leave the cores to ranks that encode or
+// reduce (communicator.cc).
+constexpr WaitPolicy kBulkWait{0, std::chrono::microseconds(200)};
+// Latency-bound messages (negotiation, small all-reduces): a message is often microseconds away, and a yield
+// costs about a microsecond of syscall here even on a free core, a nap far more. 64 polls (10-20 us) first:
+// a 4 KB all-reduce through the engine, 4 ranks on 2 cores, went from 1.7-2.0x MPI_Allreduce to 1.4-1.6x
+// (benchmarks/results/engine_latency_np4_ab.json). Peers arrive within a few ms of each other, and a nap
+// then adds straight to latency: yield for 5 ms.
+constexpr WaitPolicy kLatencyWait{64, std::chrono::microseconds(5000)};
 
-// Yield, then sleep: waits stay responsive without starving ranks that share a core.
+// Spin, yield, then sleep: waits stay responsive without starving ranks that share a core.
 class Backoff {
  public:
-  explicit Backoff(std::chrono::microseconds yieldWindow = kBulkYieldWindow) : yieldWindow_(yieldWindow) {}
+  explicit Backoff(WaitPolicy policy = kBulkWait) : policy_(policy) {}
   void pause();
   void reset() { iter_ = 0; }
 
  private:
   uint32_t iter_ = 0;
-  std::chrono::microseconds yieldWindow_;
+  WaitPolicy policy_;
   std::chrono::steady_clock::time_point yieldingSince_{};
 };
 
@@ -82,10 +91,9 @@ class Communicator {
   bool test(Request& req, size_t* received = nullptr);
 
   // Wait for one request; when the deadline passes, poisons the communicator and throws TimeoutError
-  // naming the peer. `yieldWindow`: how long to keep yielding before napping between polls (longer for
-  // latency-critical small messages).
+  // naming the peer. `policy`: how to poll meanwhile (kLatencyWait for latency-critical small messages).
   void wait(Request& req, const Deadline& deadline, const char* what = "transfer", size_t* received = nullptr,
-            std::chrono::microseconds yieldWindow = kBulkYieldWindow);
+            WaitPolicy policy = kBulkWait);
   void waitAll(std::vector<Request>& reqs, const Deadline& deadline, const char* what = "transfer");
 
   // Records the first failure and abandons every request still posted. Later calls throw `error` (as a

@@ -45,7 +45,7 @@ constexpr int kSetupSteps = 2;
 
 void waitSetup(MPI_Request* req, const Deadline& deadline, double timeoutSeconds, const SetupStep& step,
                const std::string& caller, int rank, int size) {
-  Backoff backoff(kLatencyYieldWindow);
+  Backoff backoff(kLatencyWait);
   while (true) {
     int done = 0;
     checkMpi(MPI_Test(req, &done, MPI_STATUS_IGNORE), step.call, rank);

@@ -171,22 +171,17 @@ bool Engine::cycle() {
               << " (a rank may be stuck, or not calling the same collectives)" << std::endl;
   };
   pendingIndexed_ = false;  // pending_ does not change until this cycle ends: findPending indexes it once
-  std::vector<char> own = buildMessage();
+  FramedMessage own = buildMessage();
   const double built = monotonicSeconds();
-  const std::vector<char> combined = exchangeCombine(
-      *comm_, std::move(own), o, [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
-        return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
-                                     GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
-            .serialize();
-      });
+  const FramedMessage combined = exchangeCombine(*comm_, std::move(own), o, GroupMessage::combineFramed);
   const double exchanged = monotonicSeconds();
-  const GroupMessage all = GroupMessage::parse(combined.data(), combined.size(), -1);
+  const GroupMessage all = GroupMessage::parse(combined, -1);  // views into `combined`, which outlives the cycle's work
   std::vector<RankMessage> msgs;
   msgs.reserve(size_);
   for (int r = 0; r < size_; ++r) {
-    auto it = all.ranks.find(r);
-    NRT_CHECK(it != all.ranks.end(), "neptune_rt: rank ", rank_, ": the negotiation lost rank ", r, "'s message");
-    msgs.push_back(parseRankMessage(it->second.data(), it->second.size(), r));
+    const GroupMessage::Rank* m = all.findRank(r);
+    NRT_CHECK(m != nullptr, "neptune_rt: rank ", rank_, ": the negotiation lost rank ", r, "'s message");
+    msgs.push_back(parseRankMessage(m->data, m->bytes, r));
   }
   stats_.addNegotiation(monotonicSeconds() - negotiationStart);
   for (int r = 0; r < size_; ++r)
@@ -223,10 +218,9 @@ bool Engine::cycle() {
   // A small all-reduce is done already if every participating rank's data made it into the sum.
   const uint32_t participants = static_cast<uint32_t>(size_ - match.joined.size());
   for (ReadyTensor& t : match.ready) {
-    auto it = all.sums.find(t.meta.name);
-    if (t.meta.type == OpType::kAllreduce && t.error.empty() && it != all.sums.end() &&
-        it->second.contributors == participants && it->second.count == t.meta.numel())
-      t.eagerResult = it->second.data.data();
+    if (t.meta.type != OpType::kAllreduce || !t.error.empty()) continue;
+    const GroupMessage::Sum* sum = all.findSum(t.meta.name);
+    if (sum && sum->contributors == participants && sum->count == t.meta.numel()) t.eagerResult = sum->data;
   }
   if (rank_ == 0) trackStalls(match);
   const std::vector<std::string>& abandoned = msgs[0].abandoned;

@@ -21,6 +21,7 @@
 #include "codecs/codec.h"
 #include "collectives/allreduce.h"
 #include "collectives/compressed_allreduce.h"
+#include "collectives/exchange.h"
 #include "collectives/options.h"
 #include "comm/communicator.h"
 #include "engine/completion_queue.h"
@@ -163,7 +164,7 @@ class Engine {
   // One negotiation cycle, unless another thread is running one (kBusy). Errors stop the engine.
   StepResult step();
   bool cycle();  // one negotiation + execution; returns true if anything completed
-  std::vector<char> buildMessage();
+  FramedMessage buildMessage();
   void execute(const MatchResult& match);
   // The response cache learns from what runs this cycle (identically on every rank), before any handle completes.
   void learn(const MatchResult& match);

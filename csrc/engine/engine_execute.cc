@@ -143,7 +143,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
     // The transport's own all-reduce, polled against the same deadline as our collectives (a timeout poisons the
     // communicator; the buffer, fusion_ or the caller's output, is then never freed).
     Request rq = comm_->iallreduce(buffer, count, head.dtype, head.op);
-    comm_->wait(rq, Deadline::after(o.timeoutSeconds), o.name.c_str(), nullptr, kLatencyYieldWindow);
+    comm_->wait(rq, Deadline::after(o.timeoutSeconds), o.name.c_str(), nullptr, kLatencyWait);
     if (head.op == ReduceOp::kAverage) finalizeAverage(buffer, count, head.dtype, participants_);
   } else {
     allreduce(*comm_, o);

@@ -17,17 +17,10 @@ void Engine::announceFailure(const std::string& error) {
   // Bounded by the timeout; if it fails too (peers already gone), the local error stands alone.
   try {
     MessageWriter w(false, {}, error);
-    GroupMessage own;
-    own.ranks[rank_] = w.bytes();
     ExchangeOptions o;
     static_cast<CollectiveOptions&>(o) = collectiveOptions("negotiation (failure notice)");
     o.capacity = config_.negotiationBytes;
-    exchangeCombine(*comm_, own.serialize(), o,
-                    [](const std::vector<char>& ours, const std::vector<char>& theirs, int theirRank) {
-                      return GroupMessage::combine(GroupMessage::parse(ours.data(), ours.size(), -1),
-                                                   GroupMessage::parse(theirs.data(), theirs.size(), theirRank))
-                          .serialize();
-                    });
+    exchangeCombine(*comm_, GroupMessageWriter(rank_, w.bytes(), 0).finish(), o, GroupMessage::combineFramed);
   } catch (const std::exception&) {
   }
 }

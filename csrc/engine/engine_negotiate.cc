@@ -10,7 +10,7 @@
 
 namespace nrt {
 
-std::vector<char> Engine::buildMessage() {
+FramedMessage Engine::buildMessage() {
   const bool joined = std::any_of(pending_.begin(), pending_.end(),
                                   [](const Entry& e) { return e.meta.type == OpType::kJoin; });
   // Cached tensors are one bit each; the rest (and names cached with another key, whose slot every rank then
@@ -35,7 +35,7 @@ std::vector<char> Engine::buildMessage() {
                   static_cast<uint32_t>(config_.cacheCapacity), static_cast<uint8_t>(config_.denseAlgorithm),
                   config_.nativeAllreduceBytes);
   toAbandon_.clear();
-  GroupMessage own;
+  std::vector<const Entry*> eager;
   size_t eagerBudget = config_.negotiationBytes / 2;  // the announcements keep the other half
   bool full = false;
   for (size_t i = 0; i < pending_.size(); ++i) {
@@ -51,20 +51,20 @@ std::vector<char> Engine::buildMessage() {
     const bool codecAllows = e.meta.codec == codec_format::kNone ||
                              (!(e.meta.codec & kForceCodecBit) && isFloating(e.meta.dtype));
     // Grouped tensors never: their group travels as one bucket (fusion.h).
-    const bool eager = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
+    const bool rides = e.meta.type == OpType::kAllreduce && e.meta.groupSize == 0 && codecAllows && bytes > 0 &&
                        bytes <= config_.eagerBytes && bytes + e.meta.name.size() + 64 <= eagerBudget;
-    if (!eager) continue;
-    EagerSum& sum = own.sums[e.meta.name];
-    sum.dtype = e.meta.dtype;
-    sum.op = e.meta.op;
-    sum.count = e.meta.numel();
-    sum.contributors = 1;
-    sum.data.assign(static_cast<const char*>(e.input), static_cast<const char*>(e.input) + bytes);
-    scaleInPlace(sum.data.data(), sum.count, sum.dtype, e.prescale);
+    if (!rides) continue;
+    eager.push_back(&e);
     eagerBudget -= bytes + e.meta.name.size() + 64;
   }
-  own.ranks[rank_] = w.bytes();
-  return own.serialize();
+  // Names are unique among pending entries (a name in flight is refused), so the order is strict.
+  std::sort(eager.begin(), eager.end(), [](const Entry* a, const Entry* b) { return a->meta.name < b->meta.name; });
+  GroupMessageWriter own(rank_, w.bytes(), eager.size());
+  for (const Entry* e : eager) {
+    char* data = own.addSum(e->meta.name, e->meta.dtype, e->meta.op, e->meta.numel(), e->input, e->meta.bytes());
+    scaleInPlace(data, e->meta.numel(), e->meta.dtype, e->prescale);
+  }
+  return own.finish();
 }
 
 void Engine::learn(const MatchResult& match) {

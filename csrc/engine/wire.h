@@ -57,18 +57,21 @@ class Reader {
     const char* p = take(len);
     return std::vector<char>(p, p + len);
   }
+  size_t position() const { return pos_; }
   bool done() const { return pos_ == n_; }
   [[noreturn]] void corrupt(const std::string& what) const {
-    throw std::runtime_error(concat("neptune_rt: negotiation message from rank ", rank_, " is corrupt: ", what,
+    throw std::runtime_error(concat("neptune_rt: negotiation message ", source(), " is corrupt: ", what,
                                     " (do all ranks run the same neptune_rt build?)"));
   }
 
  private:
   void need(size_t bytes) const {
     if (bytes > n_ - pos_)
-      throw std::runtime_error(concat("neptune_rt: negotiation message from rank ", rank_, " is truncated (",
+      throw std::runtime_error(concat("neptune_rt: negotiation message ", source(), " is truncated (",
                                       n_, " bytes, needed ", pos_ + bytes, "); ranks may run different builds"));
   }
+  // rank < 0: a message this rank holds already (its own, or its group's combined so far).
+  std::string source() const { return rank_ < 0 ? std::string("held by this rank") : concat("from rank ", rank_); }
   const char* d_;
   size_t n_;
   size_t pos_ = 0;

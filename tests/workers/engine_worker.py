@@ -75,6 +75,17 @@ def scenario_api() -> None:
         assert nrt.poll(h) in (True, False)
         got = nrt.synchronize(h)
         assert np.all(got == sum(k + i for k in range(n))), f"grad{i}"
+    # Small all-reduces of mixed dtypes and odd sizes in flight together: they ride in one negotiation message as
+    # eager sums, kept in name order and 8-byte aligned (the parser checks both), reduced as the groups meet.
+    mixed = [(dtype, op, 1 + (i * 37) % 300) for i, (dtype, op) in
+             enumerate((d, o) for d in DTYPES if d != "bfloat16" for o in OPS)]
+    names = [f"mixed.{'x' * (i % 7)}{i}" for i in range(len(mixed))]  # name lengths vary: padding varies
+    inputs = {i: [make_data(dtype, count, k, 7 + i) for k in range(n)] for i, (dtype, _, count) in enumerate(mixed)}
+    order = np.random.default_rng(200 + r).permutation(len(mixed))
+    pending = {i: nrt.allreduce_async(inputs[i][r], name=names[i], op=mixed[i][1]) for i in order}
+    for i, h in pending.items():
+        dtype, op, count = mixed[i]
+        assert close(h.wait(), reduce_reference(inputs[i], dtype, op), dtype, n), ("mixed", names[i], dtype, op, count)
     # prescale / postscale (weighted averaging)
     w = (r + 1) / sum(range(1, n + 1))
     got = nrt.allreduce(np.full(50, 2.0), name="weighted", prescale=w, postscale=3.0)
