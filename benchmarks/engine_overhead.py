@@ -258,6 +258,7 @@ def main() -> None:
         prof["grouped_200"] = profile(step["grouped"], len(tensors), args.step_reps)
         prof["views_200"] = profile(step["grouped_views"], len(tensors), args.step_reps)
         prof["views_sync_200"] = profile(step["views_sync"], len(tensors), args.step_reps)
+    if args.profile:
         everyone = WORLD.gather(prof, root=0)
         for case in prof:
             impl, row_case = {"grouped_200": ("grouped", "step_200"), "views_200": ("grouped_views", "step_200"),

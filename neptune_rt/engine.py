@@ -370,7 +370,7 @@ def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | 
     # Plain numpy arrays: one native call enqueues and drives the cycle on this thread, without waking the engine
     # thread (on shared cores that wake-up preempts a peer rank and costs more than a small all-reduce). Kept to
     # the checks the native side cannot make: a 4 KB all-reduce costs about 10 us in all, and each Python step here
-    # is 0.1-0.3 us of it (a stopped engine is refused by the native enqueue, with the same message as _require's).
+    # is 0.1-0.3 us of it (a stopped engine is refused by the native enqueue, with its failure as the message).
     engine = _engine
     if engine is None:
         _require()

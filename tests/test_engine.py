@@ -20,6 +20,14 @@ def test_engine_small_fusion_and_no_eager():
     assert_ok(run_mpi("engine_worker.py", 3, "api", timeout=300, env=env), 3)
 
 
+@pytest.mark.parametrize("np_,path", [(2, "default"), (3, "default"), (4, "ours")])
+def test_results_bitwise_equal_on_every_rank(np_, path):
+    # NaN, +0/-0 and NaN payloads, where min, max and even sum depend on the operands' order. "ours": no eager sums
+    # and no MPI_Iallreduce, so the small sizes take our recursive doubling.
+    env = {"NEPTUNE_RT_EAGER_BYTES": "0", "NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES": "0"} if path == "ours" else {}
+    assert_ok(run_mpi("engine_worker.py", np_, "bitwise", timeout=300, env=env), np_)
+
+
 def test_engine_api_on_our_ring_as_asked():
     # NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES=0: dense buckets above 64 KB take our algorithm instead of MPI_Iallreduce, and
     # NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring the ring where auto would take halving-doubling (test_engine_api[4] runs

@@ -3,6 +3,7 @@
 // (reduce-scatter, allgatherv).
 #include "collectives/allreduce.h"
 
+#include <cstring>
 #include <numeric>
 
 #include "collectives/doubling.h"
@@ -76,7 +77,14 @@ void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
       Request s = comm.isend(o.buffer, bytes, partner, o.tag);
       wait(rv);
       wait(s);
-      reduceInto(o.buffer, incoming.data(), o.count, o.dtype, o.op);
+      // The lower rank's data first on both partners: min, max (NaN, +0 against -0) and NaN payloads depend on
+      // the operands' order, and the partners must end with the same bytes.
+      if (partner < comm.rank()) {
+        reduceInto(incoming.data(), o.buffer, o.count, o.dtype, o.op);
+        std::memcpy(o.buffer, incoming.data(), bytes);
+      } else {
+        reduceInto(o.buffer, incoming.data(), o.count, o.dtype, o.op);
+      }
     }
     if (o.op == ReduceOp::kAverage)
       finalizeAverage(o.buffer, o.count, o.dtype, o.averageDivisor > 0 ? o.averageDivisor : comm.size());

@@ -28,7 +28,7 @@ struct FramedMessage {
   std::vector<char> bytes = std::vector<char>(kHeaderBytes);
 
   const char* data() const { return bytes.data() + kHeaderBytes; }
-  size_t size() const { return bytes.size() - kHeaderBytes; }
+  size_t size() const { return bytes.size() < kHeaderBytes ? 0 : bytes.size() - kHeaderBytes; }  // 0 once moved from
 };
 
 // Merges two groups' messages (the caller's group first) into a new message; must give the same bytes whichever
@@ -36,7 +36,8 @@ struct FramedMessage {
 using Combine = std::function<FramedMessage(const FramedMessage& ours, const FramedMessage& theirs, int theirRank)>;
 
 // Returns the message of the whole communicator. Each rank's own message must be at most `capacity`
-// bytes, and a combined message at most the sum of its parts.
+// bytes, and a combined message at most the sum of its parts (the negotiation's re-aligned eager sums may add up to
+// 7 bytes each, well inside the 64 bytes of overhead each sum's budget allows: engine_negotiate.cc).
 FramedMessage exchangeCombine(Communicator& comm, FramedMessage mine, const ExchangeOptions& opts,
                               const Combine& combine);
 

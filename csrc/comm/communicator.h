@@ -40,10 +40,11 @@ struct WaitPolicy {
 // reduce (communicator.cc).
 constexpr WaitPolicy kBulkWait{0, std::chrono::microseconds(200)};
 // Latency-bound messages (negotiation, small all-reduces): a message is often microseconds away, and a yield
-// costs about a microsecond of syscall here even on a free core, a nap far more. 64 polls (10-20 us) first:
-// a 4 KB all-reduce through the engine, 4 ranks on 2 cores, went from 1.7-2.0x MPI_Allreduce to 1.4-1.6x
-// (benchmarks/results/engine_latency_np4_ab.json). Peers arrive within a few ms of each other, and a nap
-// then adds straight to latency: yield for 5 ms.
+// costs about a microsecond of syscall here even on a free core, a nap far more. 64 polls (10-20 us) first: a
+// 4 KB all-reduce through the engine took 95 us with them and 104 us without (medians of 5 alternated rounds, 4
+// ranks on 2 cores; 16.8 and 18.6 us on 2 ranks with a core each), within the rounds' spread
+// (benchmarks/results/engine_latency_np{4,2}_ab.json). Peers arrive within a few ms of each other, and a nap then
+// adds straight to latency: yield for 5 ms.
 constexpr WaitPolicy kLatencyWait{64, std::chrono::microseconds(5000)};
 
 // Spin, yield, then sleep: waits stay responsive without starving ranks that share a core.

@@ -59,7 +59,9 @@ FramedMessage Engine::buildMessage() {
   }
   // Names are unique among pending entries (a name in flight is refused), so the order is strict.
   std::sort(eager.begin(), eager.end(), [](const Entry* a, const Entry* b) { return a->meta.name < b->meta.name; });
-  GroupMessageWriter own(rank_, w.bytes(), eager.size());
+  size_t sumBytes = 0;
+  for (const Entry* e : eager) sumBytes += e->meta.bytes() + e->meta.name.size();
+  GroupMessageWriter own(rank_, w.bytes(), eager.size(), sumBytes);
   for (const Entry* e : eager) {
     char* data = own.addSum(e->meta.name, e->meta.dtype, e->meta.op, e->meta.numel(), e->input, e->meta.bytes());
     scaleInPlace(data, e->meta.numel(), e->meta.dtype, e->prescale);

@@ -56,8 +56,10 @@ void patchCount(FramedMessage& m, size_t at, uint32_t count) { std::memcpy(m.byt
 
 }  // namespace
 
-GroupMessageWriter::GroupMessageWriter(int32_t rank, const std::vector<char>& announcements, size_t sums)
+GroupMessageWriter::GroupMessageWriter(int32_t rank, const std::vector<char>& announcements, size_t sums,
+                                       size_t sumBytes)
     : sums_(sums) {
+  msg_.bytes.reserve(FramedMessage::kHeaderBytes + 24 + announcements.size() + sumBytes + sums * (24 + kAlign));
   wire::put<uint32_t>(msg_.bytes, kGroupMagic);
   wire::put<uint32_t>(msg_.bytes, 1);
   putRank(msg_, {rank, announcements.data(), announcements.size()});
@@ -110,7 +112,8 @@ GroupMessage GroupMessage::parse(const FramedMessage& m, int fromRank) {
     r.take((kAlign - r.position() % kAlign) % kAlign);
     s.data = r.take(s.bytes);
     if (reinterpret_cast<uintptr_t>(s.data) % kAlign != 0) r.corrupt("eager sum '" + std::string(s.name) + "' misaligned");
-    if (s.bytes != s.count * dtypeSize(s.dtype)) r.corrupt("eager sum '" + std::string(s.name) + "' has the wrong size");
+    if (s.bytes % dtypeSize(s.dtype) != 0 || s.count != s.bytes / dtypeSize(s.dtype))
+      r.corrupt("eager sum '" + std::string(s.name) + "' has the wrong size");
     if (!g.sums.empty() && g.sums.back().name >= s.name) r.corrupt("eager sums out of order");
     g.sums.push_back(s);
   }
@@ -140,16 +143,18 @@ FramedMessage GroupMessage::combine(const GroupMessage& a, const GroupMessage& b
   const size_t rankCountAt = out.bytes.size();
   wire::put<uint32_t>(out.bytes, 0);
   uint32_t nRanks = 0;
-  // Both lists are sorted: one merge. A rank in both (never, for disjoint groups) is taken from b.
+  // Both lists are sorted: one merge. The groups are disjoint: a rank in both is refused.
   for (size_t i = 0, j = 0; i < a.ranks.size() || j < b.ranks.size(); ++nRanks) {
     if (j == b.ranks.size() || (i < a.ranks.size() && a.ranks[i].rank < b.ranks[j].rank)) {
       putRank(out, a.ranks[i++]);
     } else {
-      if (i < a.ranks.size() && a.ranks[i].rank == b.ranks[j].rank) ++i;
+      NRT_CHECK(i == a.ranks.size() || a.ranks[i].rank != b.ranks[j].rank, "neptune_rt: the negotiation met rank ",
+                b.ranks[j].rank, "'s message twice (a corrupt message, or ranks out of step)");
       putRank(out, b.ranks[j++]);
     }
   }
   patchCount(out, rankCountAt, nRanks);
+  const bool lowerFirst = b.ranks.empty() || (!a.ranks.empty() && a.ranks.front().rank < b.ranks.front().rank);
   const size_t sumCountAt = out.bytes.size();
   wire::put<uint32_t>(out.bytes, 0);
   uint32_t nSums = 0;
@@ -167,9 +172,13 @@ FramedMessage GroupMessage::combine(const GroupMessage& a, const GroupMessage& b
       const Sum& mine = a.sums[i++];
       const Sum& theirs = b.sums[j++];
       if (mine.dtype != theirs.dtype || mine.op != theirs.op || mine.count != theirs.count) continue;  // dropped
-      putSumHeader(out, mine.name, mine.dtype, mine.op, mine.count, mine.contributors + theirs.contributors,
-                   mine.bytes);
-      reduceInto(appendData(out, mine.data, mine.bytes), theirs.data, mine.count, mine.dtype, mine.op);
+      // The lower ranks' sum first on both sides of the exchange: min, max (NaN, +0 against -0) and even sums (NaN
+      // payloads) depend on the operands' order, and both sides must compute the same bytes.
+      const Sum& first = lowerFirst ? mine : theirs;
+      const Sum& second = lowerFirst ? theirs : mine;
+      putSumHeader(out, first.name, first.dtype, first.op, first.count, first.contributors + second.contributors,
+                   first.bytes);
+      reduceInto(appendData(out, first.data, first.bytes), second.data, first.count, first.dtype, first.op);
       ++nSums;
     }
   }

@@ -24,9 +24,10 @@ namespace nrt {
 // added in ascending name order (every message keeps its sums sorted, so a combine is one merge).
 class GroupMessageWriter {
  public:
-  GroupMessageWriter(int32_t rank, const std::vector<char>& announcements, size_t sums);
+  // `sums`: how many addSum calls follow; `sumBytes`: their data bytes and names (reserved up front).
+  GroupMessageWriter(int32_t rank, const std::vector<char>& announcements, size_t sums, size_t sumBytes = 0);
   // Appends a sum of one contributor, a copy of `bytes` bytes at `data`, and returns where the copy lies (8-byte
-  // aligned, for scaling in place).
+  // aligned, for scaling in place; valid until the next addSum).
   char* addSum(const std::string& name, DataType dtype, ReduceOp op, uint64_t count, const void* data, size_t bytes);
   FramedMessage finish();
 
@@ -60,7 +61,8 @@ struct GroupMessage {  // views into a message's bytes, valid while they live
   const Sum* findSum(std::string_view name) const;
   // The union of two disjoint groups. Sums of one name are reduced when dtype, op and count agree, and
   // dropped otherwise (the metadata check then reports the mismatch). combine(a, b) and combine(b, a) are
-  // identical to the bit, since the reductions are commutative: every rank ends with the same message.
+  // identical to the bit (the group holding the lower rank is always the first operand: min, max and NaN
+  // payloads depend on the order), so every rank ends with the same message.
   static FramedMessage combine(const GroupMessage& a, const GroupMessage& b);
   // The exchange's combine step (exchange.h) over two framed group messages.
   static FramedMessage combineFramed(const FramedMessage& ours, const FramedMessage& theirs, int theirRank);
