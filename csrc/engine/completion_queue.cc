@@ -38,7 +38,16 @@ void CompletionQueue::push(std::function<void()> task) {
 }
 
 void CompletionQueue::push(std::vector<std::function<void()>> tasks) {
-  for (auto& t : tasks) push(std::move(t));
+  if (tasks.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopped_) {
+      for (auto& t : tasks) tasks_.push_back(std::move(t));
+      cv_.notify_one();  // one wake-up for the batch
+      return;
+    }
+  }
+  for (const auto& t : tasks) runOne(t);
 }
 
 void CompletionQueue::stop() {

@@ -23,6 +23,7 @@ class CompletionQueue {
 
   // Queued work runs on the queue's thread; after stop(), on the caller's thread at once.
   void push(std::function<void()> task);
+  // A batch: one lock and one wake-up of the queue's thread for all of them.
   void push(std::vector<std::function<void()>> tasks);
   // Runs what is queued, then ends the thread. Idempotent. Throws std::logic_error on the queue's own thread
   // (it would wait for itself).

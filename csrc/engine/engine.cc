@@ -126,6 +126,10 @@ Engine::StepResult Engine::step() {
   }
   pendingCount_.store(pending_.size(), std::memory_order_release);
   if (pending_.empty()) return StepResult::kNoProgress;  // nothing to negotiate: do not enter the exchange
+  struct FlushCallbacks {  // whatever the cycle finished reaches the completion queue, on every way out
+    Engine& engine;
+    ~FlushCallbacks() { engine.flushCallbacks(); }
+  } flushCallbacks{*this};
   try {
     const bool progress = cycle();
     pendingCount_.store(pending_.size(), std::memory_order_release);
@@ -271,7 +275,17 @@ void Engine::finish(Entry& e, const std::string& error) {
     inFlight_.erase(std::string_view(e.meta.name));
   }
   if (e.meta.codec != codec_format::kNone) --compressedInFlight_;
-  completions_.push(e.handle->complete(error));
+  std::vector<std::function<void()>> callbacks = e.handle->complete(error);
+  for (auto& c : callbacks) finishedCallbacks_.push_back(std::move(c));
+}
+
+void Engine::flushCallbacks() {
+  // One push per bucket, not per member: each push wakes the completion thread, which shares a core with the cycle's
+  // owner more often than not, so a 200-member group woke it 200 times and handed the core back and forth.
+  if (finishedCallbacks_.empty()) return;
+  std::vector<std::function<void()>> batch;
+  batch.swap(finishedCallbacks_);
+  completions_.push(std::move(batch));
 }
 
 void Engine::execute(const MatchResult& match) {
@@ -302,7 +316,11 @@ void Engine::execute(const MatchResult& match) {
     for (const ReadyTensor* t : bucket) t->executed = true;
   learn(match);
   for (const ReadyTensor* t : eager) executeEager(*t, localOf(*t));
-  for (const auto& bucket : buckets) executeBucket(bucket);
+  flushCallbacks();
+  for (const auto& bucket : buckets) {
+    executeBucket(bucket);
+    flushCallbacks();  // this bucket's callbacks run while the next one is reduced
+  }
   for (const ReadyTensor& t : match.ready) {
     if (!t.error.empty()) continue;
     Entry* local = localOf(t);

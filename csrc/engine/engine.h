@@ -177,7 +177,8 @@ class Engine {
   void executeBroadcast(const ReadyTensor& t, Entry* local);
   void trackStalls(const MatchResult& match);
   void failAbandoned(const std::vector<std::string>& abandoned, const MatchResult& match);
-  void finish(Entry& e, const std::string& error = std::string());
+  void finish(Entry& e, const std::string& error = std::string());  // callbacks wait for flushCallbacks()
+  void flushCallbacks();
   void log(int level, const std::string& message);
   // After a failure of this rank's own (not a peer's, not a timeout): one last negotiation that tells the
   // peers why, so they stop in their next cycle instead of waiting out the timeout.
@@ -259,6 +260,9 @@ class Engine {
   bool deferFinish_ = false;  // finish() collects into deferredFinish_ (recordCompressedBucket)
   std::vector<std::pair<Entry*, std::string>> deferredFinish_;
 
+  // Callbacks of handles finished by the cycle in progress (cycle owner only), pushed to completions_ as one batch
+  // per bucket by flushCallbacks().
+  std::vector<std::function<void()>> finishedCallbacks_;
   CompletionQueue completions_;  // callbacks and log lines; outlives the engine thread (declared before it)
   std::thread thread_;
 };

@@ -76,7 +76,11 @@ void Engine::failEverything(const std::string& error, bool timedOut) {
     inFlight_.clear();
     compressedInFlight_ = 0;
   }
-  for (Entry& e : all) completions_.push(e.handle->complete(error, timedOut));
+  flushCallbacks();  // callbacks of handles that finished before the failure run first, in completion order
+  std::vector<std::function<void()>> callbacks;
+  for (Entry& e : all)
+    for (auto& c : e.handle->complete(error, timedOut)) callbacks.push_back(std::move(c));
+  completions_.push(std::move(callbacks));
 }
 
 }  // namespace nrt
