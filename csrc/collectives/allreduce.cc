@@ -47,8 +47,8 @@ AllreduceAlgorithm resolveAllreduceAlgorithm(AllreduceAlgorithm requested, size_
 namespace {
 
 // Recursive doubling on the shared schedule (doubling.h): fold, exchange whole buffers with the partner of
-// each step, unfold. Each exchange combines the same two operands on both sides in the same commutative way,
-// so all ranks end bitwise equal.
+// each step, unfold. Each exchange combines the same two operands on both sides, the lower rank's first (min, max
+// and NaN payloads depend on the order), so all ranks end bitwise equal.
 void recursiveDoubling(Communicator& comm, const AllreduceOptions& o) {
   const DoublingSchedule plan(comm.size(), comm.rank());
   const size_t bytes = o.count * dtypeSize(o.dtype);

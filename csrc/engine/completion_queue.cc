@@ -37,17 +37,26 @@ void CompletionQueue::push(std::function<void()> task) {
   runOne(task);
 }
 
-void CompletionQueue::push(std::vector<std::function<void()>> tasks) {
+void CompletionQueue::push(std::vector<std::function<void()>>&& tasks) {
   if (tasks.empty()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!stopped_) {
-      for (auto& t : tasks) tasks_.push_back(std::move(t));
+      size_t queued = 0;
+      try {
+        for (; queued < tasks.size(); ++queued) tasks_.push_back(std::move(tasks[queued]));
+      } catch (...) {  // out of memory: what was queued runs, the rest stays with the caller for a later push
+        tasks.erase(tasks.begin(), tasks.begin() + static_cast<std::ptrdiff_t>(queued));
+        if (queued) cv_.notify_one();
+        throw;
+      }
+      tasks.clear();
       cv_.notify_one();  // one wake-up for the batch
       return;
     }
   }
   for (const auto& t : tasks) runOne(t);
+  tasks.clear();
 }
 
 void CompletionQueue::stop() {

@@ -23,8 +23,9 @@ class CompletionQueue {
 
   // Queued work runs on the queue's thread; after stop(), on the caller's thread at once.
   void push(std::function<void()> task);
-  // A batch: one lock and one wake-up of the queue's thread for all of them.
-  void push(std::vector<std::function<void()>> tasks);
+  // A batch: one lock and one wake-up of the queue's thread for all of them. Moves them out of `tasks` (empty
+  // afterwards); if queueing runs out of memory, the ones not queued stay in `tasks` and the error propagates.
+  void push(std::vector<std::function<void()>>&& tasks);
   // Runs what is queued, then ends the thread. Idempotent. Throws std::logic_error on the queue's own thread
   // (it would wait for itself).
   void stop();

@@ -128,7 +128,12 @@ Engine::StepResult Engine::step() {
   if (pending_.empty()) return StepResult::kNoProgress;  // nothing to negotiate: do not enter the exchange
   struct FlushCallbacks {  // whatever the cycle finished reaches the completion queue, on every way out
     Engine& engine;
-    ~FlushCallbacks() { engine.flushCallbacks(); }
+    ~FlushCallbacks() {
+      try {
+        engine.flushCallbacks();
+      } catch (...) {  // out of memory: the callbacks not queued wait for the next flush
+      }
+    }
   } flushCallbacks{*this};
   try {
     const bool progress = cycle();
@@ -282,10 +287,7 @@ void Engine::finish(Entry& e, const std::string& error) {
 void Engine::flushCallbacks() {
   // One push per bucket, not per member: each push wakes the completion thread, which shares a core with the cycle's
   // owner more often than not, so a 200-member group woke it 200 times and handed the core back and forth.
-  if (finishedCallbacks_.empty()) return;
-  std::vector<std::function<void()>> batch;
-  batch.swap(finishedCallbacks_);
-  completions_.push(std::move(batch));
+  completions_.push(std::move(finishedCallbacks_));  // keeps what it could not queue, for the next flush
 }
 
 void Engine::execute(const MatchResult& match) {
@@ -324,6 +326,8 @@ void Engine::execute(const MatchResult& match) {
   for (const ReadyTensor& t : match.ready) {
     if (!t.error.empty()) continue;
     Entry* local = localOf(t);
+    // What finished so far does not wait behind a collective that may block (until its timeout, at worst).
+    if (t.meta.type == OpType::kAllgather || t.meta.type == OpType::kBroadcast) flushCallbacks();
     if (t.meta.type == OpType::kAllgather) executeAllgather(t, local);
     if (t.meta.type == OpType::kBroadcast) executeBroadcast(t, local);
     if (t.meta.type == OpType::kBarrier && local) finish(*local);

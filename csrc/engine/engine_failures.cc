@@ -76,11 +76,10 @@ void Engine::failEverything(const std::string& error, bool timedOut) {
     inFlight_.clear();
     compressedInFlight_ = 0;
   }
-  flushCallbacks();  // callbacks of handles that finished before the failure run first, in completion order
-  std::vector<std::function<void()>> callbacks;
+  // Callbacks of handles that finished before the failure run first, in completion order.
   for (Entry& e : all)
-    for (auto& c : e.handle->complete(error, timedOut)) callbacks.push_back(std::move(c));
-  completions_.push(std::move(callbacks));
+    for (auto& c : e.handle->complete(error, timedOut)) finishedCallbacks_.push_back(std::move(c));
+  flushCallbacks();
 }
 
 }  // namespace nrt
