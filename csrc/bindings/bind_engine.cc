@@ -116,10 +116,12 @@ std::function<void(int, const std::string&)> pythonLogSink() {
   };
 }
 
+// enqueue_allreduce and allreduce_now: the entry, with every argument checked.
 Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer input, py::buffer output,
                      const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                     double prescale, double postscale) {
+                     double prescale, double postscale, bool errorFeedback) {
   Entry e;
+  e.errorFeedback = errorFeedback;
   e.meta = makeMeta(name, OpType::kAllreduce, dtype, std::move(shape));
   e.meta.op = reduceOpFromName(op);
   NRT_CHECK_ARG(codec >= 0 && codec <= 0xff, "neptune_rt: tensor '", name, "': codec id ", codec, " is out of range");
@@ -135,22 +137,13 @@ Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer i
   return e;
 }
 
-// enqueue_allreduce (callerWaits false) and allreduce_now (true: enqueue, then wait on this thread).
-Entry allreduceCallEntry(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
-                         const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                         double prescale, double postscale, bool errorFeedback) {
-  Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale);
-  e.errorFeedback = errorFeedback;
-  return e;
-}
-
 // A synchronous all-reduce: enqueued without waking the engine thread, then driven to completion on this thread.
 // None when it completed cleanly (the common case: no handle object for Python to make and query), else the
 // handle, which keeps the buffers' owner waiting and says how it ended.
 py::object allreduceNow(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
                         const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
                         double prescale, double postscale, bool errorFeedback) {
-  Entry e = allreduceCallEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale,
+  Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale,
                                errorFeedback);
   std::shared_ptr<Handle> h;
   {
@@ -165,52 +158,6 @@ py::object allreduceNow(Engine& engine, const std::string& name, py::buffer inpu
   }
   if (h->done() && !h->failed()) return py::none();
   return py::cast(h);
-}
-py::dict statsDict(const EngineStats::Totals& t) {
-  py::dict codecs;
-  for (Codec c : allCodecs())
-    if (t.codecBuckets[static_cast<int>(c)]) codecs[codecName(c)] = t.codecBuckets[static_cast<int>(c)];
-  py::dict d;
-  d["buckets"] = t.buckets;
-  d["tensors"] = t.tensors;
-  d["bytes_raw"] = t.bytesRaw;
-  d["bytes_wire"] = t.bytesWire;
-  d["negotiate_s"] = t.negotiateSeconds;
-  d["encode_s"] = t.encodeSeconds;
-  d["wire_s"] = t.wireSeconds;
-  d["decode_s"] = t.decodeSeconds;
-  d["wait_s"] = t.waitSeconds;
-  d["codecs"] = codecs;
-  d["cycles"] = t.cycles;
-  d["handoffs"] = t.handoffs;
-  d["build_s"] = t.buildSeconds;
-  d["exchange_s"] = t.exchangeSeconds;
-  d["match_s"] = t.matchSeconds;
-  d["execute_s"] = t.executeSeconds;
-  d["cache_hits"] = t.cacheHits;
-  d["cache_misses"] = t.cacheMisses;
-  d["cache_invalidations"] = t.cacheInvalidations;
-  d["cache_evictions"] = t.cacheEvictions;
-  return d;
-}
-
-py::list recordList(const std::vector<BucketRecord>& records) {
-  py::list out;
-  for (const BucketRecord& r : records) {
-    py::dict d;
-    d["start"] = r.start;
-    d["codec"] = r.codec;
-    d["tensors"] = r.tensors;
-    d["bytes_raw"] = r.bytesRaw;
-    d["bytes_wire"] = r.bytesWire;
-    d["encode_s"] = r.encodeSeconds;
-    d["wire_s"] = r.wireSeconds;
-    d["decode_s"] = r.decodeSeconds;
-    d["algorithm"] = r.algorithm;
-    d["packed"] = r.packed;
-    out.append(d);
-  }
-  return out;
 }
 
 // The parts of a grouped all-reduce that every member shares, resolved once: a 200-tensor group then costs about a
@@ -353,7 +300,7 @@ void registerEngine(py::module_& m) {
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
              std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
              bool errorFeedback) {
-            Entry e = allreduceCallEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
+            Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
                                          postscale, errorFeedback);
             py::gil_scoped_release release;
             return engine.enqueue(std::move(e), false);
@@ -457,9 +404,9 @@ void registerEngine(py::module_& m) {
       .def("wait_group", [](Engine& e, const HandleGroup& g, double timeout) { return e.waitForAll(g, timeout); },
            py::arg("group"), py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for every member of a group, running negotiation cycles on this thread while the engine is idle")
-      .def("stats", [](Engine& e) { return statsDict(e.stats().totals()); },
+      .def("stats", [](Engine& e) { return engineStatsDict(e.stats().totals()); },
            "Cumulative counters since the engine started (no synchronisation)")
-      .def("bucket_records", [](Engine& e, bool clear) { return recordList(e.stats().records(clear)); },
+      .def("bucket_records", [](Engine& e, bool clear) { return bucketRecordList(e.stats().records(clear)); },
            py::arg("clear") = true, "The last BUCKET_RECORDS_KEPT per-bucket records, oldest first")
       .def("_fail_next_cycle", &Engine::failNextCycleForTesting, py::arg("what"),
            "Tests only: this rank's next cycle fails with `what`, as if its engine thread had failed")

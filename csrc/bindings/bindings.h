@@ -9,6 +9,7 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "engine/engine_stats.h"
 
 namespace nrt {
 // mpi4py_bridge.cc: wraps any mpi4py communicator (COMM_WORLD, a Split sub-communicator). Set-up is
@@ -34,6 +35,9 @@ auto runDirect(Communicator& comm, std::initializer_list<pybind11::handle> buffe
 void registerCollectives(pybind11::module_& m);  // bind_collectives.cc: direct collectives + info
 void registerHandles(pybind11::module_& m);      // bind_handles.cc: handles, handle groups, cost model
 void registerEngine(pybind11::module_& m);       // bind_engine.cc: background engine
+// bind_engine_stats.cc: the engine's stats() totals and bucket_records() rows as Python objects.
+pybind11::dict engineStatsDict(const EngineStats::Totals& totals);
+pybind11::list bucketRecordList(const std::vector<BucketRecord>& records);
 void registerCodecs(pybind11::module_& m);       // bind_codecs.cc: quantization codecs (CPU)
 void registerCompressed(pybind11::module_& m);   // bind_compressed.cc: compressed all-reduce
 }  // namespace nrt
