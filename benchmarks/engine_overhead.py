@@ -6,6 +6,8 @@ Two cases, each timed interleaved with its bare-MPI peer (benchmarks/common.py: 
 the slowest rank's time per operation):
   latency  a 4 KB float32 all-reduce through the engine, synchronous (`neptune_rt`: allreduce_, the peer of a
            blocking MPI_Allreduce) and as allreduce_async_ + wait (`async_wait`), vs MPI_Allreduce (mpi4py);
+           where torch is installed also of a CPU torch tensor over the same memory, through neptune_rt.torch's
+           allreduce_ (`torch_sync`) and allreduce_async_ + wait (`torch_async_wait`);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
            running-statistics buffers; channels divided by --divisor), submitted five ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200
@@ -147,6 +149,20 @@ def enqueue_time(buf: np.ndarray, calls: int) -> float:
     return spent / calls * 1e6
 
 
+def torch_latency_cases(buf4k: np.ndarray) -> dict:
+    """The 4 KB all-reduce of a CPU torch tensor sharing buf4k's memory, where torch is installed: Horovod's
+    synchronous `allreduce_` (`torch_sync`) and `allreduce_async_` + wait (`torch_async_wait`, the way the
+    synchronous call went before it became one native call)."""
+    try:
+        import torch
+        import neptune_rt.torch as nrt_torch
+    except ImportError:
+        return {}
+    t4k = torch.from_numpy(buf4k)
+    return {"torch_sync": lambda: nrt_torch.allreduce_(t4k, name="lat4k", op=nrt_torch.Sum),
+            "torch_async_wait": lambda: nrt_torch.allreduce_async_(t4k, name="lat4k", op=nrt_torch.Sum).wait()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=7)
@@ -169,6 +185,7 @@ def main() -> None:
     latency = {"neptune_rt": lambda: nrt.allreduce_(buf4k, name="lat4k"),
                "async_wait": lambda: nrt.allreduce_async_(buf4k, name="lat4k").wait(),
                "mpi": lambda: WORLD.Allreduce(MPI.IN_PLACE, buf4k, op=MPI.SUM)}
+    latency.update(torch_latency_cases(buf4k))
     shapes = resnet50_shapes(args.divisor)
     tensors = [rng.integers(-8, 8, int(np.prod(s))).astype(np.float32).reshape(s) for s in shapes]
     total = sum(t.nbytes for t in tensors)

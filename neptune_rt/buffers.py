@@ -20,8 +20,16 @@ class HostView:
     write_back: Callable[[np.ndarray], None] | None = None
 
 
+_TORCH_TYPES: dict[type, bool] = {}  # type -> is a torch tensor type; the module test costs ~1 us per call
+
+
 def _is_torch(obj: Any) -> bool:
-    return type(obj).__module__.startswith("torch") and hasattr(obj, "dtype") and hasattr(obj, "device")
+    kind = type(obj)
+    known = _TORCH_TYPES.get(kind)
+    if known is None:
+        known = _TORCH_TYPES[kind] = kind.__module__.startswith("torch") and hasattr(kind, "dtype") and \
+            hasattr(kind, "device")
+    return known
 
 
 def _is_cupy(obj: Any) -> bool:
@@ -89,7 +97,7 @@ def _torch_view(t: Any, name: str) -> HostView:
     import torch
     dtype = dtype_name(t)
     _require_contiguous(t.is_contiguous(), name)
-    data = t.detach()
+    data = t.detach() if t.requires_grad else t  # .numpy() refuses a tensor that requires grad
     if data.device.type != "cpu":
         # Stage through pinned host memory; .to() orders the copy after the producing stream's work.
         host = torch.empty(data.shape, dtype=data.dtype, pin_memory=torch.cuda.is_available())

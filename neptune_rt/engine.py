@@ -391,6 +391,30 @@ def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | 
     return _track(Handle(native, (tensor, out), None, out)).wait()
 
 
+def _allreduce_viewed(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
+                      postscale: float, adaptive: bool) -> Any:
+    # Any other buffer (torch or cupy tensors, non-contiguous or read-only arrays): the same single native call
+    # through a host view, then the copy back where the view staged the data. Not allreduce_async + wait: the
+    # asynchronous submission wakes the engine thread (4 KB torch allreduce_, 2 ranks a core each: about 190 us
+    # that way against 20-30 this way, docs/design.md "Synchronous calls").
+    engine = _require()
+    error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
+    name = _auto_name("allreduce", name)
+    _check_op(op, name)
+    view = host_view(tensor, name, writable=in_place)
+    if in_place:
+        out, out_view = tensor, view
+    else:
+        out = empty_like(tensor)
+        out_view = host_view(out, name, writable=True)
+    native = engine.allreduce_now(name, view.array, out_view.array, view.dtype, view.shape, op,
+                                  codec_id(codec, adaptive), prescale, postscale, error_feedback)
+    finalize = _written(out, out_view)
+    if native is None:
+        return finalize()
+    return _track(Handle(native, (tensor, view, out, out_view), finalize)).wait()  # as in _allreduce_now
+
+
 def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
               prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
     """All-reduce into a new object of the input's type. codec: "none" (dense), "fp16", "bf16", "int8",
@@ -399,7 +423,7 @@ def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str 
     dtype = plain_array(tensor, False)
     if dtype is not None:
         return _allreduce_now(tensor, np.empty_like(tensor), dtype, name, op, codec, prescale, postscale, adaptive)
-    return allreduce_async(tensor, name, op, codec, prescale, postscale, adaptive).wait()
+    return _allreduce_viewed(tensor, False, name, op, codec, prescale, postscale, adaptive)
 
 
 def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
@@ -408,7 +432,7 @@ def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str
     dtype = plain_array(tensor, True)
     if dtype is not None:
         return _allreduce_now(tensor, tensor, dtype, name, op, codec, prescale, postscale, adaptive)
-    return allreduce_async_(tensor, name, op, codec, prescale, postscale, adaptive).wait()
+    return _allreduce_viewed(tensor, True, name, op, codec, prescale, postscale, adaptive)
 
 
 def synchronize(handle: Handle, timeout: float | None = None) -> Any:

@@ -88,6 +88,14 @@ def _codec(compression: Compressor) -> str:
 
 def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None, op: str,
                        prescale: float, postscale: float, compression: Compressor) -> Handle:
+    return _allreduce(tensor, in_place, call, name, op, prescale, postscale, compression, False)
+
+
+def _allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None, op: str, prescale: float,
+               postscale: float, compression: Compressor, synchronous: bool) -> Any:
+    # synchronous: the engine's one-call all-reduce, and the result rather than a Handle. allreduce_async(...).wait()
+    # would wake the engine thread for work this thread is about to drive anyway (docs/design.md, "Synchronous
+    # calls").
     _wire.check_tensor(tensor, call, name)
     compressed, ctx = compression.compress(tensor)
     _wire.check_reducible(compressed, call, name)
@@ -104,9 +112,12 @@ def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: st
         work, private = work.to(wide), True
     args = (name, op, _codec(compression), prescale, postscale, _adaptive(compression))
     # A private copy (made by the compressor or above) is reduced in place: no second copy.
-    inner = _engine.allreduce_async_(work, *args) if in_place or private else _engine.allreduce_async(work, *args)
+    if synchronous:
+        reduced = _engine.allreduce_(work, *args) if in_place or private else _engine.allreduce(work, *args)
+    else:
+        inner = _engine.allreduce_async_(work, *args) if in_place or private else _engine.allreduce_async(work, *args)
     if in_place and work is tensor and int_post == 1.0:
-        return Handle(inner)  # reduced where it lies; nothing to convert or copy back
+        return reduced if synchronous else Handle(inner)  # reduced where it lies; nothing to convert or copy back
 
     def finish(out: torch.Tensor) -> torch.Tensor:
         if out.dtype != dtype:
@@ -119,7 +130,7 @@ def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: st
         with torch.no_grad():
             tensor.copy_(out)
         return tensor
-    return Handle(inner, finish)
+    return finish(reduced) if synchronous else Handle(inner, finish)
 
 
 def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
@@ -151,15 +162,16 @@ def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | Non
                              f"{_codec(compression)!r}; detach the tensor or use Compression.fp16/bf16")
         out = AllreduceFn.apply(compressed, name, op, prescale_factor, postscale_factor)
         return compression.decompress(out, ctx)
-    return allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor, compression).wait()
+    return _allreduce(tensor, False, "allreduce", name, resolve_op(op, average), prescale_factor, postscale_factor,
+                      compression, True)
 
 
 def allreduce_(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
                op: str | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                compression: Compressor = Compression.none) -> torch.Tensor:
     """In-place all-reduce (default: average over ranks); returns `tensor`."""
-    return _enqueue_allreduce(tensor, True, "allreduce_", name, resolve_op(op, average), prescale_factor,
-                              postscale_factor, compression).wait()
+    return _allreduce(tensor, True, "allreduce_", name, resolve_op(op, average), prescale_factor, postscale_factor,
+                      compression, True)
 
 
 def allgather_async(tensor: torch.Tensor, name: str | None = None) -> Handle:

@@ -1,0 +1,57 @@
+"""Horovod's synchronous all-reduces of torch tensors (neptune_rt.torch.allreduce_ / allreduce, and the engine's
+allreduce_ / allreduce given a torch tensor) are one native call whose caller drives the cycle: they never wake the
+engine thread. Run by tests/torch/test_ops.py with NEPTUNE_RT_DRIVE_WINDOW_US=0, where a woken engine thread takes
+every cycle at once, so each wake shows as a hand-off when the caller then waits. The asynchronous control
+(allreduce_async_ + wait, how the synchronous calls went before) is handed off: the check can fail."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+import neptune_rt as nrt_engine
+import neptune_rt.torch as nrt
+from common import close, finish, setup
+
+rank, size = setup(gloo=False)
+g = torch.Generator().manual_seed(77 + rank)
+WORLD = MPI.COMM_WORLD
+
+
+def mpi_sum(t: torch.Tensor) -> torch.Tensor:
+    out = t.numpy().copy()
+    WORLD.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+    return torch.from_numpy(out)
+
+
+ways = {
+    "async_then_wait": lambda t: nrt.allreduce_async_(t, name="sync.t", op=nrt.Sum).wait(),
+    "torch_allreduce_": lambda t: nrt.allreduce_(t, name="sync.t", op=nrt.Sum),
+    "torch_allreduce": lambda t: nrt.allreduce(t, name="sync.t", op=nrt.Sum),
+    "engine_allreduce_": lambda t: nrt_engine.allreduce_(t, name="sync.t"),
+    "engine_allreduce": lambda t: nrt_engine.allreduce(t, name="sync.t"),
+}
+handoffs = {}
+for way, run in ways.items():
+    before = nrt_engine.stats()["handoffs"]
+    for rep in range(100):
+        x = torch.randint(-64, 64, (1024,), generator=g).float()
+        want = mpi_sum(x)
+        got = run(x)
+        in_place = way.endswith("_") or way == "async_then_wait"
+        assert (got is x) == in_place, f"rank {rank}: {way} returned {'a new tensor' if in_place else 'its input'}"
+        close(f"{way} rep {rep}", got, want, atol=0)
+    handoffs[way] = nrt_engine.stats()["handoffs"] - before
+
+# bf16 and int16 take the view's raw words and the int32 widening: still exact through the synchronous path.
+b = torch.randint(-8, 8, (300,), generator=g).to(torch.bfloat16)
+close("bfloat16 allreduce_", nrt.allreduce_(b.clone(), name="sync.bf16", op=nrt.Sum), mpi_sum(b.float()), atol=0)
+i16 = torch.randint(-100, 100, (300,), generator=g, dtype=torch.int16)
+close("int16 allreduce", nrt.allreduce(i16, name="sync.i16", op=nrt.Sum), mpi_sum(i16.float()), atol=0)
+
+counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
+for way in ways:
+    if way != "async_then_wait":
+        assert all(c[way] <= 3 for c in counts), f"synchronous {way} was handed off: {counts}"
+assert sum(c["async_then_wait"] for c in counts) >= 5, f"the asynchronous control was hardly handed off: {counts}"
+finish(str(handoffs))
