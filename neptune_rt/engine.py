@@ -393,10 +393,11 @@ def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | 
 
 def _allreduce_viewed(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
                       postscale: float, adaptive: bool) -> Any:
-    # Any other buffer (torch or cupy tensors, non-contiguous or read-only arrays): the same single native call
-    # through a host view, then the copy back where the view staged the data. Not allreduce_async + wait: the
-    # asynchronous submission wakes the engine thread (4 KB torch allreduce_, 2 ranks a core each: about 190 us
-    # that way against 20-30 this way, docs/design.md "Synchronous calls").
+    # Any other buffer host_view accepts (torch or cupy tensors, ndarray subclasses, other buffer objects, a
+    # read-only array reduced out of place): the same single native call through a host view, then the copy back
+    # where the view staged the data; what host_view refuses is refused as before. Not allreduce_async + wait:
+    # the asynchronous submission wakes the engine thread (4 KB torch allreduce_, 2 ranks a core each: 148-178 us
+    # that way against 43-48 this way, docs/design.md "Synchronous calls").
     engine = _require()
     error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
     name = _auto_name("allreduce", name)

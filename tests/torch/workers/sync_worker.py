@@ -45,13 +45,18 @@ for way, run in ways.items():
 
 # bf16 and int16 take the view's raw words and the int32 widening: still exact through the synchronous path.
 b = torch.randint(-8, 8, (300,), generator=g).to(torch.bfloat16)
-close("bfloat16 allreduce_", nrt.allreduce_(b.clone(), name="sync.bf16", op=nrt.Sum), mpi_sum(b.float()), atol=0)
+b_sum = nrt.allreduce_(b.clone(), name="sync.bf16", op=nrt.Sum)
+assert b_sum.dtype == torch.bfloat16, f"rank {rank}: bfloat16 allreduce_ came back as {b_sum.dtype}"
+close("bfloat16 allreduce_", b_sum, mpi_sum(b.float()), atol=0)
 i16 = torch.randint(-100, 100, (300,), generator=g, dtype=torch.int16)
-close("int16 allreduce", nrt.allreduce(i16, name="sync.i16", op=nrt.Sum), mpi_sum(i16.float()), atol=0)
+i16_sum = nrt.allreduce(i16, name="sync.i16", op=nrt.Sum)
+assert i16_sum.dtype == torch.int16, f"rank {rank}: int16 allreduce came back as {i16_sum.dtype}"
+close("int16 allreduce", i16_sum, mpi_sum(i16.float()), atol=0)
 
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
     if way != "async_then_wait":
         assert all(c[way] <= 3 for c in counts), f"synchronous {way} was handed off: {counts}"
-assert sum(c["async_then_wait"] for c in counts) >= 5, f"the asynchronous control was hardly handed off: {counts}"
+# The control (18-39 of 100 a rank here) shows that this machine lets a woken engine thread take the cycle.
+assert min(c["async_then_wait"] for c in counts) >= 10, f"the asynchronous control was hardly handed off: {counts}"
 finish(str(handoffs))
