@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from neptune_rt import _env
-from neptune_rt.buffers import HostView, empty_like, host_view, plain_array
+from neptune_rt.buffers import HostView, _is_torch, dtype_name, empty_like, host_view, plain_array
 
 __all__ = [
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "comm",
@@ -402,6 +402,14 @@ def _allreduce_viewed(tensor: Any, in_place: bool, name: str | None, op: str, co
     error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
     name = _auto_name("allreduce", name)
     _check_op(op, name)
+    if _is_torch(tensor) and tensor.is_cpu and tensor.is_contiguous() and tensor.numel() > 0:
+        # Its memory by address: no numpy array made and freed per call (about 5 us of a 4 KB call's 17, 1 rank).
+        dtype = dtype_name(tensor)
+        out = tensor if in_place else tensor.new_empty(tensor.shape)
+        nbytes = tensor.numel() * tensor.element_size()
+        native = engine.allreduce_now_at(name, tensor.data_ptr(), out.data_ptr(), nbytes, dtype, tuple(tensor.shape),
+                                         op, codec_id(codec, adaptive), prescale, postscale, error_feedback)
+        return out if native is None else _track(Handle(native, (tensor, out), None, out)).wait()
     view = host_view(tensor, name, writable=in_place)
     if in_place:
         out, out_view = tensor, view

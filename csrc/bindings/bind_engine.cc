@@ -116,10 +116,11 @@ std::function<void(int, const std::string&)> pythonLogSink() {
   };
 }
 
-// enqueue_allreduce and allreduce_now: the entry, with every argument checked.
-Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer input, py::buffer output,
-                     const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                     double prescale, double postscale, bool errorFeedback) {
+// The entry of an all-reduce without its buffers, every other argument checked (shape first: the size checks of
+// the buffers need a sane numel).
+Entry allreduceEntryMeta(const Engine& engine, const std::string& name, const std::string& dtype,
+                         std::vector<int64_t> shape, const std::string& op, int codec, double prescale,
+                         double postscale, bool errorFeedback) {
   Entry e;
   e.errorFeedback = errorFeedback;
   e.meta = makeMeta(name, OpType::kAllreduce, dtype, std::move(shape));
@@ -128,23 +129,30 @@ Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer i
   e.meta.codec = static_cast<uint8_t>(codec);
   e.prescale = prescale;
   e.postscale = postscale;
-  checkEntry(e, engine.rank(), engine.size());  // shape first: the size check below needs a sane numel
-  BufferView in = viewBuffer(input, dtype, false, name), out = viewBuffer(output, dtype, true, name);
+  checkEntry(e, engine.rank(), engine.size());
+  return e;
+}
+
+void setBuffers(Entry& e, const BufferView& in, const BufferView& out) {
   checkSize(e.meta, in);
   checkSize(e.meta, out);
   e.input = in.ptr;
   e.output = out.ptr;
+}
+
+// enqueue_allreduce and allreduce_now: the entry, with every argument checked.
+Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer input, py::buffer output,
+                     const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                     double prescale, double postscale, bool errorFeedback) {
+  Entry e = allreduceEntryMeta(engine, name, dtype, std::move(shape), op, codec, prescale, postscale, errorFeedback);
+  setBuffers(e, viewBuffer(input, dtype, false, name), viewBuffer(output, dtype, true, name));
   return e;
 }
 
 // A synchronous all-reduce: enqueued without waking the engine thread, then driven to completion on this thread.
 // None when it completed cleanly (the common case: no handle object for Python to make and query), else the
 // handle, which keeps the buffers' owner waiting and says how it ended.
-py::object allreduceNow(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
-                        const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                        double prescale, double postscale, bool errorFeedback) {
-  Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale, postscale,
-                               errorFeedback);
+py::object runNow(Engine& engine, Entry e) {
   std::shared_ptr<Handle> h;
   {
     py::gil_scoped_release release;
@@ -158,6 +166,25 @@ py::object allreduceNow(Engine& engine, const std::string& name, py::buffer inpu
   }
   if (h->done() && !h->failed()) return py::none();
   return py::cast(h);
+}
+
+py::object allreduceNow(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
+                        const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                        double prescale, double postscale, bool errorFeedback) {
+  return runNow(engine, allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
+                                       postscale, errorFeedback));
+}
+
+// allreduce_now on memory given by address and size (a CPU torch tensor's data_ptr(): no numpy array is made and
+// freed per call). The caller guarantees both regions are contiguous, `bytes` long and alive until completion.
+py::object allreduceNowAt(Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
+                          const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                          double prescale, double postscale, bool errorFeedback) {
+  Entry e = allreduceEntryMeta(engine, name, dtype, std::move(shape), op, codec, prescale, postscale, errorFeedback);
+  NRT_CHECK_ARG(input != 0 && output != 0, "neptune_rt: tensor '", name, "': null data address");
+  setBuffers(e, checkedView(reinterpret_cast<void*>(input), bytes, dtype, name),
+             checkedView(reinterpret_cast<void*>(output), bytes, dtype, name));
+  return runNow(engine, std::move(e));
 }
 
 // The parts of a grouped all-reduce that every member shares, resolved once: a 200-tensor group then costs about a
@@ -312,6 +339,10 @@ void registerEngine(py::module_& m) {
       .def("allreduce_now", &allreduceNow, py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"),
            py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
            py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
+      // The same on memory given by address (contiguous, `bytes` long each, kept alive by the caller).
+      .def("allreduce_now_at", &allreduceNowAt, py::arg("name"), py::arg("input"), py::arg("output"),
+           py::arg("bytes"), py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0,
+           py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
       .def(
           "enqueue_allgather",
           [](Engine& engine, const std::string& name, py::buffer input, const std::string& dtype,

@@ -53,10 +53,27 @@ i16_sum = nrt.allreduce(i16, name="sync.i16", op=nrt.Sum)
 assert i16_sum.dtype == torch.int16, f"rank {rank}: int16 allreduce came back as {i16_sum.dtype}"
 close("int16 allreduce", i16_sum, mpi_sum(i16.float()), atol=0)
 
+# CPU tensors go by address (allreduce_now_at): a contiguous slice starts past its storage's first element, and
+# only the slice may change; a tensor that requires grad; an empty tensor takes the host-view path.
+storage = torch.zeros(100)
+storage[10:20] = rank + 1.0
+piece = storage[10:20]
+assert nrt.allreduce_(piece, name="sync.slice", op=nrt.Sum) is piece
+total = float(sum(range(1, size + 1)))
+assert torch.equal(storage[10:20], torch.full((10,), total)), f"rank {rank}: slice {storage[10:20]}"
+assert torch.count_nonzero(storage[:10]) == 0 and torch.count_nonzero(storage[20:]) == 0, \
+    f"rank {rank}: the all-reduce of a slice wrote outside it: {storage}"
+w = torch.full((5,), rank + 1.0, requires_grad=True)
+close("requires_grad allreduce", nrt_engine.allreduce(w, name="sync.grad"), torch.full((5,), total), atol=0)
+assert torch.equal(w.detach(), torch.full((5,), rank + 1.0)), f"rank {rank}: the input changed"
+empty = nrt_engine.allreduce_(torch.empty(0), name="sync.empty")
+assert empty.numel() == 0
+
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
     if way != "async_then_wait":
         assert all(c[way] <= 3 for c in counts), f"synchronous {way} was handed off: {counts}"
-# The control (18-39 of 100 a rank here) shows that this machine lets a woken engine thread take the cycle.
-assert min(c["async_then_wait"] for c in counts) >= 10, f"the asynchronous control was hardly handed off: {counts}"
+# The control shows that this machine lets a woken engine thread take the cycle. Summed over the ranks: which
+# rank's engine thread wins varies (one run here: 70 and 6); the sums seen were 28-76 of 200 calls.
+assert sum(c["async_then_wait"] for c in counts) >= 10, f"the asynchronous control was hardly handed off: {counts}"
 finish(str(handoffs))
