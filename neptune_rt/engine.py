@@ -393,21 +393,22 @@ def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | 
 
 def _allreduce_viewed(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
                       postscale: float, adaptive: bool) -> Any:
-    # Any other buffer host_view accepts (torch or cupy tensors, ndarray subclasses, other buffer objects, a
-    # read-only array reduced out of place): the same single native call through a host view, then the copy back
-    # where the view staged the data; what host_view refuses is refused as before. Not allreduce_async + wait:
-    # the asynchronous submission wakes the engine thread (4 KB torch allreduce_, 2 ranks a core each: 148-178 us
-    # that way against 43-48 this way, docs/design.md "Synchronous calls").
+    # Any other buffer: a contiguous CPU torch tensor by address, anything else host_view accepts (torch GPU or cupy
+    # tensors, ndarray subclasses, other buffer objects, a read-only array reduced out of place) through a host
+    # view, then the copy back where the view staged the data; what host_view refuses is refused as before. Not
+    # allreduce_async + wait: the asynchronous submission wakes the engine thread (4 KB torch allreduce_, 2 ranks a
+    # core each: 148-178 us that way against 24.7-31.0 by address, docs/design.md "Synchronous calls").
     engine = _require()
     error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
     name = _auto_name("allreduce", name)
     _check_op(op, name)
-    if _is_torch(tensor) and tensor.is_cpu and tensor.is_contiguous() and tensor.numel() > 0:
+    if _is_torch(tensor) and tensor.is_cpu and tensor.is_contiguous() and tensor.numel() > 0 and not tensor.is_neg():
         # Its memory by address: no numpy array made and freed per call (about 5 us of a 4 KB call's 17, 1 rank).
+        # Not a tensor with the negative bit set (its memory holds the values negated): host_view refuses it.
         dtype = dtype_name(tensor)
         out = tensor if in_place else tensor.new_empty(tensor.shape)
         nbytes = tensor.numel() * tensor.element_size()
-        native = engine.allreduce_now_at(name, tensor.data_ptr(), out.data_ptr(), nbytes, dtype, tuple(tensor.shape),
+        native = engine._allreduce_now_at(name, tensor.data_ptr(), out.data_ptr(), nbytes, dtype, tuple(tensor.shape),
                                          op, codec_id(codec, adaptive), prescale, postscale, error_feedback)
         return out if native is None else _track(Handle(native, (tensor, out), None, out)).wait()
     view = host_view(tensor, name, writable=in_place)

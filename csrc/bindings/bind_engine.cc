@@ -339,8 +339,9 @@ void registerEngine(py::module_& m) {
       .def("allreduce_now", &allreduceNow, py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"),
            py::arg("shape"), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
            py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
-      // The same on memory given by address (contiguous, `bytes` long each, kept alive by the caller).
-      .def("allreduce_now_at", &allreduceNowAt, py::arg("name"), py::arg("input"), py::arg("output"),
+      // The same on memory given by address (contiguous, `bytes` long each, kept alive by the caller). Internal: it
+      // writes wherever it is told to (neptune_rt.engine passes a CPU torch tensor's data_ptr()).
+      .def("_allreduce_now_at", &allreduceNowAt, py::arg("name"), py::arg("input"), py::arg("output"),
            py::arg("bytes"), py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0,
            py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
       .def(

@@ -43,7 +43,8 @@ for way, run in ways.items():
         close(f"{way} rep {rep}", got, want, atol=0)
     handoffs[way] = nrt_engine.stats()["handoffs"] - before
 
-# bf16 and int16 take the view's raw words and the int32 widening: still exact through the synchronous path.
+# bf16 (2-byte elements by address) and int16 (widened to int32 by the torch layer): exact through the synchronous
+# path, and their dtypes kept.
 b = torch.randint(-8, 8, (300,), generator=g).to(torch.bfloat16)
 b_sum = nrt.allreduce_(b.clone(), name="sync.bf16", op=nrt.Sum)
 assert b_sum.dtype == torch.bfloat16, f"rank {rank}: bfloat16 allreduce_ came back as {b_sum.dtype}"
@@ -53,7 +54,7 @@ i16_sum = nrt.allreduce(i16, name="sync.i16", op=nrt.Sum)
 assert i16_sum.dtype == torch.int16, f"rank {rank}: int16 allreduce came back as {i16_sum.dtype}"
 close("int16 allreduce", i16_sum, mpi_sum(i16.float()), atol=0)
 
-# CPU tensors go by address (allreduce_now_at): a contiguous slice starts past its storage's first element, and
+# CPU tensors go by address (_allreduce_now_at): a contiguous slice starts past its storage's first element, and
 # only the slice may change; a tensor that requires grad; an empty tensor takes the host-view path.
 storage = torch.zeros(100)
 storage[10:20] = rank + 1.0
@@ -68,6 +69,13 @@ close("requires_grad allreduce", nrt_engine.allreduce(w, name="sync.grad"), torc
 assert torch.equal(w.detach(), torch.full((5,), rank + 1.0)), f"rank {rank}: the input changed"
 empty = nrt_engine.allreduce_(torch.empty(0), name="sync.empty")
 assert empty.numel() == 0
+# A tensor with the negative bit set holds its values negated in memory: refused as .numpy() refuses it, never
+# reduced by address (which would sum the stored values: the wrong sign).
+try:
+    nrt_engine.allreduce(torch._neg_view(torch.ones(3)), name="sync.neg")
+    raise AssertionError(f"rank {rank}: a negative-bit tensor was all-reduced")
+except RuntimeError as err:
+    assert "negative bit" in str(err), err
 
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
