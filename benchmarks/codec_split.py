@@ -10,14 +10,17 @@ codec work of a rank (docs/design.md, "Compressed all-reduce: where the time goe
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
 import neptune_rt as nrt
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -50,13 +53,10 @@ def main() -> None:
            "wire_bytes": int(recs[0]["bytes_wire"]) if recs else 0, "reps": args.reps}
     rows = world.gather(row, root=0)
     if r == 0:
-        print(f"{'rank':>4} {'time(ms)':>9} {'min':>7} {'encode':>7} {'decode':>7} {'rest':>7} {'wire(B)':>9}")
-        for w in rows:
-            print(f"{w['rank']:>4} {w['time_ms']:>9.1f} {w['time_ms_min']:>7.1f} {w['encode_ms']:>7.1f} "
-                  f"{w['decode_ms']:>7.1f} {w['rest_ms']:>7.1f} {w['wire_bytes']:>9}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        print_table(rows, [("rank", "rank", "d"), ("time(ms)", "time_ms", ".1f"), ("min", "time_ms_min", ".1f"),
+                           ("encode", "encode_ms", ".1f"), ("decode", "decode_ms", ".1f"), ("rest", "rest_ms", ".1f"),
+                           ("wire(B)", "wire_bytes", "d")])
+        write_json(args.json, rows)
     nrt.shutdown()
 
 

@@ -86,11 +86,6 @@ def _codec(compression: Compressor) -> str:
     return getattr(compression, "codec", "none")
 
 
-def _enqueue_allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None, op: str,
-                       prescale: float, postscale: float, compression: Compressor) -> Handle:
-    return _allreduce(tensor, in_place, call, name, op, prescale, postscale, compression, False)
-
-
 def _allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None, op: str, prescale: float,
                postscale: float, compression: Compressor, synchronous: bool) -> Any:
     # synchronous: the engine's one-call all-reduce, and the result rather than a Handle. allreduce_async(...).wait()
@@ -137,16 +132,16 @@ def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str
                     op: str | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                     compression: Compressor = Compression.none) -> Handle:
     """Starts an all-reduce of `tensor` into a new tensor; `tensor` is left unchanged."""
-    return _enqueue_allreduce(tensor, False, "allreduce_async", name, resolve_op(op, average), prescale_factor,
-                              postscale_factor, compression)
+    return _allreduce(tensor, False, "allreduce_async", name, resolve_op(op, average), prescale_factor,
+                      postscale_factor, compression, False)
 
 
 def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
                      op: str | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                      compression: Compressor = Compression.none) -> Handle:
     """Starts an in-place all-reduce of `tensor`; the result is `tensor`."""
-    return _enqueue_allreduce(tensor, True, "allreduce_async_", name, resolve_op(op, average), prescale_factor,
-                              postscale_factor, compression)
+    return _allreduce(tensor, True, "allreduce_async_", name, resolve_op(op, average), prescale_factor,
+                      postscale_factor, compression, False)
 
 
 def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,

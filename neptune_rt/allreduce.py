@@ -1,0 +1,137 @@
+"""Per-tensor all-reduces of the engine API: synchronous (`allreduce`, `allreduce_`: one native call whose caller
+drives the cycle) and asynchronous (`allreduce_async`, `allreduce_async_`: a Handle). Plain numpy arrays go to the
+engine as they are, contiguous CPU torch tensors by address, anything else through a host view (neptune_rt.buffers)
+with its copy back. Re-exported by neptune_rt.engine; exercised by tests/test_engine.py and
+tests/torch/workers/sync_worker.py.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from neptune_rt import engine as _eng
+from neptune_rt.buffers import HostView, _is_torch, dtype_name, empty_like, host_view, plain_array
+from neptune_rt.engine import OPS, Handle, _auto_name, _check_op, _require, _track, _written, codec_id
+from neptune_rt.residuals import _warn_unnamed_compressed
+
+__all__ = ["allreduce", "allreduce_", "allreduce_async", "allreduce_async_"]
+
+
+def _checked_name(name: str | None, op: str, codec: str) -> tuple[str, bool]:
+    """The tensor's name (auto-named when None) and whether it keeps error feedback (unnamed compressed tensors
+    do not: warned once); an unknown op raises."""
+    error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
+    name = _auto_name("allreduce", name)
+    _check_op(op, name)
+    return name, error_feedback
+
+
+def _host_views(tensor: Any, in_place: bool, name: str) -> tuple[HostView, Any, HostView]:
+    """The input's host view, the result object and the result's host view (the input's own when in place)."""
+    view = host_view(tensor, name, writable=in_place)
+    if in_place:
+        return view, tensor, view
+    out = empty_like(tensor)
+    return view, out, host_view(out, name, writable=True)
+
+
+def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
+                       postscale: float, adaptive: bool) -> Handle:
+    engine = _require()
+    name, error_feedback = _checked_name(name, op, codec)
+    if in_place:
+        dtype = plain_array(tensor, True)
+        if dtype is not None:  # a plain numpy array: no view, no copy-back (the common case, kept cheap)
+            native = engine.enqueue_allreduce(name, tensor, tensor, dtype, tensor.shape, op,
+                                              codec_id(codec, adaptive), prescale, postscale, error_feedback)
+            return _track(Handle(native, (tensor,), None, tensor))
+    view, out, out_view = _host_views(tensor, in_place, name)
+    native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
+                                      codec_id(codec, adaptive), prescale, postscale, error_feedback)
+    return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
+
+
+def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
+    """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
+    return _enqueue_allreduce(tensor, True, name, op, codec, prescale, postscale, adaptive)
+
+
+def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+                    prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
+    """All-reduce into a new object of the input's type; `tensor` is left unchanged."""
+    return _enqueue_allreduce(tensor, False, name, op, codec, prescale, postscale, adaptive)
+
+
+def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | None, op: str, codec: str,
+                   prescale: float, postscale: float, adaptive: bool) -> np.ndarray:
+    # Plain numpy arrays: one native call enqueues and drives the cycle on this thread, without waking the engine
+    # thread (on shared cores that wake-up preempts a peer rank and costs more than a small all-reduce). Kept to
+    # the checks the native side cannot make: a 4 KB all-reduce costs 6.5-8.5 us on one rank, and each Python step
+    # here is 0.1-0.3 us of it (a stopped engine is refused by the native enqueue, with its failure as the message).
+    engine = _eng._engine
+    if engine is None:
+        _require()
+    if type(name) is str and name:
+        error_feedback = True
+    else:
+        error_feedback = name is not None or codec == "none" or _warn_unnamed_compressed(codec)
+        name = _auto_name("allreduce", name)  # raises for a name that is not a non-empty string
+    if op not in OPS:
+        _check_op(op, name)
+    codec_ident = 0 if codec == "none" else codec_id(codec, adaptive)  # "none" is 0 on the wire (format.h)
+    native = engine.allreduce_now(name, tensor, out, dtype, tensor.shape, op, codec_ident, prescale, postscale,
+                                  error_feedback)
+    if native is None:
+        return out
+    # Not completed (or failed): tracked like any handle, so the buffers stay referenced while the engine may use
+    # them; wait() untracks it on success, a failed one keeps them for good (see Handle.wait).
+    return _track(Handle(native, (tensor, out), None, out)).wait()
+
+
+def _allreduce_viewed(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
+                      postscale: float, adaptive: bool) -> Any:
+    # Any other buffer: a contiguous CPU torch tensor by address, anything else host_view accepts (torch GPU or cupy
+    # tensors, ndarray subclasses, other buffer objects, a read-only array reduced out of place) through a host
+    # view, then the copy back where the view staged the data; what host_view refuses is refused as before. Not
+    # allreduce_async + wait: the asynchronous submission wakes the engine thread (4 KB torch allreduce_, 2 ranks a
+    # core each: 148-178 us that way against 24.7-31.0 by address, docs/design.md "Synchronous calls").
+    engine = _require()
+    name, error_feedback = _checked_name(name, op, codec)
+    if _is_torch(tensor) and tensor.is_cpu and tensor.is_contiguous() and tensor.numel() > 0 and not tensor.is_neg():
+        # Its memory by address: no numpy array made and freed per call (about 5 us of a 4 KB call's 17, 1 rank).
+        # Not a tensor with the negative bit set (its memory holds the values negated): host_view refuses it.
+        dtype = dtype_name(tensor)
+        out = tensor if in_place else tensor.new_empty(tensor.shape)
+        nbytes = tensor.numel() * tensor.element_size()
+        native = engine._allreduce_now_at(name, tensor.data_ptr(), out.data_ptr(), nbytes, dtype, tuple(tensor.shape),
+                                          op, codec_id(codec, adaptive), prescale, postscale, error_feedback)
+        return out if native is None else _track(Handle(native, (tensor, out), None, out)).wait()
+    view, out, out_view = _host_views(tensor, in_place, name)
+    native = engine.allreduce_now(name, view.array, out_view.array, view.dtype, view.shape, op,
+                                  codec_id(codec, adaptive), prescale, postscale, error_feedback)
+    finalize = _written(out, out_view)
+    if native is None:
+        return finalize()
+    return _track(Handle(native, (tensor, view, out, out_view), finalize)).wait()  # as in _allreduce_now
+
+
+def allreduce(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+              prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
+    """All-reduce into a new object of the input's type. codec: "none" (dense), "fp16", "bf16", "int8",
+    "int4", "onebit" (error feedback kept per tensor name), "auto" or "auto_lowbit"; with adaptive=True the
+    cost model may still choose the dense path (or fp16) for this bucket where it predicts that to be faster."""
+    dtype = plain_array(tensor, False)
+    if dtype is not None:
+        return _allreduce_now(tensor, np.empty_like(tensor), dtype, name, op, codec, prescale, postscale, adaptive)
+    return _allreduce_viewed(tensor, False, name, op, codec, prescale, postscale, adaptive)
+
+
+def allreduce_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
+               prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Any:
+    """In-place all-reduce of `tensor`, returned when done (the synchronous allreduce_async_)."""
+    dtype = plain_array(tensor, True)
+    if dtype is not None:
+        return _allreduce_now(tensor, tensor, dtype, name, op, codec, prescale, postscale, adaptive)
+    return _allreduce_viewed(tensor, True, name, op, codec, prescale, postscale, adaptive)
