@@ -1,7 +1,7 @@
 """Codec throughput on one CPU thread: encode / decode / decode_add GB/s (bytes read + written) per codec and
 block size, next to a numpy copy of the same fp32 buffer (the memory-bandwidth limit), interleaved trials.
 
-    python benchmarks/codecs.py [--size-mb 32] [--trials 7] [--json results/codecs.json]
+    python benchmarks/codecs.py [--size-mb 32] [--trials 7] [--codecs onebit] [--json results/codecs.json]
 
 Every row is also a correctness check: the decoded buffer is compared with the numpy reference once.
 """
@@ -25,7 +25,8 @@ def cases(blocks: list[int]) -> list[tuple[str, int, str, bool]]:
     out = [(c, 0, "nearest", False) for c in ("none", "fp16", "bf16")]
     for c in ("int8", "int4", "onebit"):
         out += [(c, b, "nearest", False) for b in blocks]
-    out += [("int8", 256, "stochastic", False), ("int8", 256, "nearest", True), ("int4", 256, "stochastic", True)]
+    out += [("int8", 256, "stochastic", False), ("int8", 256, "nearest", True), ("int4", 256, "stochastic", True),
+            ("onebit", 256, "nearest", True)]
     return out
 
 
@@ -44,6 +45,8 @@ def main() -> None:
     p.add_argument("--size-mb", type=float, default=32.0, help="fp32 buffer size in MiB")
     p.add_argument("--trials", type=int, default=7, help="timed trials per row (median reported), >= 5")
     p.add_argument("--blocks", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument("--codecs", default=None, help="comma-separated codecs to run (default: all)")
+    p.add_argument("--label", default=None, help="recorded in every row (e.g. which build, in A/B runs)")
     p.add_argument("--json", type=Path, help="write the rows here as a JSON list")
     args = p.parse_args()
     trials = max(5, args.trials)
@@ -60,7 +63,10 @@ def main() -> None:
              f"{'GB/s':>7} {'x memcpy':>8} {'#wrong':>6}"
     print(f"# {n} fp32 values ({args.size_mb} MiB), single thread, median of {trials}; memcpy = numpy copyto")
     print(header)
+    wanted = set(args.codecs.split(",")) if args.codecs else None
     for codec, block, rounding, ef in cases(args.blocks):
+        if wanted is not None and codec not in wanted:
+            continue
         blk = block or codecs.DEFAULT_BLOCK
         size = codecs.payload_bytes(codec, n, blk)
         res = residual if ef else None
@@ -92,7 +98,8 @@ def main() -> None:
             row = dict(impl="numpy" if op == "memcpy" else "neptune_rt", codec=codec, block=block,
                        rounding=rounding, error_feedback=ef, op=op, count=n, bytes_moved=moved,
                        payload_bytes=size, time_ms=med * 1e3, time_ms_min=min(ts) * 1e3,
-                       time_ms_max=max(ts) * 1e3, gbps=gbps, vs_memcpy=gbps / memcpy_gbps, wrong=wrong)
+                       time_ms_max=max(ts) * 1e3, gbps=gbps, vs_memcpy=gbps / memcpy_gbps, wrong=wrong,
+                       label=args.label)
             rows.append(row)
             print(f"{codec:>7} {block or '-':>5} {rounding:>10} {'y' if ef else 'n':>3} {op:>10} {med * 1e3:9.2f} "
                   f"{min(ts) * 1e3:7.2f}-{max(ts) * 1e3:<7.2f} {gbps:7.2f} {gbps / memcpy_gbps:8.2f} {wrong:6d}")

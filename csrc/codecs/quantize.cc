@@ -1,8 +1,9 @@
 // CPU hot loops of the codecs (see quantize.h, format.h). Loops are branch-free over elements so g++
 // vectorizes them. Checked with g++ 12 -O3 -fopt-info-vec-optimized (both clones): vectorized are
 // accumulate, absMaxBits, absSumLanes, the stochastic draws, the quantize and residual loops, nibble
-// (un)packing, the int8/int4 decode, the onebit residual and the bf16 casts. Onebit bit (un)packing and
-// the fp16 casts (half.h branches) use the AVX2/F16C intrinsics of simd_x86.cc instead.
+// (un)packing, the int8/int4 decode, the onebit residual and the bf16 casts. Onebit encoding (its
+// blocks fused and pipelined), bit unpacking and the fp16 casts (half.h branches) use the AVX2/F16C intrinsics of
+// simd_x86.cc instead where the CPU has them.
 //
 // Arithmetic is fixed so numpy and CUDA reproduce it bit for bit: fp32 throughout, one rounding per
 // operation (no FMA: neither clone enables -mfma, and the CUDA side uses __fmul_rn/__fadd_rn), absmax as
@@ -239,7 +240,18 @@ NRT_MULTIVERSION void encodeBlocks(uint8_t codec, const float* src, float* resid
   uint8_t* scales = static_cast<uint8_t*>(body);
   uint8_t* packed = static_cast<uint8_t*>(body) + nb * sizeof(float);
   int8_t q[cf::kMaxBlockSize];  // one block of levels (int4 packs them afterwards)
-  for (uint64_t b = 0; b < nb; ++b) {
+  uint64_t first = 0;  // blocks done by the AVX2 kernel: all with a length that is a multiple of 8
+  if (codec == cf::kOneBit && block % 8 == 0 && simd::haveAvx2F16c()) {
+    first = n / block;
+    simd::encodeOneBitBlocksAvx2(src, residual, first, block, scales, packed);
+    const size_t tail = n - first * block;
+    if (tail > 0 && tail % 8 == 0) {
+      simd::encodeOneBitBlocksAvx2(src + first * block, residual != nullptr ? residual + first * block : nullptr, 1,
+                                   tail, scales + first * sizeof(float), packed + first * block / 8);
+      ++first;
+    }
+  }
+  for (uint64_t b = first; b < nb; ++b) {
     const size_t off = b * block;
     const size_t len = n - off < block ? n - off : block;
     float* r;
