@@ -26,7 +26,7 @@ def cases(blocks: list[int]) -> list[tuple[str, int, str, bool]]:
     for c in ("int8", "int4", "onebit"):
         out += [(c, b, "nearest", False) for b in blocks]
     out += [("int8", 256, "stochastic", False), ("int8", 256, "nearest", True), ("int4", 256, "stochastic", True),
-            ("onebit", 256, "nearest", True)]
+            ("int4", 256, "nearest", True), ("onebit", 256, "nearest", True)]
     return out
 
 

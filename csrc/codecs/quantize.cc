@@ -92,6 +92,40 @@ NRT_INLINE void quantNearest(const float* x, int8_t* __restrict q, float* r, siz
     for (size_t i = 0; i < n; ++i) r[i] = x[i] - static_cast<float>(q[i]) * scale;
 }
 
+// Error feedback's first pass over a block of levels: r += g, returning max |r| as absMaxBits finds it (order-free).
+NRT_INLINE uint32_t feedBackAbsMaxBits(const float* __restrict g, float* __restrict r, size_t n) {
+  uint32_t m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = r[i] + g[i];
+    r[i] = v;
+    const uint32_t a = floatBits(v) & 0x7fffffffu;
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+// quantNearest of the block in r (feedback applied) into q with r -= q * scale, in one loop with the next block's
+// feedBackAbsMaxBits over (gNext, rNext), of the same length: the next block's loads from memory overlap this
+// block's work in L1. Each element gets quantNearest's operations, so the bytes are the same.
+NRT_INLINE uint32_t quantNearestWithNext(float* __restrict r, int8_t* __restrict q, size_t n, float inv, float scale,
+                                         float lv, const float* __restrict gNext, float* __restrict rNext) {
+  uint32_t m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float w = rNext[i] + gNext[i];
+    rNext[i] = w;
+    const uint32_t a = floatBits(w) & 0x7fffffffu;
+    m = a > m ? a : m;
+    const float x = r[i];
+    float v = x * inv;
+    v = v > -lv ? v : -lv;
+    v = v < lv ? v : lv;
+    v = (v + kRoundMagic) - kRoundMagic;
+    q[i] = static_cast<int8_t>(static_cast<int32_t>(v));
+    r[i] = x - v * scale;  // v is the level itself (an integer in [-lv, lv], never NaN): float(q[i]) == v
+  }
+  return m;
+}
+
 // u[i] = uniform01(key, base + i): a loop of its own so it vectorizes.
 NRT_INLINE void uniforms(uint64_t key, uint64_t base, float* __restrict u, size_t n) {
   for (size_t i = 0; i < n; ++i) u[i] = cf::uniform01(key, base + i);
@@ -205,6 +239,41 @@ NRT_INLINE void castFromHalf(const uint16_t* __restrict in, float* __restrict ds
   }
 }
 
+// The block's scale from its absmax bits, as encodeBlocks sets it: 0 (and inv 0) below kMinScaleInput.
+NRT_INLINE void levelScale(uint32_t amaxBits, float lv, float& scale, float& inv) {
+  const float amax = bitsFloat(amaxBits);
+  scale = amax / lv;
+  inv = lv / amax;
+  if (amax < cf::kMinScaleInput) scale = inv = 0.0f;
+}
+
+// int8 / int4, nearest rounding, with error feedback: encodeBlocks' bytes, each block's quantization run together
+// with the next block's feedback pass (quantNearestWithNext) wherever the next block has the same length.
+NRT_INLINE void encodeLevelsWithFeedback(uint8_t codec, const float* src, float* residual, size_t n, uint32_t block,
+                                         uint8_t* scales, uint8_t* packed) {
+  const uint64_t nb = cf::numBlocks(n, block);
+  const float lv = cf::levels(codec);
+  int8_t q[cf::kMaxBlockSize];
+  uint32_t amaxBits = nb > 0 ? feedBackAbsMaxBits(src, residual, n < block ? n : block) : 0;
+  for (uint64_t b = 0; b < nb; ++b) {
+    const size_t off = b * block;
+    const size_t len = n - off < block ? n - off : block;
+    float scale, inv;
+    levelScale(amaxBits, lv, scale, inv);
+    std::memcpy(scales + b * sizeof(float), &scale, sizeof(float));
+    int8_t* levels = codec == cf::kInt8 ? reinterpret_cast<int8_t*>(packed + off) : q;
+    float* r = residual + off;
+    const size_t next = off + len, nextLen = n - next < block ? n - next : block;
+    if (b + 1 < nb && nextLen == len) {
+      amaxBits = quantNearestWithNext(r, levels, len, inv, scale, lv, src + next, residual + next);
+    } else {
+      quantNearest(r, levels, r, len, inv, scale, lv);
+      if (b + 1 < nb) amaxBits = feedBackAbsMaxBits(src + next, residual + next, nextLen);
+    }
+    if (codec == cf::kInt4) packNibbles(q, packed + off / 2, len);
+  }
+}
+
 }  // namespace
 
 NRT_MULTIVERSION void encodeCast(uint8_t codec, const float* src, float* residual, size_t n, void* body) {
@@ -240,6 +309,8 @@ NRT_MULTIVERSION void encodeBlocks(uint8_t codec, const float* src, float* resid
   uint8_t* scales = static_cast<uint8_t*>(body);
   uint8_t* packed = static_cast<uint8_t*>(body) + nb * sizeof(float);
   int8_t q[cf::kMaxBlockSize];  // one block of levels (int4 packs them afterwards)
+  if ((codec == cf::kInt8 || codec == cf::kInt4) && !stochastic && residual != nullptr)
+    return encodeLevelsWithFeedback(codec, src, residual, n, block, scales, packed);
   uint64_t first = 0;  // blocks done by the AVX2 kernel: all with a length that is a multiple of 8
   if (codec == cf::kOneBit && block % 8 == 0 && simd::haveAvx2F16c()) {
     first = n / block;
