@@ -24,8 +24,9 @@ overhead_us = engine time - fused bare collective, for each way; the target (at 
 applies to grouped submission. In the environment, NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto picks the engine's
 algorithm for the 2.5 MB bucket and NEPTUNE_RT_DRIVE_WINDOW_US the engine thread's drive window (A/B runs; both
 are recorded in the rows).
---profile adds the engine's own timers per operation (nrt.stats(): cycles, hand-offs, message build, exchange,
-match, execute, wait) and the Python time to enqueue, from a separate untimed run.
+--profile adds the engine's own timers per operation (nrt.stats(): cycles, hand-offs, submissions that woke the
+engine thread, message build, exchange, match, execute, wait) and the Python time to enqueue, from a separate untimed
+run (the 4 KB case synchronous and, as latency_4k_async, asynchronous + wait).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ import neptune_rt as nrt  # noqa: E402
 from neptune_rt import _env  # noqa: E402
 
 WORLD = MPI.COMM_WORLD
-PROFILE_KEYS = ("cycles", "handoffs", "build_s", "exchange_s", "match_s", "execute_s", "negotiate_s", "wait_s",
-                "cache_hits", "cache_misses")
+PROFILE_KEYS = ("cycles", "handoffs", "submit_wakeups", "build_s", "exchange_s", "match_s", "execute_s", "negotiate_s",
+                "wait_s", "cache_hits", "cache_misses")
 
 
 def resnet50_shapes(divisor: int) -> list[tuple[int, ...]]:
@@ -270,6 +271,7 @@ def main() -> None:
     if args.profile and lat:
         prof["latency_4k"] = profile(latency["neptune_rt"], 1, args.latency_reps)
         prof["latency_4k"]["enqueue_us"] = enqueue_time(buf4k, args.latency_reps)
+        prof["latency_4k_async"] = profile(latency["async_wait"], 1, args.latency_reps)
     if args.profile and stp:
         prof["step_200"] = profile(step["neptune_rt"], len(tensors), args.step_reps)
         prof["grouped_200"] = profile(step["grouped"], len(tensors), args.step_reps)
@@ -279,6 +281,7 @@ def main() -> None:
         everyone = WORLD.gather(prof, root=0)
         for case in prof:
             impl, row_case = {"grouped_200": ("grouped", "step_200"), "views_200": ("grouped_views", "step_200"),
+                              "latency_4k_async": ("async_wait", "latency_4k"),
                               "views_sync_200": ("views_sync", "step_200")}.get(case, ("neptune_rt", case))
             for row in rows:
                 if row["case"] == row_case and row["impl"] == impl:
@@ -294,8 +297,8 @@ def main() -> None:
                   f"{overhead * 100 / len(tensors):.0f} us per 100 tensors (target <= 200, for grouped submission)")
         if args.profile:
             print("profile (rank 0, per operation, microseconds unless a count):")
-            keys = ["wall_us", "enqueue_us", "cycles", "handoffs", "build_us", "exchange_us", "match_us",
-                    "execute_us", "negotiate_us", "wait_us", "cache_hits", "cache_misses"]
+            keys = ["wall_us", "enqueue_us", "cycles", "handoffs", "submit_wakeups", "build_us", "exchange_us",
+                    "match_us", "execute_us", "negotiate_us", "wait_us", "cache_hits", "cache_misses"]
             print("  " + " ".join(f"{k:>12}" for k in ["case"] + keys))
             for case, d in prof.items():
                 print("  " + " ".join([f"{case:>12}"] + [f"{d[k]:>12.2f}" if k in d else f"{'-':>12}" for k in keys]))

@@ -2,8 +2,9 @@
 buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), groups of views of
 one buffer (reduced where they lie), the synchronous grouped_allreduce_ driven by its caller, wait(drive=False) that leaves the cycles to the engine
 thread, the plain-numpy fast path
-of allreduce_async_, and asynchronous work that completes with nobody waiting (the engine thread's drive
-window). Worker: workers/engine_groups_worker.py."""
+of allreduce_async_, asynchronous work that completes with nobody waiting (the engine thread's drive window), and
+asynchronous work waited on at once that stops waking the engine thread (caller-driven mode). Worker:
+workers/engine_groups_worker.py."""
 import pytest
 
 from mpi_helpers import assert_ok, run_mpi
@@ -35,3 +36,7 @@ def test_passive_wait_leaves_the_cycles_to_the_engine_thread():
 @pytest.mark.parametrize("np_", [1, 4])
 def test_asynchronous_work_completes_without_a_waiter(np_):
     assert_ok(run_mpi("engine_groups_worker.py", np_, "async_progress", timeout=120), np_)
+
+
+def test_async_submissions_waited_at_once_stop_waking_the_engine_thread():
+    assert_ok(run_mpi("engine_groups_worker.py", 2, "caller_driven", timeout=120), 2)

@@ -24,6 +24,7 @@ py::dict engineStatsDict(const EngineStats::Totals& t) {
   d["codecs"] = codecs;
   d["cycles"] = t.cycles;
   d["handoffs"] = t.handoffs;
+  d["submit_wakeups"] = t.submitWakeups;
   d["build_s"] = t.buildSeconds;
   d["exchange_s"] = t.exchangeSeconds;
   d["match_s"] = t.matchSeconds;

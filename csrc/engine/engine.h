@@ -41,7 +41,8 @@ struct EngineConfig {
   size_t negotiationBytes = 256 << 10;   // capacity of one rank's negotiation message
   double cycleSeconds = 0.001;           // NEPTUNE_RT_CYCLE_TIME_MS: pause after a cycle that made no progress
   // NEPTUNE_RT_DRIVE_WINDOW_US: how long the engine thread leaves freshly queued work to a caller about to wait
-  // for it (Engine::leaveToCaller, engine_drive.cc); asynchronous work nobody waits on starts this much later.
+  // for it (Engine::leaveToCaller, engine_drive.cc); asynchronous work nobody waits on starts this much later (about
+  // 2 ms, once, in caller-driven mode: see there).
   std::chrono::microseconds driveWindow{50};
   double timeoutSeconds = kDefaultTimeoutSeconds;  // NEPTUNE_RT_TIMEOUT_SECONDS
   double stallWarningSeconds = 60;       // NEPTUNE_RT_STALL_WARNING_SECONDS
@@ -161,6 +162,8 @@ class Engine {
   bool hasWorkLocked() const;  // under mu_: work queued or pending
   // Under mu_, on the engine thread: sleeps while a caller drives or may be about to; false once it should cycle.
   bool leaveToCaller(std::unique_lock<std::mutex>& lock);
+  void sleepUntilWork(std::unique_lock<std::mutex>& lock);  // the engine thread's idle sleep (engine_drive.cc)
+  void wakeForSubmission();  // under mu_: notify the engine thread of a submission (counted in stats)
   // One negotiation cycle, unless another thread is running one (kBusy). Errors stop the engine.
   StepResult step();
   bool cycle();  // one negotiation + execution; returns true if anything completed
@@ -204,6 +207,11 @@ class Engine {
   std::deque<Entry> incoming_;
   std::atomic<size_t> pendingCount_{0};   // pending_.size() after the last cycle
   bool wakeOnWork_ = true;                 // enqueue notifies the engine thread (not in its drive window)
+  // Caller-driven mode (engine_drive.cc): after kCallerDrivenStreak wake-ups in a row found that callers drove
+  // everything, enqueue stops notifying the engine thread, which checks every kCallerDrivenCheck instead.
+  bool callerDriven_ = false;
+  int callerStreak_ = 0;
+  Clock::time_point lastSubmitAt_{};
   int waiters_ = 0;                        // threads in waitFor (they may drive cycles); the engine thread
                                            // sleeps while they do
   // Held by whichever thread runs a cycle (the engine thread, or a user thread waiting in waitFor):

@@ -46,6 +46,7 @@ EngineStats::Totals EngineStats::totals() const {
   t.waitSeconds = sec(waitNs_);
   t.cycles = cycles_.load(std::memory_order_relaxed);
   t.handoffs = handoffs_.load(std::memory_order_relaxed);
+  t.submitWakeups = submitWakeups_.load(std::memory_order_relaxed);
   t.buildSeconds = sec(buildNs_);
   t.exchangeSeconds = sec(exchangeNs_);
   t.matchSeconds = sec(matchNs_);

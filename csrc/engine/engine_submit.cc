@@ -43,6 +43,11 @@ void checkEntry(const Entry& e, int rank, int size) {
                   size, "-rank job");
 }
 
+void Engine::wakeForSubmission() {
+  stats_.addSubmitWakeup();
+  cv_.notify_one();
+}
+
 std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   NRT_CHECK_ARG(e.meta.groupSize == 0, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
                 "' names a group; submit groups with enqueueGroup");
@@ -54,6 +59,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
                                        "' is already in flight; synchronize it before submitting the name again, "
                                        "or give this one another name"));
   e.handle = std::make_shared<Handle>(e.meta.name);
+  e.handle->submittedAsync = !callerWaits;
   e.seq = nextSeq_++;
   e.queuedAt = Clock::now();
   auto handle = e.handle;
@@ -61,9 +67,10 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   // Once queued: the entry keeps the handle (and so the name inFlight_ views) alive until finish/failEverything.
   inFlight_.insert(handle->name());
   if (incoming_.back().meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
-  // In its drive window the engine thread wakes by itself; a waiting caller drives the cycle (and notifies the
-  // engine thread of anything it leaves behind, e.g. on a timeout).
-  if (wakeOnWork_ && !callerWaits) cv_.notify_one();
+  // In its drive window, and in caller-driven mode, the engine thread wakes by itself; a waiting caller drives
+  // the cycle (and notifies the engine thread of anything it leaves behind, e.g. on a timeout).
+  lastSubmitAt_ = incoming_.back().queuedAt;
+  if (wakeOnWork_ && !callerDriven_ && !callerWaits) wakeForSubmission();
   return handle;
 }
 
@@ -90,6 +97,7 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   handles.reserve(entries.size());
   for (Entry& e : entries) {
     e.handle = std::make_shared<Handle>(e.meta.name);
+    e.handle->submittedAsync = !callerWaits;
     handles.push_back(e.handle);
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -132,7 +140,8 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
     throw;
   }
   if (compressed) compressedInFlight_ += static_cast<int>(entries.size());  // import_residuals refuses meanwhile
-  if (wakeOnWork_ && !callerWaits) cv_.notify_one();  // as in enqueue
+  lastSubmitAt_ = now;
+  if (wakeOnWork_ && !callerDriven_ && !callerWaits) wakeForSubmission();  // as in enqueue
   return handles;
 }
 

@@ -38,6 +38,9 @@ class Handle {
   // All-reduce: the codec that moved the data ("none" = dense) and the payload bytes this rank sent.
   std::string codecUsed = "none";
   uint64_t wireBytes = 0;
+  // Submitted without callerWaits (asynchronously): Engine::waitFor counts such handles that its caller drove to
+  // completion towards caller-driven mode (engine_drive.cc).
+  bool submittedAsync = false;
 
   // Engine side: marks the handle done (waiters wake) and returns its callbacks, for the caller to run
   // outside any engine lock. Empty if it was done already.
