@@ -280,11 +280,20 @@ class Handle:
         thread if already done). Never under the engine's locks: fn may wait on other handles, and slow work
         there delays later callbacks, not communication. fn must not call shutdown() (RuntimeError)."""
         self._native.add_callback(lambda: fn(self))
+        _leave_to_engine_thread()
+
+
+def _leave_to_engine_thread() -> None:
+    """What was submitted so far will not be driven by a waiting caller (a passive wait, a completion callback,
+    DistributedOptimizer's buckets): the engine thread takes it now, even in caller-driven mode (docs/design.md)."""
+    if _engine is not None:
+        _engine._leave_to_engine()
 
 
 def _wait_passive(native: Any, timeout: float | None) -> bool:
     """A native handle's (or group's) wait without driving the engine. Without a timeout it waits in slices, so
     that Ctrl-C reaches Python within half a second even while the engine waits out its own timeout."""
+    _leave_to_engine_thread()
     if timeout is not None:
         return native.wait(max(timeout, 1e-6))
     while not native.wait(0.5):

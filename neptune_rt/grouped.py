@@ -102,6 +102,7 @@ class GroupHandle(Sequence):
         """Calls fn(group) once every member is done, on the engine's completion thread (at once if all are).
         One native countdown over the members: a Python callback per member cost ~4 us per tensor."""
         self._native.add_callback(lambda: fn(self))
+        _eng._leave_to_engine_thread()
 
 
 def _plain_group(tensors: list) -> bool:

@@ -442,6 +442,9 @@ void registerEngine(py::module_& m) {
            py::arg("clear") = true, "The last BUCKET_RECORDS_KEPT per-bucket records, oldest first")
       .def("_fail_next_cycle", &Engine::failNextCycleForTesting, py::arg("what"),
            "Tests only: this rank's next cycle fails with `what`, as if its engine thread had failed")
+      .def("_leave_to_engine", &Engine::leaveToEngine,
+           "Internal: what was submitted will not be driven by a waiting caller (passive waits, callbacks, gradient "
+           "buckets): the engine thread takes it now (ends caller-driven mode, engine_drive.cc)")
       .def("wait", [](Engine& e, Handle& h, double timeout) { return e.waitFor(h, timeout); }, py::arg("handle"),
            py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for a handle, running negotiation cycles on this thread while the engine thread is idle")

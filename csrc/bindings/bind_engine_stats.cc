@@ -25,6 +25,7 @@ py::dict engineStatsDict(const EngineStats::Totals& t) {
   d["cycles"] = t.cycles;
   d["handoffs"] = t.handoffs;
   d["submit_wakeups"] = t.submitWakeups;
+  d["caller_driven"] = t.callerDriven;
   d["build_s"] = t.buildSeconds;
   d["exchange_s"] = t.exchangeSeconds;
   d["match_s"] = t.matchSeconds;

@@ -130,6 +130,9 @@ class Engine {
   // deterministic plan that makes compressed results reproducible. Same dtype, op and codec; accepted or
   // refused as a whole.
   std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries, bool callerWaits = false);
+  // Work submitted so far will not be driven by a waiting caller (a passive wait, a completion callback, the
+  // PyTorch binding's gradient buckets): ends caller-driven mode and wakes the engine thread for it at once.
+  void leaveToEngine();
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
   bool waitFor(Handle& h, double timeoutSeconds);
@@ -207,8 +210,9 @@ class Engine {
   std::deque<Entry> incoming_;
   std::atomic<size_t> pendingCount_{0};   // pending_.size() after the last cycle
   bool wakeOnWork_ = true;                 // enqueue notifies the engine thread (not in its drive window)
-  // Caller-driven mode (engine_drive.cc): after kCallerDrivenStreak wake-ups in a row found that callers drove
-  // everything, enqueue stops notifying the engine thread, which checks every kCallerDrivenCheck instead.
+  // Caller-driven mode (engine_drive.cc): once kCallerDrivenStreak asynchronous submissions were driven to
+  // completion by their waiting callers, enqueue stops notifying the engine thread, which looks every
+  // kCallerDrivenCheck instead.
   bool callerDriven_ = false;
   int callerStreak_ = 0;
   Clock::time_point lastSubmitAt_{};

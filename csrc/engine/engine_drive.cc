@@ -10,23 +10,34 @@ namespace nrt {
 // Caller-driven mode. Asynchronous work that its submitter waits for at once (allreduce_async_(x).wait(), Horovod's
 // synchronize) is driven by that caller (waitFor), yet each submission used to wake this thread, and each wake-up is
 // a context switch on a core the caller and its peers need (4 KB allreduce_async_ + wait, 1 rank pinned: 25-31 us
-// against 5-7 us synchronous, 0.8 switches per call). Once kCallerDrivenStreak asynchronous submissions in a row
-// were driven to completion by their waiting callers, submissions stop notifying this thread: it looks every
-// kCallerDrivenCheck instead and leaves queued work to callers for that long, not the drive window. The first
-// entry it finds left that long with nobody waiting ends the mode (that entry started up to about two
-// kCallerDrivenCheck late, once), and so do kCallerDrivenIdle without submissions.
+// against 5-7 us synchronous, 0.8 switches per call). Once kCallerDrivenStreak asynchronous submissions were driven
+// to completion by their own waiting callers since this thread last had to take work over, submissions stop
+// notifying it: it looks every kCallerDrivenCheck instead and leaves queued work to callers for that long, not the
+// drive window. The first entry it finds left that long with nobody waiting ends the mode (that entry started up to
+// about two kCallerDrivenCheck late, once), and so does kCallerDrivenIdle without submissions (then it sleeps until
+// notified, as outside the mode). Work its submitter will not drive (a completion callback, a passive wait,
+// DistributedOptimizer's buckets) ends the mode at once (leaveToEngine).
 constexpr int kCallerDrivenStreak = 8;
 constexpr auto kCallerDrivenCheck = std::chrono::milliseconds(1);
-constexpr auto kCallerDrivenIdle = std::chrono::milliseconds(100);
+constexpr auto kCallerDrivenIdle = std::chrono::milliseconds(10);
 
 void Engine::sleepUntilWork(std::unique_lock<std::mutex>& lock) {
-  // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile.
+  // Idle ranks sleep until work arrives: peers that need us wait in the exchange meanwhile. Outside caller-driven
+  // mode a submission notifies this thread, and so does the mode's start (waitFor), which turns the sleep into
+  // timed looks.
   const auto ready = [&] { return hasWorkLocked() || stopRequested_ || !running_.load(); };
-  while (callerDriven_ && !ready()) {
+  while (!ready()) {
+    if (!callerDriven_) {
+      cv_.wait(lock, [&] { return ready() || callerDriven_; });
+      continue;
+    }
     cv_.wait_for(lock, kCallerDrivenCheck, ready);
-    if (!ready() && Clock::now() - lastSubmitAt_ > kCallerDrivenIdle) callerDriven_ = false;
+    if (!ready() && Clock::now() - lastSubmitAt_ > kCallerDrivenIdle) {
+      callerDriven_ = false;
+      callerStreak_ = 0;
+      stats_.setCallerDriven(false);
+    }
   }
-  cv_.wait(lock, ready);
 }
 
 bool Engine::hasWorkLocked() const {
@@ -39,7 +50,7 @@ bool Engine::hasWorkLocked() const {
 // thread leaves queued work to a caller for config_.driveWindow (NEPTUNE_RT_DRIVE_WINDOW_US) from its submission,
 // and sleeps while callers drive; it cycles once the oldest queued entry has waited that long with no caller, or
 // when work from an earlier cycle is pending (peers not ready yet). Asynchronous work thus starts at most
-// driveWindow later. A caller that is slower than the window to come back from its submission to its wait (a
+// driveWindow later (kCallerDrivenCheck in caller-driven mode, above). A caller that is slower than the window to come back from its submission to its wait (a
 // 200-member group often is: the wake-up of this thread takes its core first) pays a hand-off; synchronous calls
 // (allreduce_now, grouped_allreduce_) avoid that by not waking this thread at all (docs/design.md, "Who drives").
 bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
@@ -47,8 +58,14 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
   while (!stopping()) {
     if (waiters_ > 0) {
       // Sleep until the last caller leaves work behind (waitFor notifies then, and so does an enqueue that no
-      // caller waits for); the timeout only guards against a missed wake-up.
-      cv_.wait_for(lock, std::chrono::milliseconds(10), [&] { return (waiters_ == 0 && hasWorkLocked()) || stopping(); });
+      // caller waits for, outside caller-driven mode); the timeout guards against a missed wake-up, and in the mode
+      // (no notifications) it is the look that finds work nobody drives.
+      const auto look = callerDriven_ ? std::chrono::duration_cast<Clock::duration>(kCallerDrivenCheck)
+                                      : std::chrono::duration_cast<Clock::duration>(std::chrono::milliseconds(10));
+      const bool driven = callerDriven_;  // a change of mode changes the look's period: start again
+      cv_.wait_for(lock, look, [&] {
+        return (waiters_ == 0 && hasWorkLocked()) || stopping() || callerDriven_ != driven;
+      });
       continue;
     }
     if (!hasWorkLocked()) return true;  // callers did it all: back to sleep
@@ -59,14 +76,26 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
     if (Clock::now() >= due) {  // nobody came for it: this thread cycles, and submissions wake it again
       callerStreak_ = 0;
       callerDriven_ = false;
+      stats_.setCallerDriven(false);
       return false;
     }
-    // Not notified (enqueue leaves us be meanwhile): the window runs out, or a stop ends it.
+    // Not notified (enqueue leaves us be meanwhile): the window runs out, or a stop ends it, or leaveToEngine
+    // ends caller-driven mode (then the drive window applies: most often it has run out already).
     wakeOnWork_ = false;
-    cv_.wait_until(lock, due, [&] { return waiters_ > 0 || stopping(); });
+    const bool driven = callerDriven_;
+    cv_.wait_until(lock, due, [&] { return waiters_ > 0 || stopping() || (driven && !callerDriven_); });
     wakeOnWork_ = true;
   }
   return false;
+}
+
+void Engine::leaveToEngine() {
+  std::lock_guard<std::mutex> lock(mu_);
+  callerStreak_ = 0;
+  if (!callerDriven_) return;  // submissions notify the engine thread as usual
+  callerDriven_ = false;
+  stats_.setCallerDriven(false);
+  if (hasWorkLocked()) wakeForSubmission();  // ends its 1 ms wait (sleepUntilWork, leaveToCaller)
 }
 
 void Engine::loop() {
@@ -112,16 +141,21 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
     Engine& engine;
     const Handle& handle;
     double t0;
-    bool drove = false;  // this caller ran a cycle that made progress
+    bool drove = false;  // a cycle this caller ran completed the handle
     ~AddWait() {
       engine.stats_.addWait(monotonicSeconds() - t0);
+      bool modeStarts = false;
       {
         std::lock_guard<std::mutex> lock(engine.mu_);
-        if (drove && handle.submittedAsync && handle.done() && ++engine.callerStreak_ >= kCallerDrivenStreak)
+        if (drove && handle.submittedAsync && !engine.callerDriven_ &&
+            ++engine.callerStreak_ >= kCallerDrivenStreak) {
           engine.callerDriven_ = true;
-        if (--engine.waiters_ > 0 || !engine.hasWorkLocked()) return;
+          engine.stats_.setCallerDriven(true);
+          modeStarts = true;  // the engine thread may sleep untimed: it must switch to timed looks
+        }
+        if (--engine.waiters_ > 0 || (!engine.hasWorkLocked() && !modeStarts)) return;
       }
-      engine.cv_.notify_all();  // the engine thread takes over what is left
+      engine.cv_.notify_all();  // the engine thread takes over what is left (or starts looking)
     }
   } addWait{*this, h, t0};
   const Deadline deadline = Deadline::after(timeoutSeconds);
@@ -129,7 +163,7 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
     if (deadline.expired()) return false;
     switch (step()) {
       case StepResult::kProgress:
-        addWait.drove = true;
+        if (h.done()) addWait.drove = true;
         continue;
       case StepResult::kStopped:
         return h.wait(timeoutSeconds);  // completed (or failed) by now

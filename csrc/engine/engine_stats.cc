@@ -47,6 +47,7 @@ EngineStats::Totals EngineStats::totals() const {
   t.cycles = cycles_.load(std::memory_order_relaxed);
   t.handoffs = handoffs_.load(std::memory_order_relaxed);
   t.submitWakeups = submitWakeups_.load(std::memory_order_relaxed);
+  t.callerDriven = callerDriven_.load(std::memory_order_relaxed);
   t.buildSeconds = sec(buildNs_);
   t.exchangeSeconds = sec(exchangeNs_);
   t.matchSeconds = sec(matchNs_);

@@ -49,6 +49,7 @@ class EngineStats {
     // submissions woke the engine thread (each a context switch on the rank's cores; see caller-driven mode in
     // engine_drive.cc).
     uint64_t cycles = 0, handoffs = 0, submitWakeups = 0;
+    bool callerDriven = false;  // caller-driven mode is on now (not a counter)
     double buildSeconds = 0, exchangeSeconds = 0, matchSeconds = 0, executeSeconds = 0;
   };
 
@@ -64,6 +65,7 @@ class EngineStats {
   }
   void addHandoff() { handoffs_.fetch_add(1, std::memory_order_relaxed); }
   void addSubmitWakeup() { submitWakeups_.fetch_add(1, std::memory_order_relaxed); }
+  void setCallerDriven(bool on) { callerDriven_.store(on, std::memory_order_relaxed); }
   void addCacheLookups(uint64_t hits, uint64_t misses) {
     cacheHits_.fetch_add(hits, std::memory_order_relaxed);
     cacheMisses_.fetch_add(misses, std::memory_order_relaxed);
@@ -82,6 +84,7 @@ class EngineStats {
   std::atomic<uint64_t> buckets_{0}, tensors_{0}, bytesRaw_{0}, bytesWire_{0};
   std::atomic<uint64_t> negotiateNs_{0}, encodeNs_{0}, wireNs_{0}, decodeNs_{0}, waitNs_{0};
   std::atomic<uint64_t> cycles_{0}, handoffs_{0}, submitWakeups_{0}, buildNs_{0}, exchangeNs_{0}, matchNs_{0}, executeNs_{0};
+  std::atomic<bool> callerDriven_{false};
   std::atomic<uint64_t> cacheHits_{0}, cacheMisses_{0}, cacheInvalidations_{0}, cacheEvictions_{0};
   std::array<std::atomic<uint64_t>, codec_format::kNumCodecs> codecBuckets_{};
   std::mutex ringMu_;  // the ring only; the counters above need none

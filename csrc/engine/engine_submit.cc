@@ -67,8 +67,9 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   // Once queued: the entry keeps the handle (and so the name inFlight_ views) alive until finish/failEverything.
   inFlight_.insert(handle->name());
   if (incoming_.back().meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
-  // In its drive window, and in caller-driven mode, the engine thread wakes by itself; a waiting caller drives
-  // the cycle (and notifies the engine thread of anything it leaves behind, e.g. on a timeout).
+  // In its drive window the engine thread wakes by itself, and in caller-driven mode it looks every millisecond; a
+  // waiting caller drives the cycle (and notifies the engine thread of anything it leaves behind, e.g. on a
+  // timeout).
   lastSubmitAt_ = incoming_.back().queuedAt;
   if (wakeOnWork_ && !callerDriven_ && !callerWaits) wakeForSubmission();
   return handle;

@@ -76,6 +76,7 @@ class GradBucket:
             parts = _wire.flat_parts(wire, list(zip(itertools.accumulate(sizes, initial=0), sizes)))
             names = [self.prefix + name for name in self.names]
             self.handles = [_engine.grouped_allreduce_async_(parts, names, op, codec, prescale, postscale, adaptive)]
+        _engine._leave_to_engine_thread()  # waited on passively (wait): the engine thread must take it now
 
     def wait(self, compression: Compressor) -> None:
         """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result.

@@ -267,7 +267,8 @@ def scenario_caller_driven() -> None:
     """Asynchronous all-reduces waited on at once stop waking the engine thread (caller-driven mode, engine_drive.cc):
     after a short streak their submissions notify it no more (stats()["submit_wakeups"]). Work nobody waits on still
     completes, and ends the mode: the submissions after it wake the engine thread again (the control: the first
-    check would fail if submissions never stopped waking it, the second if the mode never ended)."""
+    check would fail if submissions never stopped waking it, the second if the mode never ended). Registering a
+    completion callback hands the work to the engine thread at once."""
     nrt.init()
     n, r = nrt.size(), nrt.rank()
     x = np.zeros(1024, np.float32)
@@ -280,7 +281,15 @@ def scenario_caller_driven() -> None:
             assert np.all(x == sum(q + rep for q in range(n))), (tag, rep, x[:4])
         return nrt.stats()["submit_wakeups"] - before
 
-    waited_at_once(20, "warm")  # the streak that starts the mode
+    def enter_mode(tag: str) -> None:
+        # Each rank's own streak: a rank whose caller was handed off needs more calls, and every call is collective.
+        for _ in range(50):
+            waited_at_once(4, tag)
+            if all(WORLD.allgather(nrt.stats()["caller_driven"])):
+                return
+        raise AssertionError(f"rank {r}: 200 submissions waited on at once did not start caller-driven mode")
+
+    enter_mode("warm")
     driven = waited_at_once(200, "driven")
     before = nrt.stats()["submit_wakeups"]
     for rep in range(10):  # nobody waits: the engine thread must take these over (done() drives nothing)
@@ -294,12 +303,41 @@ def scenario_caller_driven() -> None:
         h.wait()
         assert np.all(y == sum(q + rep for q in range(n))), (rep, y)
     unwaited = nrt.stats()["submit_wakeups"] - before
-    counts = WORLD.allgather((driven, unwaited))  # every rank judges the same numbers
+    # Work nobody drives, submitted while the mode is on (no notification): the engine thread's looks find it.
+    slowest = 0.0
+    for rep in range(10):
+        enter_mode(f"enter{rep}")
+        y = np.full(8, float(r), np.float32)
+        t0 = time.monotonic()
+        h = nrt.allreduce_async_(y, name="in_mode")
+        while not h.done():
+            assert time.monotonic() - t0 < 20, f"rank {r}: work nobody drives was stranded in caller-driven mode"
+            time.sleep(0.0002)
+        slowest = max(slowest, time.monotonic() - t0)
+        h.wait()
+        assert np.all(y == sum(range(n))), y
+    # A completion callback means nobody will drive the work: registering it hands the work to the engine thread
+    # at once, even in caller-driven mode (DDP's hook waits this way; DistributedOptimizer's buckets likewise).
+    handed_over = 0
+    for rep in range(5):
+        enter_mode(f"again{rep}")
+        z = np.full(8, float(r), np.float32)
+        fired = threading.Event()
+        h = nrt.allreduce_async_(z, name="callback")
+        before = nrt.stats()["submit_wakeups"]
+        h.add_done_callback(lambda _h: fired.set())
+        handed_over += nrt.stats()["submit_wakeups"] > before
+        assert fired.wait(20), f"rank {r}: the callback of work nobody drives never ran (rep {rep})"
+        h.wait()
+        assert np.all(z == sum(range(n))), z
+    counts = WORLD.allgather((driven, unwaited, handed_over))  # every rank judges the same numbers
     # 0 here; with the mode broken (submissions always notify) one rank counted 200 of 200. The bound leaves room for
     # a loaded machine, where a caller descheduled past the check period ends the mode until the next streak.
-    assert all(d <= 40 for d, _ in counts), f"submissions waited on at once still woke the engine thread: {counts}"
-    assert all(u >= 5 for _, u in counts), f"work nobody waited on did not end caller-driven mode: {counts}"
-    print(f"rank {r}: submit_wakeups driven={driven}/200 unwaited={unwaited}/10", flush=True)
+    assert all(d <= 40 for d, _, _ in counts), f"submissions waited on at once still woke the engine thread: {counts}"
+    assert all(u >= 5 for _, u, _ in counts), f"work nobody waited on did not end caller-driven mode: {counts}"
+    assert all(c >= 4 for _, _, c in counts), f"a completion callback did not hand the work over: {counts}"
+    print(f"rank {r}: submit_wakeups driven={driven}/200 unwaited={unwaited}/10 callback={handed_over}/5; "
+          f"un-driven work in the mode completed within {slowest * 1e3:.1f} ms", flush=True)
     nrt.shutdown()
 
 
