@@ -131,7 +131,9 @@ class Engine {
   // refused as a whole.
   std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries, bool callerWaits = false);
   // Work submitted so far will not be driven by a waiting caller (a passive wait, a completion callback, the
-  // PyTorch binding's gradient buckets): ends caller-driven mode and wakes the engine thread for it at once.
+  // PyTorch binding's gradient buckets): ends caller-driven mode and wakes the engine thread for it at once. Outside
+  // the mode it resets the streak, so a job whose buckets are waited on passively (DistributedOptimizer) never
+  // enters the mode.
   void leaveToEngine();
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.

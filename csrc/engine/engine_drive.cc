@@ -1,6 +1,7 @@
 // Who runs the engine's cycles (see engine.h): the engine thread's loop, which leaves freshly queued work to a
 // caller about to wait for it, and waitFor/waitForAll, which drive cycles on the waiting thread. Exercised by every
 // engine test; tests/test_engine_groups.py checks that work nobody waits on still completes.
+#include <algorithm>
 #include <chrono>
 
 #include "engine/engine.h"
@@ -11,8 +12,8 @@ namespace nrt {
 // synchronize) is driven by that caller (waitFor), yet each submission used to wake this thread, and each wake-up is
 // a context switch on a core the caller and its peers need (4 KB allreduce_async_ + wait, 1 rank pinned: 25-31 us
 // against 5-7 us synchronous, 0.8 switches per call). Once kCallerDrivenStreak asynchronous submissions were driven
-// to completion by their own waiting callers since this thread last had to take work over, submissions stop
-// notifying it: it looks every kCallerDrivenCheck instead and leaves queued work to callers for that long, not the
+// to completion by their own waiting callers' cycles since the streak was last reset (this thread finding work left
+// with nobody waiting, idling out of the mode, or leaveToEngine), submissions stop notifying it: it looks every kCallerDrivenCheck instead and leaves queued work to callers for that long, not the
 // drive window. The first entry it finds left that long with nobody waiting ends the mode (that entry started up to
 // about two kCallerDrivenCheck late, once), and so does kCallerDrivenIdle without submissions (then it sleeps until
 // notified, as outside the mode). Work its submitter will not drive (a completion callback, a passive wait,
@@ -50,16 +51,16 @@ bool Engine::hasWorkLocked() const {
 // thread leaves queued work to a caller for config_.driveWindow (NEPTUNE_RT_DRIVE_WINDOW_US) from its submission,
 // and sleeps while callers drive; it cycles once the oldest queued entry has waited that long with no caller, or
 // when work from an earlier cycle is pending (peers not ready yet). Asynchronous work thus starts at most
-// driveWindow later (kCallerDrivenCheck in caller-driven mode, above). A caller that is slower than the window to come back from its submission to its wait (a
-// 200-member group often is: the wake-up of this thread takes its core first) pays a hand-off; synchronous calls
+// driveWindow later (in caller-driven mode, above, up to about two kCallerDrivenCheck). A caller that is slower
+// than the window to come back from its submission to its wait (a 200-member group often is: the wake-up of this
+// thread takes its core first) pays a hand-off; synchronous calls
 // (allreduce_now, grouped_allreduce_) avoid that by not waking this thread at all (docs/design.md, "Who drives").
 bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
   const auto stopping = [&] { return stopRequested_ || !running_.load(); };
   while (!stopping()) {
     if (waiters_ > 0) {
-      // Sleep until the last caller leaves work behind (waitFor notifies then, and so does an enqueue that no
-      // caller waits for, outside caller-driven mode); the timeout guards against a missed wake-up, and in the mode
-      // (no notifications) it is the look that finds work nobody drives.
+      // Sleep until the last caller leaves work behind (waitFor notifies then, and when caller-driven mode starts);
+      // the timeout guards against a missed wake-up, and in the mode it is the look that finds work nobody drives.
       const auto look = callerDriven_ ? std::chrono::duration_cast<Clock::duration>(kCallerDrivenCheck)
                                       : std::chrono::duration_cast<Clock::duration>(std::chrono::milliseconds(10));
       const bool driven = callerDriven_;  // a change of mode changes the look's period: start again
@@ -117,8 +118,10 @@ void Engine::loop() {
         break;  // a caller drives (leaveToCaller waits for it), or there may be more to do
       case StepResult::kNoProgress: {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::duration<double>(config_.cycleSeconds),
-                     [&] { return !incoming_.empty() || stopping(); });
+        // New submissions end this pause by notifying; in caller-driven mode they do not, so it lasts at most a look.
+        auto pause = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config_.cycleSeconds));
+        if (callerDriven_) pause = std::min(pause, std::chrono::duration_cast<Clock::duration>(kCallerDrivenCheck));
+        cv_.wait_for(lock, pause, [&] { return !incoming_.empty() || stopping(); });
         break;
       }
     }
@@ -153,7 +156,10 @@ bool Engine::waitFor(Handle& h, double timeoutSeconds) {
           engine.stats_.setCallerDriven(true);
           modeStarts = true;  // the engine thread may sleep untimed: it must switch to timed looks
         }
-        if (--engine.waiters_ > 0 || (!engine.hasWorkLocked() && !modeStarts)) return;
+        const bool last = --engine.waiters_ == 0;
+        // The mode's start always notifies, other waiters or not: the engine thread may sleep untimed, or in a wait
+        // entered before the mode whose period is the old one.
+        if (!modeStarts && (!last || !engine.hasWorkLocked())) return;
       }
       engine.cv_.notify_all();  // the engine thread takes over what is left (or starts looking)
     }

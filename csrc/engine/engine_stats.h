@@ -46,8 +46,8 @@ class EngineStats {
     // Where a cycle's time goes (the profile of benchmarks/engine_overhead.py): cycles run, and seconds building
     // this rank's message, in the exchange (waiting for peers included), parsing and matching, executing; and
     // how often a waiting caller found the engine thread driving the cycle (a thread hand-off), and how many
-    // submissions woke the engine thread (each a context switch on the rank's cores; see caller-driven mode in
-    // engine_drive.cc).
+    // submissions (and hand-overs by Engine::leaveToEngine) woke the engine thread, each a context switch on the
+    // rank's cores (see caller-driven mode in engine_drive.cc).
     uint64_t cycles = 0, handoffs = 0, submitWakeups = 0;
     bool callerDriven = false;  // caller-driven mode is on now (not a counter)
     double buildSeconds = 0, exchangeSeconds = 0, matchSeconds = 0, executeSeconds = 0;
