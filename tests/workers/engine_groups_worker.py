@@ -200,7 +200,8 @@ def scenario_sync_group() -> None:
             want = mpi_sum(flat)
             if way == "sync":
                 got = nrt.grouped_allreduce_(views, names=names)
-            else:
+            else:  # kept out of caller-driven mode, where submissions would stop waking the engine thread
+                nrt.engine._engine._leave_to_engine()
                 got = nrt.grouped_allreduce_async_(views, names=names).wait()
             assert all(g is v for g, v in zip(got, views)), f"rank {r}: results are not the views themselves"
             assert np.array_equal(flat, want), f"rank {r}: {way} rep {rep}: max error {np.abs(flat - want).max()}"
