@@ -77,29 +77,35 @@ NRT_INLINE float squareSumLanes(const float* __restrict x, size_t n) {
   return s;
 }
 
+// rint(clamp(x * inv)) in [-lv, lv] as a float: the level itself, an integer, never NaN (NaN maps to -lv).
+NRT_INLINE float nearestLevel(float x, float inv, float lv) {
+  float v = x * inv;
+  v = v > -lv ? v : -lv;
+  v = v < lv ? v : lv;
+  return (v + kRoundMagic) - kRoundMagic;
+}
+
 // q = clamp(rint(x * inv)) in [-lv, lv]; with error feedback r = x - q * scale (r may be x itself, so
 // neither is __restrict; each element is read before it is written).
 NRT_INLINE void quantNearest(const float* x, int8_t* __restrict q, float* r, size_t n,
                                    float inv, float scale, float lv) {
-  for (size_t i = 0; i < n; ++i) {
-    float v = x[i] * inv;
-    v = v > -lv ? v : -lv;  // also maps NaN to -lv
-    v = v < lv ? v : lv;
-    v = (v + kRoundMagic) - kRoundMagic;
-    q[i] = static_cast<int8_t>(static_cast<int32_t>(v));
-  }
+  for (size_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(static_cast<int32_t>(nearestLevel(x[i], inv, lv)));
   if (r != nullptr)
     for (size_t i = 0; i < n; ++i) r[i] = x[i] - static_cast<float>(q[i]) * scale;
 }
 
-// Error feedback's first pass over a block of levels: r += g, returning max |r| as absMaxBits finds it (order-free).
+// |v|'s bits folded into the running absmax `m`: the order-free max of absMaxBits.
+NRT_INLINE uint32_t maxAbsBits(uint32_t m, float v) {
+  const uint32_t a = floatBits(v) & 0x7fffffffu;
+  return a > m ? a : m;
+}
+
+// Error feedback's first pass over a block of levels: r += g, returning max |r| as absMaxBits finds it.
 NRT_INLINE uint32_t feedBackAbsMaxBits(const float* __restrict g, float* __restrict r, size_t n) {
   uint32_t m = 0;
   for (size_t i = 0; i < n; ++i) {
-    const float v = r[i] + g[i];
-    r[i] = v;
-    const uint32_t a = floatBits(v) & 0x7fffffffu;
-    m = a > m ? a : m;
+    r[i] += g[i];
+    m = maxAbsBits(m, r[i]);
   }
   return m;
 }
@@ -111,17 +117,11 @@ NRT_INLINE uint32_t quantNearestWithNext(float* __restrict r, int8_t* __restrict
                                          float lv, const float* __restrict gNext, float* __restrict rNext) {
   uint32_t m = 0;
   for (size_t i = 0; i < n; ++i) {
-    const float w = rNext[i] + gNext[i];
-    rNext[i] = w;
-    const uint32_t a = floatBits(w) & 0x7fffffffu;
-    m = a > m ? a : m;
-    const float x = r[i];
-    float v = x * inv;
-    v = v > -lv ? v : -lv;
-    v = v < lv ? v : lv;
-    v = (v + kRoundMagic) - kRoundMagic;
-    q[i] = static_cast<int8_t>(static_cast<int32_t>(v));
-    r[i] = x - v * scale;  // v is the level itself (an integer in [-lv, lv], never NaN): float(q[i]) == v
+    rNext[i] += gNext[i];
+    m = maxAbsBits(m, rNext[i]);
+    const float level = nearestLevel(r[i], inv, lv);
+    q[i] = static_cast<int8_t>(static_cast<int32_t>(level));
+    r[i] = r[i] - level * scale;  // float(q[i]) == level
   }
   return m;
 }
@@ -239,9 +239,8 @@ NRT_INLINE void castFromHalf(const uint16_t* __restrict in, float* __restrict ds
   }
 }
 
-// The block's scale from its absmax bits, as encodeBlocks sets it: 0 (and inv 0) below kMinScaleInput.
-NRT_INLINE void levelScale(uint32_t amaxBits, float lv, float& scale, float& inv) {
-  const float amax = bitsFloat(amaxBits);
+// A block's scale and its inverse from its absmax: 0 (and inv 0) below kMinScaleInput.
+NRT_INLINE void levelScale(float amax, float lv, float& scale, float& inv) {
   scale = amax / lv;
   inv = lv / amax;
   if (amax < cf::kMinScaleInput) scale = inv = 0.0f;
@@ -259,7 +258,7 @@ NRT_INLINE void encodeLevelsWithFeedback(uint8_t codec, const float* src, float*
     const size_t off = b * block;
     const size_t len = n - off < block ? n - off : block;
     float scale, inv;
-    levelScale(amaxBits, lv, scale, inv);
+    levelScale(bitsFloat(amaxBits), lv, scale, inv);
     std::memcpy(scales + b * sizeof(float), &scale, sizeof(float));
     int8_t* levels = codec == cf::kInt8 ? reinterpret_cast<int8_t*>(packed + off) : q;
     float* r = residual + off;
@@ -338,9 +337,8 @@ NRT_MULTIVERSION void encodeBlocks(uint8_t codec, const float* src, float* resid
       continue;
     }
     const float lv = cf::levels(codec);
-    const float amax = absMaxBits(x, len);
-    float scale = amax / lv, inv = lv / amax;
-    if (amax < cf::kMinScaleInput) scale = inv = 0.0f;
+    float scale, inv;
+    levelScale(absMaxBits(x, len), lv, scale, inv);
     std::memcpy(scales + b * sizeof(float), &scale, sizeof(float));
     int8_t* dstq = codec == cf::kInt8 ? reinterpret_cast<int8_t*>(packed + off) : q;
     if (stochastic) {

@@ -13,10 +13,11 @@ namespace nrt {
 // a context switch on a core the caller and its peers need (4 KB allreduce_async_ + wait, 1 rank pinned: 25-31 us
 // against 5-7 us synchronous, 0.8 switches per call). Once kCallerDrivenStreak asynchronous submissions were driven
 // to completion by their own waiting callers' cycles since the streak was last reset (this thread finding work left
-// with nobody waiting, idling out of the mode, or leaveToEngine), submissions stop notifying it: it looks every kCallerDrivenCheck instead and leaves queued work to callers for that long, not the
-// drive window. The first entry it finds left that long with nobody waiting ends the mode (that entry started up to
-// about two kCallerDrivenCheck late, once), and so does kCallerDrivenIdle without submissions (then it sleeps until
-// notified, as outside the mode). Work its submitter will not drive (a completion callback, a passive wait,
+// with nobody waiting, idling out of the mode, or leaveToEngine), submissions stop notifying it: it looks every
+// kCallerDrivenCheck instead and leaves queued work to callers for that long, not the drive window. The first entry
+// it finds left that long with nobody waiting ends the mode (that entry started up to about two kCallerDrivenCheck
+// late, once), and so does kCallerDrivenIdle without submissions (then it sleeps until notified, as outside the
+// mode). Work its submitter will not drive (a completion callback, a passive wait,
 // DistributedOptimizer's buckets) ends the mode at once (leaveToEngine).
 constexpr int kCallerDrivenStreak = 8;
 constexpr auto kCallerDrivenCheck = std::chrono::milliseconds(1);

@@ -83,7 +83,8 @@ class EngineStats {
 
   std::atomic<uint64_t> buckets_{0}, tensors_{0}, bytesRaw_{0}, bytesWire_{0};
   std::atomic<uint64_t> negotiateNs_{0}, encodeNs_{0}, wireNs_{0}, decodeNs_{0}, waitNs_{0};
-  std::atomic<uint64_t> cycles_{0}, handoffs_{0}, submitWakeups_{0}, buildNs_{0}, exchangeNs_{0}, matchNs_{0}, executeNs_{0};
+  std::atomic<uint64_t> cycles_{0}, handoffs_{0}, submitWakeups_{0};
+  std::atomic<uint64_t> buildNs_{0}, exchangeNs_{0}, matchNs_{0}, executeNs_{0};
   std::atomic<bool> callerDriven_{false};
   std::atomic<uint64_t> cacheHits_{0}, cacheMisses_{0}, cacheInvalidations_{0}, cacheEvictions_{0};
   std::array<std::atomic<uint64_t>, codec_format::kNumCodecs> codecBuckets_{};

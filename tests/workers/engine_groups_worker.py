@@ -201,7 +201,7 @@ def scenario_sync_group() -> None:
             if way == "sync":
                 got = nrt.grouped_allreduce_(views, names=names)
             else:  # kept out of caller-driven mode, where submissions would stop waking the engine thread
-                nrt.engine._engine._leave_to_engine()
+                nrt.engine._leave_to_engine_thread()
                 got = nrt.grouped_allreduce_async_(views, names=names).wait()
             assert all(g is v for g, v in zip(got, views)), f"rank {r}: results are not the views themselves"
             assert np.array_equal(flat, want), f"rank {r}: {way} rep {rep}: max error {np.abs(flat - want).max()}"
@@ -290,6 +290,14 @@ def scenario_caller_driven() -> None:
                 return
         raise AssertionError(f"rank {r}: 200 submissions waited on at once did not start caller-driven mode")
 
+    def poll_until_done(h, what: str) -> float:
+        # done() drives nothing: only the engine thread can complete h. Returns the seconds it took.
+        t0 = time.monotonic()
+        while not h.done():
+            assert time.monotonic() - t0 < 20, f"rank {r}: {what}"
+            time.sleep(0.0002)
+        return time.monotonic() - t0
+
     enter_mode("warm")
     driven = waited_at_once(200, "driven")
     before = nrt.stats()["submit_wakeups"]
@@ -297,10 +305,7 @@ def scenario_caller_driven() -> None:
         WORLD.Barrier()
         y = np.full(8, float(r + rep), np.float32)
         h = nrt.allreduce_async_(y, name="unwaited")
-        deadline = time.monotonic() + 20
-        while not h.done():
-            assert time.monotonic() < deadline, f"rank {r}: work nobody waits on did not complete (rep {rep})"
-            time.sleep(0.0002)
+        poll_until_done(h, f"work nobody waits on did not complete (rep {rep})")
         h.wait()
         assert np.all(y == sum(q + rep for q in range(n))), (rep, y)
     unwaited = nrt.stats()["submit_wakeups"] - before
@@ -309,12 +314,8 @@ def scenario_caller_driven() -> None:
     for rep in range(10):
         enter_mode(f"enter{rep}")
         y = np.full(8, float(r), np.float32)
-        t0 = time.monotonic()
         h = nrt.allreduce_async_(y, name="in_mode")
-        while not h.done():
-            assert time.monotonic() - t0 < 20, f"rank {r}: work nobody drives was stranded in caller-driven mode"
-            time.sleep(0.0002)
-        slowest = max(slowest, time.monotonic() - t0)
+        slowest = max(slowest, poll_until_done(h, "work nobody drives was stranded in caller-driven mode"))
         h.wait()
         assert np.all(y == sum(range(n))), y
     # A completion callback means nobody will drive the work: registering it hands the work to the engine thread

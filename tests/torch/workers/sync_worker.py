@@ -28,7 +28,7 @@ def mpi_sum(t: torch.Tensor) -> torch.Tensor:
 def async_then_wait(t: torch.Tensor) -> torch.Tensor:
     # Kept out of caller-driven mode (docs/design.md), which would stop these submissions from waking the engine
     # thread: resetting the streak before each call keeps the woken engine thread competing for the cycle.
-    nrt_engine.engine._engine._leave_to_engine()
+    nrt_engine.engine._leave_to_engine_thread()
     return nrt.allreduce_async_(t, name="sync.t", op=nrt.Sum).wait()
 
 
