@@ -8,20 +8,25 @@ namespace py = pybind11;
 namespace nrt {
 
 py::dict engineStatsDict(const EngineStats::Totals& t) {
-  py::dict codecs;
-  for (Codec c : allCodecs())
-    if (t.codecBuckets[static_cast<int>(c)]) codecs[codecName(c)] = t.codecBuckets[static_cast<int>(c)];
+  py::dict codecs, codecBytes;
+  for (Codec c : allCodecs()) {
+    const int i = static_cast<int>(c);
+    if (t.codecBuckets[i]) codecs[codecName(c)] = t.codecBuckets[i];
+    if (t.codecBytesRaw[i]) codecBytes[codecName(c)] = t.codecBytesRaw[i];
+  }
   py::dict d;
   d["buckets"] = t.buckets;
   d["tensors"] = t.tensors;
   d["bytes_raw"] = t.bytesRaw;
   d["bytes_wire"] = t.bytesWire;
+  d["bytes_encoded"] = t.bytesEncoded;
   d["negotiate_s"] = t.negotiateSeconds;
   d["encode_s"] = t.encodeSeconds;
   d["wire_s"] = t.wireSeconds;
   d["decode_s"] = t.decodeSeconds;
   d["wait_s"] = t.waitSeconds;
   d["codecs"] = codecs;
+  d["codec_bytes"] = codecBytes;
   d["cycles"] = t.cycles;
   d["handoffs"] = t.handoffs;
   d["submit_wakeups"] = t.submitWakeups;
@@ -46,6 +51,7 @@ py::list bucketRecordList(const std::vector<BucketRecord>& records) {
     d["tensors"] = r.tensors;
     d["bytes_raw"] = r.bytesRaw;
     d["bytes_wire"] = r.bytesWire;
+    d["bytes_encoded"] = r.bytesEncoded;
     d["encode_s"] = r.encodeSeconds;
     d["wire_s"] = r.wireSeconds;
     d["decode_s"] = r.decodeSeconds;

@@ -23,6 +23,12 @@ uint64_t denseWireBytes(size_t bytes, int n) {
   return static_cast<uint64_t>(2.0 * (n - 1) / n * static_cast<double>(bytes));
 }
 
+uint64_t encodedBytes(uint8_t codec, size_t count, uint32_t block) {
+  if (codec == codec_format::kNone) return count * sizeof(float);
+  if (codecSummable(static_cast<Codec>(codec))) return count * 2;
+  return payloadBytes(static_cast<Codec>(codec), count, block);
+}
+
 namespace {
 
 void addInto(float* __restrict dst, const float* __restrict src, size_t n) {

@@ -46,6 +46,7 @@ void Engine::executeEager(const ReadyTensor& t, Entry* local) {
   // A bucket of one whose wire time was part of the negotiation (counted there).
   rec.tensors = 1;
   rec.bytesRaw = t.meta.bytes();
+  rec.bytesEncoded = rec.bytesRaw;
   rec.bytesWire = local->handle->wireBytes;
   rec.decodeSeconds = monotonicSeconds() - rec.start;
   rec.algorithm = "eager";
@@ -75,12 +76,17 @@ void Engine::recordCompressedBucket(const std::vector<const ReadyTensor*>& bucke
   rec.wireSeconds = std::max(0.0, monotonicSeconds() - rec.start - rec.encodeSeconds - rec.decodeSeconds);
   rec.packed = compressedPacked_;
   rec.tensors = static_cast<uint32_t>(bucket.size());
-  for (const ReadyTensor* t : bucket) rec.bytesRaw += t->meta.bytes();
+  size_t count = 0;
+  for (const ReadyTensor* t : bucket) {
+    rec.bytesRaw += t->meta.bytes();
+    count += t->meta.numel();
+  }
   bool ran = false;
   for (const auto& [e, error] : deferredFinish_) {
     if (!error.empty()) break;  // refused before any data moved: no bucket
     rec.codec = e->handle->codecUsed;
     rec.bytesWire = e->handle->wireBytes;
+    rec.bytesEncoded = encodedBytes(static_cast<uint8_t>(codecFromName(rec.codec)), count, config_.codecBlock);
     ran = true;
     break;
   }
@@ -166,6 +172,7 @@ void Engine::executeBucket(const std::vector<const ReadyTensor*>& bucket) {
   // Dense: "encode" is packing and prescaling, "decode" unpacking and postscaling.
   rec.tensors = static_cast<uint32_t>(bucket.size());
   rec.bytesRaw = count * esize;
+  rec.bytesEncoded = rec.bytesRaw;
   rec.bytesWire = wire;
   rec.encodeSeconds = packed - rec.start;
   rec.wireSeconds = reduced - packed;

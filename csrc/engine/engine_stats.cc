@@ -19,10 +19,14 @@ void EngineStats::addBucket(const BucketRecord& r, uint8_t codecId) {
   tensors_.fetch_add(r.tensors, std::memory_order_relaxed);
   bytesRaw_.fetch_add(r.bytesRaw, std::memory_order_relaxed);
   bytesWire_.fetch_add(r.bytesWire, std::memory_order_relaxed);
+  bytesEncoded_.fetch_add(r.bytesEncoded, std::memory_order_relaxed);
   add(encodeNs_, r.encodeSeconds);
   add(wireNs_, r.wireSeconds);
   add(decodeNs_, r.decodeSeconds);
-  if (codecId < codecBuckets_.size()) codecBuckets_[codecId].fetch_add(1, std::memory_order_relaxed);
+  if (codecId < codecBuckets_.size()) {
+    codecBuckets_[codecId].fetch_add(1, std::memory_order_relaxed);
+    codecBytesRaw_[codecId].fetch_add(r.bytesRaw, std::memory_order_relaxed);
+  }
   std::lock_guard<std::mutex> lock(ringMu_);
   if (ring_.size() < kRecordCapacity) {
     ring_.push_back(r);
@@ -39,6 +43,7 @@ EngineStats::Totals EngineStats::totals() const {
   t.tensors = tensors_.load(std::memory_order_relaxed);
   t.bytesRaw = bytesRaw_.load(std::memory_order_relaxed);
   t.bytesWire = bytesWire_.load(std::memory_order_relaxed);
+  t.bytesEncoded = bytesEncoded_.load(std::memory_order_relaxed);
   t.negotiateSeconds = sec(negotiateNs_);
   t.encodeSeconds = sec(encodeNs_);
   t.wireSeconds = sec(wireNs_);
@@ -56,7 +61,10 @@ EngineStats::Totals EngineStats::totals() const {
   t.cacheMisses = cacheMisses_.load(std::memory_order_relaxed);
   t.cacheInvalidations = cacheInvalidations_.load(std::memory_order_relaxed);
   t.cacheEvictions = cacheEvictions_.load(std::memory_order_relaxed);
-  for (size_t i = 0; i < t.codecBuckets.size(); ++i) t.codecBuckets[i] = codecBuckets_[i].load(std::memory_order_relaxed);
+  for (size_t i = 0; i < t.codecBuckets.size(); ++i) {
+    t.codecBuckets[i] = codecBuckets_[i].load(std::memory_order_relaxed);
+    t.codecBytesRaw[i] = codecBytesRaw_[i].load(std::memory_order_relaxed);
+  }
   return t;
 }
 

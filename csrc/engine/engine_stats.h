@@ -23,6 +23,10 @@ struct BucketRecord {
   uint32_t tensors = 0;
   uint64_t bytesRaw = 0;   // uncompressed bytes all-reduced (in the tensors' own dtype)
   uint64_t bytesWire = 0;  // bytes this rank sent
+  // The bucket's encoded size, one copy: what the codec that ran made of bytesRaw (bytesRaw itself for dense
+  // buckets, the fp32 work buffer's bytes for a compressed bucket sent dense). bytesRaw / bytesEncoded is the
+  // compression the codec gave, whatever the algorithm and the world size.
+  uint64_t bytesEncoded = 0;
   double encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0;
   // Dense buckets: the collective that ran ("eager", "recursive_doubling", "halving_doubling", "ring", "mpi" for
   // MPI_Iallreduce; "" for compressed buckets). All: whether the members were packed into the fusion (dense) or
@@ -36,9 +40,10 @@ class EngineStats {
   static constexpr size_t kRecordCapacity = 4096;
 
   struct Totals {
-    uint64_t buckets = 0, tensors = 0, bytesRaw = 0, bytesWire = 0;
+    uint64_t buckets = 0, tensors = 0, bytesRaw = 0, bytesWire = 0, bytesEncoded = 0;
     double negotiateSeconds = 0, encodeSeconds = 0, wireSeconds = 0, decodeSeconds = 0, waitSeconds = 0;
     std::array<uint64_t, codec_format::kNumCodecs> codecBuckets{};
+    std::array<uint64_t, codec_format::kNumCodecs> codecBytesRaw{};  // bytesRaw by the codec that ran
     // Response cache (response_cache.h), counted on agreed results, so equal on every rank: tensors that ran
     // from a slot (hits) or after full metadata (misses, all-reduces and broadcasts only), slots dropped
     // because a rank changed the tensor's key, slots reused for another tensor at capacity.
@@ -81,13 +86,13 @@ class EngineStats {
  private:
   static void add(std::atomic<uint64_t>& ns, double seconds);
 
-  std::atomic<uint64_t> buckets_{0}, tensors_{0}, bytesRaw_{0}, bytesWire_{0};
+  std::atomic<uint64_t> buckets_{0}, tensors_{0}, bytesRaw_{0}, bytesWire_{0}, bytesEncoded_{0};
   std::atomic<uint64_t> negotiateNs_{0}, encodeNs_{0}, wireNs_{0}, decodeNs_{0}, waitNs_{0};
   std::atomic<uint64_t> cycles_{0}, handoffs_{0}, submitWakeups_{0};
   std::atomic<uint64_t> buildNs_{0}, exchangeNs_{0}, matchNs_{0}, executeNs_{0};
   std::atomic<bool> callerDriven_{false};
   std::atomic<uint64_t> cacheHits_{0}, cacheMisses_{0}, cacheInvalidations_{0}, cacheEvictions_{0};
-  std::array<std::atomic<uint64_t>, codec_format::kNumCodecs> codecBuckets_{};
+  std::array<std::atomic<uint64_t>, codec_format::kNumCodecs> codecBuckets_{}, codecBytesRaw_{};
   std::mutex ringMu_;  // the ring only; the counters above need none
   std::vector<BucketRecord> ring_;
   size_t next_ = 0;  // where the next record goes once the ring is full

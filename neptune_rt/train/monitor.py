@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_atomic", "MetricsLog", "Timeline", "Progress", "RunState", "TensorBoard", "read_metrics"]
+__all__ = ["write_atomic", "MetricsLog", "Timeline", "Progress", "RunState", "TensorBoard", "read_metrics",
+           "codec_label"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -23,6 +24,15 @@ def write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def codec_label(used: dict[str, int]) -> str:
+    """The codecs that carried at least 1% of the bytes (a metrics record's codecs_used: bytes per codec that ran),
+    most bytes first: "int8", "int8+none" (none: sent dense, which the cost model does where it predicts that to
+    be faster; the small all-reduces of evaluation and logging are dense too)."""
+    total = sum(used.values())
+    shown = [c for c in sorted(used, key=lambda c: (-used[c], c)) if used[c] >= 0.01 * total]
+    return "+".join(shown) or "-"
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

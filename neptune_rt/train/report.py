@@ -80,13 +80,31 @@ class _Run:
     def summary(self) -> dict[str, Any]:
         train = [r for r in self.records if r.get("kind") == "train"]
         evals = [r for r in self.records if r.get("kind") == "eval"]
-        ratio = [r["compression_ratio"] for r in train if "compression_ratio" in r]
+        encoded = [r for r in train if r.get("bytes_encoded")]  # runs before bytes_encoded: no compression figure
+        used: dict[str, int] = {}
+        for r in train:
+            for codec, nbytes in (r.get("codecs_used") or {}).items():
+                used[codec] = used.get(codec, 0) + nbytes
         mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
         return {"run": self.label, "state": self.state.get("state", "unknown"),
                 "steps": train[-1]["step"] if train else 0, "wall_s": train[-1]["wall"] if train else None,
                 "final_accuracy": evals[-1]["test_accuracy"] if evals else None,
                 "samples_per_s": mean([r["samples_per_s"] for r in train]),
-                "comm_share": mean([r["comm_share"] for r in train]), "compression": mean(ratio)}
+                "comm_share": mean([r["comm_share"] for r in train]),
+                "compression": sum(r["bytes_raw"] for r in encoded) / sum(r["bytes_encoded"] for r in encoded)
+                if encoded else None, "codecs_used": used}
+
+
+def _compression_cell(summary: dict[str, Any]) -> str:
+    """The run's compression and the codecs that ran, by share of the bytes (those with at least 1%): "3.9x (int8)",
+    "1.0x (none)" where the cost model sent every bucket dense, "2.1x (int8 60%, none 40%)"."""
+    if not summary["compression"]:
+        return "-"
+    used = summary["codecs_used"]
+    total = sum(used.values())
+    shown = [c for c in sorted(used, key=lambda c: (-used[c], c)) if used[c] >= 0.01 * total]
+    shares = ", ".join(c if len(shown) == 1 else f"{c} {100 * used[c] / total:.0f}%" for c in shown)
+    return f"{_fmt(summary['compression'])}x" + (f" ({shares})" if shares else "")
 
 
 def _plot(runs: list[_Run], stem: str, title: str, x: str, y: str, kind: str, out: Path) -> tuple[Path, str]:
@@ -143,7 +161,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
     table = [header, "|" + "---|" * 8]
     table += [f"| {s['run']} | {s['state']} | {s['steps']} | {_fmt(s['wall_s'])} | {_fmt(s['final_accuracy'], 'pct')} "
               f"| {_fmt(s['samples_per_s'])} | {_fmt(s['comm_share'], 'pct')} | "
-              f"{_fmt(s['compression']) + 'x' if s['compression'] else '-'} |" for s in rows]
+              f"{_compression_cell(s)} |" for s in rows]
     incomplete = [s["run"] for s in rows if s["state"] != "finished"]
     md = ["# Training report", "", "Runs: " + ", ".join(str(p) for p in run_dirs), "", *table, ""]
     plans = [p for p in (r.plan_summary() for r in runs) if p]

@@ -34,21 +34,30 @@ class EngineTelemetry:
             return {}
 
     def interval(self) -> dict[str, Any]:
-        """Counter deltas since the previous call, as metrics columns (empty without engine stats)."""
+        """Counter deltas since the previous call, as metrics columns (empty without engine stats):
+        compression_ratio is bytes_raw / bytes_encoded (the codecs' compression; 1.0 when every bucket went dense)
+        and codecs_used the interval's bytes_raw per codec that ran (the cost model may send a compressed bucket
+        dense, as "none")."""
         now = self._read()
         if not now:
             return {}
         delta = {k: now.get(k, 0) - self._last.get(k, 0) for k in
-                 ("bytes_raw", "bytes_wire", "encode_s", "wire_s", "decode_s", "wait_s", "buckets")
+                 ("bytes_raw", "bytes_wire", "bytes_encoded", "encode_s", "wire_s", "decode_s", "wait_s", "buckets")
                  if isinstance(now.get(k, 0), (int, float))}
+        before = self._last.get("codec_bytes") if isinstance(self._last.get("codec_bytes"), dict) else {}
         self._last = now
         out = {"bytes_raw": delta.get("bytes_raw", 0), "bytes_wire": delta.get("bytes_wire", 0),
                "encode_s": delta.get("encode_s", 0.0), "wire_s": delta.get("wire_s", 0.0),
                "decode_s": delta.get("decode_s", 0.0), "engine_wait_s": delta.get("wait_s", 0.0)}
-        if out["bytes_wire"]:
-            out["compression_ratio"] = out["bytes_raw"] / out["bytes_wire"]
+        if delta.get("bytes_encoded"):
+            out["bytes_encoded"] = delta["bytes_encoded"]
+            out["compression_ratio"] = out["bytes_raw"] / delta["bytes_encoded"]
         if isinstance(now.get("codecs"), dict):
             out["codecs"] = now["codecs"]
+        if isinstance(now.get("codec_bytes"), dict):
+            used = {c: n - before.get(c, 0) for c, n in now["codec_bytes"].items() if n - before.get(c, 0) > 0}
+            if used:
+                out["codecs_used"] = used
         return out
 
     def bucket_events(self, timeline: Any, step: int) -> None:

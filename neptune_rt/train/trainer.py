@@ -27,7 +27,7 @@ from neptune_rt.train.config import ConfigError, TrainConfig
 from neptune_rt.train.datasets import training_pair
 from neptune_rt.train.evaluate import score_test_set
 from neptune_rt.train.lr_schedule import lr_factor
-from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, write_atomic
+from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, codec_label, write_atomic
 from neptune_rt.train.run_files import RunFiles, restore, snapshot
 from neptune_rt.train.telemetry import NOTE, EngineTelemetry
 
@@ -244,8 +244,9 @@ class Trainer:
                "samples/s": f"{r.get('samples_per_s', 0):.0f}",
                "acc": f"{self.last_acc * 100:.2f}%" if self.last_acc is not None else "-",
                "comm": f"{r.get('comm_share', 0) * 100:.0f}%"}
-        if "compression_ratio" in r:
-            out["ratio"] = f"{r['compression_ratio']:.1f}x"
+        if "compression_ratio" in r:  # what travelled: the cost model may send a compressed bucket dense
+            used = codec_label(r["codecs_used"]) if r.get("codecs_used") else "?"
+            out["codec"] = f"{used} {r['compression_ratio']:.1f}x"
         return {**out, **self.balance.progress_fields()}
 
     def _evaluate(self) -> None:

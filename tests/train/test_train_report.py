@@ -7,7 +7,7 @@ import re
 import matplotlib.image
 
 from _cli import neptune, ok
-from neptune_rt.train.report import PLOTS
+from neptune_rt.train.report import PLOTS, _compression_cell
 
 
 def test_report_of_one_run(dense_run):
@@ -33,6 +33,15 @@ def test_report_overlays_several_runs(dense_run, int8_run, tmp_path):
     md = (tmp_path / "cmp" / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and "(" in line and "run |" not in line]
     assert len(rows) == 2 and "dense (none)" in rows[0] and "int8 (int8)" in rows[1]
+    # Compression is what the codec that ran gave (int8: 1 byte a value + a 4-byte scale a block of 256), not raw
+    # over wire bytes, which counts the ring's 2(n-1)/n and gave 0.7x for the dense run.
+    assert rows[0].endswith("| 1.0x (none) |") and rows[1].endswith("| 3.9x (int8) |"), rows
+
+
+def test_compression_cell_names_the_codecs_by_share_of_bytes():
+    cell = lambda ratio, used: _compression_cell({"compression": ratio, "codecs_used": used})  # noqa: E731
+    assert cell(2.1, {"int8": 6000, "none": 4000, "fp16": 10}) == "2.1x (int8 60%, none 40%)"
+    assert cell(1.0, {"none": 5}) == "1.0x (none)" and cell(None, {}) == "-"
 
 
 def test_report_and_status_reject_a_non_run(tmp_path):

@@ -18,9 +18,10 @@ COUNT = 120000  # float32 values: divisible by 2..5, so each ring chunk is exact
 
 
 def delta(after: dict, before: dict) -> dict:
-    out = {k: after[k] - before[k] for k in after if k != "codecs"}
-    out["codecs"] = {c: after["codecs"].get(c, 0) - before["codecs"].get(c, 0) for c in after["codecs"]}
-    out["codecs"] = {c: v for c, v in out["codecs"].items() if v}
+    out = {k: after[k] - before[k] for k in after if not isinstance(after[k], dict)}
+    for key in ("codecs", "codec_bytes"):  # per codec: buckets, raw bytes
+        changed = {c: after[key].get(c, 0) - before[key].get(c, 0) for c in after[key]}
+        out[key] = {c: v for c, v in changed.items() if v}
     return out
 
 
@@ -50,11 +51,16 @@ def scenario_stats() -> None:
     assert d["buckets"] == K + 2, d
     assert d["tensors"] == K + 3 + 1, d
     assert d["bytes_raw"] == K * S + S + S, d
+    int8_payload = codecs.payload_bytes("int8", COUNT)
     if n == 1:
         assert d["bytes_wire"] == 0, d
         assert d["codecs"] == {"none": K + 2}, d  # one rank: the exact value, nothing travels
+        assert d["codec_bytes"] == {"none": K * S + 2 * S} and d["bytes_encoded"] == d["bytes_raw"], d
     else:
         assert d["codecs"] == {"none": K + 1, "int8": 1}, d
+        assert d["codec_bytes"] == {"none": K * S + S, "int8": S}, d
+        # Encoded: dense buckets as they are, the int8 bucket as its payload (whatever the ring sent of it).
+        assert d["bytes_encoded"] == K * S + S + int8_payload, (d, int8_payload)
         assert d["bytes_wire"] == K * ring + ring + h8.wire_bytes, (d, ring, h8.wire_bytes)
         # int8 payload: 1 byte per value + a 4-byte scale per 256-value block + headers, instead of 4 bytes
         payload_ratio = codecs.payload_bytes("int8", COUNT) / S
@@ -69,6 +75,7 @@ def scenario_stats() -> None:
     assert [x["codec"] for x in recs] == ["none"] * (K + 1) + ["int8" if n > 1 else "none"], recs
     assert sum(x["bytes_wire"] for x in recs) == d["bytes_wire"]
     assert sum(x["bytes_raw"] for x in recs) == d["bytes_raw"]
+    assert [x["bytes_encoded"] for x in recs] == [S] * (K + 1) + [int8_payload if n > 1 else S], recs
     for prev, rec in zip(recs, recs[1:]):
         assert prev["start"] <= rec["start"]
     for rec in recs:
