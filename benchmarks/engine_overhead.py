@@ -31,6 +31,7 @@ run (the 4 KB case synchronous and, as latency_4k_async, asynchronous + wait).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import threading
@@ -153,15 +154,27 @@ def enqueue_time(buf: np.ndarray, calls: int) -> float:
 def torch_latency_cases(buf4k: np.ndarray) -> dict:
     """The 4 KB all-reduce of a CPU torch tensor sharing buf4k's memory, where torch is installed: Horovod's
     synchronous `allreduce_` (`torch_sync`) and `allreduce_async_` + wait (`torch_async_wait`, the way the
-    synchronous call went before it became one native call)."""
+    synchronous call went before it became one native call), and the latter through a host view
+    (`torch_async_host_view`: the by-address path turned off, as asynchronous calls went before 2026-12-02 and as
+    tensors the engine cannot take by address still go)."""
     try:
         import torch
         import neptune_rt.torch as nrt_torch
     except ImportError:
         return {}
+    allreduce_module = importlib.import_module("neptune_rt.allreduce")
     t4k = torch.from_numpy(buf4k)
+
+    def async_host_view() -> None:
+        by_address = allreduce_module._torch_by_address
+        allreduce_module._torch_by_address = lambda _tensor: False
+        try:
+            nrt_torch.allreduce_async_(t4k, name="lat4k", op=nrt_torch.Sum).wait()
+        finally:
+            allreduce_module._torch_by_address = by_address
     return {"torch_sync": lambda: nrt_torch.allreduce_(t4k, name="lat4k", op=nrt_torch.Sum),
-            "torch_async_wait": lambda: nrt_torch.allreduce_async_(t4k, name="lat4k", op=nrt_torch.Sum).wait()}
+            "torch_async_wait": lambda: nrt_torch.allreduce_async_(t4k, name="lat4k", op=nrt_torch.Sum).wait(),
+            "torch_async_host_view": async_host_view}
 
 
 def main() -> None:

@@ -175,16 +175,24 @@ py::object allreduceNow(Engine& engine, const std::string& name, py::buffer inpu
                                        postscale, errorFeedback));
 }
 
-// allreduce_now on memory given by address and size (a CPU torch tensor's data_ptr(): no numpy array is made and
-// freed per call). The caller guarantees both regions are contiguous, `bytes` long and alive until completion.
-py::object allreduceNowAt(Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
-                          const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                          double prescale, double postscale, bool errorFeedback) {
+// An all-reduce's entry on memory given by address and size (a CPU torch tensor's data_ptr(): no numpy array is
+// made and freed per call). The caller guarantees both regions are contiguous, `bytes` long and alive until
+// completion.
+Entry allreduceEntryAt(const Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
+                       const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                       double prescale, double postscale, bool errorFeedback) {
   Entry e = allreduceEntryMeta(engine, name, dtype, std::move(shape), op, codec, prescale, postscale, errorFeedback);
   NRT_CHECK_ARG(input != 0 && output != 0, "neptune_rt: tensor '", name, "': null data address");
   setBuffers(e, checkedView(reinterpret_cast<void*>(input), bytes, dtype, name),
              checkedView(reinterpret_cast<void*>(output), bytes, dtype, name));
-  return runNow(engine, std::move(e));
+  return e;
+}
+
+py::object allreduceNowAt(Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
+                          const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
+                          double prescale, double postscale, bool errorFeedback) {
+  return runNow(engine, allreduceEntryAt(engine, name, input, output, bytes, dtype, std::move(shape), op, codec,
+                                         prescale, postscale, errorFeedback));
 }
 
 // The parts of a grouped all-reduce that every member shares, resolved once: a 200-tensor group then costs about a
@@ -344,6 +352,20 @@ void registerEngine(py::module_& m) {
       .def("_allreduce_now_at", &allreduceNowAt, py::arg("name"), py::arg("input"), py::arg("output"),
            py::arg("bytes"), py::arg("dtype"), py::arg("shape"), py::arg("op"), py::arg("codec") = 0,
            py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
+      // enqueue_allreduce on memory given by address, as _allreduce_now_at (internal, for the same callers).
+      .def(
+          "_enqueue_allreduce_at",
+          [](Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
+             const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec, double prescale,
+             double postscale, bool errorFeedback) {
+            Entry e = allreduceEntryAt(engine, name, input, output, bytes, dtype, std::move(shape), op, codec,
+                                       prescale, postscale, errorFeedback);
+            py::gil_scoped_release release;
+            return engine.enqueue(std::move(e), false);
+          },
+          py::arg("name"), py::arg("input"), py::arg("output"), py::arg("bytes"), py::arg("dtype"), py::arg("shape"),
+          py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,
+          py::arg("error_feedback") = true)
       .def(
           "enqueue_allgather",
           [](Engine& engine, const std::string& name, py::buffer input, const std::string& dtype,

@@ -3,8 +3,10 @@ allreduce_ / allreduce given a torch tensor) are one native call whose caller dr
 engine thread. Run by tests/torch/test_ops.py with NEPTUNE_RT_DRIVE_WINDOW_US=0, where a woken engine thread takes
 every cycle at once, so each wake shows as a hand-off when the caller then waits. The asynchronous control
 (allreduce_async_ + wait, how the synchronous calls went before, kept out of caller-driven mode) is handed off: the
-check can fail."""
+check can fail. Both kinds take contiguous CPU tensors by address, with no host view."""
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import torch
@@ -84,6 +86,32 @@ try:
     raise AssertionError(f"rank {rank}: a negative-bit tensor was all-reduced")
 except RuntimeError as err:
     assert "negative bit" in str(err), err
+
+# Asynchronous calls take CPU tensors by address too (_enqueue_allreduce_at): no host view is made (one made here
+# raises), a slice changes only itself, an out-of-place call returns a new tensor of the input's dtype.
+allreduce_module = importlib.import_module("neptune_rt.allreduce")
+real_host_view = allreduce_module.host_view
+
+
+def no_host_view(*_args, **_kwargs):
+    raise AssertionError(f"rank {rank}: an asynchronous all-reduce of a CPU tensor made a host view")
+
+
+allreduce_module.host_view = no_host_view
+try:
+    storage = torch.zeros(100)
+    storage[30:40] = rank + 1.0
+    piece = storage[30:40]
+    assert nrt.allreduce_async_(piece, name="async.slice", op=nrt.Sum).wait() is piece
+    assert torch.equal(storage[30:40], torch.full((10,), total)), f"rank {rank}: async slice {storage[30:40]}"
+    assert torch.count_nonzero(storage[:30]) == 0 and torch.count_nonzero(storage[40:]) == 0, \
+        f"rank {rank}: the asynchronous all-reduce of a slice wrote outside it: {storage}"
+    b = torch.randint(-8, 8, (300,), generator=g).to(torch.bfloat16)
+    b_sum = nrt_engine.allreduce_async(b, name="async.bf16").wait()
+    assert b_sum is not b and b_sum.dtype == torch.bfloat16, f"rank {rank}: {b_sum.dtype}"
+    close("bfloat16 allreduce_async", b_sum, mpi_sum(b.float()), atol=0)
+finally:
+    allreduce_module.host_view = real_host_view
 
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
