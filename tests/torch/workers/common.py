@@ -1,8 +1,10 @@
 """Shared set-up for the torch workers: neptune_rt plus a gloo process group (from Open MPI's rank variables)
-for reference results, single-threaded torch, and a closeness check that names what differs."""
+for reference results, single-threaded torch, a closeness check that names what differs, and the digits
+training data (a fixed split, each rank's slice of every global batch, test accuracy, ranks' agreement)."""
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -36,3 +38,36 @@ def finish(note: str = "") -> None:
         dist.destroy_process_group()
     print(f"OK rank {nrt.rank()} {note}".rstrip(), flush=True)
     nrt.shutdown()
+
+
+def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits (digits_arrays: its own CSV, without importing sklearn) scaled to [0, 1], and a fixed
+    split of the sample indices: (x, y, 1400 for training, the rest for testing)."""
+    from neptune_rt.train.datasets import digits_arrays
+    data, target = digits_arrays()
+    x, y = torch.tensor(data, dtype=torch.float32) / 16.0, torch.tensor(target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return x, y, order[:1400], order[1400:]
+
+
+def rank_slices(train_idx: torch.Tensor, epoch: int, batch: int) -> Iterator[torch.Tensor]:
+    """This rank's slice of each global batch of `batch` samples in one epoch (its own fixed shuffle)."""
+    rank, local = nrt.rank(), batch // nrt.size()
+    perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
+    for start in range(0, len(perm) - batch + 1, batch):
+        yield perm[start + rank * local: start + (rank + 1) * local]
+
+
+def test_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of (x, y) the model classifies right."""
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item() * 100
+
+
+def ranks_agree(model: torch.nn.Module, tag: str) -> torch.Tensor:
+    """The model's flattened parameters, after checking they are bitwise equal on every rank (max - min is 0)."""
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    spread = nrt.allreduce(params, name=f"max.{tag}", op=nrt.Max) - nrt.allreduce(params, name=f"min.{tag}",
+                                                                                  op=nrt.Min)
+    assert spread.abs().max().item() == 0, f"rank {nrt.rank()}: {tag}: ranks diverged"
+    return params

@@ -16,11 +16,9 @@ import sys
 
 import torch
 import torch.nn as nn
-from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
-
 import neptune_rt.torch as nrt
 from neptune_rt import engine as nrt_engine
-from common import finish, setup
+from common import digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
 
 rank, size = setup(gloo=False)
 modes = sys.argv[1:] or ["sgd/none", "sgd/fp16", "sgd/bf16"]
@@ -29,12 +27,7 @@ LR, MOMENTUM = float(os.environ.get("DIGITS_LR", "0.1")), float(os.environ.get("
 ADAM_LR = float(os.environ.get("DIGITS_ADAM_LR", "0.003"))
 HIDDEN = int(os.environ.get("DIGITS_HIDDEN", "64"))
 
-digits_data, digits_target = digits_arrays()
-x_all = torch.tensor(digits_data, dtype=torch.float32) / 16.0
-y_all = torch.tensor(digits_target)
-order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
-train_idx, test_idx = order[:1400], order[1400:]
-local = GLOBAL_BATCH // size
+x_all, y_all, train_idx, test_idx = digits_split()
 
 
 def make_optimizer(mode: str, model: nn.Module) -> torch.optim.Optimizer:
@@ -60,20 +53,14 @@ for mode in modes:
     opt = make_optimizer(mode, model)
     codecs_before = dict(nrt_engine.stats()["codecs"])
     for epoch in range(EPOCHS):
-        perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
-        for start in range(0, len(perm) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
-            idx = perm[start + rank * local: start + (rank + 1) * local]  # this rank's slice
+        for idx in rank_slices(train_idx, epoch, GLOBAL_BATCH):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
             opt.step()
     if hasattr(opt, "remove_hooks"):
         opt.remove_hooks()
-    with torch.no_grad():
-        acc = (model(x_all[test_idx]).argmax(1) == y_all[test_idx]).float().mean().item() * 100
-    params = torch.cat([p.detach().flatten() for p in model.parameters()])
-    same = nrt.allreduce(params, name=f"check.{mode}", op=nrt.Max) - nrt.allreduce(params, name=f"c.{mode}",
-                                                                                  op=nrt.Min)
-    assert same.abs().max().item() == 0, f"rank {rank}: {mode}: ranks diverged"
+    acc = test_accuracy(model, x_all[test_idx], y_all[test_idx])
+    params = ranks_agree(model, mode)
     extra = f" frozen_at {opt.onebit['frozen_at']}" if hasattr(opt, "onebit") else ""
     used = {c: n - codecs_before.get(c, 0) for c, n in nrt_engine.stats()["codecs"].items()
             if n - codecs_before.get(c, 0) > 0}

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import neptune_rt.torch as nrt
-from common import close, finish, setup
+from common import close, digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
 
 rank, size = setup()
 part = sys.argv[1]
@@ -77,14 +77,8 @@ def exact() -> None:
 
 
 def digits(modes: list[str]) -> None:
-    from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
-    data, target = digits_arrays()
-    x_all = torch.tensor(data, dtype=torch.float32) / 16.0
-    y_all = torch.tensor(target)
-    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
-    train_idx, test_idx = order[:1400], order[1400:]
+    x_all, y_all, train_idx, test_idx = digits_split()
     batch = 64
-    local = batch // size
     for mode in modes:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
@@ -97,21 +91,15 @@ def digits(modes: list[str]) -> None:
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         curve = []
         for epoch in range(12):
-            perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
-            for start in range(0, len(perm) - batch + 1, batch):
-                idx = perm[start + rank * local: start + (rank + 1) * local]
+            for idx in rank_slices(train_idx, epoch, batch):
                 opt.zero_grad()
                 nn.functional.cross_entropy(ddp(x_all[idx]), y_all[idx]).backward()
                 opt.step()
-            with torch.no_grad():
-                curve.append((model(x_all[test_idx]).argmax(1) == y_all[test_idx]).float().mean().item() * 100)
+            curve.append(test_accuracy(model, x_all[test_idx], y_all[test_idx]))
         acc = curve[-1]
         if rank == 0:
             print(f"CURVE {mode} " + " ".join(f"{a:.2f}" for a in curve), flush=True)
-        params = torch.cat([p.detach().flatten() for p in model.parameters()])
-        spread = nrt.allreduce(params, name=f"max.{mode}", op=nrt.Max) - nrt.allreduce(params, name=f"min.{mode}",
-                                                                                       op=nrt.Min)
-        assert spread.abs().max().item() == 0, f"rank {rank}: {mode}: ranks diverged"
+        params = ranks_agree(model, mode)
         if rank == 0:
             print(f"ACC {mode} {acc:.2f} param_checksum {params.double().abs().sum().item():.9g}", flush=True)
 

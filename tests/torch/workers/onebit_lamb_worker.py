@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import neptune_rt.torch as nrt
-from common import close, finish, setup
+from common import close, digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
 
 rank, size = setup(gloo=False)
 LR = float(os.environ.get("LAMB_LR", "0.02"))
@@ -69,32 +69,20 @@ def reference() -> None:
 
 
 def digits(modes: list[str]) -> None:
-    from neptune_rt.train.datasets import digits_arrays  # sklearn's load_digits, without importing sklearn
-    data, target = digits_arrays()
-    x_all = torch.tensor(data, dtype=torch.float32) / 16.0
-    y_all = torch.tensor(target)
-    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
-    train_idx, test_idx = order[:1400], order[1400:]
+    x_all, y_all, train_idx, test_idx = digits_split()
     batch = 64
-    local = batch // size
     for mode in modes:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
         warmup = 10**6 if mode == "lamb" else "auto"
         opt = nrt.OneBitLamb(model.parameters(), lr=LR, warmup_steps=warmup, name=f"lamb.{mode}")
         for epoch in range(12):
-            perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
-            for start in range(0, len(perm) - batch + 1, batch):
-                idx = perm[start + rank * local: start + (rank + 1) * local]
+            for idx in rank_slices(train_idx, epoch, batch):
                 opt.zero_grad()
                 nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
                 opt.step()
-        with torch.no_grad():
-            acc = (model(x_all[test_idx]).argmax(1) == y_all[test_idx]).float().mean().item() * 100
-        params = torch.cat([p.detach().flatten() for p in model.parameters()])
-        spread = nrt.allreduce(params, name=f"max.{mode}", op=nrt.Max) - nrt.allreduce(params, name=f"min.{mode}",
-                                                                                       op=nrt.Min)
-        assert spread.abs().max().item() == 0, f"rank {rank}: {mode}: ranks diverged"
+        acc = test_accuracy(model, x_all[test_idx], y_all[test_idx])
+        ranks_agree(model, mode)
         if rank == 0:
             print(f"ACC {mode} {acc:.2f} frozen_at {opt.onebit['frozen_at']}", flush=True)
 
