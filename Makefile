@@ -48,7 +48,7 @@ test: build
 # make demo: the product's main job. 4 ranks train an MLP on Fashion-MNIST (installed from Debian here when
 # missing; digits otherwise) asking for int8 gradients, a live progress bar, the final test accuracy, then the report.
 # The cost model sends whatever is faster on the link: on one machine's shared memory that is dense, and the bar
-# says codec=none 1.0x (over a slow link it says codec=int8 3.9x).
+# says codec=none 1.0x (with --force-codec it says codec=int8 3.9x).
 # Rank 3 is made 2x slower (--emulate-slowdown, a demo aid; compute emulated by sleeping 1 ms per sample, 2 ms on
 # rank 3, so the imbalance shows through a busy machine's noise) and --balance hetero moves samples to the fast
 # ranks: the bar's batch=a/b/c/d and the report's batch-size plot show it.

@@ -7,7 +7,8 @@ the slowest rank's time per operation):
   latency  a 4 KB float32 all-reduce through the engine, synchronous (`neptune_rt`: allreduce_, the peer of a
            blocking MPI_Allreduce) and as allreduce_async_ + wait (`async_wait`), vs MPI_Allreduce (mpi4py);
            where torch is installed also of a CPU torch tensor over the same memory, through neptune_rt.torch's
-           allreduce_ (`torch_sync`) and allreduce_async_ + wait (`torch_async_wait`);
+           allreduce_ (`torch_sync`) and allreduce_async_ + wait (`torch_async_wait`, by address, and
+           `torch_async_host_view`: the same through a host view, as it went before 2026-12-02);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
            running-statistics buffers; channels divided by --divisor), submitted five ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200

@@ -185,17 +185,18 @@ def stats() -> dict:
     codec that ran encoded them, one copy: bytes_raw for dense buckets, so bytes_raw / bytes_encoded is the
     compression the codecs gave, whatever the algorithm and world size), negotiate_s, encode_s, wire_s, decode_s,
     wait_s (seconds), codecs ({codec that ran: buckets}; with the cost model on, a compressed bucket may run as
-    "none"), codec_bytes ({codec that ran: bytes_raw}). Eager all-reduces count as buckets of one; a dense bucket's encode/decode are its packing and
-    unpacking. Also the cycle profile and response-cache counters (docs/design.md)."""
+    "none"), codec_bytes ({codec that ran: bytes_raw}). Eager all-reduces count as buckets of one; a dense
+    bucket's encode/decode are its packing and unpacking. Also the cycle profile and response-cache counters
+    (docs/design.md)."""
     return _require().stats()
 
 
 def bucket_records(clear: bool = True) -> list[dict]:
     """Per-bucket records, oldest first, of the last BUCKET_RECORDS_KEPT (4096) buckets: start (seconds on
-    time.monotonic()'s clock), codec, tensors, bytes_raw, bytes_wire, bytes_encoded, encode_s, wire_s, decode_s, and for dense
-    buckets algorithm ("eager", "recursive_doubling", "halving_doubling", "ring" or "mpi", MPI_Iallreduce), and packed
-    (members copied into the engine's fusion or fp32 work buffer rather than worked on where they lie). clear=True
-    empties the ring, so successive calls return disjoint records."""
+    time.monotonic()'s clock), codec, tensors, bytes_raw, bytes_wire, bytes_encoded, encode_s, wire_s, decode_s, and
+    for dense buckets algorithm ("eager", "recursive_doubling", "halving_doubling", "ring" or "mpi",
+    MPI_Iallreduce), and packed (members copied into the engine's fusion or fp32 work buffer rather than worked on
+    where they lie). clear=True empties the ring, so successive calls return disjoint records."""
     return _require().bucket_records(clear)
 
 

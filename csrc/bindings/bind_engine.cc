@@ -335,10 +335,8 @@ void registerEngine(py::module_& m) {
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
              std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
              bool errorFeedback) {
-            Entry e = allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
-                                         postscale, errorFeedback);
-            py::gil_scoped_release release;
-            return engine.enqueue(std::move(e), false);
+            return submit(engine, allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec,
+                                                 prescale, postscale, errorFeedback));
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
           py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
@@ -358,10 +356,8 @@ void registerEngine(py::module_& m) {
           [](Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
              const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec, double prescale,
              double postscale, bool errorFeedback) {
-            Entry e = allreduceEntryAt(engine, name, input, output, bytes, dtype, std::move(shape), op, codec,
-                                       prescale, postscale, errorFeedback);
-            py::gil_scoped_release release;
-            return engine.enqueue(std::move(e), false);
+            return submit(engine, allreduceEntryAt(engine, name, input, output, bytes, dtype, std::move(shape), op,
+                                                   codec, prescale, postscale, errorFeedback));
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("bytes"), py::arg("dtype"), py::arg("shape"),
           py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,

@@ -70,9 +70,10 @@ constexpr int kLogWarning = 30;
 
 // Bytes one rank sends in a dense all-reduce of `bytes` (ring: 2(n-1)/n S; recursive doubling: log2 n S).
 uint64_t denseWireBytes(size_t bytes, int n);
-// A compressed bucket of `count` fp32 values as the codec that ran sends it, one copy: count * 4 bytes for the
-// dense path, count * 2 for fp16/bf16, the payload of int8/int4/onebit (stats: bytes_encoded).
-uint64_t encodedBytes(uint8_t codec, size_t count, uint32_t block);
+// A compressed bucket of `count` values (`rawBytes` in the tensors' own dtype) as the codec that ran encoded it, one
+// copy: rawBytes where it went dense (the cost model's choice, and always in a 1-rank world), count * 2 for
+// fp16/bf16, the payload of int8/int4/onebit; 0 for an empty bucket (stats: bytes_encoded).
+uint64_t encodedBytes(Codec codec, size_t count, uint64_t rawBytes, uint32_t block);
 
 struct Entry {
   TensorMeta meta;

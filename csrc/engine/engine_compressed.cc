@@ -23,10 +23,11 @@ uint64_t denseWireBytes(size_t bytes, int n) {
   return static_cast<uint64_t>(2.0 * (n - 1) / n * static_cast<double>(bytes));
 }
 
-uint64_t encodedBytes(uint8_t codec, size_t count, uint32_t block) {
-  if (codec == codec_format::kNone) return count * sizeof(float);
-  if (codecSummable(static_cast<Codec>(codec))) return count * 2;
-  return payloadBytes(static_cast<Codec>(codec), count, block);
+uint64_t encodedBytes(Codec codec, size_t count, uint64_t rawBytes, uint32_t block) {
+  if (count == 0) return 0;
+  if (codec == Codec::kNone) return rawBytes;
+  if (codecSummable(codec)) return count * 2;
+  return payloadBytes(codec, count, block);
 }
 
 namespace {

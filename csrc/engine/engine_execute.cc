@@ -86,7 +86,7 @@ void Engine::recordCompressedBucket(const std::vector<const ReadyTensor*>& bucke
     if (!error.empty()) break;  // refused before any data moved: no bucket
     rec.codec = e->handle->codecUsed;
     rec.bytesWire = e->handle->wireBytes;
-    rec.bytesEncoded = encodedBytes(static_cast<uint8_t>(codecFromName(rec.codec)), count, config_.codecBlock);
+    rec.bytesEncoded = encodedBytes(codecFromName(rec.codec), count, rec.bytesRaw, config_.codecBlock);
     ran = true;
     break;
   }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["write_atomic", "MetricsLog", "Timeline", "Progress", "RunState", "TensorBoard", "read_metrics",
-           "codec_label"]
+           "codec_label", "codecs_by_bytes"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -26,13 +26,17 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def codec_label(used: dict[str, int]) -> str:
+def codecs_by_bytes(used: dict[str, int]) -> list[str]:
     """The codecs that carried at least 1% of the bytes (a metrics record's codecs_used: bytes per codec that ran),
-    most bytes first: "int8", "int8+none" (none: sent dense, which the cost model does where it predicts that to
-    be faster; the small all-reduces of evaluation and logging are dense too)."""
+    most bytes first ("none": sent dense, which the cost model does where it predicts that to be faster; the small
+    all-reduces of evaluation and logging are dense too)."""
     total = sum(used.values())
-    shown = [c for c in sorted(used, key=lambda c: (-used[c], c)) if used[c] >= 0.01 * total]
-    return "+".join(shown) or "-"
+    return [c for c in sorted(used, key=lambda c: (-used[c], c)) if used[c] >= 0.01 * total]
+
+
+def codec_label(used: dict[str, int]) -> str:
+    """codecs_by_bytes for a progress line: "int8", "int8+none"; "-" for none."""
+    return "+".join(codecs_by_bytes(used)) or "-"
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

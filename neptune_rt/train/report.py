@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from neptune_rt.train.monitor import read_metrics
+from neptune_rt.train.monitor import codecs_by_bytes, read_metrics
 
 __all__ = ["write_report", "PLOTS"]
 
@@ -101,9 +101,8 @@ def _compression_cell(summary: dict[str, Any]) -> str:
     if not summary["compression"]:
         return "-"
     used = summary["codecs_used"]
-    total = sum(used.values())
-    shown = [c for c in sorted(used, key=lambda c: (-used[c], c)) if used[c] >= 0.01 * total]
-    shares = ", ".join(c if len(shown) == 1 else f"{c} {100 * used[c] / total:.0f}%" for c in shown)
+    shown = codecs_by_bytes(used)
+    shares = ", ".join(c if len(shown) == 1 else f"{c} {100 * used[c] / sum(used.values()):.0f}%" for c in shown)
     return f"{_fmt(summary['compression'])}x" + (f" ({shares})" if shares else "")
 
 

@@ -43,7 +43,8 @@ def describe(run: Path) -> str:
         last = train[-1]
         lines.append(f"  last logged step {last['step']}: loss {last['loss']:.4f}, {last['samples_per_s']:.0f} "
                      f"samples/s, communication {last['comm_share'] * 100:.0f}% of step time"
-                     + (f", compression {last['compression_ratio']:.1f}x" if "compression_ratio" in last else "")
+                     # (runs logged before bytes_encoded have a raw-over-wire compression_ratio: not shown)
+                     + (f", compression {last['compression_ratio']:.1f}x" if "bytes_encoded" in last else "")
                      + (f" ({codec_label(last['codecs_used'])})" if last.get("codecs_used") else ""))
         rate = last["step"] / last["wall"] if last["wall"] > 0 else 0.0
         lines.append(f"  elapsed {_duration(last['wall'])}, {rate:.1f} steps/s"

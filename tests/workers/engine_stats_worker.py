@@ -83,6 +83,14 @@ def scenario_stats() -> None:
         assert rec["encode_s"] + rec["wire_s"] + rec["decode_s"] <= t_end - t_start
     assert abs(sum(x["wire_s"] for x in recs) - d["wire_s"]) < 1e-3
     assert nrt.bucket_records() == []
+    # A compressed bucket of fp16 values: encoded is the int8 payload where int8 ran, the raw bytes where the bucket
+    # went dense (on one rank always), never its fp32 work buffer's size.
+    before = nrt.stats()
+    x16 = np.random.default_rng(r).standard_normal(COUNT).astype(np.float16)
+    nrt.allreduce(x16, name="q16", codec="int8", adaptive=False)
+    d16 = delta(nrt.stats(), before)
+    want = int8_payload if n > 1 else x16.nbytes
+    assert d16["bytes_raw"] == x16.nbytes and d16["bytes_encoded"] == want, (d16, want)
     nrt.shutdown()
 
 

@@ -107,8 +107,10 @@ try:
     assert torch.count_nonzero(storage[:30]) == 0 and torch.count_nonzero(storage[40:]) == 0, \
         f"rank {rank}: the asynchronous all-reduce of a slice wrote outside it: {storage}"
     b = torch.randint(-8, 8, (300,), generator=g).to(torch.bfloat16)
+    b_in = b.clone()
     b_sum = nrt_engine.allreduce_async(b, name="async.bf16").wait()
     assert b_sum is not b and b_sum.dtype == torch.bfloat16, f"rank {rank}: {b_sum.dtype}"
+    assert torch.equal(b, b_in), f"rank {rank}: the out-of-place asynchronous all-reduce changed its input"
     close("bfloat16 allreduce_async", b_sum, mpi_sum(b.float()), atol=0)
 finally:
     allreduce_module.host_view = real_host_view
