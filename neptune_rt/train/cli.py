@@ -143,6 +143,22 @@ def _train(cli: dict) -> int:
         acc = result["test_accuracy"]
         print(f"final test accuracy: {acc * 100:.2f}%  ({result['steps']} steps, {result['samples']} samples, "
               f"{result['wall_s']:.1f} s, communication {result['comm_share'] * 100:.0f}% of step time, "
-              f"checkpoints {result['checkpoint_s']:.2f} s)\nrun directory: {result['run_dir']}  "
-              f"(neptune-rt report {result['run_dir']})", flush=True)
+              f"checkpoints {result['checkpoint_s']:.2f} s)\n{gradients_summary(result, config.compression)}"
+              f"run directory: {result['run_dir']}  (neptune-rt report {result['run_dir']})", flush=True)
     return 0
+
+
+def gradients_summary(result: dict, compression: str) -> str:
+    """The line (newline-terminated) that says how the gradients travelled: the codecs that carried them and their
+    compression, and why, where the cost model sent dense what --compression asked to compress; "" without engine
+    statistics."""
+    from neptune_rt.train.monitor import codecs_by_bytes
+    used = result.get("codecs_used")
+    if not used or "compression_ratio" not in result:
+        return ""
+    shown = codecs_by_bytes(used)
+    line = f"gradients sent as {'+'.join(shown)} ({result['compression_ratio']:.1f}x compression)\n"
+    if compression != "none" and shown == ["none"] and result.get("ranks", 2) > 1:  # one rank: nothing travels
+        line += (f"  (the cost model found dense faster than --compression {compression} on this link; "
+                 f"--force-codec quantizes anyway)\n")
+    return line

@@ -60,6 +60,17 @@ class EngineTelemetry:
                 out["codecs_used"] = used
         return out
 
+    def run_totals(self) -> dict[str, Any]:
+        """Over every bucket since init: compression_ratio and codecs_used, as interval() names them (empty without
+        engine statistics)."""
+        now = self._read()
+        out: dict[str, Any] = {}
+        if now.get("bytes_encoded"):
+            out["compression_ratio"] = now["bytes_raw"] / now["bytes_encoded"]
+        if isinstance(now.get("codec_bytes"), dict) and now["codec_bytes"]:
+            out["codecs_used"] = dict(now["codec_bytes"])
+        return out
+
     def bucket_events(self, timeline: Any, step: int) -> None:
         """Adds this step's bucket phases to the timeline's engine lane."""
         if self._records is None:

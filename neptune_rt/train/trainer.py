@@ -281,10 +281,11 @@ class Trainer:
         nrt.barrier(name="train.finish")  # every rank's files are written before rank 0 declares the run done
         self.timeline.write()
         self.opt.remove_hooks()
-        result = {"run_dir": str(self.files.dir), "steps": self.step, "samples": self.samples,
+        result = {"run_dir": str(self.files.dir), "ranks": nrt.size(), "steps": self.step, "samples": self.samples,
                   "test_accuracy": self.last_acc, "wall_s": round(self._wall(), 3),
                   "comm_share": self.totals["comm_s"] / max(self.totals["step_s"], 1e-9),
-                  "checkpoint_s": round(self.totals["checkpoint_s"], 4), "checkpoints": self.totals["checkpoints"]}
+                  "checkpoint_s": round(self.totals["checkpoint_s"], 4), "checkpoints": self.totals["checkpoints"],
+                  **self.telemetry.run_totals()}
         if self.lead:
             self.metrics.close()
             if self.tb:

@@ -41,3 +41,13 @@ def test_codec_label_names_the_codecs_that_carried_the_bytes():
     assert codec_label({"int8": 7_500_000, "none": 400}) == "int8"
     assert codec_label({"int8": 3_000, "none": 7_000}) == "none+int8"
     assert codec_label({}) == "-"
+
+
+def test_final_summary_says_how_the_gradients_travelled():
+    from neptune_rt.train.cli import gradients_summary
+    forced = {"ranks": 2, "compression_ratio": 3.94, "codecs_used": {"int8": 7_000_000, "none": 300}}
+    assert gradients_summary(forced, "int8") == "gradients sent as int8 (3.9x compression)\n"
+    dense = {"ranks": 4, "compression_ratio": 1.0, "codecs_used": {"none": 7_000_000}}
+    assert "the cost model found dense faster than --compression int8" in gradients_summary(dense, "int8")
+    assert "cost model" not in gradients_summary(dense, "none") + gradients_summary({**dense, "ranks": 1}, "int8")
+    assert gradients_summary({"ranks": 2}, "int8") == ""  # an engine without statistics
