@@ -61,7 +61,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("NEPTUNE_RT_DRIVE_WINDOW_US", "50",
          "how long the engine thread leaves a fresh submission to a caller that is about to wait for it (the "
          "caller then runs the cycle itself, with no thread hand-off); asynchronous work nobody waits on starts "
-         "at most this much later (about 2 ms later, once, after a run of submissions waited on at once) (us)",
+         "at most this much later (work handed over, by a passive wait, a completion callback or "
+         "DistributedOptimizer, at once; about 2 ms later, once, after a run of submissions waited on at once) (us)",
          _window_us),
     Knob("NEPTUNE_RT_TIMEOUT_SECONDS", "300",
          "a collective, negotiation, init() or shutdown() that waits longer on its peers fails (s)", float),

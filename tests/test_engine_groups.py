@@ -28,7 +28,7 @@ def test_synchronous_group_is_driven_by_its_caller():
                       env={"NEPTUNE_RT_DRIVE_WINDOW_US": "0"}), 2)
 
 
-def test_passive_wait_leaves_the_cycles_to_the_engine_thread():
+def test_passive_wait_hands_the_work_to_the_engine_thread_at_once():
     assert_ok(run_mpi("engine_groups_worker.py", 2, "passive_wait", timeout=120,
                       env={"NEPTUNE_RT_DRIVE_WINDOW_US": "500000"}), 2)
 

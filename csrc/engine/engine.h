@@ -135,9 +135,9 @@ class Engine {
   // refused as a whole.
   std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries, bool callerWaits = false);
   // Work submitted so far will not be driven by a waiting caller (a passive wait, a completion callback, the
-  // PyTorch binding's gradient buckets): ends caller-driven mode and wakes the engine thread for it at once. Outside
-  // the mode it resets the streak, so a job whose buckets are waited on passively (DistributedOptimizer) never
-  // enters the mode.
+  // PyTorch binding's gradient buckets): ends caller-driven mode and wakes the engine thread to start it at once,
+  // without the drive window. It also resets the streak, so a job whose buckets are waited on passively
+  // (DistributedOptimizer) never enters the mode.
   void leaveToEngine();
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
@@ -221,6 +221,9 @@ class Engine {
   // kCallerDrivenCheck instead.
   bool callerDriven_ = false;
   int callerStreak_ = 0;
+  // leaveToEngine: what is queued will not be driven by a caller, so the engine thread starts it without waiting out
+  // the drive window (cleared once a cycle takes the queue).
+  bool startNow_ = false;
   Clock::time_point lastSubmitAt_{};
   int waiters_ = 0;                        // threads in waitFor (they may drive cycles); the engine thread
                                            // sleeps while they do

@@ -71,7 +71,7 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
       continue;
     }
     if (!hasWorkLocked()) return true;  // callers did it all: back to sleep
-    if (pendingCount_.load(std::memory_order_acquire) > 0 || incoming_.empty()) return false;
+    if (pendingCount_.load(std::memory_order_acquire) > 0 || incoming_.empty() || startNow_) return false;
     const auto window = callerDriven_ ? std::chrono::duration_cast<Clock::duration>(kCallerDrivenCheck)
                                       : std::chrono::duration_cast<Clock::duration>(config_.driveWindow);
     const auto due = incoming_.front().queuedAt + window;
@@ -81,11 +81,11 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
       stats_.setCallerDriven(false);
       return false;
     }
-    // Not notified (enqueue leaves us be meanwhile): the window runs out, or a stop ends it, or leaveToEngine
-    // ends caller-driven mode (then the drive window applies: most often it has run out already).
+    // Not notified (enqueue leaves us be meanwhile): the window runs out, or a stop ends it, or leaveToEngine hands
+    // the queue over (startNow_), or ends caller-driven mode.
     wakeOnWork_ = false;
     const bool driven = callerDriven_;
-    cv_.wait_until(lock, due, [&] { return waiters_ > 0 || stopping() || (driven && !callerDriven_); });
+    cv_.wait_until(lock, due, [&] { return waiters_ > 0 || stopping() || startNow_ || (driven && !callerDriven_); });
     wakeOnWork_ = true;
   }
   return false;
@@ -94,10 +94,20 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
 void Engine::leaveToEngine() {
   std::lock_guard<std::mutex> lock(mu_);
   callerStreak_ = 0;
-  if (!callerDriven_) return;  // submissions notify the engine thread as usual
-  callerDriven_ = false;
-  stats_.setCallerDriven(false);
-  if (hasWorkLocked()) wakeForSubmission();  // ends its 1 ms wait (sleepUntilWork, leaveToCaller)
+  const bool wasDriven = callerDriven_;
+  if (wasDriven) {
+    callerDriven_ = false;
+    stats_.setCallerDriven(false);
+  }
+  if (!incoming_.empty()) {
+    // Nobody will drive what is queued: the engine thread starts it at once instead of leaving it to a caller for the
+    // drive window (a DistributedOptimizer bucket, waited on passively, started that much later), and in
+    // caller-driven mode instead of at its next look.
+    startNow_ = true;
+    wakeForSubmission();
+  } else if (wasDriven && hasWorkLocked()) {
+    wakeForSubmission();  // work of an earlier cycle: ends the mode's 1 ms pause
+  }
 }
 
 void Engine::loop() {
@@ -106,7 +116,9 @@ void Engine::loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       sleepUntilWork(lock);
-      if (leaveToCaller(lock) || stopping()) {
+      const bool callersDidIt = leaveToCaller(lock);
+      startNow_ = false;  // what was handed over is queued for the cycle below (or was driven by callers)
+      if (callersDidIt || stopping()) {
         if (stopping()) break;
         continue;
       }

@@ -218,27 +218,33 @@ def scenario_sync_group() -> None:
 
 
 def scenario_passive_wait() -> None:
-    """wait(drive=False) (how DistributedOptimizer waits) leaves the cycles to the engine thread. The test sets a
-    drive window of 0.5 s: the engine thread leaves fresh work that long to a caller who may drive it, so a
-    passive waiter takes at least the window and a driving one far less (the control: the check can fail)."""
+    """wait(drive=False) (how DistributedOptimizer waits) runs no cycle on the waiting thread (it sleeps in the native
+    wait) and hands the work to the engine thread at once (_leave_to_engine_thread). The test sets a drive window of
+    0.5 s, how long the engine thread leaves fresh work to a caller who may drive it: work polled with done() (which
+    drives nothing and hands nothing over) takes at least the window, the control; a passive wait takes far less
+    (until 2026-12-02 it waited the window out too), and so does a driving one."""
     nrt.init()
     n, r = nrt.size(), nrt.rank()
     window = float(os.environ["NEPTUNE_RT_DRIVE_WINDOW_US"]) / 1e6
     flat = np.zeros(60, np.float32)
     views = np.split(flat, 3)
     took = {}
-    for drive in (False, True):
+    for way in ("polled", "passive", "driving"):
         flat[:] = np.arange(60) + r
         WORLD.Barrier()
         t0 = time.monotonic()
-        got = nrt.grouped_allreduce_async_(views, names=[f"passive.{i}" for i in range(3)]).wait(drive=drive)
-        took[drive] = time.monotonic() - t0
-        assert np.array_equal(flat, n * np.arange(60) + sum(range(n))), (drive, flat)
+        group = nrt.grouped_allreduce_async_(views, names=[f"passive.{i}" for i in range(3)])
+        while way == "polled" and not group.done():
+            time.sleep(0.001)
+        got = group.wait(drive=way == "driving")
+        took[way] = time.monotonic() - t0
+        assert np.array_equal(flat, n * np.arange(60) + sum(range(n))), (way, flat)
         assert all(g is v for g, v in zip(got, views))
         h = nrt.allreduce_async_(np.ones(4), name="passive.one")  # a single Handle the same way
-        assert np.all(h.wait(drive=drive) == n)
-    assert took[False] >= 0.9 * window, f"rank {r}: a passive wait ended before the engine thread could cycle: {took}"
-    assert took[True] < 0.5 * window, f"rank {r}: the driving control waited for the engine thread: {took}"
+        assert np.all(h.wait(drive=way == "driving") == n)
+    assert took["polled"] >= 0.9 * window, f"rank {r}: work nobody handed over started before the window: {took}"
+    assert took["passive"] < 0.5 * window, f"rank {r}: a passive wait did not hand the work over at once: {took}"
+    assert took["driving"] < 0.5 * window, f"rank {r}: the driving wait waited for the engine thread: {took}"
     nrt.shutdown()
 
 
