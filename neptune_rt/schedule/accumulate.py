@@ -36,9 +36,11 @@ def local_backward(params: Iterable[torch.Tensor], losses: Sequence[Callable[[],
                 acc[p] = acc[p] + g if p in acc else g
     sq: list[torch.Tensor] = []
     handles = []
+    fired: set[torch.Tensor] = set()
 
     def make_hook(p: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(g: torch.Tensor) -> torch.Tensor:
+            fired.add(p)
             total = g + acc[p] if p in acc else g
             if measure_norm:
                 sq.append(torch.sum(total.detach().double() ** 2))
@@ -52,4 +54,13 @@ def local_backward(params: Iterable[torch.Tensor], losses: Sequence[Callable[[],
     finally:
         for h in handles:
             h.remove()
+    # A parameter the last micro-batch did not reach (a branch, an embedding row, an expert only earlier samples
+    # used) got no hook call: its earlier micro-batches' gradient goes into .grad here, as backward would have put
+    # it (DistributedOptimizer.synchronize() submits parameters whose hooks did not fire with the .grad they hold).
+    with torch.no_grad():
+        for p, g in acc.items():
+            if p not in fired:
+                p.grad = g.detach().clone() if p.grad is None else p.grad + g
+                if measure_norm:
+                    sq.append(torch.sum(g.detach().double() ** 2))
     return float(torch.stack(sq).sum().item()) if (measure_norm and sq) else -1.0

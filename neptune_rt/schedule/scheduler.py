@@ -88,6 +88,7 @@ class BatchScheduler:
         self._explore_streak = 0
         self._rows_batch = 0  # global batch of the last rows observed (0: none yet)
         self.history: list[Plan] = []
+        self._next_version = 0  # version of the next plan adopted (checkpoints keep only the last 32 of history)
         self.plan = self._adopt(self._split_plan(global_batch, self._equal(global_batch, micro), micro,
                                                  "initial equal split"))
 
@@ -165,6 +166,9 @@ class BatchScheduler:
         self._rows_batch = int(state.get("rows_batch", 0))
         self.plan = Plan.from_dict(state["plan"])
         self.history = [Plan.from_dict(p) for p in state["history"]]
+        # Versions go on from the plan in force, not from the kept history's length: a resumed run numbers (and so
+        # digests) its plans as the run it continues would have.
+        self._next_version = self.plan.version + 1
         for m, s in zip(self.models, state["models"]):
             m.load_state_dict(s)
         self.noise.load_state_dict(state["noise"])
@@ -209,7 +213,7 @@ class BatchScheduler:
         t = self._step_time(split)
         good = B / t * efficiency(phi, B, self.base_batch, self.lr_rule) if t > 0 else 0.0
         scale = lr_scale(self.lr_rule, phi, B, self.base_batch) if B != self.base_batch else 1.0
-        return Plan(version=len(self.history), step=self.steps, global_batch=B, local_batches=tuple(split),
+        return Plan(version=self._next_version, step=self.steps, global_batch=B, local_batches=tuple(split),
                     max_micro=tuple(micro), lr_scale=scale, noise_scale=phi, predicted_step_s=t,
                     predicted_goodput=good, reason=reason)
 
@@ -298,16 +302,22 @@ class BatchScheduler:
 
     def _back_off_oom(self, rows: list[list[float]]) -> Plan:
         """A rank ran out of memory: every rank skips this step, and each such rank's micro-batch limit drops
-        to 3/4 of the micro-batch that failed."""
+        to 3/4 of the micro-batch that failed. At a micro-batch of 1 there is nothing smaller to try: every rank
+        raises the same error (they all see the same rows), instead of skipping every step from then on."""
         micro = list(self.plan.max_micro)
         for r, row in enumerate(rows):
             if row[_COL["oom"]] > 0:
                 failed = max(self.plan.micro_batches(r) or [1])
+                if failed <= 1:
+                    raise RuntimeError(f"scheduler: rank {r} ran out of memory at a micro-batch of 1 sample: the "
+                                       f"model does not fit that rank's memory (free memory there, or shard the "
+                                       f"model); there is no smaller micro-batch to try")
                 micro[r] = max(1, min(micro[r], failed * 3 // 4))
         return self.set_max_micro(micro)
 
     def _adopt(self, plan: Plan) -> Plan:
         self.history.append(plan)
+        self._next_version = plan.version + 1
         log.info("%s", plan.describe())
         if self.on_change is not None:
             self.on_change(plan)

@@ -75,6 +75,13 @@ def test_oom_backs_off_that_rank_only():
     assert plan.local_batches == (32, 32, 32) and plan.accum_steps == (1, 2, 1)
 
 
+def test_oom_at_a_micro_batch_of_one_fails_instead_of_skipping_every_step():
+    # 3/4 of 1 is 1 again: the plan would stay as it was and the rank would run out of memory at every step.
+    s = BatchScheduler(2, 4, max_micro=1)
+    with pytest.raises(RuntimeError, match="rank 1 ran out of memory at a micro-batch of 1"):
+        s.observe([stats_row(2, 0.03), stats_row(2, 0.03, oom=True)])
+
+
 def noise_norms(phi, g2=1.0):
     # exact expectations of the squared norms for noise scale phi (S = phi * g2)
     def norms(plan, r):
@@ -183,6 +190,21 @@ def test_state_round_trip_through_a_checkpoint():
         assert s.observe(rows).digest() == t.observe(rows).digest()
     with pytest.raises(ValueError, match="3 ranks"):
         BatchScheduler(4, 128).load_state_dict(saved)
+
+
+def test_resumed_plans_go_on_numbering_after_the_32_plans_a_checkpoint_keeps():
+    # A checkpoint keeps the last 32 plans of the history; versions (and so digests, which the trainer checks on
+    # every rank and logs) must continue from the plan in force, as in the run that was not interrupted.
+    s = BatchScheduler(2, 64)
+    for k in range(40):
+        s.set_max_micro([8 + k % 2, 8])  # each call adopts a plan ("memory limits")
+    assert s.plan.version == 40
+    t = BatchScheduler(2, 64)
+    t.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert len(t.history) == 32
+    for sched in (s, t):
+        sched.set_max_micro([16, 16])
+    assert t.plan.version == s.plan.version == 41 and t.plan.digest() == s.plan.digest()
 
 
 def test_first_step_at_a_new_global_batch_is_not_timed():
