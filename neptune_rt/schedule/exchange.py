@@ -101,19 +101,26 @@ def probe_max_micro(run: Callable[[int], Any], meter: Any, probe: MemoryProbe | 
     rounds = 0
     while not probe.done:
         tried = probe.candidates()[rank]
-        ok, peak = 1.0, 0.0
+        ok, peak, failure = 1.0, 0.0, None
         if tried > 0:
             try:
                 with meter.measure():
                     run(tried)
-            except Exception as err:  # noqa: BLE001 -- only out-of-memory is an answer; anything else is a bug
-                if not meter.is_oom(err):
-                    raise
-                ok = 0.0
+            except Exception as err:  # noqa: BLE001 -- out of memory is an answer; anything else stops every rank
+                ok, failure = (0.0, None) if meter.is_oom(err) else (-1.0, err)
             peak = meter.peak
             gc.collect()
             _empty_device_cache()
+        # Every rank's row goes out, a failed one too (ok = -1), so that all ranks leave the loop in the same round:
+        # raising here alone would leave the others waiting in this gather.
         rows = gather_stats([tried, ok, peak, meter.capacity], name=f"{name}.{rounds}")
+        failed = [r for r, row in enumerate(rows) if row[1] < 0]
+        if failure is not None:
+            raise RuntimeError(f"probe_max_micro: rank {rank}: run({tried}) failed with an error other than out of "
+                               f"memory: {failure!r}; every rank stops probing") from failure
+        if failed:
+            raise RuntimeError(f"probe_max_micro: rank(s) {failed} failed in run(b) with an error other than out of "
+                               f"memory (their own message says which); rank {rank} stops probing too")
         probe.observe([r[:4] for r in rows])
         rounds += 1
     return probe.result()

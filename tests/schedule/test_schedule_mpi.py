@@ -24,6 +24,10 @@ def test_memory_probe_with_cap_on_one_rank():
     assert_ok(run_mpi(WORKER, 3, "probe", "1", env=ENV), 3)
 
 
+def test_memory_probe_stops_every_rank_when_one_fails_otherwise():
+    assert_ok(run_mpi(WORKER, 3, "probe_error", env=ENV, timeout=120), 3)
+
+
 def test_statistics_rows_gathered_bit_for_bit():
     assert_ok(run_mpi(WORKER, 4, "gather", env=ENV), 4)
 

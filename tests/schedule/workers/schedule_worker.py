@@ -168,6 +168,26 @@ elif mode == "probe":
     elif limits[rank] != 512:
         fail(f"uncapped rank probed {limits[rank]}, expected the limit 512")
     print(f"OK rank {rank} limits={limits}", flush=True)
+elif mode == "probe_error":
+    # A run(b) that fails with anything but out of memory on rank 1: every rank leaves the probe with an error
+    # naming rank 1 (the others used to wait for its row: the job ended only by rank 1's abort at exit, and a rank 1
+    # that caught its error and went on left them waiting until the engine's timeout).
+    meter = CpuMemoryMeter(capacity_bytes=1e9)
+
+    def run(b: int) -> None:
+        if rank == 1:
+            raise ValueError("a bug in the probe function")
+
+    t0 = time.monotonic()
+    try:
+        probe_max_micro(run, meter, MemoryProbe(size, start=8, limit=64))
+        fail("a failing probe function did not stop the probe")
+    except RuntimeError as err:
+        if ("rank 1" if rank == 1 else "rank(s) [1]") not in str(err):
+            fail(f"the probe's error does not name rank 1: {err}")
+    if time.monotonic() - t0 > 20:
+        fail(f"the probe took {time.monotonic() - t0:.1f} s to stop")
+    print(f"OK rank {rank}", flush=True)
 elif mode == "gather":
     # every rank's statistics row, bit for bit as mpi4py's own allgather delivers it, 20 rounds
     rng = np.random.default_rng(rank)
