@@ -1,7 +1,7 @@
 """The Trainer's side of the batch-size scheduler (`--balance`, docs/schedule.md): each step's requested per-rank
 sizes and micro-batches, the emulated slowdown (`--emulate-slowdown`, a demo/test aid), the statistics rows
-(through `StatsPipe`: each step's row travels in the next step's gradient cycle) fed to `BatchScheduler.observe`, the plan records of metrics.jsonl, the plan-digest
-check across ranks and the scheduler's checkpoint slot. With --balance off only the equal split and the emulated
+(through `StatsPipe`: each step's row travels in the next step's gradient cycle) fed to `BatchScheduler.observe`,
+the plan records of metrics.jsonl, the plan-digest check across ranks and the scheduler's checkpoint slot. With --balance off only the equal split and the emulated
 slowdown remain. Exercised by tests/train/test_train_balance.py under mpirun.
 """
 from __future__ import annotations
@@ -65,10 +65,10 @@ class Balancer:
     def _new_scheduler(self) -> BatchScheduler:
         c = self.config
         goodput = self.mode == "goodput"
-        largest = c.bounds()[1] if goodput else c.batch_size  # any share may run as accumulated micro-batches
+        largest = c.bounds(self.size)[1] if goodput else c.batch_size  # a share may run as accumulated micro-batches
         return BatchScheduler(self.size, c.batch_size, max_micro=c.max_micro or largest,
                               max_accum=max(16, -(-largest // (c.max_micro or largest))), adaptive_batch=goodput,
-                              batch_bounds=c.bounds() if goodput else None, lr_rule=c.lr_rule)
+                              batch_bounds=c.bounds(self.size) if goodput else None, lr_rule=c.lr_rule)
 
     # -- per step ---------------------------------------------------------------------------------------
     @property

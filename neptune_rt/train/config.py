@@ -54,8 +54,8 @@ class TrainConfig:
                              "learning rate)", BALANCE)
     max_micro: int = _f(0, "with --balance: largest micro-batch per rank; a larger share runs as gradient "
                            "accumulation (0: no limit)")
-    batch_bounds: str = _f("", "--balance goodput: global batch bounds LO,HI (default: batch-size/4, "
-                               "8 x batch-size)")
+    batch_bounds: str = _f("", "--balance goodput: global batch bounds LO,HI (default: batch-size/4 but at least "
+                               "the number of ranks, 8 x batch-size)")
     lr_rule: str = _f("adascale", "--balance goodput: learning-rate scale for a global batch other than "
                                   "--batch-size: adascale, sqrt or linear", LR_RULES)
     emulate_slowdown: str = _f("", "testing/demo aid: per-rank slowdown factors, e.g. 1,1,1,2: rank i sleeps "
@@ -129,15 +129,19 @@ class TrainConfig:
         if self.balance != "off" and self.batch_size < size:
             raise ConfigError(f"--balance {self.balance} needs --batch-size >= the number of ranks ({size}), "
                               f"got {self.batch_size}")
+        lowest = self.bounds(size)[0]
+        if self.balance == "goodput" and lowest < size:
+            raise ConfigError(f"--batch-bounds {self.batch_bounds}: a global batch of {lowest} leaves some of the "
+                              f"{size} ranks without a sample; make the lower bound at least {size}")
         try:
             return parse_factors(self.emulate_slowdown, size) if self.emulate_slowdown else None
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
-    def bounds(self) -> tuple[int, int]:
-        """Global batch bounds of goodput mode."""
+    def bounds(self, size: int = 1) -> tuple[int, int]:
+        """Global batch bounds of goodput mode on `size` ranks (the default lower bound gives each a sample)."""
         if not self.batch_bounds:
-            return max(1, self.batch_size // 4), 8 * self.batch_size
+            return max(size, self.batch_size // 4), 8 * self.batch_size
         lo, hi = (int(v) for v in self.batch_bounds.split(","))
         if not 1 <= lo <= self.batch_size <= hi:
             raise ValueError(self.batch_bounds)

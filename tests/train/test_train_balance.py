@@ -124,6 +124,9 @@ def test_resume_on_another_world_size_restarts_the_scheduler(killed, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--balance", "hetro"], "unknown balance 'hetro' (choose one of: off, hetero, goodput); did you mean 'hetero'?"),
     (["--emulate-slowdown", "1,2,4"], "--emulate-slowdown '1,2,4' names 3 ranks but the job has 2"),
+    (["--balance", "goodput", "--batch-size", "8", "--batch-bounds", "1,64"],
+     "--batch-bounds 1,64: a global batch of 1 leaves some of the 2 ranks without a sample; make the lower bound at "
+     "least 2"),
 ])
 def test_bad_balance_settings_fail_on_every_rank(tmp_path, args, message):
     result = neptune(2, "train", "--data", "digits", "--steps", "2", "--run-dir", tmp_path / "run", *args,
