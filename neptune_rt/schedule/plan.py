@@ -100,3 +100,12 @@ def check_rows(rows: Sequence[Sequence[float]], world_size: int) -> None:
     if len(rows) != world_size or any(len(r) != len(STAT_COLUMNS) for r in rows):
         raise ValueError(f"scheduler: expected {world_size} statistics rows of {len(STAT_COLUMNS)} values "
                          f"({', '.join(STAT_COLUMNS)}), got {len(rows)} rows")
+    # A NaN time would stay in the time model's averages for good (every later comparison false: the split flaps
+    # every step), an infinite one would freeze it. Norms may be non-finite (an fp16 overflow): the noise scale
+    # skips such steps.
+    for rank, row in enumerate(rows):
+        for column in ("local_batch", "compute_s", "step_s"):
+            value = float(row[STAT_COLUMNS.index(column)])
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"scheduler: rank {rank}'s statistics row has {column} = {value}; batch sizes and "
+                                 f"seconds must be finite and >= 0 (measure them with time.perf_counter)")

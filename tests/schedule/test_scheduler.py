@@ -75,6 +75,14 @@ def test_oom_backs_off_that_rank_only():
     assert plan.local_batches == (32, 32, 32) and plan.accum_steps == (1, 2, 1)
 
 
+def test_a_non_finite_time_is_refused_naming_the_rank_and_column():
+    # A NaN kept in the time model would make every later comparison false: the split re-planned every step.
+    s = BatchScheduler(2, 64)
+    with pytest.raises(ValueError, match="rank 1's statistics row has compute_s = nan"):
+        s.observe([stats_row(32, 0.03), stats_row(32, float("nan"))])
+    s.observe([stats_row(32, 0.03, float("inf"), 1.0), stats_row(32, 0.03, 1.0, 1.0)])  # norms may overflow
+
+
 def test_oom_at_a_micro_batch_of_one_fails_instead_of_skipping_every_step():
     # 3/4 of 1 is 1 again: the plan would stay as it was and the rank would run out of memory at every step.
     s = BatchScheduler(2, 4, max_micro=1)
