@@ -202,3 +202,9 @@ class Balancer:
             self.logged_version = self.scheduler.plan.version  # already in metrics.jsonl
             if pipe is not None:  # the row the uninterrupted run would send next (every rank has one)
                 self.pipe.load_state_dict(pipe)
+            # A lower --max-micro given on resume (the way out of an out-of-memory crash) applies over the
+            # checkpoint's limits: a new plan, logged like any other.
+            kept = self.scheduler.plan.max_micro
+            limits = [min(m, self.config.max_micro) for m in kept] if self.config.max_micro else list(kept)
+            if limits != list(kept):
+                self.scheduler.set_max_micro(limits)

@@ -111,6 +111,16 @@ def test_kill_and_resume_restores_the_scheduler(killed, tmp_path):
         assert torch.equal(value, final_params(run)[name]), f"{name} differs after kill-and-resume"
 
 
+def test_a_lower_max_micro_given_on_resume_applies(killed, tmp_path):
+    # The checkpoint's plan has micro-batch limits of 20; resuming with --max-micro 6 (as after running out of
+    # memory) must lower them, not keep the checkpoint's.
+    run = shutil.copytree(killed, tmp_path / "run")
+    ok(neptune(2, "train", "--resume", run, "--max-micro", "6", timeout=300))
+    after = [p for p in _plans(run) if p["step"] >= 4]
+    assert after and after[0]["max_micro"] == [6, 6] and all(max(p["max_micro"]) <= 6 for p in after), after
+    assert all(a == -(-b // 6) for p in after for a, b in zip(p["accum_steps"], p["local_batches"])), after
+
+
 def test_resume_on_another_world_size_restarts_the_scheduler(killed, tmp_path):
     run = shutil.copytree(killed, tmp_path / "run")
     result = ok(neptune(3, "train", "--resume", run, "--emulate-slowdown", "1,1,3", timeout=300))
