@@ -24,10 +24,11 @@ def local_backward(params: Iterable[torch.Tensor], losses: Sequence[Callable[[],
                    measure_norm: bool = True) -> float:
     """Runs each `losses[j]()` (a scalar loss, already weighted, e.g. by micro_weights) backward and leaves
     their sum's gradient in .grad (through one backward, so communication hooks fire once). Returns the
-    squared norm of that local gradient (-1.0 if measure_norm is False)."""
+    squared norm of that local gradient (-1.0 if measure_norm is False). No losses (a rank whose share of a short
+    last batch is empty): nothing runs and the norm is 0.0; the rank still calls synchronize(), contributing zeros."""
     params = [p for p in params if p.requires_grad]
     if not losses:
-        raise ValueError("local_backward: no micro-batch losses given")
+        return 0.0 if measure_norm else -1.0
     acc: dict[torch.Tensor, torch.Tensor] = {}
     for fn in losses[:-1]:
         grads = torch.autograd.grad(fn(), params, allow_unused=True)

@@ -28,3 +28,10 @@ def test_a_parameter_only_earlier_micro_batches_reach_keeps_their_gradient():
     for got, ref in zip((w.grad, w_rare.grad), want):
         assert torch.allclose(got, ref, rtol=1e-6, atol=1e-7), (got, ref)
     assert abs(sq - sum(float((g.double() ** 2).sum()) for g in want)) < 1e-6 * sq
+
+
+def test_a_rank_with_no_samples_runs_nothing():
+    # A short last batch can leave a rank without samples: the documented loop still calls local_backward.
+    w = torch.randn(3, requires_grad=True)
+    assert local_backward([w], []) == 0.0 and w.grad is None
+    assert local_backward([w], [], measure_norm=False) == -1.0
