@@ -123,6 +123,7 @@ Engine::StepResult Engine::step() {
       pending_.push_back(std::move(incoming_.front()));
       incoming_.pop_front();
     }
+    startNow_ = false;  // whatever was handed over is in this cycle (engine_drive.cc)
   }
   pendingCount_.store(pending_.size(), std::memory_order_release);
   if (pending_.empty()) return StepResult::kNoProgress;  // nothing to negotiate: do not enter the exchange

@@ -25,7 +25,8 @@ def local_backward(params: Iterable[torch.Tensor], losses: Sequence[Callable[[],
     """Runs each `losses[j]()` (a scalar loss, already weighted, e.g. by micro_weights) backward and leaves
     their sum's gradient in .grad (through one backward, so communication hooks fire once). Returns the
     squared norm of that local gradient (-1.0 if measure_norm is False). No losses (a rank whose share of a short
-    last batch is empty): nothing runs and the norm is 0.0; the rank still calls synchronize(), contributing zeros."""
+    last batch is empty): nothing runs and the norm is 0.0; with DistributedOptimizer the rank still calls
+    synchronize(), contributing zeros (DDP has no such path: give every rank a sample there)."""
     params = [p for p in params if p.requires_grad]
     if not losses:
         return 0.0 if measure_norm else -1.0
@@ -37,11 +38,9 @@ def local_backward(params: Iterable[torch.Tensor], losses: Sequence[Callable[[],
                 acc[p] = acc[p] + g if p in acc else g
     sq: list[torch.Tensor] = []
     handles = []
-    fired: set[torch.Tensor] = set()
 
     def make_hook(p: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(g: torch.Tensor) -> torch.Tensor:
-            fired.add(p)
             total = g + acc[p] if p in acc else g
             if measure_norm:
                 sq.append(torch.sum(total.detach().double() ** 2))
@@ -51,17 +50,14 @@ def local_backward(params: Iterable[torch.Tensor], losses: Sequence[Callable[[],
     if acc or measure_norm:
         handles = [p.register_hook(make_hook(p)) for p in params]
     try:
-        losses[-1]().backward()
+        last = losses[-1]()
+        # A parameter only earlier micro-batches reached (a branch, an embedding row, an expert) would get no hook
+        # call in the last backward, and its accumulated gradient would be lost: a zero term puts each such one in
+        # the graph, so its hook adds acc[p] and the communication hooks (DDP's too) see the whole gradient.
+        if acc:
+            last = last + sum((p * 0).sum() for p in acc)
+        last.backward()
     finally:
         for h in handles:
             h.remove()
-    # A parameter the last micro-batch did not reach (a branch, an embedding row, an expert only earlier samples
-    # used) got no hook call: its earlier micro-batches' gradient goes into .grad here, as backward would have put
-    # it (DistributedOptimizer.synchronize() submits parameters whose hooks did not fire with the .grad they hold).
-    with torch.no_grad():
-        for p, g in acc.items():
-            if p not in fired:
-                p.grad = g.detach().clone() if p.grad is None else p.grad + g
-                if measure_norm:
-                    sq.append(torch.sum(g.detach().double() ** 2))
     return float(torch.stack(sq).sum().item()) if (measure_norm and sq) else -1.0

@@ -123,7 +123,8 @@ class BatchScheduler:
                 0.9 * self.overhead_s + 0.1 * extra
         norms = [r[_COL["local_sq_norm"]] for r in rows]
         avg = rows[0][_COL["avg_sq_norm"]]
-        if min(norms) >= 0 and avg >= 0 and self.world_size > 1:
+        # The estimate needs two ranks with samples (a short last batch can leave only one).
+        if min(norms) >= 0 and avg >= 0 and sum(r[_COL["local_batch"]] > 0 for r in rows) >= 2:
             self.noise.observe(norms, [int(r[_COL["local_batch"]]) for r in rows], avg)
         if self.steps <= self.warmup_steps:
             return self.plan
@@ -307,6 +308,8 @@ class BatchScheduler:
         micro = list(self.plan.max_micro)
         for r, row in enumerate(rows):
             if row[_COL["oom"]] > 0:
+                if row[_COL["local_batch"]] <= 0:
+                    continue  # no samples: not a micro-batch that ran out of memory, and no limit to lower
                 failed = max(self.plan.micro_batches(r) or [1])
                 if failed <= 1:
                     raise RuntimeError(f"scheduler: rank {r} ran out of memory at a micro-batch of 1 sample: the "

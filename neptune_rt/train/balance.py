@@ -1,8 +1,9 @@
 """The Trainer's side of the batch-size scheduler (`--balance`, docs/schedule.md): each step's requested per-rank
 sizes and micro-batches, the emulated slowdown (`--emulate-slowdown`, a demo/test aid), the statistics rows
 (through `StatsPipe`: each step's row travels in the next step's gradient cycle) fed to `BatchScheduler.observe`,
-the plan records of metrics.jsonl, the plan-digest check across ranks and the scheduler's checkpoint slot. With --balance off only the equal split and the emulated
-slowdown remain. Exercised by tests/train/test_train_balance.py under mpirun.
+the plan records of metrics.jsonl, the plan-digest check across ranks and the scheduler's checkpoint slot. With
+--balance off only the equal split and the emulated slowdown remain. Exercised by tests/train/test_train_balance.py
+under mpirun.
 """
 from __future__ import annotations
 

@@ -154,11 +154,11 @@ def gradients_summary(result: dict, compression: str) -> str:
     statistics."""
     from neptune_rt.train.monitor import codecs_by_bytes
     used = result.get("codecs_used")
-    if not used or "compression_ratio" not in result:
-        return ""
+    if not used or "compression_ratio" not in result or result.get("ranks", 2) <= 1:
+        return ""  # no statistics, or one rank: nothing travelled
     shown = codecs_by_bytes(used)
     line = f"gradients sent as {'+'.join(shown)} ({result['compression_ratio']:.1f}x compression)\n"
-    if compression != "none" and shown == ["none"] and result.get("ranks", 2) > 1:  # one rank: nothing travels
+    if compression != "none" and shown == ["none"]:
         line += (f"  (the cost model found dense faster than --compression {compression} on this link; "
                  f"--force-codec quantizes anyway)\n")
     return line

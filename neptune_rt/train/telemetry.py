@@ -22,6 +22,7 @@ class EngineTelemetry:
         self._records = getattr(_engine, "bucket_records", None)
         self.available = self._stats is not None
         self._last: dict[str, Any] = self._read()
+        self._start = self._last  # run_totals counts from here: this run's training (or what a resume trains)
         if self._records is not None:
             self._records(clear=True)  # drop what ran before training (parameter broadcast, checks)
 
@@ -61,14 +62,17 @@ class EngineTelemetry:
         return out
 
     def run_totals(self) -> dict[str, Any]:
-        """Over every bucket since init: compression_ratio and codecs_used, as interval() names them (empty without
-        engine statistics)."""
-        now = self._read()
+        """Over the buckets since this object was made (the trainer's start or resume): compression_ratio and
+        codecs_used, as interval() names them (empty without engine statistics)."""
+        now, start = self._read(), self._start
         out: dict[str, Any] = {}
-        if now.get("bytes_encoded"):
-            out["compression_ratio"] = now["bytes_raw"] / now["bytes_encoded"]
-        if isinstance(now.get("codec_bytes"), dict) and now["codec_bytes"]:
-            out["codecs_used"] = dict(now["codec_bytes"])
+        encoded = now.get("bytes_encoded", 0) - start.get("bytes_encoded", 0)
+        if encoded:
+            out["compression_ratio"] = (now["bytes_raw"] - start.get("bytes_raw", 0)) / encoded
+        before = start.get("codec_bytes") or {}
+        used = {c: n - before.get(c, 0) for c, n in (now.get("codec_bytes") or {}).items() if n > before.get(c, 0)}
+        if used:
+            out["codecs_used"] = used
         return out
 
     def bucket_events(self, timeline: Any, step: int) -> None:

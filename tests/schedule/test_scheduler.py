@@ -83,6 +83,13 @@ def test_a_non_finite_time_is_refused_naming_the_rank_and_column():
     s.observe([stats_row(32, 0.03, float("inf"), 1.0), stats_row(32, 0.03, 1.0, 1.0)])  # norms may overflow
 
 
+def test_a_step_where_one_rank_has_samples_skips_the_noise_scale():
+    # A short last batch of 1 sample on 2 ranks: the estimate needs two ranks with samples, the step goes on.
+    s = BatchScheduler(2, 64, adaptive_batch=True, batch_bounds=(2, 256))
+    s.observe([stats_row(1, 0.01, 2.0, 2.0), stats_row(0, 0.001, 0.0, 2.0)])
+    assert s.noise.count == 0
+
+
 def test_oom_at_a_micro_batch_of_one_fails_instead_of_skipping_every_step():
     # 3/4 of 1 is 1 again: the plan would stay as it was and the rank would run out of memory at every step.
     s = BatchScheduler(2, 4, max_micro=1)

@@ -49,5 +49,6 @@ def test_final_summary_says_how_the_gradients_travelled():
     assert gradients_summary(forced, "int8") == "gradients sent as int8 (3.9x compression)\n"
     dense = {"ranks": 4, "compression_ratio": 1.0, "codecs_used": {"none": 7_000_000}}
     assert "the cost model found dense faster than --compression int8" in gradients_summary(dense, "int8")
-    assert "cost model" not in gradients_summary(dense, "none") + gradients_summary({**dense, "ranks": 1}, "int8")
+    assert "cost model" not in gradients_summary(dense, "none")
+    assert gradients_summary({**dense, "ranks": 1}, "int8") == ""  # one rank: nothing travelled
     assert gradients_summary({"ranks": 2}, "int8") == ""  # an engine without statistics

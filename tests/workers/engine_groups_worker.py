@@ -228,16 +228,18 @@ def scenario_passive_wait() -> None:
     window = float(os.environ["NEPTUNE_RT_DRIVE_WINDOW_US"]) / 1e6
     flat = np.zeros(60, np.float32)
     views = np.split(flat, 3)
-    took = {}
+    took, driven = {}, {}
     for way in ("polled", "passive", "driving"):
         flat[:] = np.arange(60) + r
         WORLD.Barrier()
+        waited = nrt.stats()["wait_s"]  # callers' time in the engine's driving wait (waitFor) only
         t0 = time.monotonic()
         group = nrt.grouped_allreduce_async_(views, names=[f"passive.{i}" for i in range(3)])
         while way == "polled" and not group.done():
             time.sleep(0.001)
         got = group.wait(drive=way == "driving")
         took[way] = time.monotonic() - t0
+        driven[way] = nrt.stats()["wait_s"] - waited
         assert np.array_equal(flat, n * np.arange(60) + sum(range(n))), (way, flat)
         assert all(g is v for g, v in zip(got, views))
         h = nrt.allreduce_async_(np.ones(4), name="passive.one")  # a single Handle the same way
@@ -245,6 +247,7 @@ def scenario_passive_wait() -> None:
     assert took["polled"] >= 0.9 * window, f"rank {r}: work nobody handed over started before the window: {took}"
     assert took["passive"] < 0.5 * window, f"rank {r}: a passive wait did not hand the work over at once: {took}"
     assert took["driving"] < 0.5 * window, f"rank {r}: the driving wait waited for the engine thread: {took}"
+    assert driven["passive"] == 0 < driven["driving"], f"rank {r}: a passive wait drove the engine: {driven}"
     nrt.shutdown()
 
 
