@@ -23,8 +23,14 @@ def test_a_parameter_only_earlier_micro_batches_reach_keeps_their_gradient():
     want = torch.autograd.grad(full, [w, w_rare])
     parts = [torch.tensor([0, 1]), torch.tensor([2, 3])]
     weights = micro_weights([len(p) for p in parts])
+    # Communication hooks (DistributedOptimizer's, DDP's) run when a gradient is accumulated during backward: one
+    # that ran afterwards, writing .grad itself, would leave them out.
+    hooked = []
+    handle = w_rare.register_post_accumulate_grad_hook(lambda p: hooked.append(p.grad.clone()))
     sq = local_backward([w, w_rare], [lambda p=p, k=k: k * loss(p) for p, k in zip(parts, weights)])
+    handle.remove()
     assert w_rare.grad is not None, "the gradient of a parameter the last micro-batch did not reach was lost"
+    assert len(hooked) == 1 and torch.equal(hooked[0], w_rare.grad), "the communication hooks did not see it"
     for got, ref in zip((w.grad, w_rare.grad), want):
         assert torch.allclose(got, ref, rtol=1e-6, atol=1e-7), (got, ref)
     assert abs(sq - sum(float((g.double() ** 2).sum()) for g in want)) < 1e-6 * sq

@@ -95,6 +95,10 @@ def test_oom_at_a_micro_batch_of_one_fails_instead_of_skipping_every_step():
     s = BatchScheduler(2, 4, max_micro=1)
     with pytest.raises(RuntimeError, match="rank 1 ran out of memory at a micro-batch of 1"):
         s.observe([stats_row(2, 0.03), stats_row(2, 0.03, oom=True)])
+    # A rank with no samples that reports running out of memory (its optimizer step, say) ran no micro-batch: its
+    # limit stays, every rank skips the step, nothing is raised.
+    s = BatchScheduler(2, 4, max_micro=1)
+    assert s.observe([stats_row(4, 0.03), stats_row(0, 0.0, oom=True)]).max_micro == (1, 1)
 
 
 def noise_norms(phi, g2=1.0):
