@@ -16,6 +16,21 @@ NOTE = ("note: this engine build does not report per-bucket phases (neptune_rt.e
         "the timeline's engine lane and the encode/wire/decode and compression-ratio columns stay empty")
 
 
+def _compression(now: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """Between two stats() readings: compression_ratio (bytes_raw / bytes_encoded) and codecs_used (bytes_raw per
+    codec that ran), each only where something ran."""
+    out: dict[str, Any] = {}
+    encoded = now.get("bytes_encoded", 0) - then.get("bytes_encoded", 0)
+    if encoded:
+        out["compression_ratio"] = (now.get("bytes_raw", 0) - then.get("bytes_raw", 0)) / encoded
+    before = then.get("codec_bytes") if isinstance(then.get("codec_bytes"), dict) else {}
+    now_bytes = now.get("codec_bytes") if isinstance(now.get("codec_bytes"), dict) else {}
+    used = {c: n - before.get(c, 0) for c, n in now_bytes.items() if n > before.get(c, 0)}
+    if used:
+        out["codecs_used"] = used
+    return out
+
+
 class EngineTelemetry:
     def __init__(self) -> None:
         self._stats = getattr(_engine, "stats", None)
@@ -45,35 +60,21 @@ class EngineTelemetry:
         delta = {k: now.get(k, 0) - self._last.get(k, 0) for k in
                  ("bytes_raw", "bytes_wire", "bytes_encoded", "encode_s", "wire_s", "decode_s", "wait_s", "buckets")
                  if isinstance(now.get(k, 0), (int, float))}
-        before = self._last.get("codec_bytes") if isinstance(self._last.get("codec_bytes"), dict) else {}
-        self._last = now
         out = {"bytes_raw": delta.get("bytes_raw", 0), "bytes_wire": delta.get("bytes_wire", 0),
                "encode_s": delta.get("encode_s", 0.0), "wire_s": delta.get("wire_s", 0.0),
-               "decode_s": delta.get("decode_s", 0.0), "engine_wait_s": delta.get("wait_s", 0.0)}
+               "decode_s": delta.get("decode_s", 0.0), "engine_wait_s": delta.get("wait_s", 0.0),
+               **_compression(now, self._last)}
         if delta.get("bytes_encoded"):
             out["bytes_encoded"] = delta["bytes_encoded"]
-            out["compression_ratio"] = out["bytes_raw"] / delta["bytes_encoded"]
         if isinstance(now.get("codecs"), dict):
             out["codecs"] = now["codecs"]
-        if isinstance(now.get("codec_bytes"), dict):
-            used = {c: n - before.get(c, 0) for c, n in now["codec_bytes"].items() if n - before.get(c, 0) > 0}
-            if used:
-                out["codecs_used"] = used
+        self._last = now
         return out
 
     def run_totals(self) -> dict[str, Any]:
         """Over the buckets since this object was made (the trainer's start or resume): compression_ratio and
         codecs_used, as interval() names them (empty without engine statistics)."""
-        now, start = self._read(), self._start
-        out: dict[str, Any] = {}
-        encoded = now.get("bytes_encoded", 0) - start.get("bytes_encoded", 0)
-        if encoded:
-            out["compression_ratio"] = (now["bytes_raw"] - start.get("bytes_raw", 0)) / encoded
-        before = start.get("codec_bytes") or {}
-        used = {c: n - before.get(c, 0) for c, n in (now.get("codec_bytes") or {}).items() if n > before.get(c, 0)}
-        if used:
-            out["codecs_used"] = used
-        return out
+        return _compression(self._read(), self._start)
 
     def bucket_events(self, timeline: Any, step: int) -> None:
         """Adds this step's bucket phases to the timeline's engine lane."""
