@@ -23,16 +23,20 @@ class MemoryProbe:
     same policy on the same rows.
 
     start: first micro-batch tried; limit: never probe above this (the data's batch, or a user cap);
-    safety: fraction of capacity the prediction aims for (allocator fragmentation, the optimizer's state);
-    max_rounds: probes per rank before settling on the best size that fitted."""
+    safety: fraction of capacity a result may peak at (allocator fragmentation, the optimizer's state): a
+    probe that fits but peaks above it counts as too large, like an out-of-memory, though its peak still
+    feeds the fit; max_rounds: probes per rank before settling on the best size that fitted."""
 
     def __init__(self, world_size: int, start: int = 16, limit: int = 4096, safety: float = 0.9,
                  max_rounds: int = 10):
         if not 1 <= start <= limit:
             raise ValueError(f"MemoryProbe: need 1 <= start <= limit, got start={start}, limit={limit}")
+        if not 0 < safety <= 1:
+            raise ValueError(f"MemoryProbe: need 0 < safety <= 1, got {safety}")
         self.world_size, self.limit, self.safety, self.max_rounds = world_size, limit, safety, max_rounds
         self.ok: list[dict[int, float]] = [{} for _ in range(world_size)]   # fitted size -> peak bytes
         self.failed: list[int | None] = [None] * world_size                   # smallest size that failed
+        self.capacity = [0.0] * world_size                                    # latest capacity reported
         self.next: list[int] = [start] * world_size
         self.rounds = [0] * world_size
 
@@ -44,7 +48,12 @@ class MemoryProbe:
         return all(n == 0 for n in self.next)
 
     def result(self) -> list[int]:
-        best = [max(ok) if ok else 0 for ok in self.ok]
+        """Per rank, the largest size that fitted under safety x capacity; where none did, the smallest that
+        fitted at all (it ran, above the margin); 0 nowhere: a rank where nothing fitted raises."""
+        best = []
+        for r, ok in enumerate(self.ok):
+            safe = self._safe_sizes(r)
+            best.append(max(safe) if safe else (min(ok) if ok else 0))
         bad = [r for r, b in enumerate(best) if b == 0]
         if bad:
             raise RuntimeError(f"memory probing: rank(s) {bad} cannot fit even a micro-batch of 1 sample; "
@@ -57,29 +66,40 @@ class MemoryProbe:
             if tried == 0:
                 continue
             self.rounds[r] += 1
+            self.capacity[r] = float(capacity)
             if ok:
                 self.ok[r][tried] = float(peak)
             else:
                 self.failed[r] = tried if self.failed[r] is None else min(self.failed[r], tried)
-            self.next[r] = self._next(r, float(capacity))
+            self.next[r] = self._next(r)
 
-    def _next(self, r: int, capacity: float) -> int:
-        ok, failed = self.ok[r], self.failed[r]
-        best = max(ok) if ok else 0
-        ceiling = min(self.limit, (failed - 1) if failed is not None else self.limit)
-        if best >= ceiling or self.rounds[r] >= self.max_rounds:
+    def _safe_sizes(self, r: int) -> list[int]:
+        """Sizes that fitted with a peak under safety x capacity (all that fitted when no capacity is known)."""
+        margin = self.safety * self.capacity[r]
+        return [b for b, peak in self.ok[r].items() if self.capacity[r] <= 0 or peak <= margin]
+
+    def _too_large(self, r: int) -> int | None:
+        """Smallest size known too large: it failed, or it fitted with a peak above the safety margin."""
+        over = [b for b in self.ok[r] if b not in self._safe_sizes(r)]
+        known = over + ([self.failed[r]] if self.failed[r] is not None else [])
+        return min(known) if known else None
+
+    def _next(self, r: int) -> int:
+        ok = self.ok[r]
+        safe = self._safe_sizes(r)
+        best, too_large = (max(safe) if safe else 0), self._too_large(r)
+        ceiling = min(self.limit, (too_large - 1) if too_large is not None else self.limit)
+        if best >= ceiling or self.rounds[r] >= self.max_rounds or ceiling < 1:
             return 0
-        if not ok:  # even the first probe failed: halve
-            return max(1, failed // 2) if failed > 1 else 0
-        if failed is not None and failed - best <= max(1, best // 32):
+        if too_large is not None and best and too_large - best <= max(1, best // 32):
             return 0  # bracketed to within 3%: good enough
-        guess = self._predict(ok, capacity)
+        guess = self._predict(ok, self.capacity[r])
         if guess is None:
-            guess = 2 * best
-        if failed is not None and guess >= failed:
-            guess = (best + failed) // 2  # the fit overshot once already: bisect the bracket
+            guess = 2 * best if best else too_large // 2  # nothing under the margin yet: halve
+        if too_large is not None and guess >= too_large:
+            guess = (best + too_large) // 2  # the fit overshot once already: bisect the bracket
         if guess <= best:
-            return 0  # the best size that fitted is at (or beyond) the prediction: confirmed
+            return 0  # the best size under the margin is at (or beyond) the prediction: confirmed
         return min(guess, ceiling)
 
     def _predict(self, ok: dict[int, float], capacity: float) -> int | None:

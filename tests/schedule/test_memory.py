@@ -87,3 +87,20 @@ def test_cuda_meter_probe_stays_under_a_cap():
     with meter.measure():
         torch.autograd.grad(model(x[:best]).square().mean(), list(model.parameters()))
     assert meter.peak <= meter.capacity and 16 <= best < 8192
+
+
+def test_result_peaks_under_the_safety_margin_not_just_under_capacity():
+    # memory 2 + 3b, capacity 100: the doubling probe at 32 fits (peak 98) but is over 0.9 x capacity, so it
+    # counts as too large; the fit of 16 and 32 predicts 29 (peak 89), which is probed and confirmed.
+    got, _ = run_probe([lambda b: 2.0 + 3.0 * b], [100.0], start=16, limit=4096, safety=0.9)
+    assert got == [29]
+    # the first probe itself over the margin: halve until under it, then fit
+    got, _ = run_probe([lambda b: 2.0 + 3.0 * b], [100.0], start=31, limit=4096, safety=0.9)
+    assert got == [29]
+    curves = [lambda b: 1e6 + 3e4 * b, lambda b: 1e6 + 1e4 * b + 40.0 * b * b, lambda b: 5e5 + 1e3 * b]
+    caps = [4e7, 4e7, 1e6]
+    got, _ = run_probe(curves, caps, start=16, limit=2048, safety=0.8)
+    for mem, cap, b in zip(curves, caps, got):
+        assert mem(b) <= 0.8 * cap and b >= 0.85 * true_max(mem, 0.8 * cap, 2048), (b, true_max(mem, 0.8 * cap, 2048))
+    with pytest.raises(ValueError, match="safety"):
+        MemoryProbe(1, safety=1.5)
