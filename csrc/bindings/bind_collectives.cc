@@ -36,14 +36,17 @@ void registerCollectives(py::module_& m) {
       .def_property_readonly("local_rank", &Communicator::localRank)
       .def_property_readonly("local_size", &Communicator::localSize)
       .def_property_readonly(
-          "failed", [](const Communicator& c) { return c.poisoned() ? py::object(py::str(c.poisonError())) : py::none(); },
+          "failed",
+          [](const Communicator& c) { return c.poisoned() ? py::object(py::str(c.poisonError())) : py::none(); },
           "None, or the first error after which this communicator was disabled (every call fails with it)")
       .def_property_readonly("abandoned_requests", &Communicator::abandonedRequests,
                              "requests left posted when it was disabled (never freed, nor their buffers)")
       .def("describe", &Communicator::describe);
 
   m.def("choose_allreduce_algorithm",
-        [](size_t bytes, int world) { return std::string(allreduceAlgorithmName(chooseAllreduceAlgorithm(bytes, world))); },
+        [](size_t bytes, int world) {
+          return std::string(allreduceAlgorithmName(chooseAllreduceAlgorithm(bytes, world)));
+        },
         py::arg("nbytes"), py::arg("world_size"), "The algorithm the engine uses for a dense bucket of this size");
   m.attr("RECURSIVE_DOUBLING_MAX_BYTES") = kRecursiveDoublingMaxBytes;
   m.attr("DEFAULT_SEGMENT_BYTES") = kDefaultSegmentBytes;

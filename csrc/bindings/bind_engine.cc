@@ -1,6 +1,7 @@
-// Bindings for the background engine (its handles and cost model: bind_handles.cc). Python keeps the buffers alive until completion
-// (neptune_rt/engine.py); here: argument checks, GIL release, docstrings, and the two ends of an engine's
-// life: set-up with a deadline, and a shut-down that raises when the ranks did not stop together.
+// Bindings for the background engine (its handles and cost model: bind_handles.cc; the all-reduce entries:
+// allreduce_entries.cc). Python keeps the buffers alive until completion (neptune_rt/engine.py); here: argument
+// checks, GIL release, docstrings, and the two ends of an engine's life: set-up with a deadline, and a shut-down
+// that raises when the ranks did not stop together.
 #include <optional>
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "bindings/allreduce_entries.h"
 #include "bindings/bindings.h"
 #include "bindings/buffer.h"
 #include "engine/engine.h"
@@ -18,20 +20,6 @@ namespace py = pybind11;
 namespace nrt {
 
 namespace {
-
-TensorMeta makeMeta(const std::string& name, OpType type, const std::string& dtype, std::vector<int64_t> shape) {
-  TensorMeta m;
-  m.name = name;
-  m.type = type;
-  m.dtype = dtypeFromName(dtype);
-  m.shape = std::move(shape);
-  return m;
-}
-
-void checkSize(const TensorMeta& m, const BufferView& v) {
-  NRT_CHECK_ARG(v.count == m.numel(), "neptune_rt: tensor '", m.name, "' has ", v.count, " elements but shape ",
-                m.describe(), " needs ", m.numel());
-}
 
 // Shut-down is collective; when it fails, say which step, the communicator size and the likely cause.
 void shutdownOrThrow(Engine& e) {
@@ -116,142 +104,6 @@ std::function<void(int, const std::string&)> pythonLogSink() {
   };
 }
 
-// The entry of an all-reduce without its buffers, every other argument checked (shape first: the size checks of
-// the buffers need a sane numel).
-Entry allreduceEntryMeta(const Engine& engine, const std::string& name, const std::string& dtype,
-                         std::vector<int64_t> shape, const std::string& op, int codec, double prescale,
-                         double postscale, bool errorFeedback) {
-  Entry e;
-  e.errorFeedback = errorFeedback;
-  e.meta = makeMeta(name, OpType::kAllreduce, dtype, std::move(shape));
-  e.meta.op = reduceOpFromName(op);
-  NRT_CHECK_ARG(codec >= 0 && codec <= 0xff, "neptune_rt: tensor '", name, "': codec id ", codec, " is out of range");
-  e.meta.codec = static_cast<uint8_t>(codec);
-  e.prescale = prescale;
-  e.postscale = postscale;
-  checkEntry(e, engine.rank(), engine.size());
-  return e;
-}
-
-void setBuffers(Entry& e, const BufferView& in, const BufferView& out) {
-  checkSize(e.meta, in);
-  checkSize(e.meta, out);
-  e.input = in.ptr;
-  e.output = out.ptr;
-}
-
-// enqueue_allreduce and allreduce_now: the entry, with every argument checked.
-Entry allreduceEntry(const Engine& engine, const std::string& name, py::buffer input, py::buffer output,
-                     const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                     double prescale, double postscale, bool errorFeedback) {
-  Entry e = allreduceEntryMeta(engine, name, dtype, std::move(shape), op, codec, prescale, postscale, errorFeedback);
-  setBuffers(e, viewBuffer(input, dtype, false, name), viewBuffer(output, dtype, true, name));
-  return e;
-}
-
-// A synchronous all-reduce: enqueued without waking the engine thread, then driven to completion on this thread.
-// None when it completed cleanly (the common case: no handle object for Python to make and query), else the
-// handle, which keeps the buffers' owner waiting and says how it ended.
-py::object runNow(Engine& engine, Entry e) {
-  std::shared_ptr<Handle> h;
-  {
-    py::gil_scoped_release release;
-    h = engine.enqueue(std::move(e), true);
-    try {
-      engine.waitFor(*h, 0.0);
-    } catch (...) {
-      // Only a failure outside the cycle (allocation) gets here: the entry may still be queued, so the caller
-      // must get the handle that keeps its buffers alive; its wait meets the same error again.
-    }
-  }
-  if (h->done() && !h->failed()) return py::none();
-  return py::cast(h);
-}
-
-py::object allreduceNow(Engine& engine, const std::string& name, py::buffer input, py::buffer output,
-                        const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                        double prescale, double postscale, bool errorFeedback) {
-  return runNow(engine, allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec, prescale,
-                                       postscale, errorFeedback));
-}
-
-// An all-reduce's entry on memory given by address and size (a CPU torch tensor's data_ptr(): no numpy array is
-// made and freed per call). The caller guarantees both regions are contiguous, `bytes` long and alive until
-// completion.
-Entry allreduceEntryAt(const Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
-                       const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                       double prescale, double postscale, bool errorFeedback) {
-  Entry e = allreduceEntryMeta(engine, name, dtype, std::move(shape), op, codec, prescale, postscale, errorFeedback);
-  NRT_CHECK_ARG(input != 0 && output != 0, "neptune_rt: tensor '", name, "': null data address");
-  setBuffers(e, checkedView(reinterpret_cast<void*>(input), bytes, dtype, name),
-             checkedView(reinterpret_cast<void*>(output), bytes, dtype, name));
-  return e;
-}
-
-py::object allreduceNowAt(Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
-                          const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec,
-                          double prescale, double postscale, bool errorFeedback) {
-  return runNow(engine, allreduceEntryAt(engine, name, input, output, bytes, dtype, std::move(shape), op, codec,
-                                         prescale, postscale, errorFeedback));
-}
-
-// The parts of a grouped all-reduce that every member shares, resolved once: a 200-tensor group then costs about a
-// microsecond per member here (names, buffers and checks only).
-class GroupTemplate {
- public:
-  GroupTemplate(const Engine& engine, const std::string& dtype, const std::string& op, int codec, double prescale,
-                double postscale)
-      : engine_(engine), dtypeName_(dtype), dtype_(dtypeFromName(dtype)), op_(reduceOpFromName(op)),
-        prescale_(prescale), postscale_(postscale) {
-    NRT_CHECK_ARG(codec >= 0 && codec <= 0xff, "neptune_rt: codec id ", codec, " is out of range");
-    codec_ = static_cast<uint8_t>(codec);
-  }
-
-  // `output` null: in place. `shape` None: the input buffer's own shape. Takes the name over (no copy).
-  Entry entry(std::string&& name, py::buffer& input, py::buffer* output, const py::object& shape) const {
-    Entry e;
-    e.meta.name = std::move(name);
-    const std::string& tensor = e.meta.name;
-    e.meta.type = OpType::kAllreduce;
-    e.meta.dtype = dtype_;
-    e.meta.op = op_;
-    e.meta.codec = codec_;
-    e.prescale = prescale_;
-    e.postscale = postscale_;
-    std::vector<int64_t> bufferShape;
-    BufferView in;
-    try {
-      in = viewBuffer(input, dtypeName_, output == nullptr, tensor, &bufferShape);
-    } catch (py::error_already_set& err) {
-      // The buffer protocol's own refusal (a read-only array asked for writing) does not say which tensor.
-      if (!err.matches(PyExc_BufferError) && !err.matches(PyExc_ValueError)) throw;
-      throw std::invalid_argument(concat("neptune_rt: rank ", engine_.rank(), ": tensor '", tensor, "' cannot be used",
-                                         output ? "" : " in place",
-                                         " (", err.what(), "); pass a ", output ? "" : "writable, ",
-                                         "contiguous array"));
-    }
-    e.meta.shape = shape.is_none() ? std::move(bufferShape) : shape.cast<std::vector<int64_t>>();
-    checkEntry(e, engine_.rank(), engine_.size());
-    checkSize(e.meta, in);
-    e.input = in.ptr;
-    e.output = in.ptr;
-    if (output) {
-      BufferView out = viewBuffer(*output, dtypeName_, true, tensor);
-      checkSize(e.meta, out);
-      e.output = out.ptr;
-    }
-    return e;
-  }
-
- private:
-  const Engine& engine_;
-  std::string dtypeName_;
-  DataType dtype_;
-  ReduceOp op_;
-  uint8_t codec_ = 0;
-  double prescale_, postscale_;
-};
-
 }  // namespace
 
 void registerEngine(py::module_& m) {
@@ -265,8 +117,8 @@ void registerEngine(py::module_& m) {
       .def(py::init([](py::handle comm, size_t fusionBytes, size_t eagerBytes, double cycleMs, double timeout,
                        double stallWarning, size_t segmentBytes, uint32_t codecBlock, const std::string& rounding,
                        uint64_t seed, const std::string& compressedAlgorithm, bool costModel, bool deterministic,
-                       size_t cacheCapacity, std::optional<size_t> nativeAllreduceBytes, const std::string& allreduceAlgorithm,
-                       double driveWindowUs) {
+                       size_t cacheCapacity, std::optional<size_t> nativeAllreduceBytes,
+                       const std::string& allreduceAlgorithm, double driveWindowUs) {
              EngineConfig c;
              c.denseAlgorithm = allreduceAlgorithmFromName(allreduceAlgorithm);
              // A non-mpi4py object is refused with its own message by communicatorFromMpi4py below.
@@ -274,7 +126,8 @@ void registerEngine(py::module_& m) {
              NRT_CHECK_ARG(c.denseAlgorithm != AllreduceAlgorithm::kRecursiveDoubling,
                            "neptune_rt: allreduce_algorithm 'recursive_doubling' is for small buffers only (the engine "
                            "uses it up to 64 KiB); choose auto, ring or halving_doubling for larger buckets");
-             NRT_CHECK_ARG(c.denseAlgorithm != AllreduceAlgorithm::kHalvingDoubling || (worldSize & (worldSize - 1)) == 0,
+             NRT_CHECK_ARG(c.denseAlgorithm != AllreduceAlgorithm::kHalvingDoubling ||
+                               (worldSize & (worldSize - 1)) == 0,
                            "neptune_rt: allreduce_algorithm 'halving_doubling' needs a power-of-two world; this one "
                            "has ", worldSize, " ranks: use auto or ring");
              c.fusionBytes = fusionBytes;
