@@ -1,5 +1,6 @@
 """Emulated slow ranks, a testing and demo aid: a rank made `factor` times slower sleeps in proportion to its
-compute (sleep takes no CPU, so four ranks on two shared cores stay faithful). Used by the Trainer's
+compute (sleep takes no CPU, so four ranks on two shared cores stay faithful); and the parsing of emulated
+per-rank memory caps (`--emulate-memory-cap`, measured by CpuMemoryMeter). Used by the Trainer's
 `--emulate-slowdown` and by benchmarks/hetero.py; tested in tests/schedule/test_emulate.py and through
 tests/train/test_train_balance.py.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["slowdown_sleep", "EmulatedSlowdown", "parse_factors"]
+__all__ = ["slowdown_sleep", "EmulatedSlowdown", "parse_factors", "parse_memory_caps"]
 
 
 def slowdown_sleep(factor: float, samples: int, per_sample_s: float, fixed_s: float = 0.0) -> float:
@@ -32,6 +33,20 @@ def parse_factors(text: str, world_size: int, what: str = "--emulate-slowdown") 
     if any(not f >= 1.0 for f in factors):
         raise ValueError(f"{what} {text!r}: every factor must be >= 1 (1 = the rank's own speed)")
     return factors
+
+
+def parse_memory_caps(text: str, world_size: int, what: str = "--emulate-memory-cap") -> list[float]:
+    """'0,0,1.5' -> [0.0, 0.0, 1.5 MiB in bytes], one cap >= 0 per rank (0: none); ValueError naming the flag."""
+    try:
+        caps = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: expected comma-separated MiB, one per rank (e.g. 0,0,1.5)") from None
+    if len(caps) != world_size:
+        raise ValueError(f"{what} {text!r} names {len(caps)} ranks but the job has {world_size}; give one cap "
+                         f"per rank (0: none)")
+    if any(not (c >= 0 and c < float("inf")) for c in caps):
+        raise ValueError(f"{what} {text!r}: every cap must be a finite number of MiB >= 0 (0: none)")
+    return [c * 2**20 for c in caps]
 
 
 class EmulatedSlowdown:

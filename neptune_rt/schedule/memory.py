@@ -138,7 +138,7 @@ class CpuMemoryMeter:
                     seen.add(key)
                     used[0] += t.nbytes
                     if used[0] > self.capacity:
-                        raise SimulatedOOM(f"probe needs more than the {self.capacity / 2**20:.1f} MiB cap")
+                        raise SimulatedOOM(f"needs more than the {self.capacity / 2**20:.3g} MiB cap")
             return t
 
         self.peak = self.base

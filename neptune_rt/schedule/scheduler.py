@@ -133,7 +133,7 @@ class BatchScheduler:
             self.plan = self._adopt(candidate)
         return self.plan
 
-    def set_max_micro(self, max_micro: Sequence[int]) -> Plan:
+    def set_max_micro(self, max_micro: Sequence[int], reason: str = "memory limits") -> Plan:
         """New per-rank micro-batch limits (from `probe_max_micro`); re-splits if the plan no longer fits."""
         micro = tuple(int(m) for m in max_micro)
         if len(micro) != self.world_size or min(micro) < 1:
@@ -142,7 +142,7 @@ class BatchScheduler:
         split = self.plan.local_batches
         if B != self.plan.global_batch or any(b > h for b, h in zip(split, self._hi(micro))):
             split = tuple(self._ideal_split(B, micro))
-        self.plan = self._adopt(self._split_plan(B, split, micro, "memory limits"))
+        self.plan = self._adopt(self._split_plan(B, split, micro, reason))
         return self.plan
 
     def state_dict(self) -> dict[str, Any]:
@@ -302,21 +302,29 @@ class BatchScheduler:
                                 f"goodput {current:.0f} -> {best:.0f} samples/s (efficiency-weighted)")
 
     def _back_off_oom(self, rows: list[list[float]]) -> Plan:
-        """A rank ran out of memory: every rank skips this step, and each such rank's micro-batch limit drops
-        to 3/4 of the micro-batch that failed. At a micro-batch of 1 there is nothing smaller to try: every rank
-        raises the same error (they all see the same rows), instead of skipping every step from then on."""
+        """A rank ran out of memory: each such rank's micro-batch limit drops to 3/4 of the micro-batch that
+        failed (the row's oom value when above 1, else the plan's largest micro-batch for that rank). At a
+        micro-batch of 1 there is nothing smaller to try: every rank raises the same error (they all see the same
+        rows), instead of failing every step from then on. The caller skips the step (gather_stats protocol) or
+        has already applied it without the failing rank's gradient (the Trainer, whose rows come a step late)."""
         micro = list(self.plan.max_micro)
+        failures = []
         for r, row in enumerate(rows):
             if row[_COL["oom"]] > 0:
                 if row[_COL["local_batch"]] <= 0:
                     continue  # no samples: not a micro-batch that ran out of memory, and no limit to lower
-                failed = max(self.plan.micro_batches(r) or [1])
+                reported = int(row[_COL["oom"]])
+                failed = reported if reported > 1 else max(self.plan.micro_batches(r) or [1])
                 if failed <= 1:
                     raise RuntimeError(f"scheduler: rank {r} ran out of memory at a micro-batch of 1 sample: the "
                                        f"model does not fit that rank's memory (free memory there, or shard the "
                                        f"model); there is no smaller micro-batch to try")
                 micro[r] = max(1, min(micro[r], failed * 3 // 4))
-        return self.set_max_micro(micro)
+                failures.append(f"rank {r} at {failed}")
+        if not failures:
+            return self.plan
+        return self.set_max_micro(micro, f"out of memory ({', '.join(failures)}): max micro-batch "
+                                         f"{'/'.join(map(str, micro))}")
 
     def _adopt(self, plan: Plan) -> Plan:
         self.history.append(plan)

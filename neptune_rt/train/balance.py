@@ -1,23 +1,32 @@
 """The Trainer's side of the batch-size scheduler (`--balance`, docs/schedule.md): each step's requested per-rank
 sizes and micro-batches, the emulated slowdown (`--emulate-slowdown`, a demo/test aid), the statistics rows
 (through `StatsPipe`: each step's row travels in the next step's gradient cycle) fed to `BatchScheduler.observe`,
-the plan records of metrics.jsonl, the plan-digest check across ranks and the scheduler's checkpoint slot. With
---balance off only the equal split and the emulated slowdown remain. Exercised by tests/train/test_train_balance.py
+the plan records of metrics.jsonl, the plan-digest check across ranks, the scheduler's checkpoint slot, and an
+out-of-memory in a rank's compute (real, or past `--emulate-memory-cap`): the step goes on without that rank's
+gradient where it had not left yet, the rank's own micro-batches shrink at once, and the plan's limit follows when
+the row reaches the scheduler. With --balance off only the equal split, the emulated slowdown and the emulated
+memory cap remain (an out-of-memory then ends the run). Exercised by tests/train/test_train_balance.py
 under mpirun.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
 import neptune_rt.torch as nrt
-from neptune_rt.schedule import (BatchScheduler, EmulatedSlowdown, Plan, StatsPipe, equal_split, local_backward,
-                                 micro_split, micro_weights, stats_row)
+from neptune_rt.schedule import (BatchScheduler, CpuMemoryMeter, CudaMemoryMeter, EmulatedSlowdown, MemoryProbe, Plan,
+                                 StatsPipe, equal_split, local_backward, micro_split, micro_weights, probe_max_micro,
+                                 stats_row)
 from neptune_rt.train.config import ConfigError, TrainConfig
 
 __all__ = ["Balancer", "plan_record", "micro_backward"]
+
+# Squared error over squared norm of one encoding, on a heavy-tailed gradient (2^16 lognormal-scaled normals, the
+# default block; measured with neptune_rt.codecs.encode/decode): int8 0.04%, int4 7.4%, onebit 104%.
+LOSSY_FOR_NOISE_SCALE = {"int4": "7%", "onebit": "100%"}
 
 
 def plan_record(plan: Plan, step: int) -> dict[str, Any]:
@@ -62,14 +71,49 @@ class Balancer:
         self.logged_version = -1  # last plan version written to metrics.jsonl
         self.pipe = StatsPipe() if self.scheduler else None
         self._row: list[float] | None = None  # this step's row, completed with the step's wall time in end_step
+        if self.mode == "goodput" and config.compression in LOSSY_FOR_NOISE_SCALE and rank == 0:
+            warnings.warn(f"--balance goodput with --compression {config.compression}: the noise scale compares the "
+                          f"ranks' own gradient norms with the reduced gradient's, which carries the codec's error "
+                          f"(about {LOSSY_FOR_NOISE_SCALE[config.compression]} of a rank's squared norm); the noise "
+                          f"scale then reads low and goodput keeps smaller batches. Use int8, fp16 or bf16 with "
+                          f"goodput, or --balance hetero")
+        caps = config.memory_caps(size)
+        self.memory = CpuMemoryMeter(caps[rank]) if caps and caps[rank] > 0 else None  # --emulate-memory-cap
+        self.micro_cap = 0  # this rank's own micro-batch limit after an out-of-memory, until the plan's is as low
+        self.oom_micro = 0  # the micro-batch that ran out of memory this step (0: none), for this step's row
+
+    @property
+    def largest_share(self) -> int:
+        """The most samples one rank's share can hold: the global batch, or goodput's upper bound."""
+        return self.config.bounds(self.size)[1] if self.mode == "goodput" else self.config.batch_size
 
     def _new_scheduler(self) -> BatchScheduler:
         c = self.config
         goodput = self.mode == "goodput"
-        largest = c.bounds(self.size)[1] if goodput else c.batch_size  # a share may run as accumulated micro-batches
+        largest = self.largest_share  # a share may run as accumulated micro-batches
         return BatchScheduler(self.size, c.batch_size, max_micro=c.max_micro or largest,
                               max_accum=max(16, -(-largest // (c.max_micro or largest))), adaptive_batch=goodput,
                               batch_bounds=c.bounds(self.size) if goodput else None, lr_rule=c.lr_rule)
+
+    # -- memory ----------------------------------------------------------------------------------------
+    def wants_probe(self, device_type: str) -> bool:
+        """Probe each rank's largest micro-batch before training: with --balance, no --max-micro, and memory to
+        measure (a CUDA device, or --emulate-memory-cap)."""
+        return self.scheduler is not None and not self.config.max_micro and \
+            bool(self.config.emulate_memory_cap or device_type == "cuda")
+
+    def probe_memory(self, run: Callable[[int], Any], device: torch.device, samples: int) -> list[int]:
+        """Collective: every rank's largest micro-batch (`probe_max_micro`, safety 0.9 x capacity) becomes the
+        plan's max_micro. `run(b)` is one forward+backward of b samples without .grad (torch.autograd.grad)."""
+        if self.config.emulate_memory_cap:  # a rank without a cap measures against a capacity it never reaches
+            meter: Any = self.memory or CpuMemoryMeter(float(2**62))
+        else:
+            meter = CudaMemoryMeter(device)
+        limit = max(1, min(self.largest_share, samples))
+        limits = probe_max_micro(run, meter, MemoryProbe(self.size, start=min(16, limit), limit=limit),
+                                 name="train.memory_probe")
+        self.scheduler.set_max_micro(limits, f"memory probe: max micro-batch {'/'.join(map(str, limits))}")
+        return limits
 
     # -- per step ---------------------------------------------------------------------------------------
     @property
@@ -84,7 +128,34 @@ class Balancer:
     def micro_batches(self, local: int) -> list[int]:
         """This rank's micro-batch sizes for a local batch of `local` samples (accumulation when > 1)."""
         plan = self.plan
-        return micro_split(local, plan.max_micro[self.rank]) if plan else ([local] if local else [])
+        if not plan:
+            return [local] if local else []
+        limit = plan.max_micro[self.rank]
+        if self.micro_cap:  # after an out-of-memory, until the plan's limit has come down (a step later)
+            if limit <= self.micro_cap:
+                self.micro_cap = 0
+            else:
+                limit = self.micro_cap
+        return micro_split(local, limit)
+
+    def memory_guard(self) -> ContextManager[Any]:
+        """Around each micro-batch's forward: --emulate-memory-cap's meter (nothing when off)."""
+        return self.memory.measure() if self.memory else contextlib.nullcontext()
+
+    def caught_oom(self, err: BaseException, micro: list[int], step: int) -> bool:
+        """True when `err` is an out-of-memory that --balance answers: this rank takes part in the step anyway
+        (synchronize contributes what gradient it has, zeros elsewhere), runs smaller micro-batches from the next
+        step on, and reports the failed size in its row so the plan lowers its limit for every rank."""
+        if self.scheduler is None or not micro or not isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
+            return False
+        failed = max(micro)
+        self.oom_micro = failed
+        self.micro_cap = max(1, failed * 3 // 4)
+        warnings.warn(f"neptune_rt: rank {self.rank}: out of memory at a micro-batch of {failed} samples in step "
+                      f"{step + 1} ({err}); the step goes on without this rank's gradient where it had not been "
+                      f"sent, and its micro-batches are now at most {self.micro_cap} samples"
+                      + ("" if failed > 1 else ": none is smaller, so every rank stops with the next statistics"))
+        return True
 
     @property
     def lr_scale(self) -> float:
@@ -103,12 +174,13 @@ class Balancer:
 
     def after_backward(self, local: int, compute_s: float, slept_s: float, local_sq_norm: float) -> None:
         """Right after backward: this step's statistics (sent with the next step's gradients)."""
-        if self.slowdown:
+        if self.slowdown and not self.oom_micro:  # an out-of-memory step's compute stopped part way
             self.slowdown.after_compute(local, compute_s - slept_s)
         if self.scheduler is not None:
             if self.emulated_inputs:
                 compute_s = self.slowdown.emulated_compute(local)
-            self._row = stats_row(local, compute_s, local_sq_norm, -1.0, 0.0)
+            self._row = stats_row(local, compute_s, local_sq_norm, -1.0, 0.0, oom=self.oom_micro)
+            self.oom_micro = 0
 
     def after_synchronize(self, params: Iterable[torch.Tensor]) -> Plan | None:
         """After the gradients are reduced (before clipping): the reduced gradient's norm for this step's row,

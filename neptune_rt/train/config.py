@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from neptune_rt.schedule.emulate import parse_factors
+from neptune_rt.schedule.emulate import parse_factors, parse_memory_caps
 
 __all__ = ["TrainConfig", "ConfigError", "add_arguments", "resolve", "load_toml", "dump_toml"]
 
@@ -53,13 +53,17 @@ class TrainConfig:
                              "same), goodput (hetero, and the scheduler may change the global batch, scaling the "
                              "learning rate)", BALANCE)
     max_micro: int = _f(0, "with --balance: largest micro-batch per rank; a larger share runs as gradient "
-                           "accumulation (0: no limit)")
+                           "accumulation (0: probed on CUDA or with --emulate-memory-cap, else no limit)")
     batch_bounds: str = _f("", "--balance goodput: global batch bounds LO,HI (default: batch-size/4 but at least "
                                "the number of ranks, 8 x batch-size)")
     lr_rule: str = _f("adascale", "--balance goodput: learning-rate scale for a global batch other than "
                                   "--batch-size: adascale, sqrt or linear", LR_RULES)
     emulate_slowdown: str = _f("", "testing/demo aid: per-rank slowdown factors, e.g. 1,1,1,2: rank i sleeps "
                                    "(factor_i - 1) x its measured compute time each step (empty: off)")
+    emulate_memory_cap: str = _f("", "testing/demo aid: per-rank memory caps in MiB standing in for device memory "
+                                     "on CPU, e.g. 0,0,1.5 (0: none): the activations a micro-batch's forward "
+                                     "saves count against the cap, and passing it is an out-of-memory, which "
+                                     "--balance answers by lowering that rank's micro-batch (empty: off)")
     emulate_per_sample_ms: float = _f(0.0, "testing aid, with --emulate-slowdown: emulate the compute as this "
                                            "many ms per sample (rank i sleeps factor_i x it); with "
                                            "--deterministic the scheduler sees these emulated times, not the "
@@ -134,9 +138,14 @@ class TrainConfig:
             raise ConfigError(f"--batch-bounds {self.batch_bounds}: a global batch of {lowest} leaves some of the "
                               f"{size} ranks without a sample; make the lower bound at least {size}")
         try:
+            self.memory_caps(size)
             return parse_factors(self.emulate_slowdown, size) if self.emulate_slowdown else None
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+    def memory_caps(self, size: int) -> list[float] | None:
+        """--emulate-memory-cap in bytes per rank (0: none), or None when off."""
+        return parse_memory_caps(self.emulate_memory_cap, size) if self.emulate_memory_cap else None
 
     def bounds(self, size: int = 1) -> tuple[int, int]:
         """Global batch bounds of goodput mode on `size` ranks (the default lower bound gives each a sample)."""

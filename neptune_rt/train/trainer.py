@@ -92,6 +92,28 @@ class Trainer:
             self.progress.message(NOTE)
         self.interval = {"loss": 0.0, "n": 0, "step_s": 0.0, "comm_s": 0.0, "samples": 0, "t": time.monotonic()}
         self._log_plan()
+        if resumed_at is None and self.balance.wants_probe(self.device.type):
+            self._probe_memory()
+
+    def _probe_memory(self) -> None:
+        """Before the first step (not on resume: the checkpoint's limits stand): each rank's largest micro-batch,
+        measured on its first training samples, becomes the plan's limit (docs/train.md, "Out of memory")."""
+        t0 = time.monotonic()
+        limit = max(1, min(self.balance.largest_share, len(self.x_train)))
+        x, y = self.x_train[:limit].to(self.device), self.y_train[:limit].to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+
+        def run(b: int) -> None:  # no .grad and no communication hooks: autograd.grad
+            with self._autocast():
+                loss = self.loss_fn(self.model(x[:b]), y[:b])
+            torch.autograd.grad(loss, params)
+        limits = self.balance.probe_memory(run, self.device, len(self.x_train))
+        self.interval["t"] = time.monotonic()  # the first interval's samples/s counts training only
+        self._log_plan()
+        if self.lead:
+            self.progress.message(f"memory probe: largest micro-batch per rank {'/'.join(map(str, limits))} "
+                                  f"({time.monotonic() - t0:.1f} s)")
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -145,19 +167,16 @@ class Trainer:
         t1 = time.monotonic()
         slept = bal.before_compute(len(idx))  # --emulate-slowdown: before the gradients leave this rank
         t1s = time.monotonic()
-        loss_value, sq_norm, micro = 0.0, -1.0, bal.micro_batches(len(idx))
-        if len(micro) == 1 and not bal.measure_norm:
-            with self._autocast():
-                loss = self.loss_fn(self.model(x), y)
-            t2 = time.monotonic()
-            loss.backward()
-            loss_value = float(loss.detach())
-        elif micro:  # accumulation over micro-batches and/or this rank's gradient norm (goodput)
-            loss_value, sq_norm = micro_backward(self.model, self.loss_fn, self._autocast, x, y, micro,
-                                                 bal.measure_norm)
-            t2 = None
-        else:  # a rank with no samples in a short last batch contributes zeros at synchronize()
-            t2 = t1s
+        micro = bal.micro_batches(len(idx))
+        try:
+            loss_value, sq_norm, t2 = self._compute(x, y, micro, t1s)
+        except Exception as err:  # noqa: BLE001 -- only an out-of-memory that --balance answers goes on
+            if not bal.caught_oom(err, micro, step):
+                raise
+            loss_value, sq_norm, t2 = 0.0, -1.0, None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        oom = bal.oom_micro
         if bal.scheduler is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the scheduler needs the compute time, not the launch time
         t3 = time.monotonic()
@@ -175,7 +194,8 @@ class Trainer:
             [("compute", t1s, t3)]  # compute: forward+backward of every micro-batch
         for name, a, b in phases + [("comm wait", t3, t4), ("optimizer", t4, t5)]:
             tl.add(name, a, b, step + 1)
-        tl.add("step", t0, t5, step + 1, batch=sizes[self.rank], micro_batches=len(micro), slept=round(slept, 6))
+        tl.add("step", t0, t5, step + 1, batch=sizes[self.rank], micro_batches=len(micro), slept=round(slept, 6),
+               **({"out_of_memory_at": oom} if oom else {}))
         self.telemetry.bucket_events(tl, step + 1)
         bal.end_step(t5 - t0)
         self.step += 1
@@ -184,7 +204,7 @@ class Trainer:
             self._log_plan()
         iv = self.interval
         iv["loss"] += loss_value * len(idx)
-        iv["n"] += len(idx)
+        iv["n"] += 0 if oom else len(idx)  # an out-of-memory step has no loss on this rank
         iv["step_s"] += t5 - t0
         iv["comm_s"] += t4 - t3
         iv["samples"] += sum(sizes)
@@ -199,6 +219,29 @@ class Trainer:
         plan = self.balance.unlogged()
         if plan is not None and self.lead:
             self.metrics.write({**plan_record(plan, self.step), "wall": round(self._wall(), 4), "time": time.time()})
+            if plan.reason.startswith("out of memory"):
+                self.progress.message(f"step {self.step}: {plan.reason}")
+
+    def _compute(self, x: torch.Tensor, y: torch.Tensor, micro: list[int], t1s: float
+                 ) -> tuple[float, float, float | None]:
+        """Forward and backward of this rank's share: (local mean loss, local squared gradient norm or -1, the
+        time backward began, None when the micro-batches interleave forward and backward)."""
+        bal = self.balance
+        if len(micro) == 1 and not bal.measure_norm:
+            with self._forward():
+                loss = self.loss_fn(self.model(x), y)
+            t2 = time.monotonic()
+            loss.backward()
+            return float(loss.detach()), -1.0, t2
+        if micro:  # accumulation over micro-batches and/or this rank's gradient norm (goodput)
+            return (*micro_backward(self.model, self.loss_fn, self._forward, x, y, micro, bal.measure_norm), None)
+        return 0.0, -1.0, t1s  # a rank with no samples in a short last batch contributes zeros at synchronize()
+
+    @contextlib.contextmanager
+    def _forward(self) -> Any:
+        """A training forward's context: autocast (--amp) and --emulate-memory-cap's meter."""
+        with self._autocast(), self.balance.memory_guard():
+            yield
 
     def _autocast(self) -> Any:
         if self.config.amp == "off":

@@ -75,6 +75,15 @@ def test_oom_backs_off_that_rank_only():
     assert plan.local_batches == (32, 32, 32) and plan.accum_steps == (1, 2, 1)
 
 
+def test_oom_backs_off_from_the_reported_micro_batch_and_says_so_in_the_plan():
+    # Rows that come a step late (the Trainer's StatsPipe) carry the size that failed: the plan in force when they
+    # are observed may differ from the one the rank ran.
+    s = BatchScheduler(3, 96, max_micro=64)
+    plan = s.observe([stats_row(32, 0.03), stats_row(32, 0.03, oom=20), stats_row(32, 0.03)])
+    assert plan.max_micro == (64, 15, 64) and plan.accum_steps == (1, 3, 1)
+    assert plan.reason == "out of memory (rank 1 at 20): max micro-batch 64/15/64"
+
+
 def test_a_non_finite_time_is_refused_naming_the_rank_and_column():
     # A NaN kept in the time model would make every later comparison false: the split re-planned every step.
     s = BatchScheduler(2, 64)

@@ -4,6 +4,8 @@ gradient); the bar / lines, metrics.jsonl's plan records, the report and status 
 restores the scheduler (same plans, bitwise parameters in deterministic mode), a world-size change restarts it
 with a warning; a misspelt mode or a bad slowdown list fails clearly on every rank; goodput mode keeps the global
 batch in its bounds and the learning rate on the AdaScale gain."""
+import json
+import math
 import shutil
 
 import pytest
@@ -134,6 +136,7 @@ def test_resume_on_another_world_size_restarts_the_scheduler(killed, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--balance", "hetro"], "unknown balance 'hetro' (choose one of: off, hetero, goodput); did you mean 'hetero'?"),
     (["--emulate-slowdown", "1,2,4"], "--emulate-slowdown '1,2,4' names 3 ranks but the job has 2"),
+    (["--emulate-memory-cap", "0,-1"], "--emulate-memory-cap '0,-1': every cap must be a finite number of MiB >= 0"),
     (["--balance", "goodput", "--batch-size", "8", "--batch-bounds", "1,64"],
      "--batch-bounds 1,64: a global batch of 1 leaves some of the 2 ranks without a sample; make the lower bound at "
      "least 2"),
@@ -144,6 +147,76 @@ def test_bad_balance_settings_fail_on_every_rank(tmp_path, args, message):
     assert result.returncode == 2, result.output[-3000:]
     assert result.stderr.count(message) == 1, result.output[-3000:]
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+# Out of memory in the Trainer, emulated on CPU: rank 1's forward may save about 10 KiB of activations (0.01 MiB),
+# which 24 samples of conftest's MLP fit and 32 (its equal share of 64) do not. --max-micro (a limit given up front,
+# too high here) skips the memory probe, so the out-of-memory happens in training.
+def _oom_run(run, cap, *extra):
+    return neptune(2, "train", *DENSE_ARGS, "--balance", "hetero", "--emulate-memory-cap", cap, "--progress", "lines",
+                   "--run-dir", run, *extra, timeout=300)
+
+
+def _fits(b, capacity):
+    from neptune_rt.schedule import CpuMemoryMeter
+    from neptune_rt.train.models import build_model
+    torch.manual_seed(0)
+    model = build_model("mlp", 64, 10, [32], 0.0)  # conftest's model on digits: 64 features, 10 classes
+    try:
+        with CpuMemoryMeter(capacity).measure():
+            loss = torch.nn.functional.cross_entropy(model(torch.randn(b, 64)), torch.randint(0, 10, (b,)))
+        torch.autograd.grad(loss, list(model.parameters()))
+        return True
+    except MemoryError:
+        return False
+
+
+def _oom_steps(run, rank):
+    trace = json.loads((run / f"timeline.rank{rank}.json").read_text())["traceEvents"]
+    return [e["args"]["step"] for e in trace if e.get("name") == "step" and "out_of_memory_at" in e.get("args", {})]
+
+
+def test_out_of_memory_on_one_rank_lowers_its_micro_batch_and_the_run_goes_on(tmp_path):
+    result = ok(_oom_run(tmp_path / "oom", "0,0.01", "--max-micro", "64"))
+    assert "rank 1: out of memory at a micro-batch of 32 samples in step 1" in result.stderr, result.stderr[-3000:]
+    # The row saying so rides in step 2's gradients: the plan of step 2 on lowers rank 1's limit to 3/4 of 32, and
+    # rank 1 ran smaller micro-batches at once, so step 1 is its only out-of-memory.
+    oom_plans = [p for p in _plans(tmp_path / "oom") if p["reason"].startswith("out of memory")]
+    assert [(p["step"], p["reason"], p["max_micro"]) for p in oom_plans] == \
+        [(2, "out of memory (rank 1 at 32): max micro-batch 64/24", [64, 24])]
+    assert "step 2: out of memory (rank 1 at 32)" in result.stderr
+    assert _oom_steps(tmp_path / "oom", 1) == [1] and _oom_steps(tmp_path / "oom", 0) == []
+    train = [r for r in metrics(tmp_path / "oom") if r["kind"] == "train"]
+    assert train[-1]["step"] == 30 and all(math.isfinite(r["loss"]) for r in train)
+
+
+def test_out_of_memory_at_a_micro_batch_of_one_stops_every_rank_with_one_error(tmp_path):
+    result = _oom_run(tmp_path / "oom", "0,0.0001", "--max-micro", "64")  # not even one sample fits rank 1
+    assert result.returncode != 0
+    message = "rank 1 ran out of memory at a micro-batch of 1 sample"
+    assert result.stderr.count(message) == 2, result.output[-3000:]  # each rank raises it
+
+
+def test_memory_probe_sets_each_ranks_micro_batch_before_training(tmp_path):
+    result = ok(_oom_run(tmp_path / "probe", "0,0.01"))
+    plans = _plans(tmp_path / "probe")
+    assert [p["reason"] for p in plans[:2]] == ["initial equal split", "memory probe: max micro-batch 64/" +
+                                               str(plans[1]["max_micro"][1])] and plans[1]["step"] == 0
+    # Rank 1's limit keeps the probe's margin (0.9 x the cap) and is near the largest that does; rank 0 has no
+    # cap and gets the largest share possible, the global batch.
+    limit, cap = plans[1]["max_micro"][1], 0.01 * 2**20
+    best = max(b for b in range(1, 65) if _fits(b, 0.9 * cap))
+    assert plans[1]["max_micro"][0] == 64 and _fits(limit, 0.9 * cap) and limit >= 0.9 * best, (limit, best)
+    assert f"memory probe: largest micro-batch per rank 64/{limit}" in result.stderr
+    # Training then stays within the limit: no out-of-memory anywhere.
+    assert not [p for p in plans if p["reason"].startswith("out of memory")]
+    assert _oom_steps(tmp_path / "probe", 0) == _oom_steps(tmp_path / "probe", 1) == []
+
+
+def test_memory_probe_where_one_sample_does_not_fit_stops_every_rank(tmp_path):
+    result = _oom_run(tmp_path / "probe", "0,0.0001")
+    assert result.returncode != 0
+    assert result.stderr.count("rank(s) [1] cannot fit even a micro-batch of 1 sample") == 2, result.output[-3000:]
 
 
 # Goodput mode inside the Trainer: the global batch may move within --batch-bounds, the learning rate follows the

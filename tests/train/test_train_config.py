@@ -65,3 +65,19 @@ def test_bad_values_are_named(tmp_path, text, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_toml(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("codec, warns", [("onebit", True), ("int4", True), ("int8", False), ("none", False)])
+def test_goodput_with_a_coarse_codec_warns_that_the_noise_scale_reads_low(codec, warns):
+    import warnings
+
+    from neptune_rt.train.balance import Balancer
+    config = TrainConfig(balance="goodput", compression=codec, batch_size=64).validate()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Balancer(config, rank=0, size=2)
+        Balancer(config, rank=1, size=2)  # rank 0 alone says it
+    said = [str(w.message) for w in caught if "noise scale" in str(w.message)]
+    assert len(said) == (1 if warns else 0), said
+    if warns:
+        assert f"--compression {codec}" in said[0] and "int8, fp16 or bf16" in said[0]
