@@ -17,6 +17,8 @@ __all__ = ["check_tensor", "check_reducible", "is_integer", "scale_integer", "RE
 # All-reduce: dtypes the engine lacks, reduced in a wider type of the engine's and narrowed on return. The
 # narrowing wraps modulo 2**16, as int16 addition in Horovod's reduction does.
 REDUCE_AS = {torch.int16: torch.int32}
+# Floating-point dtypes the engine reduces as they are (no widening, no integer scaling), with its names for them.
+FLOATS = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 # Broadcast and allgather only copy bytes, so any dtype the engine lacks travels as uint8.
 _ENGINE_DTYPES = {torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64,
                   torch.uint8, torch.int8}

@@ -115,6 +115,48 @@ try:
 finally:
     allreduce_module.host_view = real_host_view
 
+# neptune_rt.torch.allreduce_ of a float CPU tensor with no codec takes the short path (torch_allreduce_now_):
+# by address, never through the general entry point, whose calls are counted here; auto-named, averaged and scaled
+# as Horovod's. Anything else (a negative-bit or non-contiguous tensor, an integer one) still goes the general way.
+engine_module = importlib.import_module("neptune_rt.engine")
+general_calls = []
+real_general = engine_module.allreduce_
+
+
+def counted_general(*args, **kwargs):
+    general_calls.append(args[1] if len(args) > 1 else kwargs.get("name"))
+    return real_general(*args, **kwargs)
+
+
+engine_module.allreduce_ = allreduce_module.allreduce_ = counted_general
+try:
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = torch.randint(-8, 8, (257,), generator=g).to(dtype)
+        want = mpi_sum(x.float())
+        assert nrt.allreduce_(x, op=nrt.Sum) is x and x.dtype == dtype, f"rank {rank}: {dtype}"
+        close(f"short path {dtype}", x.float(), want, atol=0)
+    avg = nrt.allreduce_(torch.full((4,), rank + 1.0), name="sync.avg")  # Horovod's default op: Average
+    close("short path average", avg, torch.full((4,), total / size), atol=1e-6)
+    scaled = nrt.allreduce_(torch.full((4,), rank + 1.0), name="sync.scaled", op=nrt.Sum, prescale_factor=2.0,
+                            postscale_factor=0.25)
+    close("short path scaled", scaled, torch.full((4,), total / 2), atol=1e-6)
+    assert general_calls == [], f"rank {rank}: the short path went the general way for {general_calls}"
+    i32 = nrt.allreduce_(torch.full((3,), rank + 1, dtype=torch.int32), name="sync.i32", op=nrt.Sum)
+    assert torch.equal(i32, torch.full((3,), int(total), dtype=torch.int32)), f"rank {rank}: {i32}"
+    try:
+        nrt.allreduce_(torch._neg_view(torch.ones(3)), name="sync.neg_torch")
+        raise AssertionError(f"rank {rank}: a negative-bit tensor was all-reduced")
+    except RuntimeError as err:
+        assert "negative bit" in str(err), err
+    try:
+        nrt.allreduce_(torch.ones(4, 2).t(), name="sync.strided")
+        raise AssertionError(f"rank {rank}: a non-contiguous tensor was all-reduced in place")
+    except ValueError as err:
+        assert "not contiguous" in str(err), err
+    assert general_calls == ["sync.i32", "sync.neg_torch", "sync.strided"], f"rank {rank}: {general_calls}"
+finally:
+    engine_module.allreduce_ = allreduce_module.allreduce_ = real_general
+
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
     if way != "async_then_wait":
