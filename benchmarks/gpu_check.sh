@@ -47,7 +47,7 @@ step "GPU tests"
 # pytest-xdist (when present) runs the tests in worker processes, so one crashing test does not hide the rest.
 XDIST=$("$VENV/bin/python" -c "import xdist" 2>/dev/null && echo "-n 4")
 tests_rc=0
-for t in tests/test_codecs_cuda.py tests/torch/test_gpu.py; do
+for t in tests/test_codecs_cuda.py tests/torch/test_gpu.py tests/schedule/test_memory.py; do
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider $XDIST "$t" 2>&1 | tee -a "$OUT/gpu_tests.log" | tail -15
   rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] && tests_rc=$rc

@@ -18,8 +18,8 @@ __all__ = ["Plan", "STAT_COLUMNS", "stats_row", "micro_split"]
 #   local_sq_norm  |g_i|^2 of this rank's own mean gradient before the all-reduce (-1: not measured)
 #   avg_sq_norm    |g|^2 of the all-reduced (weighted) gradient (-1: not measured)
 #   step_s         wall seconds of the whole step, communication included
-#   oom            0, or > 0 if this rank ran out of memory in this step: the size of the micro-batch that did
-#                  (1.0, as from oom=True, also stands for "the plan's micro-batch")
+#   oom            0; else this rank ran out of memory in this step: the size of the micro-batch that did, or -1
+#                  (oom=True) for "the plan's micro-batch"
 STAT_COLUMNS = ("local_batch", "compute_s", "local_sq_norm", "avg_sq_norm", "step_s", "oom")
 
 
@@ -28,7 +28,7 @@ def stats_row(local_batch: int, compute_s: float, local_sq_norm: float = -1.0, a
     """One rank's row; `oom`: False, True (the plan's micro-batch ran out of memory) or the failed micro-batch's
     size (rows that arrive a step late, as through StatsPipe, cannot rely on the plan in force then)."""
     return [float(local_batch), float(compute_s), float(local_sq_norm), float(avg_sq_norm), float(step_s),
-            float(oom)]
+            -1.0 if oom is True else float(oom)]
 
 
 def micro_split(local_batch: int, max_micro: int) -> list[int]:

@@ -107,7 +107,7 @@ class BatchScheduler:
         check_rows(rows, self.world_size)
         self.steps += 1
         rows = [[float(v) for v in r] for r in rows]
-        if any(r[_COL["oom"]] > 0 for r in rows):
+        if any(r[_COL["oom"]] != 0 for r in rows):
             return self._back_off_oom(rows)
         # The first step at a new global batch runs new tensor shapes (allocator, caches): its timings would
         # mislead the very fit that judges the new batch, so they are ignored, like the warm-up steps. Judged
@@ -303,18 +303,18 @@ class BatchScheduler:
 
     def _back_off_oom(self, rows: list[list[float]]) -> Plan:
         """A rank ran out of memory: each such rank's micro-batch limit drops to 3/4 of the micro-batch that
-        failed (the row's oom value when above 1, else the plan's largest micro-batch for that rank). At a
+        failed (the row's oom value when it is a size, else the plan's largest micro-batch for that rank). At a
         micro-batch of 1 there is nothing smaller to try: every rank raises the same error (they all see the same
         rows), instead of failing every step from then on. The caller skips the step (gather_stats protocol) or
         has already applied it without the failing rank's gradient (the Trainer, whose rows come a step late)."""
         micro = list(self.plan.max_micro)
         failures = []
         for r, row in enumerate(rows):
-            if row[_COL["oom"]] > 0:
+            if row[_COL["oom"]] != 0:
                 if row[_COL["local_batch"]] <= 0:
                     continue  # no samples: not a micro-batch that ran out of memory, and no limit to lower
                 reported = int(row[_COL["oom"]])
-                failed = reported if reported > 1 else max(self.plan.micro_batches(r) or [1])
+                failed = reported if reported >= 1 else max(self.plan.micro_batches(r) or [1])
                 if failed <= 1:
                     raise RuntimeError(f"scheduler: rank {r} ran out of memory at a micro-batch of 1 sample: the "
                                        f"model does not fit that rank's memory (free memory there, or shard the "

@@ -38,6 +38,7 @@ class GradBucket:
         self.name = prefix + (names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}more")
         self.ready: set[torch.Tensor] = set()
         self.handles: list = []  # engine Handles (dense) or one GroupHandle (codecs): wait(drive=False) each
+        self.transformed = False  # local momentum ran on this step's gradients (once, even if it stopped part way)
         self._wire: tuple[torch.Tensor, Any] | None = None
 
     @property
@@ -98,6 +99,7 @@ class GradBucket:
             self.handles = []
             self._wire = None
             self.ready.clear()
+            self.transformed = False
 
 
 def plan_buckets(params: list[torch.Tensor], names: dict[torch.Tensor, str], bucket_bytes: int,

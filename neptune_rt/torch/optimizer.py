@@ -234,7 +234,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
         return hook
 
     def _transform_and_submit(self, bucket: GradBucket) -> None:
-        if self._local_momentum is not None:
+        if self._local_momentum is not None and not bucket.transformed:
+            # Once per step: if the transform stops part way (an out-of-memory in its first step's clone, which the
+            # Trainer survives), synchronize() submits the bucket without applying the momentum a second time.
+            bucket.transformed = True
             self._local_momentum.transform(bucket.params)
         self._submit(bucket)
 

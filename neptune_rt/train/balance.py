@@ -68,10 +68,13 @@ class Balancer:
         # Reproducible scheduler inputs: the emulated compute instead of the clock (see --emulate-per-sample-ms).
         self.emulated_inputs = bool(config.deterministic and self.slowdown and self.slowdown.fixed)
         self.scheduler = self._new_scheduler() if self.mode != "off" else None
+        self.fresh = True  # the scheduler starts afresh (no checkpoint's plan): memory limits to probe
         self.logged_version = -1  # last plan version written to metrics.jsonl
         self.pipe = StatsPipe() if self.scheduler else None
         self._row: list[float] | None = None  # this step's row, completed with the step's wall time in end_step
-        if self.mode == "goodput" and config.compression in LOSSY_FOR_NOISE_SCALE and rank == 0:
+        local_momentum = config.optimizer == "sgd" and config.momentum  # goodput refuses it (Trainer._setup)
+        if self.mode == "goodput" and config.compression in LOSSY_FOR_NOISE_SCALE and not local_momentum \
+                and rank == 0:
             warnings.warn(f"--balance goodput with --compression {config.compression}: the noise scale compares the "
                           f"ranks' own gradient norms with the reduced gradient's, which carries the codec's error "
                           f"(about {LOSSY_FOR_NOISE_SCALE[config.compression]} of a rank's squared norm); the noise "
@@ -91,24 +94,30 @@ class Balancer:
         c = self.config
         goodput = self.mode == "goodput"
         largest = self.largest_share  # a share may run as accumulated micro-batches
+        # Accumulation is unbounded in effect: a probed or backed-off limit must never shrink the global batch.
         return BatchScheduler(self.size, c.batch_size, max_micro=c.max_micro or largest,
-                              max_accum=max(16, -(-largest // (c.max_micro or largest))), adaptive_batch=goodput,
+                              max_accum=largest, adaptive_batch=goodput,
                               batch_bounds=c.bounds(self.size) if goodput else None, lr_rule=c.lr_rule)
 
     # -- memory ----------------------------------------------------------------------------------------
     def wants_probe(self, device_type: str) -> bool:
-        """Probe each rank's largest micro-batch before training: with --balance, no --max-micro, and memory to
-        measure (a CUDA device, or --emulate-memory-cap)."""
+        """This rank has memory to measure (a CUDA device, or --emulate-memory-cap) and nothing set the limits
+        (--balance without --max-micro). Agreed across ranks before probing (the probe is collective)."""
         return self.scheduler is not None and not self.config.max_micro and \
             bool(self.config.emulate_memory_cap or device_type == "cuda")
 
-    def probe_memory(self, run: Callable[[int], Any], device: torch.device, samples: int) -> list[int]:
+    def probe_memory(self, run: Callable[[int], Any], device: torch.device, samples: int,
+                     reserve_bytes: float = 0.0, ranks_per_device: int = 1) -> list[int]:
         """Collective: every rank's largest micro-batch (`probe_max_micro`, safety 0.9 x capacity) becomes the
-        plan's max_micro. `run(b)` is one forward+backward of b samples without .grad (torch.autograd.grad)."""
-        if self.config.emulate_memory_cap:  # a rank without a cap measures against a capacity it never reaches
+        plan's max_micro. `run(b)` is one forward+backward of b samples without .grad (torch.autograd.grad). On
+        CUDA the capacity is the device's share of this rank (`ranks_per_device` share it) less `reserve_bytes`
+        (the optimizer's state, not there yet when probing)."""
+        if self.config.emulate_memory_cap or device.type != "cuda":
+            # A rank without a cap (or a CPU rank of a mixed job) measures against a capacity it never reaches.
             meter: Any = self.memory or CpuMemoryMeter(float(2**62))
         else:
-            meter = CudaMemoryMeter(device)
+            total = torch.cuda.get_device_properties(device).total_memory
+            meter = CudaMemoryMeter(device, max(1.0, total / max(1, ranks_per_device) - reserve_bytes))
         limit = max(1, min(self.largest_share, samples))
         limits = probe_max_micro(run, meter, MemoryProbe(self.size, start=min(16, limit), limit=limit),
                                  name="train.memory_probe")
@@ -243,13 +252,14 @@ class Balancer:
         if not (self.slowdown or self.pipe):
             return None
         return {"emulate": self.slowdown.state_dict() if self.slowdown else None,
-                "pipe": self.pipe.state_dict() if self.pipe else None}
+                "pipe": self.pipe.state_dict() if self.pipe else None, "micro_cap": self.micro_cap}
 
     def load_state_dict(self, state: dict[str, Any] | None, per_rank: dict[str, Any] | None) -> None:
         """Restores the scheduler (and this rank's slowdown measurement). A checkpoint of another world size,
         mode or global batch restarts the scheduler from an equal split, with a warning on rank 0."""
         pipe = None
         if per_rank is not None and "pipe" in per_rank:
+            self.micro_cap = int(per_rank.get("micro_cap", 0))  # an out-of-memory the plan has not caught up with
             per_rank, pipe = per_rank["emulate"], per_rank["pipe"]
         if self.slowdown and per_rank:
             self.slowdown.load_state_dict(per_rank)
@@ -272,6 +282,7 @@ class Balancer:
             if self.rank == 0:
                 warnings.warn(f"--balance {self.mode}: the batch-size scheduler restarts from an equal split: {why}")
         else:
+            self.fresh = False
             self.logged_version = self.scheduler.plan.version  # already in metrics.jsonl
             if pipe is not None:  # the row the uninterrupted run would send next (every rank has one)
                 self.pipe.load_state_dict(pipe)

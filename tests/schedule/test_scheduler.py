@@ -84,6 +84,16 @@ def test_oom_backs_off_from_the_reported_micro_batch_and_says_so_in_the_plan():
     assert plan.reason == "out of memory (rank 1 at 20): max micro-batch 64/15/64"
 
 
+def test_an_oom_reported_at_one_sample_is_not_read_as_the_plans_micro_batch():
+    # oom=True means "the plan's micro-batch" (-1 in the row); a size of 1 means 1, whatever the plan says then.
+    assert stats_row(8, 0.01, oom=True)[-1] == -1.0 and stats_row(8, 0.01, oom=1)[-1] == 1.0
+    s = BatchScheduler(2, 64, max_micro=32)
+    with pytest.raises(RuntimeError, match="rank 1 ran out of memory at a micro-batch of 1"):
+        s.observe([stats_row(32, 0.03), stats_row(32, 0.03, oom=1)])
+    s = BatchScheduler(2, 64, max_micro=32)
+    assert s.observe([stats_row(32, 0.03), stats_row(32, 0.03, oom=True)]).max_micro == (32, 24)
+
+
 def test_a_non_finite_time_is_refused_naming_the_rank_and_column():
     # A NaN kept in the time model would make every later comparison false: the split re-planned every step.
     s = BatchScheduler(2, 64)

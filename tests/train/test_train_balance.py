@@ -7,11 +7,14 @@ batch in its bounds and the learning rate on the AdaScale gain."""
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from _cli import final_params, metrics, neptune, ok
+from _cli import final_params, metrics, mpi_env, mpirun_path, neptune, ok
 from conftest import DENSE_ARGS
 
 # conftest's dense run (3 ranks, equal split of 64) with rank 2 four times slower; the compute is emulated at
@@ -137,6 +140,9 @@ def test_resume_on_another_world_size_restarts_the_scheduler(killed, tmp_path):
     (["--balance", "hetro"], "unknown balance 'hetro' (choose one of: off, hetero, goodput); did you mean 'hetero'?"),
     (["--emulate-slowdown", "1,2,4"], "--emulate-slowdown '1,2,4' names 3 ranks but the job has 2"),
     (["--emulate-memory-cap", "0,-1"], "--emulate-memory-cap '0,-1': every cap must be a finite number of MiB >= 0"),
+    (["--balance", "goodput", "--compression", "onebit"],
+     "--balance goodput cannot measure the gradient noise scale under local momentum (--compression onebit with SGD "
+     "--momentum 0.9)"),
     (["--balance", "goodput", "--batch-size", "8", "--batch-bounds", "1,64"],
      "--batch-bounds 1,64: a global batch of 1 leaves some of the 2 ranks without a sample; make the lower bound at "
      "least 2"),
@@ -211,6 +217,15 @@ def test_memory_probe_sets_each_ranks_micro_batch_before_training(tmp_path):
     # Training then stays within the limit: no out-of-memory anywhere.
     assert not [p for p in plans if p["reason"].startswith("out of memory")]
     assert _oom_steps(tmp_path / "probe", 0) == _oom_steps(tmp_path / "probe", 1) == []
+
+
+def test_memory_probe_allows_unused_parameters_and_leaves_no_trace(tmp_path):
+    worker = Path(__file__).parent / "workers" / "probe_worker.py"
+    proc = subprocess.run([mpirun_path(), "-np", "2", "--oversubscribe", "--bind-to", "none", sys.executable,
+                           str(worker), str(tmp_path / "run")], cwd=tmp_path, env=mpi_env(), capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("OK [64, ") == 2, proc.stdout
 
 
 def test_memory_probe_where_one_sample_does_not_fit_stops_every_rank(tmp_path):

@@ -72,7 +72,8 @@ def test_goodput_with_a_coarse_codec_warns_that_the_noise_scale_reads_low(codec,
     import warnings
 
     from neptune_rt.train.balance import Balancer
-    config = TrainConfig(balance="goodput", compression=codec, batch_size=64).validate()
+    # AdamW: no local momentum (with SGD momentum these codecs keep it, and the Trainer refuses goodput there)
+    config = TrainConfig(balance="goodput", compression=codec, batch_size=64, optimizer="adamw").validate()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Balancer(config, rank=0, size=2)
@@ -81,3 +82,23 @@ def test_goodput_with_a_coarse_codec_warns_that_the_noise_scale_reads_low(codec,
     assert len(said) == (1 if warns else 0), said
     if warns:
         assert f"--compression {codec}" in said[0] and "int8, fp16 or bf16" in said[0]
+
+
+def test_probed_or_backed_off_limits_never_shrink_the_trainers_global_batch():
+    # Accumulation grows as needed: 4 ranks with micro-batch limits of 32 still run a global batch of 4096 (with the
+    # scheduler's default max_accum of 16 it fell to 4 x 32 x 16 = 2048), and so does a back-off to 1.
+    from neptune_rt.train.balance import Balancer
+    for mode in ("hetero", "goodput"):
+        balancer = Balancer(TrainConfig(balance=mode, batch_size=4096).validate(), rank=0, size=4)
+        assert balancer.scheduler.set_max_micro([32] * 4).global_batch == 4096
+        assert balancer.scheduler.set_max_micro([1, 32, 32, 32]).global_batch == 4096
+
+
+def test_a_ranks_own_micro_batch_cap_after_an_out_of_memory_survives_a_checkpoint():
+    from neptune_rt.train.balance import Balancer
+    config = TrainConfig(balance="hetero", batch_size=64).validate()
+    before = Balancer(config, rank=1, size=2)
+    assert before.caught_oom(MemoryError("test"), [32], step=0) and before.micro_batches(32) == [16, 16]
+    after = Balancer(config, rank=1, size=2)
+    after.load_state_dict(before.state_dict(), before.per_rank_state())
+    assert after.micro_cap == 24 and after.micro_batches(32) == [16, 16]
