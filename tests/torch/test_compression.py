@@ -166,3 +166,7 @@ def test_local_momentum_buffers_become_the_applied_update(variant: str) -> None:
     if "onebit" not in engine.CODECS:
         pytest.skip("onebit is not in this engine build")
     assert_ok(run_workers("onebit_momentum_worker.py", 4, variant, timeout=120), 4)
+
+
+def test_local_momentum_stopped_part_way_is_not_applied_twice() -> None:
+    assert_ok(run_workers("local_momentum_oom_worker.py", 2, timeout=120), 2)
