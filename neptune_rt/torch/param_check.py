@@ -28,8 +28,9 @@ def check_named(named_parameters: Iterable[tuple[str, torch.Tensor]] | None) -> 
 
 
 def _signature(names: dict[torch.Tensor, str], bucket_bytes: int, first_bucket_bytes: int | None) -> list[str]:
-    return [f"bucket_bytes:{bucket_bytes}", f"first_bucket_bytes:{first_bucket_bytes}"] + sorted(f"{n}:{tuple(p.shape)}:{str(p.dtype).removeprefix('torch.')}:{int(p.requires_grad)}"
-                  for p, n in names.items())
+    params = sorted(f"{n}:{tuple(p.shape)}:{str(p.dtype).removeprefix('torch.')}:{int(p.requires_grad)}"
+                    for p, n in names.items())
+    return [f"bucket_bytes:{bucket_bytes}", f"first_bucket_bytes:{first_bucket_bytes}"] + params
 
 
 def check_same_parameters_everywhere(names: dict[torch.Tensor, str], bucket_bytes: int,
