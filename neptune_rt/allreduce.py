@@ -50,18 +50,19 @@ def _address_args(tensor: Any, in_place: bool) -> tuple[Any, tuple]:
     return out, (tensor.data_ptr(), out.data_ptr(), nbytes, dtype_name(tensor), tuple(tensor.shape))
 
 
-def torch_allreduce_now_(tensor: Any, dtype: str, name: str | None, op: str, prescale: float, postscale: float) -> Any:
-    """neptune_rt.torch's synchronous in-place all-reduce without a codec, its common case: the same call as
-    allreduce_(tensor, name, op, "none", ...) with fewer Python steps for a contiguous CPU tensor of a float `dtype`
-    (the engine's name for tensor.dtype), which the engine takes by address; anything else goes the general way.
-    `op` is already checked (neptune_rt.torch.ops.resolve_op). docs/torch.md, "Synchronous calls"."""
+def torch_allreduce_now(tensor: Any, in_place: bool, dtype: str, name: str | None, op: str, prescale: float,
+                       postscale: float) -> Any:
+    """neptune_rt.torch's synchronous all-reduce without a codec, its common case: the same call as allreduce_ (or
+    allreduce) of (tensor, name, op, "none", ...) with fewer Python steps for a contiguous CPU tensor of a float
+    `dtype` (the engine's name for tensor.dtype), which the engine takes by address; anything else goes the general
+    way. `op` is already checked (neptune_rt.torch.ops.resolve_op). docs/design.md, "The torch layer's short path"."""
     if not (tensor.is_cpu and tensor.is_contiguous() and not tensor.is_neg() and tensor.numel()):
-        return allreduce_(tensor, name, op, "none", prescale, postscale)
+        return (allreduce_ if in_place else allreduce)(tensor, name, op, "none", prescale, postscale)
     engine = _require()
-    ptr = tensor.data_ptr()
-    native = engine._allreduce_now_at(_auto_name("allreduce", name), ptr, ptr, tensor.nbytes, dtype, tensor.shape,
-                                      op, 0, prescale, postscale, True)
-    return tensor if native is None else _track(Handle(native, (tensor,), None, tensor)).wait()
+    out = tensor if in_place else tensor.new_empty(tensor.shape)
+    native = engine._allreduce_now_at(_auto_name("allreduce", name), tensor.data_ptr(), out.data_ptr(), tensor.nbytes,
+                                      dtype, tensor.shape, op, 0, prescale, postscale, True)
+    return out if native is None else _track(Handle(native, (tensor, out), None, out)).wait()
 
 
 def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,

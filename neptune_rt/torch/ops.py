@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from neptune_rt import engine as _engine
-from neptune_rt.allreduce import torch_allreduce_now_ as _torch_allreduce_now_
+from neptune_rt.allreduce import torch_allreduce_now as _torch_allreduce_now
 from neptune_rt.torch import _wire
 from neptune_rt.torch.autograd import AllgatherFn, AllreduceFn, BroadcastFn
 from neptune_rt.torch.compression import Compression, Compressor
@@ -92,10 +92,10 @@ def _allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None
     # synchronous: the engine's one-call all-reduce, and the result rather than a Handle. allreduce_async(...).wait()
     # would wake the engine thread for work this thread is about to drive anyway (docs/design.md, "Synchronous
     # calls").
-    if synchronous and in_place and compression is Compression.none and type(tensor) is torch.Tensor:
+    if synchronous and compression is Compression.none and type(tensor) is torch.Tensor:
         dtype = _wire.FLOATS.get(tensor.dtype)
-        if dtype is not None:  # Horovod's allreduce_ of a float tensor: nothing to convert here
-            return _torch_allreduce_now_(tensor, dtype, name, op, prescale, postscale)
+        if dtype is not None:  # Horovod's allreduce_ / allreduce of a float tensor: nothing to convert here
+            return _torch_allreduce_now(tensor, in_place, dtype, name, op, prescale, postscale)
     _wire.check_tensor(tensor, call, name)
     compressed, ctx = compression.compress(tensor)
     _wire.check_reducible(compressed, call, name)

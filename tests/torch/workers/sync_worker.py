@@ -115,20 +115,24 @@ try:
 finally:
     allreduce_module.host_view = real_host_view
 
-# neptune_rt.torch.allreduce_ of a float CPU tensor with no codec takes the short path (torch_allreduce_now_):
-# by address, never through the general entry point, whose calls are counted here; auto-named, averaged and scaled
-# as Horovod's. Anything else (a negative-bit or non-contiguous tensor, an integer one) still goes the general way.
+# neptune_rt.torch.allreduce_ / allreduce of a float CPU tensor with no codec take the short path
+# (torch_allreduce_now): by address, never through the general entry points, whose calls are counted here;
+# auto-named, averaged and scaled as Horovod's. Anything else (a negative-bit or non-contiguous tensor, an integer
+# one) still goes the general way.
 engine_module = importlib.import_module("neptune_rt.engine")
 general_calls = []
-real_general = engine_module.allreduce_
+real_general = {"allreduce_": engine_module.allreduce_, "allreduce": engine_module.allreduce}
 
 
-def counted_general(*args, **kwargs):
-    general_calls.append(args[1] if len(args) > 1 else kwargs.get("name"))
-    return real_general(*args, **kwargs)
+def counted(entry):
+    def call(*args, **kwargs):
+        general_calls.append(args[1] if len(args) > 1 else kwargs.get("name"))
+        return real_general[entry](*args, **kwargs)
+    return call
 
 
-engine_module.allreduce_ = allreduce_module.allreduce_ = counted_general
+for module in (engine_module, allreduce_module):
+    module.allreduce_, module.allreduce = counted("allreduce_"), counted("allreduce")
 try:
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         x = torch.randint(-8, 8, (257,), generator=g).to(dtype)
@@ -140,6 +144,11 @@ try:
     scaled = nrt.allreduce_(torch.full((4,), rank + 1.0), name="sync.scaled", op=nrt.Sum, prescale_factor=2.0,
                             postscale_factor=0.25)
     close("short path scaled", scaled, torch.full((4,), total / 2), atol=1e-6)
+    source = torch.full((6,), rank + 1.0, dtype=torch.float64)
+    copy = nrt.allreduce(source, name="sync.out_of_place", op=nrt.Sum)
+    assert copy is not source and copy.dtype == torch.float64 and torch.equal(source, torch.full((6,), rank + 1.0,
+                                                                                             dtype=torch.float64))
+    close("short path out of place", copy, torch.full((6,), total), atol=0)
     assert general_calls == [], f"rank {rank}: the short path went the general way for {general_calls}"
     i32 = nrt.allreduce_(torch.full((3,), rank + 1, dtype=torch.int32), name="sync.i32", op=nrt.Sum)
     assert torch.equal(i32, torch.full((3,), int(total), dtype=torch.int32)), f"rank {rank}: {i32}"
@@ -155,7 +164,8 @@ try:
         assert "not contiguous" in str(err), err
     assert general_calls == ["sync.i32", "sync.neg_torch", "sync.strided"], f"rank {rank}: {general_calls}"
 finally:
-    engine_module.allreduce_ = allreduce_module.allreduce_ = real_general
+    for module in (engine_module, allreduce_module):
+        module.allreduce_, module.allreduce = real_general["allreduce_"], real_general["allreduce"]
 
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
