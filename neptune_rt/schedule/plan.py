@@ -28,7 +28,14 @@ def stats_row(local_batch: int, compute_s: float, local_sq_norm: float = -1.0, a
     """One rank's row; `oom`: False, True (the plan's micro-batch ran out of memory) or the failed micro-batch's
     size (rows that arrive a step late, as through StatsPipe, cannot rely on the plan in force then)."""
     return [float(local_batch), float(compute_s), float(local_sq_norm), float(avg_sq_norm), float(step_s),
-            -1.0 if oom is True else float(oom)]
+            _oom_value(oom)]
+
+
+def _oom_value(oom: Any) -> float:
+    """The row's oom column: -1 for a flag (a bool, numpy's or torch's too), else the failed size (0: none)."""
+    if isinstance(oom, bool) or getattr(oom, "dtype", None) is not None and "bool" in str(oom.dtype):
+        return -1.0 if bool(oom) else 0.0
+    return float(oom)
 
 
 def micro_split(local_batch: int, max_micro: int) -> list[int]:
@@ -107,6 +114,10 @@ def check_rows(rows: Sequence[Sequence[float]], world_size: int) -> None:
     # every step), an infinite one would freeze it. Norms may be non-finite (an fp16 overflow): the noise scale
     # skips such steps.
     for rank, row in enumerate(rows):
+        oom = float(row[STAT_COLUMNS.index("oom")])
+        if not (oom == -1 or (oom >= 0 and oom == int(oom))):
+            raise ValueError(f"scheduler: rank {rank}'s statistics row has oom = {oom}; it must be 0, -1 (out of "
+                             f"memory at the plan's micro-batch) or the size of the micro-batch that ran out")
         for column in ("local_batch", "compute_s", "step_s"):
             value = float(row[STAT_COLUMNS.index(column)])
             if not (math.isfinite(value) and value >= 0):

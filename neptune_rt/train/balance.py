@@ -72,14 +72,6 @@ class Balancer:
         self.logged_version = -1  # last plan version written to metrics.jsonl
         self.pipe = StatsPipe() if self.scheduler else None
         self._row: list[float] | None = None  # this step's row, completed with the step's wall time in end_step
-        local_momentum = config.optimizer == "sgd" and config.momentum  # goodput refuses it (Trainer._setup)
-        if self.mode == "goodput" and config.compression in LOSSY_FOR_NOISE_SCALE and not local_momentum \
-                and rank == 0:
-            warnings.warn(f"--balance goodput with --compression {config.compression}: the noise scale compares the "
-                          f"ranks' own gradient norms with the reduced gradient's, which carries the codec's error "
-                          f"(about {LOSSY_FOR_NOISE_SCALE[config.compression]} of a rank's squared norm); the noise "
-                          f"scale then reads low and goodput keeps smaller batches. Use int8, fp16 or bf16 with "
-                          f"goodput, or --balance hetero")
         caps = config.memory_caps(size)
         self.memory = CpuMemoryMeter(caps[rank]) if caps and caps[rank] > 0 else None  # --emulate-memory-cap
         self.micro_cap = 0  # this rank's own micro-batch limit after an out-of-memory, until the plan's is as low
@@ -99,6 +91,25 @@ class Balancer:
                               max_accum=largest, adaptive_batch=goodput,
                               batch_bounds=c.bounds(self.size) if goodput else None, lr_rule=c.lr_rule)
 
+    def check_codec(self, local_momentum: bool) -> None:
+        """Goodput's noise scale against the gradient codec (DistributedOptimizer's `local_momentum` says whether
+        the reduced .grad is the momentum update): ConfigError on every rank under local momentum; a warning on
+        rank 0 for a coarse codec, whose error the reduced gradient's norm carries."""
+        c = self.config
+        if self.mode != "goodput":
+            return
+        if local_momentum:
+            raise ConfigError(f"--balance goodput cannot measure the gradient noise scale under local momentum "
+                              f"(--compression {c.compression} with SGD momentum {c.momentum}): the reduced .grad is "
+                              f"then the averaged momentum update, not the gradient. Use --compression int8, fp16, "
+                              f"bf16 or none, or SGD without momentum, or --balance hetero")
+        if c.compression in LOSSY_FOR_NOISE_SCALE and self.rank == 0:
+            warnings.warn(f"--balance goodput with --compression {c.compression}: the noise scale compares the "
+                          f"ranks' own gradient norms with the reduced gradient's, which carries the codec's error "
+                          f"(about {LOSSY_FOR_NOISE_SCALE[c.compression]} of a rank's squared norm); the noise "
+                          f"scale then reads low and goodput keeps smaller batches. Use int8, fp16 or bf16 with "
+                          f"goodput, or --balance hetero")
+
     # -- memory ----------------------------------------------------------------------------------------
     def wants_probe(self, device_type: str) -> bool:
         """This rank has memory to measure (a CUDA device, or --emulate-memory-cap) and nothing set the limits
@@ -107,17 +118,15 @@ class Balancer:
             bool(self.config.emulate_memory_cap or device_type == "cuda")
 
     def probe_memory(self, run: Callable[[int], Any], device: torch.device, samples: int,
-                     reserve_bytes: float = 0.0, ranks_per_device: int = 1) -> list[int]:
+                     cuda_capacity: float | None = None) -> list[int]:
         """Collective: every rank's largest micro-batch (`probe_max_micro`, safety 0.9 x capacity) becomes the
-        plan's max_micro. `run(b)` is one forward+backward of b samples without .grad (torch.autograd.grad). On
-        CUDA the capacity is the device's share of this rank (`ranks_per_device` share it) less `reserve_bytes`
-        (the optimizer's state, not there yet when probing)."""
-        if self.config.emulate_memory_cap or device.type != "cuda":
+        plan's max_micro. `run(b)` is one forward+backward of b samples without .grad (torch.autograd.grad);
+        `cuda_capacity`: the bytes a CUDA rank may aim at (neptune_rt.train.memory_probe.cuda_capacity)."""
+        if self.config.emulate_memory_cap or device.type != "cuda" or cuda_capacity is None:
             # A rank without a cap (or a CPU rank of a mixed job) measures against a capacity it never reaches.
             meter: Any = self.memory or CpuMemoryMeter(float(2**62))
         else:
-            total = torch.cuda.get_device_properties(device).total_memory
-            meter = CudaMemoryMeter(device, max(1.0, total / max(1, ranks_per_device) - reserve_bytes))
+            meter = CudaMemoryMeter(device, cuda_capacity)
         limit = max(1, min(self.largest_share, samples))
         limits = probe_max_micro(run, meter, MemoryProbe(self.size, start=min(16, limit), limit=limit),
                                  name="train.memory_probe")

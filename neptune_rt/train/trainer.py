@@ -27,6 +27,7 @@ from neptune_rt.train.config import ConfigError, TrainConfig
 from neptune_rt.train.datasets import training_pair
 from neptune_rt.train.evaluate import score_test_set
 from neptune_rt.train.lr_schedule import lr_factor
+from neptune_rt.train.memory_probe import maybe_probe
 from neptune_rt.train.monitor import MetricsLog, Progress, RunState, TensorBoard, Timeline, codec_label, write_atomic
 from neptune_rt.train.run_files import RunFiles, restore, snapshot
 from neptune_rt.train.telemetry import NOTE, EngineTelemetry
@@ -63,11 +64,7 @@ class Trainer:
             ("none", "fp16", "bf16") else getattr(nrt.Compression, c.compression)
         self.opt = nrt.DistributedOptimizer(self.user_optimizer, named_parameters=self.model.named_parameters(),
                                             compression=compression)
-        if c.balance == "goodput" and self.opt.local_momentum:
-            raise ConfigError(f"--balance goodput cannot measure the gradient noise scale under local momentum "
-                              f"(--compression {c.compression} with SGD --momentum {c.momentum}): the reduced .grad "
-                              f"is then the averaged momentum update, not the gradient. Use --compression int8, "
-                              f"fp16, bf16 or none, or --momentum 0, or --balance hetero")
+        self.balance.check_codec(self.opt.local_momentum)
         self.sampler = PlanSampler(len(self.x_train), self.rank, self.size, seed=c.seed)
         self.steps_per_epoch = -(-len(self.x_train) // c.batch_size)
         self.total_steps = c.steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
@@ -98,38 +95,9 @@ class Trainer:
         self.interval = {"loss": 0.0, "n": 0, "step_s": 0.0, "comm_s": 0.0, "samples": 0, "t": time.monotonic()}
         self._log_plan()
         if self.balance.fresh and self.balance.scheduler is not None and not c.max_micro:
-            # Every rank probes or none does (the probe is collective): a CPU rank of a mixed job takes part too.
-            wanted = nrt.allreduce(torch.tensor([float(self.balance.wants_probe(self.device.type))]),
-                                   name="train.memory_probe.wanted", op=nrt.Max)
-            if wanted.item() > 0:
-                self._probe_memory()
-
-    def _probe_memory(self) -> None:
-        """Before the first step (on resume only where the scheduler restarts): each rank's largest micro-batch,
-        measured on its first training samples, becomes the plan's limit (docs/train.md, "Out of memory"). The
-        probe leaves no trace: the model's buffers (BatchNorm statistics) and the random streams are restored."""
-        t0 = time.monotonic()
-        limit = max(1, min(self.balance.largest_share, len(self.x_train)))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
-        self.model.train()
-
-        def run(b: int) -> None:  # no .grad and no communication hooks: autograd.grad
-            x, y = self.x_train[:b].to(self.device), self.y_train[:b].to(self.device)
-            with self._autocast():
-                loss = self.loss_fn(self.model(x), y)
-            torch.autograd.grad(loss, params, allow_unused=True)  # a parameter the forward skips is no error
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            limits = self.balance.probe_memory(run, self.device, limit, self._optimizer_state_bytes(),
-                                               self._ranks_per_device())
-        with torch.no_grad():
-            for name, b in self.model.named_buffers():
-                b.copy_(buffers[name])
-        self.interval["t"] = time.monotonic()  # the first interval's samples/s counts training only
-        self._log_plan()
-        if self.lead:
-            self.progress.message(f"memory probe: largest micro-batch per rank {'/'.join(map(str, limits))} "
-                                  f"({time.monotonic() - t0:.1f} s)")
+            if maybe_probe(self) is not None:  # collective; the plan's new limits
+                self.interval["t"] = time.monotonic()  # the first interval's samples/s counts training only
+                self._log_plan()
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -237,20 +205,6 @@ class Trainer:
             self.metrics.write({**plan_record(plan, self.step), "wall": round(self._wall(), 4), "time": time.time()})
             if plan.reason.startswith("out of memory"):
                 self.progress.message(f"step {self.step}: {plan.reason}")
-
-    def _optimizer_state_bytes(self) -> float:
-        """The optimizer's state, not there yet when the probe runs: AdamW's two moments, SGD's momentum buffer
-        (also when kept locally under a low-bit codec), as many copies of the trainable parameters."""
-        c = self.config
-        copies = 2 if c.optimizer == "adamw" else (1 if c.momentum else 0)
-        return float(copies * sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad))
-
-    def _ranks_per_device(self) -> int:
-        """How many of this node's ranks share this rank's GPU (local_rank % device_count picks it)."""
-        if self.device.type != "cuda":
-            return 1
-        devices = max(1, torch.cuda.device_count())
-        return len(range(self.device.index or 0, nrt.local_size(), devices))
 
     def _compute(self, x: torch.Tensor, y: torch.Tensor, micro: list[int], t1s: float
                  ) -> tuple[float, float, float | None]:

@@ -336,3 +336,15 @@ def test_one_slow_first_step_does_not_resplit_identical_ranks():
         slow = [1.3, 1, 1, 1] if step == 2 else [1, 1, 1, 1]
         s.observe(rows_for(s.plan, slow, rng, noise=0.005))
     assert len(s.history) == 1 and s.plan.local_batches == (64, 64, 64, 64), s.plan.describe()
+
+
+def test_the_oom_column_takes_flags_of_any_kind_and_refuses_anything_else():
+    import torch
+    for flag in (True, np.True_, torch.tensor(True)):
+        assert stats_row(8, 0.01, oom=flag)[-1] == -1.0, flag
+    for none in (False, np.False_, torch.tensor(False), 0):
+        assert stats_row(8, 0.01, oom=none)[-1] == 0.0, none
+    s = BatchScheduler(2, 64)
+    for bad in (float("nan"), 2.5, -3.0):
+        with pytest.raises(ValueError, match=f"rank 1's statistics row has oom = {bad}"):
+            s.observe([stats_row(32, 0.03), stats_row(32, 0.03, oom=bad)])

@@ -142,7 +142,7 @@ def test_resume_on_another_world_size_restarts_the_scheduler(killed, tmp_path):
     (["--emulate-memory-cap", "0,-1"], "--emulate-memory-cap '0,-1': every cap must be a finite number of MiB >= 0"),
     (["--balance", "goodput", "--compression", "onebit"],
      "--balance goodput cannot measure the gradient noise scale under local momentum (--compression onebit with SGD "
-     "--momentum 0.9)"),
+     "momentum 0.9)"),
     (["--balance", "goodput", "--batch-size", "8", "--batch-bounds", "1,64"],
      "--batch-bounds 1,64: a global batch of 1 leaves some of the 2 ranks without a sample; make the lower bound at "
      "least 2"),

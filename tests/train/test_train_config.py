@@ -3,6 +3,7 @@ closest valid one. In-process, no MPI."""
 import argparse
 
 import pytest
+import torch
 
 from neptune_rt.train.config import FIELDS, ConfigError, TrainConfig, add_arguments, dump_toml, load_toml, resolve
 
@@ -72,12 +73,12 @@ def test_goodput_with_a_coarse_codec_warns_that_the_noise_scale_reads_low(codec,
     import warnings
 
     from neptune_rt.train.balance import Balancer
-    # AdamW: no local momentum (with SGD momentum these codecs keep it, and the Trainer refuses goodput there)
-    config = TrainConfig(balance="goodput", compression=codec, batch_size=64, optimizer="adamw").validate()
+    # Without local momentum (AdamW, say; under it goodput is refused, below)
+    config = TrainConfig(balance="goodput", compression=codec, batch_size=64).validate()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Balancer(config, rank=0, size=2)
-        Balancer(config, rank=1, size=2)  # rank 0 alone says it
+        Balancer(config, rank=0, size=2).check_codec(local_momentum=False)
+        Balancer(config, rank=1, size=2).check_codec(local_momentum=False)  # rank 0 alone says it
     said = [str(w.message) for w in caught if "noise scale" in str(w.message)]
     assert len(said) == (1 if warns else 0), said
     if warns:
@@ -102,3 +103,40 @@ def test_a_ranks_own_micro_batch_cap_after_an_out_of_memory_survives_a_checkpoin
     after = Balancer(config, rank=1, size=2)
     after.load_state_dict(before.state_dict(), before.per_rank_state())
     assert after.micro_cap == 24 and after.micro_batches(32) == [16, 16]
+
+
+def test_goodput_refuses_local_momentum_and_hetero_does_not_mind():
+    from neptune_rt.train.balance import Balancer
+    config = TrainConfig(balance="goodput", compression="onebit", batch_size=64).validate()
+    with pytest.raises(ConfigError, match="cannot measure the gradient noise scale under local momentum"):
+        Balancer(config, rank=1, size=2).check_codec(local_momentum=True)
+    hetero = TrainConfig(balance="hetero", compression="onebit", batch_size=64).validate()
+    Balancer(hetero, rank=1, size=2).check_codec(local_momentum=True)
+
+
+def test_optimizer_state_still_to_come_is_counted_from_the_optimizer_itself():
+    from neptune_rt.train.memory_probe import optimizer_state_bytes
+    model = torch.nn.Linear(10, 10)  # 110 float32 parameters: 440 bytes
+    assert optimizer_state_bytes(torch.optim.AdamW(model.parameters())) == 2 * 440
+    assert optimizer_state_bytes(torch.optim.Adam(model.parameters(), amsgrad=True)) == 3 * 440
+    assert optimizer_state_bytes(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)) == 440
+    assert optimizer_state_bytes(torch.optim.SGD(model.parameters(), lr=0.1)) == 0
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 10)).sum().backward()
+    sgd.step()  # the momentum buffers exist now: nothing more to come
+    assert optimizer_state_bytes(sgd) == 0
+
+
+def test_ranks_sharing_a_gpu_split_it_and_a_share_left_empty_stops_every_rank():
+    from neptune_rt.train.memory_probe import gpu_shares
+    gib = float(2**30)
+    # ranks 0 and 1 on one GPU of host a, rank 2 alone on another GPU of host a (one visible device each, as with
+    # CUDA_VISIBLE_DEVICES per rank: told apart by UUID), rank 3 a CPU rank of a mixed job
+    every = [("a", "GPU-1", 80 * gib, 10 * gib), ("a", "GPU-1", 80 * gib, 10 * gib), ("a", "GPU-2", 80 * gib, 10 * gib),
+             None]
+    assert gpu_shares(every, 0) == {0: 30 * gib, 1: 30 * gib, 2: 70 * gib}
+    every[2] = ("b", "GPU-1", 80 * gib, 10 * gib)  # the same UUID on another host is another device
+    assert gpu_shares(every, 0)[2] == 70 * gib
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[0, 1\] have no memory to train in: rank 0's GPU \(80.0 GiB\) "
+                                           r"is shared by 2 rank\(s\) and the optimizer's state will take 45.0 GiB"):
+        gpu_shares([("a", "GPU-1", 80 * gib, 45 * gib)] * 2, 3)
