@@ -155,9 +155,10 @@ def enqueue_time(buf: np.ndarray, calls: int) -> float:
 def torch_latency_cases(buf4k: np.ndarray) -> dict:
     """The 4 KB all-reduce of a CPU torch tensor sharing buf4k's memory, where torch is installed: Horovod's
     synchronous `allreduce_` (`torch_sync`) and `allreduce_async_` + wait (`torch_async_wait`, the way the
-    synchronous call went before it became one native call), and the latter through a host view
-    (`torch_async_host_view`: the by-address path turned off, as asynchronous calls went before 2026-12-02 and as
-    tensors the engine cannot take by address still go)."""
+    synchronous call went before it became one native call), and an asynchronous all-reduce of it through a host
+    view (`torch_async_host_view`: the engine API's general path with the by-address branch turned off, as
+    asynchronous calls went before 2026-12-02 and as tensors the engine cannot take by address still go; since the
+    torch layer's short path it no longer includes that layer)."""
     try:
         import torch
         import neptune_rt.torch as nrt_torch
@@ -166,11 +167,11 @@ def torch_latency_cases(buf4k: np.ndarray) -> dict:
     allreduce_module = importlib.import_module("neptune_rt.allreduce")
     t4k = torch.from_numpy(buf4k)
 
-    def async_host_view() -> None:
+    def async_host_view() -> None:  # the engine API's general path (the torch layer's short path skips it)
         by_address = allreduce_module._torch_by_address
         allreduce_module._torch_by_address = lambda _tensor: False
         try:
-            nrt_torch.allreduce_async_(t4k, name="lat4k", op=nrt_torch.Sum).wait()
+            allreduce_module.allreduce_async_(t4k, name="lat4k", op="sum").wait()
         finally:
             allreduce_module._torch_by_address = by_address
     return {"torch_sync": lambda: nrt_torch.allreduce_(t4k, name="lat4k", op=nrt_torch.Sum),

@@ -65,6 +65,20 @@ def torch_allreduce_now(tensor: Any, in_place: bool, dtype: str, name: str | Non
     return out if native is None else _track(Handle(native, (tensor, out), None, out)).wait()
 
 
+def torch_allreduce_async(tensor: Any, in_place: bool, dtype: str, name: str | None, op: str, prescale: float,
+                          postscale: float) -> Handle:
+    """torch_allreduce_now's asynchronous twin (neptune_rt.torch's allreduce_async_ / allreduce_async without a
+    codec): a contiguous CPU float tensor is enqueued by address with fewer Python steps; anything else goes the
+    general way (allreduce_async_ / allreduce_async)."""
+    if not (tensor.is_cpu and tensor.is_contiguous() and not tensor.is_neg() and tensor.numel()):
+        return (allreduce_async_ if in_place else allreduce_async)(tensor, name, op, "none", prescale, postscale)
+    engine = _require()
+    out = tensor if in_place else tensor.new_empty(tensor.shape)
+    native = engine._enqueue_allreduce_at(_auto_name("allreduce", name), tensor.data_ptr(), out.data_ptr(),
+                                          tensor.nbytes, dtype, tensor.shape, op, 0, prescale, postscale, True)
+    return _track(Handle(native, (tensor, out), None, out))
+
+
 def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
                        postscale: float, adaptive: bool) -> Handle:
     engine = _require()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from neptune_rt import engine as _engine
+from neptune_rt.allreduce import torch_allreduce_async as _torch_allreduce_async
 from neptune_rt.allreduce import torch_allreduce_now as _torch_allreduce_now
 from neptune_rt.torch import _wire
 from neptune_rt.torch.autograd import AllgatherFn, AllreduceFn, BroadcastFn
@@ -92,10 +93,12 @@ def _allreduce(tensor: torch.Tensor, in_place: bool, call: str, name: str | None
     # synchronous: the engine's one-call all-reduce, and the result rather than a Handle. allreduce_async(...).wait()
     # would wake the engine thread for work this thread is about to drive anyway (docs/design.md, "Synchronous
     # calls").
-    if synchronous and compression is Compression.none and type(tensor) is torch.Tensor:
+    if compression is Compression.none and type(tensor) is torch.Tensor:
         dtype = _wire.FLOATS.get(tensor.dtype)
-        if dtype is not None:  # Horovod's allreduce_ / allreduce of a float tensor: nothing to convert here
-            return _torch_allreduce_now(tensor, in_place, dtype, name, op, prescale, postscale)
+        if dtype is not None:  # a float tensor without a codec: nothing to convert here (the short path)
+            if synchronous:
+                return _torch_allreduce_now(tensor, in_place, dtype, name, op, prescale, postscale)
+            return Handle(_torch_allreduce_async(tensor, in_place, dtype, name, op, prescale, postscale))
     _wire.check_tensor(tensor, call, name)
     compressed, ctx = compression.compress(tensor)
     _wire.check_reducible(compressed, call, name)

@@ -121,7 +121,8 @@ finally:
 # one) still goes the general way.
 engine_module = importlib.import_module("neptune_rt.engine")
 general_calls = []
-real_general = {"allreduce_": engine_module.allreduce_, "allreduce": engine_module.allreduce}
+ENTRIES = ("allreduce_", "allreduce", "allreduce_async_", "allreduce_async")
+real_general = {entry: getattr(engine_module, entry) for entry in ENTRIES}
 
 
 def counted(entry):
@@ -132,7 +133,8 @@ def counted(entry):
 
 
 for module in (engine_module, allreduce_module):
-    module.allreduce_, module.allreduce = counted("allreduce_"), counted("allreduce")
+    for entry in ENTRIES:
+        setattr(module, entry, counted(entry))
 try:
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         x = torch.randint(-8, 8, (257,), generator=g).to(dtype)
@@ -149,6 +151,13 @@ try:
     assert copy is not source and copy.dtype == torch.float64 and torch.equal(source, torch.full((6,), rank + 1.0,
                                                                                              dtype=torch.float64))
     close("short path out of place", copy, torch.full((6,), total), atol=0)
+    a = torch.full((5,), rank + 1.0, dtype=torch.float16)
+    assert nrt.allreduce_async_(a, name="sync.async_in_place", op=nrt.Sum).wait() is a and a.dtype == torch.float16
+    close("short path asynchronous in place", a, torch.full((5,), total), atol=0)
+    b = torch.full((5,), rank + 1.0)
+    b_avg = nrt.allreduce_async(b, name="sync.async_copy").wait()
+    assert b_avg is not b and torch.equal(b, torch.full((5,), rank + 1.0)), f"rank {rank}: async copy {b_avg}"
+    close("short path asynchronous average", b_avg, torch.full((5,), total / size), atol=1e-6)
     assert general_calls == [], f"rank {rank}: the short path went the general way for {general_calls}"
     i32 = nrt.allreduce_(torch.full((3,), rank + 1, dtype=torch.int32), name="sync.i32", op=nrt.Sum)
     assert torch.equal(i32, torch.full((3,), int(total), dtype=torch.int32)), f"rank {rank}: {i32}"
@@ -165,7 +174,8 @@ try:
     assert general_calls == ["sync.i32", "sync.neg_torch", "sync.strided"], f"rank {rank}: {general_calls}"
 finally:
     for module in (engine_module, allreduce_module):
-        module.allreduce_, module.allreduce = real_general["allreduce_"], real_general["allreduce"]
+        for entry in ENTRIES:
+            setattr(module, entry, real_general[entry])
 
 counts = WORLD.allgather(handoffs)  # every rank judges the same numbers
 for way in ways:
