@@ -50,33 +50,37 @@ def _address_args(tensor: Any, in_place: bool) -> tuple[Any, tuple]:
     return out, (tensor.data_ptr(), out.data_ptr(), nbytes, dtype_name(tensor), tuple(tensor.shape))
 
 
+def _torch_short_args(tensor: Any, in_place: bool, dtype: str, name: str | None, op: str, prescale: float,
+                      postscale: float) -> tuple[Any, tuple]:
+    """The result tensor and the by-address entry points' arguments for the torch short path (no codec)."""
+    out = tensor if in_place else tensor.new_empty(tensor.shape)
+    return out, (_auto_name("allreduce", name), tensor.data_ptr(), out.data_ptr(), tensor.nbytes, dtype, tensor.shape,
+                 op, 0, prescale, postscale, True)
+
+
 def torch_allreduce_now(tensor: Any, in_place: bool, dtype: str, name: str | None, op: str, prescale: float,
-                       postscale: float) -> Any:
+                        postscale: float) -> Any:
     """neptune_rt.torch's synchronous all-reduce without a codec, its common case: the same call as allreduce_ (or
-    allreduce) of (tensor, name, op, "none", ...) with fewer Python steps for a contiguous CPU tensor of a float
-    `dtype` (the engine's name for tensor.dtype), which the engine takes by address; anything else goes the general
+    allreduce) of (tensor, name, op, "none", ...) with fewer Python steps for a tensor the engine takes by address
+    (`_torch_by_address`) of a float `dtype` (the engine's name for tensor.dtype); anything else goes the general
     way. `op` is already checked (neptune_rt.torch.ops.resolve_op). docs/design.md, "The torch layer's short path"."""
-    if not (tensor.is_cpu and tensor.is_contiguous() and not tensor.is_neg() and tensor.numel()):
+    if not _torch_by_address(tensor):
         return (allreduce_ if in_place else allreduce)(tensor, name, op, "none", prescale, postscale)
     engine = _require()
-    out = tensor if in_place else tensor.new_empty(tensor.shape)
-    native = engine._allreduce_now_at(_auto_name("allreduce", name), tensor.data_ptr(), out.data_ptr(), tensor.nbytes,
-                                      dtype, tensor.shape, op, 0, prescale, postscale, True)
+    out, args = _torch_short_args(tensor, in_place, dtype, name, op, prescale, postscale)
+    native = engine._allreduce_now_at(*args)
     return out if native is None else _track(Handle(native, (tensor, out), None, out)).wait()
 
 
 def torch_allreduce_async(tensor: Any, in_place: bool, dtype: str, name: str | None, op: str, prescale: float,
                           postscale: float) -> Handle:
     """torch_allreduce_now's asynchronous twin (neptune_rt.torch's allreduce_async_ / allreduce_async without a
-    codec): a contiguous CPU float tensor is enqueued by address with fewer Python steps; anything else goes the
-    general way (allreduce_async_ / allreduce_async)."""
-    if not (tensor.is_cpu and tensor.is_contiguous() and not tensor.is_neg() and tensor.numel()):
+    codec): enqueued by address; anything else goes the general way (allreduce_async_ / allreduce_async)."""
+    if not _torch_by_address(tensor):
         return (allreduce_async_ if in_place else allreduce_async)(tensor, name, op, "none", prescale, postscale)
     engine = _require()
-    out = tensor if in_place else tensor.new_empty(tensor.shape)
-    native = engine._enqueue_allreduce_at(_auto_name("allreduce", name), tensor.data_ptr(), out.data_ptr(),
-                                          tensor.nbytes, dtype, tensor.shape, op, 0, prescale, postscale, True)
-    return _track(Handle(native, (tensor, out), None, out))
+    out, args = _torch_short_args(tensor, in_place, dtype, name, op, prescale, postscale)
+    return _track(Handle(engine._enqueue_allreduce_at(*args), (tensor, out), None, out))
 
 
 def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
