@@ -45,6 +45,14 @@ def _rank() -> int:
     return 0
 
 
+def _launcher_world_size() -> int | None:
+    """The job's size as the launcher tells it (Open MPI's mpirun, MPICH's Hydra), before MPI_Init; None if unsaid."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
 def _fail(message: str) -> int:
     """Every rank meets the same bad input; one message is enough, from rank 0. The launcher ends the job at the
     first non-zero exit, message or not, so the other ranks leave only once rank 0 has written it: rank 0 says so
@@ -137,8 +145,15 @@ def _train(cli: dict) -> int:
             raise CheckpointError(f"--resume {cli['resume']}: no config.toml there; is it a run directory?")
         base = load_toml(toml)
     config = resolve(cli, base)
+    # Bad input is found before torch is imported (seconds of every rank's start-up): the settings that depend on
+    # the world size, where the launcher tells it (run_workload checks them again once MPI is up), and the data.
+    size = _launcher_world_size()
+    if size:
+        config.check_world(size)
+    from neptune_rt.train.datasets import load
+    data = load(config.data, config.data_dir, config.label_column)
     from neptune_rt.train.workload import run_workload
-    result = run_workload(config)
+    result = run_workload(config, data)
     if _rank() == 0:
         acc = result["test_accuracy"]
         print(f"final test accuracy: {acc * 100:.2f}%  ({result['steps']} steps, {result['samples']} samples, "

@@ -12,13 +12,19 @@ def test_onebit_adam_quadratic_and_checkpoints() -> None:
     print([line for line in proc.stdout.splitlines() if line.startswith("QUAD")])
 
 
-def test_onebit_lamb_warmup_is_lamb_and_checkpoints_continue() -> None:
-    assert_ok(run_workers("onebit_lamb_worker.py", 4, "reference", timeout=120), 4)
+@pytest.fixture(scope="module")
+def onebit_lamb_run():
+    """The reference part and the digits training share one 4-rank launch."""
+    return run_workers("onebit_lamb_worker.py", 4, "reference", "digits", "lamb", "onebitlamb", timeout=360)
 
 
-def test_onebit_lamb_trains_digits_within_one_point_of_dense_lamb() -> None:
-    pytest.importorskip("sklearn")
-    proc = run_workers("onebit_lamb_worker.py", 4, "digits", "lamb", "onebitlamb", timeout=300)
+def test_onebit_lamb_warmup_is_lamb_and_checkpoints_continue(onebit_lamb_run) -> None:
+    passed = [line for line in onebit_lamb_run.stdout.splitlines() if line.startswith("PASSED reference rank ")]
+    assert len(passed) == 4, onebit_lamb_run.output[-8000:]
+
+
+def test_onebit_lamb_trains_digits_within_one_point_of_dense_lamb(onebit_lamb_run) -> None:
+    proc = onebit_lamb_run
     assert_ok(proc, 4)
     print(proc.stdout)
     rows = {r[1]: r for r in (line.split() for line in proc.stdout.splitlines()) if r[0] == "ACC"}

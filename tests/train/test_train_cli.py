@@ -90,7 +90,10 @@ EXTRA = {"bf16": ["--amp", "bf16", "--optimizer", "adamw", "--lr", "0.01", "--wa
                   "--lr-schedule", "cosine", "--clip-grad", "1.0"]}
 
 
-@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "onebit", "auto"])
+# Each launch costs seconds of start-up, so the CLI runs the codecs whose set-up differs: a cast (bf16), a blockwise
+# codec through local momentum (int4) and 1 bit; int8 is int8_run's (below). Every codec, fp16 and auto included,
+# trains within a point of dense through DistributedOptimizer in tests/torch/test_compression.py.
+@pytest.mark.parametrize("codec", ["bf16", "int4", "onebit"])
 def test_each_codec_trains(tmp_path, codec):
     result = ok(neptune(2, "train", *DENSE_ARGS, "--compression", codec, "--run-dir", tmp_path / "r", "--steps", "46",
                         "--eval-every", "0", *EXTRA.get(codec, []), timeout=300))
@@ -113,6 +116,8 @@ def test_int8_run_is_close_to_dense(dense_run, int8_run):
     dense, int8 = final_params(dense_run), final_params(int8_run)
     rel = max(((dense[k] - int8[k]).norm() / dense[k].norm()).item() for k in dense)
     assert 0 < rel < 0.1, f"int8 parameters differ from dense by {rel:.3g} (relative norm)"
+    acc = [r for r in metrics(int8_run) if r["kind"] == "eval"][-1]["test_accuracy"]
+    assert acc > 0.80, f"int8: test accuracy {acc}"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,16 +1,19 @@
-"""MPI worker for tests/schedule/test_schedule_mpi.py; `python schedule_worker.py MODE`:
+"""MPI worker for tests/schedule/test_schedule_mpi.py; `python schedule_worker.py MODE[:ARG] ...` runs each mode in
+turn, in one launch:
   weighted   unequal local batches (one rank accumulating micro-batches) through DistributedOptimizer's weights
              give the single-process full-batch gradient (fp64, relative error < 1e-6); local_backward's squared
              norm equals an independent torch computation
   decisions  a BatchScheduler on every rank, fed through the engine's allgather with real (sleep-skewed)
              timings, makes the same decision everywhere (plan digests compared with mpi4py); the sampler's
              slices cover every sample once; the state round-trips through a checkpoint file mid-run
-  probe      collective memory probing with a CPU memory cap on one rank only (arg 2: that rank)
+  probe:R    collective memory probing with a CPU memory cap on rank R only
+  probe_error  a probe function that fails (not out of memory) on rank 1 ends the probe on every rank, quickly,
+             with an error naming rank 1
   gather     statistics rows all-gathered bit for bit (against mpi4py's allgather)
   pipe       StatsPipe: each step's rows arrive in the next step, around a real gradient all-reduce, bit for bit
              as mpi4py's allgather of the previous step's rows; none in the first step; the unsent row survives
              a (JSON) checkpoint mid-run
-Every rank prints 'OK rank R' on success."""
+Every rank prints 'OK MODE rank R' when a mode succeeds."""
 from __future__ import annotations
 
 import json
@@ -34,7 +37,6 @@ torch.set_num_threads(1)
 nrt.init()
 rank, size = nrt.rank(), nrt.size()
 comm = MPI.COMM_WORLD
-mode = sys.argv[1]
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +54,8 @@ def fail(msg: str) -> None:
     raise AssertionError(f"rank {rank}: {msg}")
 
 
-if mode == "weighted":
+
+def mode_weighted(arg: str) -> None:
     x, y = digits()
     B = 301
     local = [40, 150, 11, 100][:size]
@@ -62,7 +65,8 @@ if mode == "weighted":
     idx = torch.arange(B)[start:start + local[rank]]
     model = make_model()
     opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                                   named_parameters=model.named_parameters(), weight=local[rank] / B)
+                                   named_parameters=[(f"weighted.{n}", p) for n, p in model.named_parameters()],
+                                   weight=local[rank] / B)
     sizes = [len(c) for c in torch.split(idx, micro[rank])]
     weights = micro_weights(sizes)
     losses = [lambda c=c, w=w: w * nn.functional.cross_entropy(model(x[c]), y[c])
@@ -84,9 +88,10 @@ if mode == "weighted":
         fail(f"local squared norm {sq!r} != {own_sq!r}")
     if rank == 1 and len(sizes) != 3:
         fail(f"expected 3 micro-batches on rank 1, got {sizes}")
-    print(f"OK rank {rank} rel_err={rel:.2e}", flush=True)
+    print(f"OK weighted rank {rank} rel_err={rel:.2e}", flush=True)
 
-elif mode == "decisions":
+
+def mode_decisions(arg: str) -> None:
     slow = [1.0, 1.0, 2.0, 4.0, 1.0][:size]
     n_data = 1000
     kw = dict(adaptive_batch=True, batch_bounds=(64, 512), noise_warmup=3, goodput_interval=4, max_micro=96)
@@ -136,10 +141,11 @@ elif mode == "decisions":
         epoch = epoch[:n_data]
     if len(set(epoch.tolist())) != len(epoch):
         fail("the sampler handed out a sample twice within an epoch")
-    print(f"OK rank {rank} versions={len(sched.history)} last={sched.plan.describe()}", flush=True)
+    print(f"OK decisions rank {rank} versions={len(sched.history)} last={sched.plan.describe()}", flush=True)
 
-elif mode == "probe":
-    capped = int(sys.argv[2])
+
+def mode_probe(arg: str) -> None:
+    capped = int(arg)
     x = torch.randn(512, 64, dtype=torch.float32)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     base = sum(p.numel() * p.element_size() * 2 for p in model.parameters())
@@ -167,8 +173,10 @@ elif mode == "probe":
             fail(f"probed {limits[rank]}, largest micro-batch within 0.9 x the cap is {best}")
     elif limits[rank] != 512:
         fail(f"uncapped rank probed {limits[rank]}, expected the limit 512")
-    print(f"OK rank {rank} limits={limits}", flush=True)
-elif mode == "probe_error":
+    print(f"OK probe rank {rank} limits={limits}", flush=True)
+
+
+def mode_probe_error(arg: str) -> None:
     # A run(b) that fails with anything but out of memory on rank 1: every rank leaves the probe with an error
     # naming rank 1 (the others used to wait for its row: the job ended only by rank 1's abort at exit, and a rank 1
     # that caught its error and went on left them waiting until the engine's timeout).
@@ -187,8 +195,10 @@ elif mode == "probe_error":
             fail(f"the probe's error does not name rank 1: {err}")
     if time.monotonic() - t0 > 20:
         fail(f"the probe took {time.monotonic() - t0:.1f} s to stop")
-    print(f"OK rank {rank}", flush=True)
-elif mode == "gather":
+    print(f"OK probe_error rank {rank}", flush=True)
+
+
+def mode_gather(arg: str) -> None:
     # every rank's statistics row, bit for bit as mpi4py's own allgather delivers it, 20 rounds
     rng = np.random.default_rng(rank)
     for step in range(20):
@@ -197,12 +207,14 @@ elif mode == "gather":
         want = comm.allgather(row)
         if np.asarray(got).tobytes() != np.asarray(want).tobytes():
             fail(f"round {step}: gathered rows differ from MPI's allgather: {got} vs {want}")
-    print(f"OK rank {rank}", flush=True)
-elif mode == "pipe":
+    print(f"OK gather rank {rank}", flush=True)
+
+
+def mode_pipe(arg: str) -> None:
     x, y = digits()
     model = make_model()
     opt = nrt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),
-                                   named_parameters=model.named_parameters())
+                                   named_parameters=[(f"pipe.{n}", p) for n, p in model.named_parameters()])
     rng = np.random.default_rng(rank)
     pipe, sent = StatsPipe(), None
     for step in range(12):
@@ -224,7 +236,18 @@ elif mode == "pipe":
                 fail(f"step {step}: rows {rows} differ from the previous step's rows {want}")
         sent = stats_row(int(rng.integers(1, 99)), float(rng.random()), float(rng.random()), 1.5, float(step))
         pipe.record(sent)
-    print(f"OK rank {rank}", flush=True)
-else:
-    fail(f"unknown mode {mode}")
+    print(f"OK pipe rank {rank}", flush=True)
+
+
+def run_modes(modes: list[str]) -> None:
+    """Runs each MODE[:ARG] in turn in this one launch (each launch costs every rank seconds of start-up)."""
+    for item in modes:
+        mode, _, arg = item.partition(":")
+        runner = globals().get(f"mode_{mode}")
+        if runner is None:
+            fail(f"unknown mode {mode}")
+        runner(arg)
+
+
+run_modes(sys.argv[1:])
 nrt.shutdown()

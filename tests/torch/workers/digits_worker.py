@@ -5,8 +5,9 @@ optimizer `sgd` (momentum DIGITS_MOMENTUM), `nesterov`, `adam` (all wrapped in D
 `forced:<codec>` (every bucket quantized, no cost-model fallback) or `auto` (the cost model chooses; with SGD
 momentum that is local momentum and the engine's "auto_lowbit"). Same initialization, data order and step
 count for every mode; each mode names its engine tensors afresh (`<mode>.<param>`), so no mode starts from an
-earlier mode's error-feedback residuals. DIGITS_HIDDEN sets the hidden width (64; 1024 makes the gradients
-one 300 KB bucket, above the engine's 256 KB floor for compression). Rank 0 also prints
+earlier mode's error-feedback residuals. DIGITS_HIDDEN sets the hidden width (64), and a mode's own suffix
+`@<width>` overrides it (1024 makes the gradients one 300 KB bucket, above the engine's 256 KB floor for
+compression). Rank 0 also prints
 `CODECS <mode> <local_momentum> <engine codec> <codec>=<buckets>...` (the codecs the engine used for the mode).
 Run by tests/torch/test_compression.py."""
 from __future__ import annotations
@@ -31,7 +32,7 @@ x_all, y_all, train_idx, test_idx = digits_split()
 
 
 def make_optimizer(mode: str, model: nn.Module) -> torch.optim.Optimizer:
-    kind, _, comp = mode.partition("/")
+    kind, _, comp = mode.partition("@")[0].partition("/")
     if kind == "onebitadam":
         return nrt.OneBitAdam(model.parameters(), lr=ADAM_LR, name=f"{mode}.onebitadam")
     if kind == "adam":
@@ -49,7 +50,8 @@ def make_optimizer(mode: str, model: nn.Module) -> torch.optim.Optimizer:
 
 for mode in modes:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10))
+    hidden = int(mode.partition("@")[2] or HIDDEN)
+    model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
     opt = make_optimizer(mode, model)
     codecs_before = dict(nrt_engine.stats()["codecs"])
     for epoch in range(EPOCHS):

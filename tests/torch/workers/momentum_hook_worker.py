@@ -1,11 +1,12 @@
-"""The DDP hook with local momentum (CommHookState(momentum=...)), on 4 ranks. Parts (argv):
+"""The DDP hook with local momentum (CommHookState(momentum=...)), on 4 ranks. Parts (argv, either or both in
+one launch: `exact digits <mode>...`):
 `exact`: with exact communication (codec none, and fp32) the hook + SGD(momentum, weight_decay) is plain DDP +
 the same SGD, parameter for parameter (several small buckets, rebuilt by DDP after the first step); plus the
-refusals (Nesterov, dampening, a mismatched optimizer). `digits <mode>...`: trains load_digits as
-digits_worker.py does (MLP 64-64-10, 12 epochs, global batch 64, SGD lr 0.1 momentum 0.9) with DDP and prints
-`ACC <mode> <percent>` on rank 0; a mode is `ddp` (DDP's default hook) or `<codec>:<hook momentum>` (the
-neptune_rt hook, codec forced, e.g. `onebit:0.9`; `onebit:0` is the hook without local momentum).
-Run by tests/torch/test_comm_hook.py."""
+refusals (Nesterov, dampening, a mismatched optimizer); prints `PASSED exact rank <r>`. `digits <mode>...`:
+trains load_digits as digits_worker.py does (MLP 64-64-10, 12 epochs, global batch 64, SGD lr 0.1 momentum 0.9)
+with DDP and prints `ACC <mode> <percent>` on rank 0; a mode is `ddp` (DDP's default hook) or
+`<codec>:<hook momentum>` (the neptune_rt hook, codec forced, e.g. `onebit:0.9`; `onebit:0` is the hook without
+local momentum). Run by tests/torch/test_comm_hook.py."""
 from __future__ import annotations
 
 import re
@@ -19,7 +20,6 @@ import neptune_rt.torch as nrt
 from common import close, digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
 
 rank, size = setup()
-part = sys.argv[1]
 
 
 def exact() -> None:
@@ -104,8 +104,13 @@ def digits(modes: list[str]) -> None:
             print(f"ACC {mode} {acc:.2f} param_checksum {params.double().abs().sum().item():.9g}", flush=True)
 
 
-if part == "exact":
+args = sys.argv[1:]
+if args[:1] == ["exact"]:
     exact()
-else:
-    digits(sys.argv[2:])
+    print(f"PASSED exact rank {rank}", flush=True)
+    args = args[1:]
+if args[:1] == ["digits"]:
+    digits(args[1:])
+elif args:
+    raise SystemExit(f"momentum_hook_worker.py: unknown part {args[0]!r} (exact, digits)")
 finish()

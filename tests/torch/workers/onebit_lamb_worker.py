@@ -1,8 +1,10 @@
-"""OneBitLamb on 4 real ranks. `reference`: warm-up steps (dense averaging) equal LAMB written out here on the
-mean gradient (decoupled weight decay, trust ratio clipped at max_trust_ratio), on two tensors of different scale;
-and a state_dict round trip after the freeze continues bit for bit. `digits`: load_digits (MLP 64-64-10, 12 epochs,
-global batch 64) with OneBitLamb (automatic warm-up end, then onebit) and with dense LAMB (OneBitLamb whose
-warm-up never ends); rank 0 prints `ACC <mode> <percent> frozen_at <step>`. Run by tests/torch/test_onebit_adam.py.
+"""OneBitLamb on 4 real ranks; parts (argv, either or both in one launch: `reference digits <mode>...`).
+`reference`: warm-up steps (dense averaging) equal LAMB written out here on the mean gradient (decoupled weight
+decay, trust ratio clipped at max_trust_ratio), on two tensors of different scale; and a state_dict round trip
+after the freeze continues bit for bit; prints `PASSED reference rank <r>`. `digits`: load_digits (MLP 64-64-10,
+12 epochs, global batch 64) with OneBitLamb (automatic warm-up end, then onebit) and with dense LAMB (OneBitLamb
+whose warm-up never ends); rank 0 prints `ACC <mode> <percent> frozen_at <step>`. Run by
+tests/torch/test_onebit_adam.py.
 """
 from __future__ import annotations
 
@@ -87,8 +89,13 @@ def digits(modes: list[str]) -> None:
             print(f"ACC {mode} {acc:.2f} frozen_at {opt.onebit['frozen_at']}", flush=True)
 
 
-if sys.argv[1] == "reference":
+args = sys.argv[1:]
+if args[:1] == ["reference"]:
     reference()
-else:
-    digits(sys.argv[2:])
+    print(f"PASSED reference rank {rank}", flush=True)
+    args = args[1:]
+if args[:1] == ["digits"]:
+    digits(args[1:])
+elif args:
+    raise SystemExit(f"onebit_lamb_worker.py: unknown part {args[0]!r} (reference, digits)")
 finish()

@@ -1,8 +1,9 @@
 """Local momentum's sync, under mpirun: forced onebit, SGD momentum 0.9, a few steps on load_digits. After each
 step every rank's momentum buffer must be the averaged update it applied (`.grad` after synchronize(), compared
-bit for bit) and the same on every rank (gathered with mpi4py); argv[1] == "nosync" runs LocalMomentum with
-sync=False and checks the opposite (the buffers differ: compression really is on). With Nesterov the buffers
-stay local. Run by tests/torch/test_compression.py."""
+bit for bit) and the same on every rank (gathered with mpi4py); then (variant "nosync") LocalMomentum with
+sync=False, checking the opposite (the buffers differ: compression really is on). With Nesterov the buffers
+stay local. `python onebit_momentum_worker.py [sync] [nosync]` (default: both, in one launch). Run by
+tests/torch/test_compression.py."""
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,7 @@ import neptune_rt.torch.onebit_momentum as onebit_momentum
 from common import finish, setup
 
 rank, size = setup(gloo=False)
-sync = sys.argv[1:] != ["nosync"]
-onebit_momentum.SYNC_MOMENTUM = sync  # read when DistributedOptimizer builds its LocalMomentum
+variants = sys.argv[1:] or ["sync", "nosync"]
 digits_data, digits_target = digits_arrays()
 x = torch.tensor(digits_data, dtype=torch.float32) / 16.0
 y = torch.tensor(digits_target)
@@ -31,7 +31,8 @@ def buffers_agree(opt: torch.optim.Optimizer, model: nn.Module) -> bool:
     return all(b == every[0] for b in every)
 
 
-for nesterov in (False, True):
+for sync, nesterov in [(v == "sync", nesterov) for v in variants for nesterov in (False, True)]:
+    onebit_momentum.SYNC_MOMENTUM = sync  # read when DistributedOptimizer builds its LocalMomentum
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     tag = f"sync{int(sync)}.nest{int(nesterov)}"
@@ -58,4 +59,4 @@ for nesterov in (False, True):
             assert not agree, f"rank {rank} step {step}: buffers agree across ranks (sync={sync}, nesterov={nesterov})"
     assert np.isfinite(sum(float(p.sum()) for p in model.parameters()))
     opt.remove_hooks()
-finish(f"sync={sync}")
+finish(" ".join(variants))
