@@ -58,7 +58,8 @@ def _fail(message: str) -> int:
     first non-zero exit, message or not, so the other ranks leave only once rank 0 has written it: rank 0 says so
     by a 0-byte message on a tag of its own (point to point, so it can never meet a peer that is already inside
     another collective). A rank that hears nothing within 10 s met bad input alone, and says so itself. Before
-    MPI_Init there is nothing to wait on: the other ranks give rank 0 a head start."""
+    MPI_Init there is nothing to wait on: the other ranks give rank 0 5 s to end the job, and a rank still running
+    then (the data, say, missing on its node only) says so itself."""
     rank = _rank()
     if rank == 0:
         print(f"neptune-rt: error: {message}", file=sys.stderr, flush=True)
@@ -66,6 +67,8 @@ def _fail(message: str) -> int:
     if mpi is None:
         if rank != 0:
             time.sleep(5)
+            print(f"neptune-rt: error on rank {rank} (rank 0 did not stop on it): {message}", file=sys.stderr,
+                  flush=True)
         return BAD_INPUT
     world = mpi.COMM_WORLD
     if rank == 0:

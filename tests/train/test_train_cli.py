@@ -3,12 +3,14 @@ trained on the same global batches (plain torch), every codec trains, and metric
 traces, config.toml, TensorBoard files and `neptune-rt status` agree with each other."""
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from _cli import final_params, metrics, neptune, ok
+from _cli import final_params, metrics, mpi_env, mpirun_path, neptune, ok
 from conftest import DENSE_ARGS
 from neptune_rt.train.config import load_toml
 from neptune_rt.train.datasets import load
@@ -135,3 +137,18 @@ def test_bad_input_fails_every_rank_with_one_message(tmp_path, args, message):
     assert result.returncode != 0, result.output[-2000:]
     assert result.stderr.count(message) == 1, result.output[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_on_one_rank_only_is_reported_by_that_rank(tmp_path):
+    # The data is read before MPI_Init; a rank whose node lacks it fails alone (here an MPMD launch gives rank 1 a
+    # CSV directory that does not exist): it names itself and the job ends, nobody waits for it.
+    def app(data: str) -> list[str]:
+        return ["-np", "1", sys.executable, "-m", "neptune_rt", "train", "--data", data, "--steps", "2",
+                "--run-dir", str(tmp_path / "run")]
+    missing = tmp_path / "missing"
+    proc = subprocess.run([mpirun_path(), "--oversubscribe", "--bind-to", "none", *app("digits"), ":",
+                           *app(f"csv:{missing}")], env=mpi_env(), capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "neptune-rt: error on rank 1 (rank 0 did not stop on it): " in proc.stderr and str(missing) in \
+        proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
