@@ -76,10 +76,10 @@ def launcher_failed(returncode: int, output: str) -> bool:
     return returncode != 0 and LAUNCHER_RACE in output
 
 
-def _launch(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[MpiResult, bool]:
-    """One mpirun: (result, hung). Output goes to files, not pipes: a rank that outlives mpirun (stopped,
-    orphaned) cannot hold them open and block the read, and whatever was written before a hang is still there
-    to report."""
+def launch(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[MpiResult, bool]:
+    """One mpirun command line, any form (MPMD too): (result, hung); the process group is killed after `timeout`
+    s and at the end. Output goes to files, not pipes: a rank that outlives mpirun (stopped, orphaned) cannot
+    hold them open and block the read, and whatever was written before a hang is still there to report."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -109,10 +109,10 @@ def run_mpi(script: str | Path, np: int, *args: str, timeout: float = 180,
     cmd = [mpirun, "-np", str(np), "--oversubscribe", "--bind-to", "none", sys.executable, str(path),
            *map(str, args)]
     full_env = mpi_env(env)
-    result, hung = _launch(cmd, full_env, timeout)
+    result, hung = launch(cmd, full_env, timeout)
     if not hung and launcher_failed(result.returncode, result.output):
         print(f"mpirun failed to start ({LAUNCHER_RACE}); launching again", flush=True)
-        result, hung = _launch(cmd, full_env, timeout)
+        result, hung = launch(cmd, full_env, timeout)
     if hung:
         raise AssertionError(f"mpirun -np {np} {path.name} {' '.join(map(str, args))} hung for {timeout} s "
                              f"(process group killed):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -7,7 +7,8 @@ import pytest
 from mpi_helpers import assert_ok, run_mpi
 
 
-# 4 ranks: the all-reduce alone below (halving-doubling), and test_engine.py through the engine; 5 covers both the fold of an odd rank and two doubling rounds, 3 a ring of odd length.
+# 4 ranks: the all-reduce alone below (halving-doubling), and test_engine.py through the engine
+# (test_engine_api[4-api_numpy]); 5 covers both the fold of an odd rank and two doubling rounds, 3 a ring of odd length.
 @pytest.mark.parametrize("np_", [1, 2, 3, 5])
 def test_collectives_sweep(np_):
     big = 1 << 22 if np_ <= 2 else 1 << 20

@@ -9,16 +9,17 @@ import pytest
 from mpi_helpers import assert_ok, run_mpi
 
 
-# 4 ranks run in test_engine_api_on_our_ring_as_asked. torch tensors and bfloat16 (no MPI type: our algorithms) at
-# 1-3 ranks, where importing torch costs each rank seconds: 2 is a power of two, 3 is not; 5 ranks without them.
-@pytest.mark.parametrize("np_,scenario", [(1, "api"), (2, "api"), (3, "api"), (5, "api_numpy")])
+# At 4 ranks (a power of two of at least 4) auto takes halving-doubling for the buckets above 256 KiB. torch tensors
+# and bfloat16 (no MPI type: our algorithms) at 1-3 ranks only, as `import torch` costs each rank seconds: 2 ranks
+# are a power of two, 3 are not.
+@pytest.mark.parametrize("np_,scenario", [(1, "api"), (2, "api"), (3, "api"), (4, "api_numpy"), (5, "api_numpy")])
 def test_engine_api(np_, scenario):
     assert_ok(run_mpi("engine_worker.py", np_, scenario, timeout=300), np_)
 
 
 def test_engine_small_fusion_and_no_eager():
     # Tiny fusion buckets and no eager path: every tensor goes through negotiated buckets.
-    # Without torch tensors and bfloat16 (test_engine_api has them): settings, not buffer types, vary here.
+    # Without torch tensors and bfloat16 (test_engine_api has them, at default settings): settings vary here.
     env = {"NEPTUNE_RT_FUSION_BYTES": "4K", "NEPTUNE_RT_EAGER_BYTES": "0", "NEPTUNE_RT_SEGMENT_BYTES": "1K"}
     assert_ok(run_mpi("engine_worker.py", 3, "api_numpy", timeout=300, env=env), 3)
 
@@ -33,9 +34,9 @@ def test_results_bitwise_equal_on_every_rank(np_, path):
 
 def test_engine_api_on_our_ring_as_asked():
     # NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES=0: dense buckets above 64 KB take our algorithm instead of MPI_Iallreduce, and
-    # NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring the ring where auto would take halving-doubling (test_engine_api[2] runs
-    # auto); the worker checks the bucket records say so. bfloat16, which MPI has no type for, takes our algorithms
-    # in test_engine_api's default runs; here the numpy dtypes do.
+    # NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring the ring where auto would take halving-doubling (test_engine_api[4-api_numpy]
+    # runs auto); the worker checks the bucket records say so. Without torch: bfloat16 and torch tensors are in
+    # test_engine_api.
     env = {"NEPTUNE_RT_NATIVE_ALLREDUCE_BYTES": "0", "NEPTUNE_RT_ALLREDUCE_ALGORITHM": "ring"}
     assert_ok(run_mpi("engine_worker.py", 4, "api_numpy", timeout=300, env=env), 4)
 

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import signal
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,21 @@ def latest(directory: Path) -> Path | None:
     """The newest complete checkpoint in `directory` (temporary files of an interrupted write are ignored)."""
     found = sorted(_checkpoints(directory))
     return found[-1][1] if found else None
+
+
+def resumable(run: Path) -> Path:
+    """The checkpoint `--resume RUN` would load, as far as can be told without torch: RUN is a run directory, has a
+    complete checkpoint, and that is a zip archive, as torch.save writes (load() reads it)."""
+    if not (run / "run.json").exists():
+        raise ValueError(f"--resume {run}: not a run directory (no run.json)")
+    last = latest(run / "checkpoints")
+    if last is None:
+        raise CheckpointError(f"--resume {run}: no checkpoint in {run / 'checkpoints'} (the run stopped before its "
+                              f"first one); start the run again")
+    if not zipfile.is_zipfile(last):
+        raise CheckpointError(f"checkpoint {last} is unreadable (not the zip archive torch.save writes); delete it "
+                              f"to resume from the one before, or start a new run")
+    return last
 
 
 def remove_partial(directory: Path) -> None:

@@ -1,7 +1,7 @@
 """`neptune-rt train | make-csv | report | status`: the command-line front door. `train` runs under mpirun;
 every flag has a `--config FILE` (TOML) key of the same name. Bad input (config, data, checkpoint) ends every
-rank with exit status 2 and one clear message from rank 0, before any run file is written where possible.
-Exercised by tests/train/test_cli.py and tests/train/test_csv_data.py.
+rank with exit status 2 and one clear message (from rank 0, or from a rank that met it alone), before any run file is
+written where possible. Exercised by tests/train/test_train_cli.py and tests/train/test_train_csv_data.py.
 """
 from __future__ import annotations
 
@@ -58,15 +58,15 @@ def _fail(message: str) -> int:
     first non-zero exit, message or not, so the other ranks leave only once rank 0 has written it: rank 0 says so
     by a 0-byte message on a tag of its own (point to point, so it can never meet a peer that is already inside
     another collective). A rank that hears nothing within 10 s met bad input alone, and says so itself. Before
-    MPI_Init there is nothing to wait on: the other ranks give rank 0 5 s to end the job, and a rank still running
-    then (the data, say, missing on its node only) says so itself."""
+    MPI_Init there is nothing to wait on: the other ranks give rank 0 10 s to end the job (the launcher ends it at
+    rank 0's exit), and a rank still running then (the data, say, missing on its node only) says so itself."""
     rank = _rank()
     if rank == 0:
         print(f"neptune-rt: error: {message}", file=sys.stderr, flush=True)
     mpi = _mpi_if_running()
     if mpi is None:
         if rank != 0:
-            time.sleep(5)
+            time.sleep(10)
             print(f"neptune-rt: error on rank {rank} (rank 0 did not stop on it): {message}", file=sys.stderr,
                   flush=True)
         return BAD_INPUT
@@ -153,6 +153,9 @@ def _train(cli: dict) -> int:
     size = _launcher_world_size()
     if size:
         config.check_world(size)
+    if config.resume:  # every rank loads the checkpoint later, so every rank can look at it now
+        from neptune_rt.train.checkpoint import resumable
+        resumable(Path(config.resume))
     from neptune_rt.train.datasets import load
     data = load(config.data, config.data_dir, config.label_column)
     from neptune_rt.train.workload import run_workload

@@ -52,13 +52,8 @@ class RunFiles:
         def choose() -> str:
             if config.resume:
                 path = Path(config.resume)
-                if not (path / "run.json").exists():
-                    raise ValueError(f"--resume {path}: not a run directory (no run.json)")
                 ckpt.remove_partial(path / "checkpoints")
-                last = ckpt.latest(path / "checkpoints")
-                if last is None:
-                    raise ckpt.CheckpointError(f"--resume {path}: no checkpoint in {path / 'checkpoints'} (the run "
-                                               f"stopped before its first one); start the run again")
+                last = ckpt.resumable(path)
                 ckpt.load(last)  # readable here before anyone relies on it
                 return str(last)
             path = Path(config.run_dir or f"runs/{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}")

@@ -1,7 +1,8 @@
 """Compression: the compressors in-process, and load_digits training under mpirun where every compression
 mode must land within 1 point of dense accuracy: SGD momentum 0.9 with every codec (onebit and int4 through
-local momentum), Nesterov with onebit, and OneBitAdam against dense Adam. Engine codecs run forced (no
-cost-model fallback to dense), and are skipped where the engine lacks them. Each mode trains under engine
+local momentum), Nesterov with onebit, OneBitAdam against dense Adam, and auto at a width the engine compresses.
+Engine codecs run forced (no cost-model fallback to dense) and auto deterministic, all in one 4-rank launch; a
+codec the engine lacks is skipped. Each mode trains under engine
 names of its own (workers/digits_worker.py), so no mode starts from another's error-feedback residuals."""
 import pytest
 import torch
@@ -134,8 +135,9 @@ def test_auto_with_sgd_momentum_trains_within_one_point_of_dense(digits_run) -> 
     momentum turns on, the engine gets "auto_lowbit", and its choice trains within 1 point of dense. The cost
     model's choice on this machine's shared memory is timing-dependent (usually dense); the fixture's
     NEPTUNE_RT_DETERMINISTIC=1 makes the same request compress every step (int8), so the run trains compressed.
-    (Local momentum without compression: the one-rank step test below, and the DDP hook's exact-communication
-    case in tests/torch/test_comm_hook.py.)"""
+    No training run here asks the timing-based cost model (what it picks on shared memory is usually dense: local
+    momentum over exact communication, as in tests/torch/test_optimizer.py); its probing and choices are tested
+    through the engine (tests/workers/engine_worker.py, scenario codecs) and in tests/test_cost_model.py."""
     dense, auto = AUTO_MODES
     acc, used = digits_run[0], digits_run[1][auto]
     assert used[:2] == ["True", "Compression.auto_lowbit"], used
