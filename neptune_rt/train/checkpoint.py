@@ -90,7 +90,7 @@ def resumable(run: Path) -> Path:
     """The checkpoint `--resume RUN` would load, as far as can be told without torch: RUN is a run directory, has a
     complete checkpoint, and that is a zip archive, as torch.save writes (load() reads it)."""
     if not (run / "run.json").exists():
-        raise ValueError(f"--resume {run}: not a run directory (no run.json)")
+        raise CheckpointError(f"--resume {run}: not a run directory (no run.json)")
     last = latest(run / "checkpoints")
     if last is None:
         raise CheckpointError(f"--resume {run}: no checkpoint in {run / 'checkpoints'} (the run stopped before its "

@@ -82,6 +82,7 @@ def test_resume_on_a_different_world_size(uninterrupted, killed, tmp_path):
     ("garbage", "is unreadable"),
     ("model", "does not match this model"),
     ("none", "no checkpoint in"),
+    ("run.json", "not a run directory (no run.json)"),
 ])
 def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
     run = _copy(killed, tmp_path / "run")
@@ -90,13 +91,18 @@ def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
         (run / "checkpoints" / "step-00000010.pt").write_bytes(b"not a checkpoint")
     elif damage == "model":
         extra = ["--model", "mlp", "--hidden", "16"]
-    else:
+    elif damage == "none":
         shutil.rmtree(run / "checkpoints")
-    before = (run / "run.json").read_text()
+    else:
+        (run / "run.json").unlink()
+    before = (run / "run.json").read_text() if damage != "run.json" else None
     result = neptune(2, "train", "--resume", run, *extra, timeout=240)
     assert result.returncode != 0
-    assert result.stderr.count(message) == 1, result.output[-3000:]
-    assert (run / "run.json").read_text() == before  # nothing rewritten by the failed resume
+    assert result.stderr.count(message) == 1, result.output[-3000:]  # once: from rank 0, not a traceback per rank
+    if before is None:
+        assert not (run / "run.json").exists()
+    else:
+        assert (run / "run.json").read_text() == before  # nothing rewritten by the failed resume
 
 
 @pytest.mark.skipif(not hasattr(neptune_rt.engine, "export_residuals"),
