@@ -1,7 +1,8 @@
 """The one mpirun launcher of the test suite (tests/ and tests/torch/): `run_mpi(script, np)` runs a worker
 under mpirun in its own session with a hard timeout; on a hang it kills the whole process group (mpirun and
 every rank, stopped ones included) and fails with the output so far. `assert_ok` checks that every rank
-reported success. Exercised by every MPI test; tests/test_failures.py relies on the hang handling."""
+reported success, `assert_part_passed` that every rank passed one part of a launch that runs several.
+Exercised by every MPI test; tests/test_failures.py relies on the hang handling."""
 from __future__ import annotations
 
 import os
@@ -134,3 +135,11 @@ def assert_ok(proc: MpiResult, np: int, marker: str = "OK") -> list[str]:
     oks = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
     assert len(oks) == np, f"expected {np} '{marker}' lines, got {len(oks)}:\n{out[-8000:]}"
     return oks
+
+
+def assert_part_passed(proc: MpiResult, marker: str, np: int) -> None:
+    """Every rank printed a line starting with `marker`: that part of a launch running several passed, whatever
+    a later part did (so each part's test fails for its own part only). The exit status is the caller's."""
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
+    assert len(lines) == np, f"{marker!r}: {len(lines)} of {np} ranks passed (exit {proc.returncode}):\n" \
+                             f"{proc.output[-8000:]}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mpi_helpers import MpiResult, run_mpi  # noqa: E402
+from mpi_helpers import MpiResult, assert_part_passed, run_mpi  # noqa: E402
 
 WORKER = Path(__file__).parent / "workers" / "schedule_worker.py"
 ENV = {"NEPTUNE_RT_TIMEOUT_SECONDS": "60", "NEPTUNE_RT_STALL_WARNING_SECONDS": "30"}
@@ -27,9 +27,7 @@ def three_ranks() -> MpiResult:
 
 def assert_mode_ok(proc: MpiResult, mode: str, np: int) -> None:
     """Every rank printed 'OK MODE rank R': the mode passed, whatever a later mode of the launch did."""
-    oks = [line for line in proc.stdout.splitlines() if line.startswith(f"OK {mode} rank ")]
-    assert len(oks) == np, f"mode {mode}: {len(oks)} of {np} ranks passed (exit {proc.returncode}):\n" \
-                           f"{proc.output[-8000:]}"
+    assert_part_passed(proc, f"OK {mode} rank ", np)
 
 
 def test_weighted_gradient_equals_full_batch_gradient(four_ranks):

@@ -1,10 +1,12 @@
 """Shared set-up for the torch workers: neptune_rt plus a gloo process group (from Open MPI's rank variables)
 for reference results, single-threaded torch, a closeness check that names what differs, and the digits
-training data (a fixed split, each rank's slice of every global batch, test accuracy, ranks' agreement)."""
+training data (a fixed split, each rank's slice of every global batch, test accuracy, ranks' agreement), and
+`run_parts`: a worker's argv as `FIRST digits MODE...`, either part or both in one launch."""
 from __future__ import annotations
 
 import os
-from typing import Iterator
+import sys
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,6 +40,21 @@ def finish(note: str = "") -> None:
         dist.destroy_process_group()
     print(f"OK rank {nrt.rank()} {note}".rstrip(), flush=True)
     nrt.shutdown()
+
+
+def run_parts(first: str, first_part: Callable[[], None], digits: Callable[[list[str]], None]) -> None:
+    """Runs the parts named in argv, `FIRST digits MODE...` (either or both; one launch saves every rank its
+    start-up): `first_part()` then prints `PASSED FIRST rank R`, `digits(modes)` trains; `finish()` ends."""
+    args = sys.argv[1:]
+    if args[:1] == [first]:
+        first_part()
+        print(f"PASSED {first} rank {nrt.rank()}", flush=True)
+        args = args[1:]
+    if args[:1] == ["digits"]:
+        digits(args[1:])
+    elif args:
+        raise SystemExit(f"{sys.argv[0]}: unknown part {args[0]!r} ({first}, digits)")
+    finish()
 
 
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

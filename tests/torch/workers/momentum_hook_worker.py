@@ -10,14 +10,13 @@ local momentum). Run by tests/torch/test_comm_hook.py."""
 from __future__ import annotations
 
 import re
-import sys
 
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import neptune_rt.torch as nrt
-from common import close, digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
+from common import close, digits_split, rank_slices, ranks_agree, run_parts, setup, test_accuracy
 
 rank, size = setup()
 
@@ -104,13 +103,4 @@ def digits(modes: list[str]) -> None:
             print(f"ACC {mode} {acc:.2f} param_checksum {params.double().abs().sum().item():.9g}", flush=True)
 
 
-args = sys.argv[1:]
-if args[:1] == ["exact"]:
-    exact()
-    print(f"PASSED exact rank {rank}", flush=True)
-    args = args[1:]
-if args[:1] == ["digits"]:
-    digits(args[1:])
-elif args:
-    raise SystemExit(f"momentum_hook_worker.py: unknown part {args[0]!r} (exact, digits)")
-finish()
+run_parts("exact", exact, digits)

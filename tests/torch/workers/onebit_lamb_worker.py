@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 
 import torch
 import torch.nn as nn
 
 import neptune_rt.torch as nrt
-from common import close, digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
+from common import close, digits_split, rank_slices, ranks_agree, run_parts, setup, test_accuracy
 
 rank, size = setup(gloo=False)
 LR = float(os.environ.get("LAMB_LR", "0.02"))
@@ -89,13 +88,4 @@ def digits(modes: list[str]) -> None:
             print(f"ACC {mode} {acc:.2f} frozen_at {opt.onebit['frozen_at']}", flush=True)
 
 
-args = sys.argv[1:]
-if args[:1] == ["reference"]:
-    reference()
-    print(f"PASSED reference rank {rank}", flush=True)
-    args = args[1:]
-if args[:1] == ["digits"]:
-    digits(args[1:])
-elif args:
-    raise SystemExit(f"onebit_lamb_worker.py: unknown part {args[0]!r} (reference, digits)")
-finish()
+run_parts("reference", reference, digits)
