@@ -1,6 +1,7 @@
 """Shared set-up for the torch workers: neptune_rt plus a gloo process group (from Open MPI's rank variables)
 for reference results, single-threaded torch, a closeness check that names what differs, and the digits
-training data (a fixed split, each rank's slice of every global batch, test accuracy, ranks' agreement), and
+training data (a fixed split, each rank's slice of every global batch, the MLP and its epochs, test accuracy, ranks'
+agreement), and
 `run_parts`: a worker's argv as `FIRST digits MODE...`, either part or both in one launch."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 import neptune_rt.torch as nrt
 
@@ -73,6 +75,26 @@ def rank_slices(train_idx: torch.Tensor, epoch: int, batch: int) -> Iterator[tor
     perm = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(epoch))]
     for start in range(0, len(perm) - batch + 1, batch):
         yield perm[start + rank * local: start + (rank + 1) * local]
+
+
+def digits_mlp(hidden: int = 64) -> nn.Module:
+    """The digits workers' model, MLP 64-hidden-10, identical on every rank (seed 0)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def train_digits(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor, train_idx: torch.Tensor, epochs: int, batch: int,
+                 after_epoch: Callable[[], None] | None = None) -> None:
+    """`epochs` epochs of cross-entropy steps on this rank's slices of each global batch of `batch` samples;
+    `forward` is the model or its DDP wrapper, `after_epoch()` runs after each epoch (e.g. a test)."""
+    for epoch in range(epochs):
+        for idx in rank_slices(train_idx, epoch, batch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(forward(x[idx]), y[idx]).backward()
+            opt.step()
+        if after_epoch is not None:
+            after_epoch()
 
 
 def test_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import neptune_rt.torch as nrt
 from neptune_rt import engine as nrt_engine
-from common import digits_split, finish, rank_slices, ranks_agree, setup, test_accuracy
+from common import digits_mlp, digits_split, finish, ranks_agree, setup, test_accuracy, train_digits
 
 rank, size = setup(gloo=False)
 modes = sys.argv[1:] or ["sgd/none", "sgd/fp16", "sgd/bf16"]
@@ -49,16 +49,10 @@ def make_optimizer(mode: str, model: nn.Module) -> torch.optim.Optimizer:
 
 
 for mode in modes:
-    torch.manual_seed(0)
-    hidden = int(mode.partition("@")[2] or HIDDEN)
-    model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    model = digits_mlp(int(mode.partition("@")[2] or HIDDEN))
     opt = make_optimizer(mode, model)
     codecs_before = dict(nrt_engine.stats()["codecs"])
-    for epoch in range(EPOCHS):
-        for idx in rank_slices(train_idx, epoch, GLOBAL_BATCH):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
-            opt.step()
+    train_digits(model, opt, x_all, y_all, train_idx, EPOCHS, GLOBAL_BATCH)
     if hasattr(opt, "remove_hooks"):
         opt.remove_hooks()
     acc = test_accuracy(model, x_all[test_idx], y_all[test_idx])

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import neptune_rt.torch as nrt
-from common import close, digits_split, rank_slices, ranks_agree, run_parts, setup, test_accuracy
+from common import close, digits_mlp, digits_split, ranks_agree, run_parts, setup, test_accuracy, train_digits
 
 rank, size = setup()
 
@@ -77,10 +77,8 @@ def exact() -> None:
 
 def digits(modes: list[str]) -> None:
     x_all, y_all, train_idx, test_idx = digits_split()
-    batch = 64
     for mode in modes:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        model = digits_mlp()
         ddp = DDP(model)
         if mode != "ddp":
             codec, beta = mode.split(":")
@@ -89,12 +87,8 @@ def digits(modes: list[str]) -> None:
                                    nrt.comm_hook.hook)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         curve = []
-        for epoch in range(12):
-            for idx in rank_slices(train_idx, epoch, batch):
-                opt.zero_grad()
-                nn.functional.cross_entropy(ddp(x_all[idx]), y_all[idx]).backward()
-                opt.step()
-            curve.append(test_accuracy(model, x_all[test_idx], y_all[test_idx]))
+        train_digits(ddp, opt, x_all, y_all, train_idx, epochs=12, batch=64,
+                     after_epoch=lambda: curve.append(test_accuracy(model, x_all[test_idx], y_all[test_idx])))
         acc = curve[-1]
         if rank == 0:
             print(f"CURVE {mode} " + " ".join(f"{a:.2f}" for a in curve), flush=True)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import neptune_rt.torch as nrt
-from common import close, digits_split, rank_slices, ranks_agree, run_parts, setup, test_accuracy
+from common import close, digits_mlp, digits_split, ranks_agree, run_parts, setup, test_accuracy, train_digits
 
 rank, size = setup(gloo=False)
 LR = float(os.environ.get("LAMB_LR", "0.02"))
@@ -71,17 +71,11 @@ def reference() -> None:
 
 def digits(modes: list[str]) -> None:
     x_all, y_all, train_idx, test_idx = digits_split()
-    batch = 64
     for mode in modes:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        model = digits_mlp()
         warmup = 10**6 if mode == "lamb" else "auto"
         opt = nrt.OneBitLamb(model.parameters(), lr=LR, warmup_steps=warmup, name=f"lamb.{mode}")
-        for epoch in range(12):
-            for idx in rank_slices(train_idx, epoch, batch):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
-                opt.step()
+        train_digits(model, opt, x_all, y_all, train_idx, epochs=12, batch=64)
         acc = test_accuracy(model, x_all[test_idx], y_all[test_idx])
         ranks_agree(model, mode)
         if rank == 0:

@@ -44,6 +44,18 @@ def loss_of(model, x, y, **kw) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x, **kw), y)
 
 
+def step_both(ours: nn.Module, opt: torch.optim.Optimizer, ddp: nn.Module, ref_opt: torch.optim.Optimizer,
+              step: int, **kw) -> None:
+    """One plain training step of our wrapper and of the DDP reference on this rank's batch of `step`."""
+    x, y = batch(step, rank)
+    opt.zero_grad()
+    loss_of(ours, x, y, **kw).backward()
+    opt.step()
+    ref_opt.zero_grad()
+    loss_of(ddp, x, y, **kw).backward()
+    ref_opt.step()
+
+
 def compare(what: str, ours: nn.Module, ref: nn.Module, atol: float = 1e-6) -> None:
     for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
         close(f"{what}: {n}", p, q, atol=atol)
@@ -132,14 +144,7 @@ opt = nrt.DistributedOptimizer(torch.optim.SGD(ours.parameters(), lr=0.1),
 ddp = DDP(ref, find_unused_parameters=True)
 ref_opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 for step in range(STEPS):
-    use_b = rank == 1 or step % 2 == 1
-    x, y = batch(step, rank)
-    opt.zero_grad()
-    loss_of(ours, x, y, use_b=use_b).backward()
-    opt.step()
-    ref_opt.zero_grad()
-    loss_of(ddp, x, y, use_b=use_b).backward()
-    ref_opt.step()
+    step_both(ours, opt, ddp, ref_opt, step, use_b=rank == 1 or step % 2 == 1)
 compare("unused parameters vs DDP", ours, ref)
 opt.remove_hooks()
 
@@ -168,13 +173,7 @@ opt = nrt.DistributedOptimizer(torch.optim.SGD(ours.parameters(), lr=0.1),
 ddp = DDP(ref)
 ref_opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 for step in range(STEPS):
-    x, y = batch(step, rank)
-    opt.zero_grad()
-    loss_of(ours, x, y).backward()
-    opt.step()
-    ref_opt.zero_grad()
-    loss_of(ddp, x, y).backward()
-    ref_opt.step()
+    step_both(ours, opt, ddp, ref_opt, step)
     assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
 compare("fp16 vs DDP", ours, ref, atol=2e-3)
 opt.remove_hooks()
@@ -191,13 +190,7 @@ for kw in (dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=Tr
     ddp = DDP(ref)
     ref_opt = torch.optim.SGD(ddp.parameters(), lr=0.1, **kw)
     for step in range(STEPS):
-        x, y = batch(step, rank)
-        opt.zero_grad()
-        loss_of(ours, x, y).backward()
-        opt.step()
-        ref_opt.zero_grad()
-        loss_of(ddp, x, y).backward()
-        ref_opt.step()
+        step_both(ours, opt, ddp, ref_opt, step)
     compare(f"local momentum {kw} vs DDP", ours, ref, atol=2e-6)
     # The wrapped SGD's settings are back after each step; its state holds this rank's own momentum.
     assert opt.param_groups[0]["momentum"] == kw["momentum"], f"rank {rank}: {opt.param_groups[0]}"
