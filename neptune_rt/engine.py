@@ -75,7 +75,7 @@ def codec_id(codec: str, adaptive: bool = True) -> int:
 def init(comm: Any = None) -> None:
     """Starts the engine over `comm` (an mpi4py communicator; default COMM_WORLD). Idempotent. Collective:
     every rank of `comm` calls it; TimeoutError after NEPTUNE_RT_TIMEOUT_SECONDS if some rank does not
-    (docs/failures.md). Refused at once after an earlier engine of this process failed."""
+    (docs/failures.md). Refused at once after an earlier engine of this process failed (shut down or not)."""
     global _engine, _comm, _local_rank, _local_size
     with _state_lock:
         if _engine is not None and _engine.running:
@@ -83,6 +83,8 @@ def init(comm: Any = None) -> None:
                 raise RuntimeError("neptune_rt is already initialized on another communicator; "
                                    "call shutdown() first")
             return
+        if _engine is not None:  # set but not running: it failed, and no shutdown() has been called since
+            _record_failure(_engine.fatal_error or "the engine stopped")
         if _failure is not None:
             raise RuntimeError(
                 f"neptune_rt: init() refused: an earlier engine of this process failed, and its ranks are out "

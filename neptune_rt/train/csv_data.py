@@ -1,7 +1,7 @@
 """The CSV-directory workload (`--data csv:DIR`): DIR/train/*.csv and DIR/test/*.csv, one header row, the
 label in a named column, every other column a numeric feature, standardised with train-set statistics.
 `write_csv_dir` (`neptune-rt make-csv DIR`) writes such a directory from Fashion-MNIST or digits. Every bad
-input names the file, row and column. Exercised by tests/train/test_csv_data.py.
+input names the file, row and column. Exercised by tests/train/test_train_csv_data.py.
 """
 from __future__ import annotations
 

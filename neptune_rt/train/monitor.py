@@ -2,7 +2,7 @@
 evaluation), `timeline.rank<k>.json` (Chrome trace format: chrome://tracing or ui.perfetto.dev), `run.json` (the
 run's state, so `neptune-rt status` and the report can tell a finished run from a running or failed one),
 TensorBoard event files (tensorboard's own writer) and rank 0's progress bar or progress lines.
-Exercised by tests/train/test_cli.py (files of real runs) and tests/train/test_monitor.py.
+Exercised by tests/train/test_train_cli.py (files of real runs) and tests/train/test_train_telemetry.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`neptune-rt report RUN [RUN ...]`: report.md and a self-contained report.html (PNG plots embedded as base64)
 from the run directories' metrics.jsonl; several runs overlay their curves (e.g. int8 vs dense).
-Exercised by tests/train/test_report.py on a real run directory.
+Exercised by tests/train/test_train_report.py on a real run directory.
 """
 from __future__ import annotations
 

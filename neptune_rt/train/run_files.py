@@ -1,9 +1,9 @@
 """The run directory and what a checkpoint holds. `RunFiles.create` agrees on the directory across ranks
-(rank 0 decides, everyone gets the same answer or the same error), writes the resolved config.toml and run.json,
-and for --resume loads the last checkpoint on every rank. `snapshot` / `restore` turn a trainer into a checkpoint
-and back: model, optimizer, data position (the sampler), the batch-size scheduler, every rank's RNG state and
-error-feedback residuals.
-Exercised by tests/train/test_resume.py.
+(rank 0 decides, everyone gets the same answer or the same error) and for --resume loads the last checkpoint on every
+rank; a resume rewrites config.toml (and run.json) only once its checkpoint has been restored, so a refused resume
+leaves them as they were. `snapshot` / `restore` turn a trainer into a checkpoint and back: model, optimizer, data
+position (the sampler), the batch-size scheduler, every rank's RNG state and error-feedback residuals.
+Exercised by tests/train/test_train_resume.py.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def agree(decide: Callable[[], Any], name: str) -> Any:
 class RunFiles:
     def __init__(self, directory: Path, rank: int, resume_state: dict[str, Any] | None):
         self.dir, self.rank, self.resume_state = directory, rank, resume_state
+        self.resumed_from: str | None = None  # the checkpoint file a resume starts from
+        self.resolved: TrainConfig | None = None
         self.state = RunState(directory / "run.json")
 
     @classmethod
@@ -68,14 +70,24 @@ class RunFiles:
         directory = Path(config.resume) if config.resume else Path(chosen)
         files = cls(directory, rank, state)
         files.resumed_from = chosen if config.resume else None
-        if rank == 0:  # the resolved configuration; a resume may have changed e.g. --steps
-            resolved = dataclasses.replace(config, run_dir=str(directory), resume="")
-            write_atomic(directory / "config.toml", dump_toml(resolved, "resolved configuration of this run; "
-                                                              "`neptune-rt train --config` reads it"))
+        # The resolved configuration (a resume may have changed e.g. --steps). A resume writes it in start(), once the
+        # checkpoint has been restored: one that fails its checks (another model, optimizer or data) leaves the run's
+        # own config.toml, which its message names as the fix, as it was.
+        files.resolved = dataclasses.replace(config, run_dir=str(directory), resume="")
+        if not config.resume:
+            files.write_config()
         return files
 
+    def write_config(self) -> None:
+        if self.rank == 0:
+            write_atomic(self.dir / "config.toml", dump_toml(self.resolved, "resolved configuration of this run; "
+                                                             "`neptune-rt train --config` reads it"))
+
     def start(self, world_size: int, step: int) -> None:
-        """run.json says "running" (called once the checkpoint, if any, has been restored)."""
+        """run.json says "running", and a resumed run's config.toml holds its resolved configuration (called once
+        the checkpoint, if any, has been restored)."""
+        if self.resumed_from:
+            self.write_config()
         if self.rank == 0:
             if self.resumed_from:
                 self.state.data = json.loads((self.dir / "run.json").read_text())
@@ -116,19 +128,19 @@ def _check_model(state: dict[str, Any], model: torch.nn.Module, source: str) -> 
 
 
 def restore(trainer: Any, state: dict[str, Any]) -> None:
-    source = str(trainer.files.dir)
+    source = str(trainer.files.resumed_from)  # the checkpoint file
     _check_model(state, trainer.model, source)
     trainer.model.load_state_dict(state["model"])
     try:
         trainer.opt.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as err:
-        raise ckpt.CheckpointError(f"checkpoint in {source}: optimizer state does not fit ({err}); resume with "
+        raise ckpt.CheckpointError(f"checkpoint {source}: its optimizer state does not fit ({err}); resume with "
                                    f"the run's own optimizer settings") from None
     trainer.step, trainer.samples, trainer.wall_offset = state["step"], state["samples"], state["wall"]
     try:
         trainer.sampler.load_state_dict(state["sampler"])
     except (ValueError, KeyError) as err:
-        raise ckpt.CheckpointError(f"checkpoint in {source}: its data position does not fit this data set ({err}); "
+        raise ckpt.CheckpointError(f"checkpoint {source}: its data position does not fit this data set ({err}); "
                                    f"resume with the run's own data and seed settings") from None
     trainer.last_acc = state.get("last_acc")
     trainer.totals.update(state.get("totals", {}))

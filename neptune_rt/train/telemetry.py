@@ -1,7 +1,7 @@
 """What the trainer reads from the engine, guarded: `neptune_rt.engine.stats()` (cumulative counters) and
 `bucket_records(clear=True)` (per-bucket phase timings) where this build has them. Without them the engine lane
 of the timeline and the encode/wire/decode/compression columns stay empty, and rank 0 says so once.
-Exercised by the CLI tests (tests/train/test_cli.py).
+Exercised by the CLI tests (tests/train/test_train_cli.py, test_train_telemetry.py).
 """
 from __future__ import annotations
 

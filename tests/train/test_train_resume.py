@@ -96,6 +96,7 @@ def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
     else:
         (run / "run.json").unlink()
     before = (run / "run.json").read_text() if damage != "run.json" else None
+    config_before = (run / "config.toml").read_text()
     result = neptune(2, "train", "--resume", run, *extra, timeout=240)
     assert result.returncode != 0
     assert result.stderr.count(message) == 1, result.output[-3000:]  # once: from rank 0, not a traceback per rank
@@ -103,6 +104,8 @@ def test_bad_checkpoint_fails_every_rank(killed, tmp_path, damage, message):
         assert not (run / "run.json").exists()
     else:
         assert (run / "run.json").read_text() == before  # nothing rewritten by the failed resume
+    # Its config.toml neither: it is the fix the message points to (a resume with other flags must not change it).
+    assert (run / "config.toml").read_text() == config_before
 
 
 @pytest.mark.skipif(not hasattr(neptune_rt.engine, "export_residuals"),

@@ -56,6 +56,10 @@ def check_after_failure(first: str, keep: weakref.ref | None) -> None:
     if keep is not None:
         gc.collect()
         assert keep() is not None, f"rank {RANK}: the failed operation's buffer was freed"
+    # init() straight after the failure (no shutdown() first) is refused at once, with why: it must not start a
+    # new set-up on a communicator left with requests posted.
+    _, t = expect(nrt.init, RuntimeError, "init() refused", first.splitlines()[0])
+    assert t < 0.5, t
     # shutdown() returns at once (the failure was raised already); init() is refused at once, with why.
     t0 = time.monotonic()
     nrt.shutdown()
