@@ -25,6 +25,10 @@ overhead_us = engine time - fused bare collective, for each way; the target (at 
 applies to grouped submission. In the environment, NEPTUNE_RT_ALLREDUCE_ALGORITHM=ring|auto picks the engine's
 algorithm for the 2.5 MB bucket and NEPTUNE_RT_DRIVE_WINDOW_US the engine thread's drive window (A/B runs; both
 are recorded in the rows).
+--cpu adds each step way's process CPU time per step (all threads of a rank: caller, engine, completion thread;
+time.process_time; spinning waits included), median of 3 interleaved untimed rounds of --cpu-reps steps, highest
+over ranks: what a way costs the cores it shares
+with its peers, steadier than its wall time on a busy machine (`cpu_us` in the rows).
 --profile adds the engine's own timers per operation (nrt.stats(): cycles, hand-offs, submissions that woke the
 engine thread, message build, exchange, match, execute, wait) and the Python time to enqueue, from a separate untimed
 run (the 4 KB case synchronous and, as latency_4k_async, asynchronous + wait).
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import statistics
 import sys
 import threading
 import time
@@ -141,6 +146,20 @@ def profile(run, ops_per_call: int, calls: int) -> dict:
     return out
 
 
+def cpu_per_call(runs: dict, calls: int, rounds: int = 3) -> dict[str, float]:
+    """Process CPU microseconds (every thread of this rank) per call of each way: median of `rounds` interleaved
+    rounds of `calls` calls."""
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            WORLD.Barrier()
+            t0 = time.process_time()
+            for _ in range(calls):
+                run()
+            samples[k].append((time.process_time() - t0) / calls * 1e6)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def enqueue_time(buf: np.ndarray, calls: int) -> float:
     """Microseconds in allreduce_async_ alone (Python, binding, enqueue), per call."""
     spent = 0.0
@@ -186,6 +205,8 @@ def main() -> None:
     p.add_argument("--step-reps", type=int, default=20, help="200-tensor steps per trial")
     p.add_argument("--divisor", type=int, default=8, help="ResNet-50 channels are divided by this")
     p.add_argument("--profile", action="store_true", help="print the engine's timers per operation")
+    p.add_argument("--cpu", action="store_true", help="each step way's process CPU time per step (all threads)")
+    p.add_argument("--cpu-reps", type=int, default=1000, help="steps per way and round of --cpu")
     p.add_argument("--cases", default="latency,step", help="comma-separated: latency (4 KB), step (200 tensors)")
     p.add_argument("--link", default="shm")
     p.add_argument("--json", default=None)
@@ -282,6 +303,11 @@ def main() -> None:
         by[("step_200", impl)]["overhead_us"] = overheads[impl]
         by[("step_200", impl)]["overhead_us_per_100_tensors"] = overheads[impl] * 100 / len(tensors)
 
+    if args.cpu and stp:
+        everyone = WORLD.allgather(cpu_per_call({k: v for k, v in step.items() if k != "mpi_per_tensor"},
+                                                args.cpu_reps))
+        for impl in everyone[0]:
+            by[("step_200", impl)]["cpu_us"] = max(d[impl] for d in everyone)
     prof = {}
     if args.profile and lat:
         prof["latency_4k"] = profile(latency["neptune_rt"], 1, args.latency_reps)
@@ -310,6 +336,9 @@ def main() -> None:
         for impl, overhead in overheads.items():
             print(f"step of {len(tensors)} ({impl}): engine overhead {overhead:.0f} us = "
                   f"{overhead * 100 / len(tensors):.0f} us per 100 tensors (target <= 200, for grouped submission)")
+        if args.cpu and stp:
+            print("CPU per step (all threads, highest rank): " + ", ".join(
+                f"{impl} {by[('step_200', impl)]['cpu_us']:.0f} us" for impl in step if impl != "mpi_per_tensor"))
         if args.profile:
             print("profile (rank 0, per operation, microseconds unless a count):")
             keys = ["wall_us", "enqueue_us", "cycles", "handoffs", "submit_wakeups", "build_us", "exchange_us",

@@ -100,7 +100,8 @@ class GroupHandle(Sequence):
 
     def add_done_callback(self, fn: Callable[["GroupHandle"], None]) -> None:
         """Calls fn(group) once every member is done, on the engine's completion thread (at once if all are).
-        One native countdown over the members: a Python callback per member cost ~4 us per tensor."""
+        One native callback, on the last member (HandleGroup::addCallback): a Python callback per member cost ~4 us
+        per tensor."""
         self._native.add_callback(lambda: fn(self))
         _eng._leave_to_engine_thread()
 

@@ -1,9 +1,11 @@
 // Bindings for what the engine hands out: Handle (one enqueued operation), HandleGroup (a grouped submission,
-// waited on as one) and the CostModel behind its per-bucket dense-vs-compressed decision. The engine itself:
-// bind_engine.cc.
+// waited on as one) and the CostModel behind its per-bucket dense-vs-compressed decision, plus two test-only
+// entries that complete a group's handles by hand. The engine itself: bind_engine.cc.
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
+
+#include <string>
 
 #include "bindings/bindings.h"
 #include "engine/engine.h"
@@ -50,6 +52,16 @@ void registerHandles(py::module_& m) {
            "Wait for every member without running the engine's cycles on this thread; False on timeout")
       .def("add_callback", &HandleGroup::addCallback, py::arg("fn"),
            "Calls fn() once every member is done, on the engine's completion thread (at once if all are)");
+  // For tests only (tests/test_group_callbacks.py): a group of fresh handles outside any engine, completed one by one
+  // in any order, its callbacks run on the calling thread; the engine itself always completes a group in one cycle.
+  m.def("_test_handle_group", [](size_t n) {
+    auto group = std::make_shared<HandleGroup>();
+    for (size_t i = 0; i < n; ++i) group->members.push_back(std::make_shared<Handle>("test." + std::to_string(i)));
+    return group;
+  }, py::arg("n"));
+  m.def("_test_complete", [](HandleGroup& group, size_t index) {
+    for (auto& callback : group.members.at(index)->complete("")) callback();
+  }, py::arg("group"), py::arg("index"));
 
   py::class_<CostModel>(m, "CostModel", "Per-bucket dense-vs-compressed decision (engine/cost_model.h)")
       .def(py::init<>())

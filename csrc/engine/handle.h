@@ -69,8 +69,8 @@ struct HandleGroup {
   // running the engine's cycles (Engine::waitForAll runs them). False on timeout.
   bool wait(double timeoutSeconds) const;
   // Runs `fn` once, when every member is done (as Handle::addCallback: on the engine's completion thread, or at
-  // once if all are). One countdown shared by the members: a callback per member would cost a call into the
-  // caller's language per tensor.
+  // once if all are), from one native callback on the last member (a countdown over the rest only where they are
+  // not done by then): a callback per member into the caller's language would cost a call per tensor.
   void addCallback(std::function<void()> fn);
 };
 

@@ -106,8 +106,11 @@ def scenario_group_handle() -> None:
     assert all(np.all(g == n) for g in got), got
     if n > 1:  # a member whose shape differs between ranks fails, and the group's wait says which
         group = nrt.grouped_allreduce_async([np.ones(10), np.ones(5 + (r == 1))], names=["fine", "bad"])
+        failed_calls, failed_seen = [], threading.Event()  # its callback still runs once, with every member done
+        group.add_done_callback(lambda g: (failed_calls.append(g.done()), failed_seen.set()))
         expect_error(lambda: group.wait(timeout=60), RuntimeError, "'bad'")
         expect_error(lambda: group[1].wait(), RuntimeError, "'bad'", "different arguments")
+        assert failed_seen.wait(30) and failed_calls == [True], failed_calls
     assert np.all(nrt.allreduce(np.ones(3), name="after") == n)
     nrt.shutdown()
 
