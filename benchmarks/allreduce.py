@@ -1,5 +1,6 @@
 """All-reduce benchmark, run under mpirun: neptune_rt (through the engine: dense fp32, dense fp16, and each
-codec; and its ring called directly) vs MPI_Allreduce of the same MPI (mpi4py) vs torch.distributed gloo
+codec; and its native collective called directly, the engine's `auto` algorithm choice: recursive doubling,
+halving-doubling or the ring by size) vs MPI_Allreduce of the same MPI (mpi4py) vs torch.distributed gloo
 (fp32, and fp16 as DDP's fp16_compress_hook sends it) vs Horovod when installed, interleaved in one run.
 
     mpirun -np 4 --oversubscribe python benchmarks/allreduce.py --sizes 4K,64K,1M,16M,64M --json out.json
@@ -153,7 +154,8 @@ def main() -> None:
                    help="neptune_rt rows: none, fp16-dense (an fp16 buffer), fp16, bf16, int8, int4, onebit, auto")
     p.add_argument("--impls", default="neptune_rt_direct,mpi,gloo", help=f"peer rows: {', '.join(PEERS)}")
     p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--segment-bytes", type=parse_size, default=0, help="ring segment for the direct path")
+    p.add_argument("--segment-bytes", type=parse_size, default=0,
+                   help="segment size of the direct path's collective (0: CollectiveOptions' default)")
     p.add_argument("--link", default="shm", help="label for the link (shm, 1gbit, ...)")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args()

@@ -24,7 +24,7 @@ from common import print_table, write_json  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default="onebit")
     p.add_argument("--size-mb", type=int, default=64, help="fp32 MiB per rank")
     p.add_argument("--reps", type=int, default=9)

@@ -1,7 +1,7 @@
 """Codec throughput on one CPU thread: encode / decode / decode_add GB/s (bytes read + written) per codec and
 block size, next to a numpy copy of the same fp32 buffer (the memory-bandwidth limit), interleaved trials.
 
-    python benchmarks/codecs.py [--size-mb 32] [--trials 7] [--codecs onebit] [--json results/codecs.json]
+    python benchmarks/codecs.py [--size-mb 32] [--trials 7] [--codecs onebit] [--json benchmarks/results/codecs.json]
 
 Every row is also a correctness check: the decoded buffer is compared with the numpy reference once.
 """
@@ -41,7 +41,7 @@ def timed(fn, trials: int) -> list[float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mb", type=float, default=32.0, help="fp32 buffer size in MiB")
     p.add_argument("--trials", type=int, default=7, help="timed trials per row (median reported), >= 5")
     p.add_argument("--blocks", type=int, nargs="+", default=[64, 256, 1024])

@@ -2,7 +2,7 @@
 size, next to a device-to-device copy of the same fp32 buffer (the memory-bandwidth limit), interleaved trials
 timed with CUDA events. Needs torch with CUDA and neptune_rt._C_cuda (built when nvcc is found).
 
-    python benchmarks/codecs_cuda.py [--size-mb 1024] [--trials 20] [--json results/codecs_cuda.json]
+    python benchmarks/codecs_cuda.py [--size-mb 1024] [--trials 20] [--json benchmarks/results/codecs_cuda.json]
 
 Every row is also a correctness check: the payload of the first --check-values values is compared byte for byte
 with the CPU codec's (same seed, step, rank), and `wrong` counts differing bytes.
@@ -57,7 +57,7 @@ def payload_mismatches(cuda_mod, torch, codec: str, block: int, rounding: str, x
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mb", type=float, default=1024.0, help="fp32 buffer size in MiB (several times the L2)")
     p.add_argument("--trials", type=int, default=20, help="timed trials per row (median reported), >= 5")
     p.add_argument("--blocks", type=int, nargs="+", default=[64, 256, 1024])

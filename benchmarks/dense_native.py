@@ -22,7 +22,7 @@ WORLD = MPI.COMM_WORLD
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="256K,1M,2528320,4M,8M")
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--reps", type=int, default=10)

@@ -10,14 +10,16 @@ the slowest rank's time per operation):
            allreduce_ (`torch_sync`) and allreduce_async_ + wait (`torch_async_wait`, by address, and
            `torch_async_host_view`: the same through a host view, as it went before 2026-12-02);
   step     200 float32 CPU buffers shaped like ResNet-50's parameters (161 parameters, then 39 BatchNorm
-           running-statistics buffers; channels divided by --divisor), submitted five ways: `neptune_rt` (one
+           running-statistics buffers; channels divided by --divisor), submitted eight ways: `neptune_rt` (one
            named allreduce_async_ each, then all waits), `grouped` (one grouped_allreduce_async_ of the 200
            separate arrays and one wait: the engine packs and unpacks them), `grouped_views` (the same group
            made of views of one flat array, the layout of DDP's gradient_as_bucket_view: reduced where they
            lie), `views_sync` (those views through the synchronous grouped_allreduce_, whose caller drives the
            cycle without waking the engine thread), `views_callback` (asynchronous, the caller asleep until
            the group's completion callback: how the DDP hook waits) and `views_passive` (asleep in
-           wait(drive=False) until the engine thread is done: how DistributedOptimizer waits), vs one
+           wait(drive=False) until the engine thread is done: how DistributedOptimizer waits), each also
+           `_handed` (`views_callback_handed`, `views_handed`: submitted with hand_over=True, as the hook and
+           DistributedOptimizer submit since 2026-12-02: one wake-up of the engine thread, not two), vs one
            MPI_Allreduce of the same total bytes (the fused bare collective) and vs one per tensor.
 Each way is checked once against MPI_Allreduce of the same data (#wrong: elements that differ; the latency case
 too). --cases latency or step runs one case alone (A/B runs of one figure).
@@ -96,24 +98,26 @@ def grouped_sync_step(tensors: list[np.ndarray], prefix: str):
     return lambda: nrt.grouped_allreduce_(tensors, names)
 
 
-def grouped_callback_step(tensors: list[np.ndarray], prefix: str):
+def grouped_callback_step(tensors: list[np.ndarray], prefix: str, hand_over: bool = False):
     """How the DDP hook waits: one completion callback on the group (there it completes DDP's future) sets an event
-    that the training thread sleeps on (it never drives the cycle), then the group's wait() collects the results."""
+    that the training thread sleeps on (it never drives the cycle), then the group's wait() collects the results.
+    hand_over=True: handed to the engine thread at submission, as the hook does since 2026-12-02."""
     names = [f"{prefix}.{i}" for i in range(len(tensors))]
 
     def run() -> None:
         arrived = threading.Event()
-        group = nrt.grouped_allreduce_async_(tensors, names)
+        group = nrt.grouped_allreduce_async_(tensors, names, hand_over=hand_over)
         group.add_done_callback(lambda _group: arrived.set())
         arrived.wait()
         group.wait()
     return run
 
 
-def grouped_passive_step(tensors: list[np.ndarray], prefix: str):
-    """How DistributedOptimizer waits: asleep in the group's wait(drive=False) until the engine thread is done."""
+def grouped_passive_step(tensors: list[np.ndarray], prefix: str, hand_over: bool = False):
+    """How DistributedOptimizer waits: asleep in the group's wait(drive=False) until the engine thread is done.
+    hand_over=True: handed to the engine thread at submission, as DistributedOptimizer does since 2026-12-02."""
     names = [f"{prefix}.{i}" for i in range(len(tensors))]
-    return lambda: nrt.grouped_allreduce_async_(tensors, names).wait(drive=False)
+    return lambda: nrt.grouped_allreduce_async_(tensors, names, hand_over=hand_over).wait(drive=False)
 
 
 def grouped_step(tensors: list[np.ndarray], prefix: str = "group"):
@@ -199,7 +203,7 @@ def torch_latency_cases(buf4k: np.ndarray) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=7)
     p.add_argument("--latency-reps", type=int, default=300, help="4 KB all-reduces per trial")
     p.add_argument("--step-reps", type=int, default=20, help="200-tensor steps per trial")
@@ -234,7 +238,9 @@ def main() -> None:
             "grouped_views": grouped_step(views, "views"),
             "views_sync": grouped_sync_step(views, "views"),
             "views_callback": grouped_callback_step(views, "views"),
+            "views_callback_handed": grouped_callback_step(views, "views", hand_over=True),
             "views_passive": grouped_passive_step(views, "views"),
+            "views_handed": grouped_passive_step(views, "views", hand_over=True),
             "mpi_fused": lambda: WORLD.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM),
             "mpi_per_tensor": lambda: [WORLD.Allreduce(MPI.IN_PLACE, t, op=MPI.SUM) for t in tensors]}
 
@@ -277,7 +283,9 @@ def main() -> None:
              "grouped_views": wrong_views(grouped_step(views, "views")),
              "views_sync": wrong_views(grouped_sync_step(views, "views")),
              "views_callback": wrong_views(grouped_callback_step(views, "views")),
-             "views_passive": wrong_views(grouped_passive_step(views, "views"))} if stp else {}
+             "views_callback_handed": wrong_views(grouped_callback_step(views, "views", hand_over=True)),
+             "views_passive": wrong_views(grouped_passive_step(views, "views")),
+             "views_handed": wrong_views(grouped_passive_step(views, "views", hand_over=True))} if stp else {}
 
     rows = []
     load = os.getloadavg()[0]

@@ -190,7 +190,7 @@ def interleaved(runs: dict[str, Run]) -> dict[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", default="1,1,2,4;1,1,1,2;1,1,1,1")
     ap.add_argument("--cases", default="static,change,goodput")
     ap.add_argument("--steps", type=int, default=120)

@@ -32,7 +32,7 @@ def grouped(members: list[np.ndarray], label: str, codec: str):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codecs", default="none,int8")
     p.add_argument("--resnet", action="store_true", help="the 200 ResNet-50-shaped tensors instead of the MLP's")
     p.add_argument("--trials", type=int, default=7)

@@ -23,7 +23,7 @@ WORLD = MPI.COMM_WORLD
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fill", default="0,1000", help="cached names before timing, one run per value (capacity 1024)")
     p.add_argument("--trials", type=int, default=7)
     p.add_argument("--reps", type=int, default=300)

@@ -45,7 +45,7 @@ def cases_for(buf: np.ndarray, work_us: list[float]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="4,4K", help="message sizes in bytes (float32)")
     p.add_argument("--work-us", default="0,2,5,10", help="busy microseconds before each MPI_Allreduce")
     p.add_argument("--trials", type=int, default=5)

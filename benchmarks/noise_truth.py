@@ -109,7 +109,7 @@ def check_estimator(model, x, y, B: int, ranks: int, draws: int, rng) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="0,25,100,300,800", help="training steps at B=64 at which to measure")
     ap.add_argument("--batches", default="64,256,1024")
     ap.add_argument("--draws", type=int, default=60)

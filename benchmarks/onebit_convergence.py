@@ -8,7 +8,7 @@ Fashion-MNIST MLP 784-1024-1024-10 (same initial weights, data order, global bat
     python benchmarks/onebit_convergence.py --variants dense,ring256 --seeds 0,1 \\
         --json benchmarks/results/onebit_convergence.json
 
-Variants (name parts joined by '-', see VARIANTS below): `dense` (exact mean, SGD momentum: what dense and
+Variants (name parts joined by '-', see parse_variant below): `dense` (exact mean, SGD momentum: what dense and
 int4 do); `ring<B>` / `tp<B>` (onebit, requantizing ring / two-phase, block B, DistributedOptimizer's local
 momentum: each rank's momentum is compressed); `hook` (the DDP hook: gradients compressed, momentum after
 aggregation); `sync` (1-bit Adam's scheme: ranks restart from the averaged compressed momentum each step);

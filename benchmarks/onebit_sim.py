@@ -1,9 +1,9 @@
 """One process standing in for n ranks of the engine's onebit compressed all-reduce, for the onebit studies
 (benchmarks/onebit_blocks.py: scale block and rule on digits; benchmarks/onebit_convergence.py: the race
-workload). `scaled_sign` is decode(encode(x)) of the codec (checked against the C++ codec by both studies), and
-`OnebitAllreduce` follows csrc/collectives/compressed_allreduce.cc: per-rank error feedback, and for the
-two-phase algorithm the reducing rank's second error feedback (checked against the engine by
-`onebit_convergence.py --check-engine` under mpirun).
+workload). `scaled_sign` is decode(encode(x)) of the codec (checked against the C++ codec by onebit_blocks.py),
+and `OnebitAllreduce` follows csrc/collectives/compressed_allreduce.cc: per-rank error feedback, and for the
+two-phase algorithm the reducing rank's second error feedback (the whole all-reduce checked against the engine's
+by `onebit_convergence.py --check-engine` under mpirun).
 """
 from __future__ import annotations
 

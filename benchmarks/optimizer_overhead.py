@@ -62,7 +62,7 @@ def build(impl: str, shapes: list[tuple[int, ...]]):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--divisor", type=int, default=8, help="ResNet-50 channels are divided by this")
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--steps", type=int, default=20, help="steps per trial")

@@ -72,7 +72,7 @@ def build(impl: str, tag: str, args: argparse.Namespace):
     model = make_model()
     if impl.startswith("ddp_"):
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
-        # PowerSGD on gloo worked only with a single DDP bucket here (BENCHMARKS.md); the others keep 25 MB.
+        # PowerSGD on gloo worked only with a single DDP bucket here (several buckets failed); the others keep 25 MB.
         ddp = DDP(model, bucket_cap_mb=64 if impl == "ddp_powersgd" else 25)
         if impl == "ddp_fp16":
             ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)

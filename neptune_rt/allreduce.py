@@ -84,38 +84,45 @@ def torch_allreduce_async(tensor: Any, in_place: bool, dtype: str, name: str | N
 
 
 def _enqueue_allreduce(tensor: Any, in_place: bool, name: str | None, op: str, codec: str, prescale: float,
-                       postscale: float, adaptive: bool) -> Handle:
+                       postscale: float, adaptive: bool, hand_over: bool) -> Handle:
     engine = _require()
     name, error_feedback = _checked_name(name, op, codec)
     if in_place:
         dtype = plain_array(tensor, True)
         if dtype is not None:  # a plain numpy array: no view, no copy-back (the common case, kept cheap)
             native = engine.enqueue_allreduce(name, tensor, tensor, dtype, tensor.shape, op,
-                                              codec_id(codec, adaptive), prescale, postscale, error_feedback)
+                                              codec_id(codec, adaptive), prescale, postscale, error_feedback,
+                                              hand_over)
             return _track(Handle(native, (tensor,), None, tensor))
     if _torch_by_address(tensor):
         # By address, as the synchronous path: no numpy view made per call (4 KB allreduce_async_ + wait of a CPU
         # tensor, 1 rank: 23 us through a host view; docs/design.md, "Synchronous calls").
         out, where = _address_args(tensor, in_place)
         native = engine._enqueue_allreduce_at(name, *where, op, codec_id(codec, adaptive), prescale, postscale,
-                                              error_feedback)
+                                              error_feedback, hand_over)
         return _track(Handle(native, (tensor, out), None, out))
     view, out, out_view = _host_views(tensor, in_place, name)
     native = engine.enqueue_allreduce(name, view.array, out_view.array, view.dtype, list(view.shape), op,
-                                      codec_id(codec, adaptive), prescale, postscale, error_feedback)
+                                      codec_id(codec, adaptive), prescale, postscale, error_feedback, hand_over)
     return _track(Handle(native, (tensor, view, out, out_view), _written(out, out_view)))
 
 
 def allreduce_async_(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
-    """In-place all-reduce of `tensor`; the handle's result is `tensor`."""
-    return _enqueue_allreduce(tensor, True, name, op, codec, prescale, postscale, adaptive)
+                     prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True, *,
+                     hand_over: bool = False) -> Handle:
+    """In-place all-reduce of `tensor`; the handle's result is `tensor`. hand_over=True: nobody will drive it (you
+    wait with wait(drive=False) or through add_done_callback, as DistributedOptimizer and the DDP hook do): the
+    engine thread is woken once and starts it at once, instead of leaving it to a waiting caller for
+    NEPTUNE_RT_DRIVE_WINDOW_US."""
+    return _enqueue_allreduce(tensor, True, name, op, codec, prescale, postscale, adaptive, hand_over)
 
 
 def allreduce_async(tensor: Any, name: str | None = None, op: str = "sum", codec: str = "none",
-                    prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True) -> Handle:
-    """All-reduce into a new object of the input's type; `tensor` is left unchanged."""
-    return _enqueue_allreduce(tensor, False, name, op, codec, prescale, postscale, adaptive)
+                    prescale: float = 1.0, postscale: float = 1.0, adaptive: bool = True, *,
+                    hand_over: bool = False) -> Handle:
+    """All-reduce into a new object of the input's type; `tensor` is left unchanged (hand_over: as
+    allreduce_async_)."""
+    return _enqueue_allreduce(tensor, False, name, op, codec, prescale, postscale, adaptive, hand_over)
 
 
 def _allreduce_now(tensor: np.ndarray, out: np.ndarray, dtype: str, name: str | None, op: str, codec: str,

@@ -120,7 +120,8 @@ def _plain_group(tensors: list) -> bool:
 
 
 def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: str, codec: str,
-                   prescale: float, postscale: float, adaptive: bool, caller_waits: bool) -> GroupHandle:
+                   prescale: float, postscale: float, adaptive: bool, caller_waits: bool,
+                   hand_over: bool = False) -> GroupHandle:
     engine = _require()
     tensors = list(tensors)
     if not tensors:
@@ -138,7 +139,7 @@ def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: s
         # Numpy arrays of one known dtype (views of a flat buffer, say): reduced where they lie, no per-tensor work
         # here (the extension checks that each is contiguous and writable, naming the tensor).
         native = engine.enqueue_group_allreduce(names, tensors, None, _DTYPE_NAMES[tensors[0].dtype], None, op,
-                                                codec_id(codec, adaptive), prescale, postscale, caller_waits)
+                                                codec_id(codec, adaptive), prescale, postscale, caller_waits, hand_over)
         return _track(GroupHandle(native, names, (tensors,), tensors, None))
     arrays, dtypes = [], set()
     out_arrays: list | None = None if in_place else []
@@ -172,25 +173,27 @@ def _enqueue_group(tensors: list, in_place: bool, names: list[str] | None, op: s
         raise ValueError(f"grouped all-reduce of {names[0]!r}...: the tensors must share one dtype, got "
                          f"{sorted(dtypes)}")
     native = engine.enqueue_group_allreduce(names, arrays, out_arrays, dtypes.pop(), None, op,
-                                            codec_id(codec, adaptive), prescale, postscale, caller_waits)
+                                            codec_id(codec, adaptive), prescale, postscale, caller_waits, hand_over)
     return _track(GroupHandle(native, names, (tensors, arrays, out_arrays), list(results), write_backs))
 
 
 def grouped_allreduce_async_(tensors: list, names: list[str] | None = None, op: str = "sum",
                              codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
-                             adaptive: bool = True) -> GroupHandle:
+                             adaptive: bool = True, *, hand_over: bool = False) -> GroupHandle:
     """In-place all-reduce of several tensors of one dtype that travel as one bucket, in this order, once all
     are ready on every rank. Fusion then depends only on what was submitted, never on timing, so compressed
     results are bit-reproducible given the seed. Returns a GroupHandle: wait() for all, or a Handle per tensor
-    by indexing or iterating."""
-    return _enqueue_group(tensors, True, names, op, codec, prescale, postscale, adaptive, False)
+    by indexing or iterating. hand_over=True: nobody will drive it (you wait with wait(drive=False) or through
+    add_done_callback, as DistributedOptimizer and the DDP hook do): the engine thread is woken once and starts it at
+    once, instead of leaving it to a waiting caller for NEPTUNE_RT_DRIVE_WINDOW_US."""
+    return _enqueue_group(tensors, True, names, op, codec, prescale, postscale, adaptive, False, hand_over)
 
 
 def grouped_allreduce_async(tensors: list, names: list[str] | None = None, op: str = "sum",
                             codec: str = "none", prescale: float = 1.0, postscale: float = 1.0,
-                            adaptive: bool = True) -> GroupHandle:
+                            adaptive: bool = True, *, hand_over: bool = False) -> GroupHandle:
     """As grouped_allreduce_async_, into new objects; the inputs stay unchanged."""
-    return _enqueue_group(tensors, False, names, op, codec, prescale, postscale, adaptive, False)
+    return _enqueue_group(tensors, False, names, op, codec, prescale, postscale, adaptive, False, hand_over)
 
 
 def grouped_allreduce(tensors: list, names: list[str] | None = None, op: str = "sum", codec: str = "none",

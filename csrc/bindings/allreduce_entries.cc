@@ -52,7 +52,7 @@ py::object runNow(Engine& engine, Entry e) {
   std::shared_ptr<Handle> h;
   {
     py::gil_scoped_release release;
-    h = engine.enqueue(std::move(e), true);
+    h = engine.enqueue(std::move(e), Engine::Driver::kCaller);
     try {
       engine.waitFor(*h, 0.0);
     } catch (...) {

@@ -64,9 +64,9 @@ std::vector<float> floatVector(const py::array_t<float, py::array::c_style | py:
   return std::vector<float>(a.data(), a.data() + a.size());
 }
 
-std::shared_ptr<Handle> submit(Engine& engine, Entry e) {
+std::shared_ptr<Handle> submit(Engine& engine, Entry e, bool handOver) {
   py::gil_scoped_release release;
-  return engine.enqueue(std::move(e));
+  return engine.enqueue(std::move(e), Engine::driverFor(false, handOver));
 }
 
 // Destroying an engine drains its completion queue, whose Python callbacks need the GIL: never hold it then.
@@ -187,12 +187,15 @@ void registerEngine(py::module_& m) {
           "enqueue_allreduce",
           [](Engine& engine, const std::string& name, py::buffer input, py::buffer output, const std::string& dtype,
              std::vector<int64_t> shape, const std::string& op, int codec, double prescale, double postscale,
-             bool errorFeedback) {
+             bool errorFeedback, bool handOver) {
             return submit(engine, allreduceEntry(engine, name, input, output, dtype, std::move(shape), op, codec,
-                                                 prescale, postscale, errorFeedback));
+                                                 prescale, postscale, errorFeedback), handOver);
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("op"),
-          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true)
+          py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("error_feedback") = true,
+          py::arg("hand_over") = false,
+          "hand_over=True: nobody will drive it (a passive wait or a callback follows): the engine thread starts it "
+          "at once, woken once")
       // A synchronous all-reduce in one call (Engine::enqueue's callerWaits): None once it completed cleanly, else
       // the handle that says how it ended.
       .def("allreduce_now", &allreduceNow, py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"),
@@ -208,13 +211,13 @@ void registerEngine(py::module_& m) {
           "_enqueue_allreduce_at",
           [](Engine& engine, const std::string& name, uintptr_t input, uintptr_t output, size_t bytes,
              const std::string& dtype, std::vector<int64_t> shape, const std::string& op, int codec, double prescale,
-             double postscale, bool errorFeedback) {
+             double postscale, bool errorFeedback, bool handOver) {
             return submit(engine, allreduceEntryAt(engine, name, input, output, bytes, dtype, std::move(shape), op,
-                                                   codec, prescale, postscale, errorFeedback));
+                                                   codec, prescale, postscale, errorFeedback), handOver);
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("bytes"), py::arg("dtype"), py::arg("shape"),
           py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0, py::arg("postscale") = 1.0,
-          py::arg("error_feedback") = true)
+          py::arg("error_feedback") = true, py::arg("hand_over") = false)
       .def(
           "enqueue_allgather",
           [](Engine& engine, const std::string& name, py::buffer input, const std::string& dtype,
@@ -226,7 +229,7 @@ void registerEngine(py::module_& m) {
             BufferView in = viewBuffer(input, dtype, false, name);
             checkSize(e.meta, in);
             e.input = in.ptr;
-            return submit(engine, std::move(e));
+            return submit(engine, std::move(e), false);
           },
           py::arg("name"), py::arg("input"), py::arg("dtype"), py::arg("shape"))
       .def(
@@ -242,7 +245,7 @@ void registerEngine(py::module_& m) {
             checkSize(e.meta, out);
             e.input = in.ptr;
             e.output = out.ptr;
-            return submit(engine, std::move(e));
+            return submit(engine, std::move(e), false);
           },
           py::arg("name"), py::arg("input"), py::arg("output"), py::arg("dtype"), py::arg("shape"), py::arg("root"))
       .def(
@@ -250,7 +253,7 @@ void registerEngine(py::module_& m) {
           [](Engine& engine, const std::string& name) {
             Entry e;
             e.meta = makeMeta(name, OpType::kBarrier, "uint8", {0});
-            return submit(engine, std::move(e));
+            return submit(engine, std::move(e), false);
           },
           py::arg("name"))
       .def(
@@ -258,14 +261,16 @@ void registerEngine(py::module_& m) {
           [](Engine& engine, const std::string& name) {
             Entry e;
             e.meta = makeMeta(name, OpType::kJoin, "uint8", {0});
-            return submit(engine, std::move(e));
+            return submit(engine, std::move(e), false);
           },
           py::arg("name"))
       .def(
           "enqueue_group_allreduce",
           [](Engine& engine, std::vector<std::string> names, const py::list& inputs, const py::object& outputs,
              const std::string& dtype, const py::object& shapes, const std::string& op, int codec, double prescale,
-             double postscale, bool callerWaits) {
+             double postscale, bool callerWaits, bool handOver) {
+            NRT_CHECK_ARG(!(callerWaits && handOver), "neptune_rt: a group is driven by its caller or handed over, "
+                          "not both");
             const bool inPlace = outputs.is_none();
             const size_t n = names.size();
             NRT_CHECK_ARG(inputs.size() == n && (inPlace || py::len(outputs) == n) &&
@@ -288,7 +293,7 @@ void registerEngine(py::module_& m) {
             }
             auto handles = std::make_shared<HandleGroup>();
             py::gil_scoped_release release;
-            handles->members = engine.enqueueGroup(std::move(entries), callerWaits);
+            handles->members = engine.enqueueGroup(std::move(entries), Engine::driverFor(callerWaits, handOver));
             if (callerWaits) {
               try {
                 engine.waitForAll(*handles, 0.0);
@@ -300,10 +305,11 @@ void registerEngine(py::module_& m) {
           },
           py::arg("names"), py::arg("inputs"), py::arg("outputs") = py::none(), py::arg("dtype"),
           py::arg("shapes") = py::none(), py::arg("op"), py::arg("codec") = 0, py::arg("prescale") = 1.0,
-          py::arg("postscale") = 1.0, py::arg("caller_waits") = false,
+          py::arg("postscale") = 1.0, py::arg("caller_waits") = false, py::arg("hand_over") = false,
           "All-reduces that travel as one bucket, in this order (deterministic fusion); one HandleGroup. "
           "outputs=None: in place; shapes=None: each buffer's own shape; caller_waits=True: enqueue without waking "
-          "the engine thread and drive the cycles on this thread until the group is done (synchronous calls)")
+          "the engine thread and drive the cycles on this thread until the group is done (synchronous calls); "
+          "hand_over=True: nobody will drive it, the engine thread starts it at once (woken once)")
       .def("wait_group", [](Engine& e, const HandleGroup& g, double timeout) { return e.waitForAll(g, timeout); },
            py::arg("group"), py::arg("timeout") = 0.0, py::call_guard<py::gil_scoped_release>(),
            "Wait for every member of a group, running negotiation cycles on this thread while the engine is idle")

@@ -125,20 +125,31 @@ class Engine {
   // since requests left posted may still touch its buffers (bind_engine.cc keeps it).
   Communicator& communicator() { return *comm_; }
 
+  // Who will run a submission's cycles (engine_drive.cc):
+  //  kAnyone: asynchronous; its submitter may wait at once and drive it, so the engine thread, woken, leaves it to
+  //           a caller for the drive window first;
+  //  kCaller: the caller waits for it at once (waitFor, which drives the cycle on its own thread), so the engine
+  //           thread is not woken: a synchronous operation then costs no thread wake-up, which on shared cores
+  //           preempts a peer rank;
+  //  kEngine: nobody will drive it (a passive wait or a completion callback follows): leaveToEngine's hand-over
+  //           at submission, one wake-up of the engine thread, which starts it at once.
+  enum class Driver : uint8_t { kAnyone, kCaller, kEngine };
   // Throws std::invalid_argument when the name is already in flight on this rank, and runtime_error when
-  // the engine has stopped (with the reason). callerWaits: the caller waits for it at once (waitFor, which drives
-  // the cycle on its own thread), so the engine thread is not woken: a synchronous operation then costs no
-  // thread wake-up, which on shared cores preempts a peer rank (engine_drive.cc).
-  std::shared_ptr<Handle> enqueue(Entry entry, bool callerWaits = false);
+  // the engine has stopped (with the reason).
+  std::shared_ptr<Handle> enqueue(Entry entry, Driver driver = Driver::kAnyone);
   // All-reduces that travel as one bucket, in this order, once all are ready everywhere (fusion.h): the
   // deterministic plan that makes compressed results reproducible. Same dtype, op and codec; accepted or
   // refused as a whole.
-  std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries, bool callerWaits = false);
+  std::vector<std::shared_ptr<Handle>> enqueueGroup(std::vector<Entry> entries, Driver driver = Driver::kAnyone);
   // Work submitted so far will not be driven by a waiting caller (a passive wait, a completion callback, the
   // PyTorch binding's gradient buckets): ends caller-driven mode and wakes the engine thread to start it at once,
   // without the drive window. It also resets the streak, so a job whose buckets are waited on passively
   // (DistributedOptimizer) never enters the mode.
   void leaveToEngine();
+  // Turns "callerWaits" (the bindings' flags) and "hand over" into a Driver.
+  static Driver driverFor(bool callerWaits, bool handOver) {
+    return callerWaits ? Driver::kCaller : handOver ? Driver::kEngine : Driver::kAnyone;
+  }
   // Waits for `h` (timeout <= 0: no limit of its own; the engine's timeouts still apply). While the
   // engine thread is idle the calling thread runs the negotiation cycles itself. False on timeout.
   bool waitFor(Handle& h, double timeoutSeconds);
@@ -173,6 +184,8 @@ class Engine {
   bool leaveToCaller(std::unique_lock<std::mutex>& lock);
   void sleepUntilWork(std::unique_lock<std::mutex>& lock);  // the engine thread's idle sleep (engine_drive.cc)
   void wakeForSubmission();  // under mu_: notify the engine thread of a submission (counted in stats)
+  void handOverLocked();  // under mu_: leaveToEngine's work
+  void notifySubmission(Driver driver);  // under mu_: after queueing, wake the engine thread as `driver` says
   // One negotiation cycle, unless another thread is running one (kBusy). Errors stop the engine.
   StepResult step();
   bool cycle();  // one negotiation + execution; returns true if anything completed

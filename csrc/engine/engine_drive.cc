@@ -93,6 +93,10 @@ bool Engine::leaveToCaller(std::unique_lock<std::mutex>& lock) {
 
 void Engine::leaveToEngine() {
   std::lock_guard<std::mutex> lock(mu_);
+  handOverLocked();
+}
+
+void Engine::handOverLocked() {
   callerStreak_ = 0;
   const bool wasDriven = callerDriven_;
   if (wasDriven) {
@@ -102,9 +106,12 @@ void Engine::leaveToEngine() {
   if (!incoming_.empty()) {
     // Nobody will drive what is queued: the engine thread starts it at once instead of leaving it to a caller for the
     // drive window (a DistributedOptimizer bucket, waited on passively, started that much later), and in
-    // caller-driven mode instead of at its next look.
-    startNow_ = true;
-    wakeForSubmission();
+    // caller-driven mode instead of at its next look. Once only: until the engine thread takes the queue (and resets
+    // startNow_), a later hand-over (e.g. the passive wait after a hand-over submission) has nothing to add.
+    if (!startNow_) {
+      startNow_ = true;
+      wakeForSubmission();
+    }
   } else if (wasDriven && hasWorkLocked()) {
     wakeForSubmission();  // work of an earlier cycle: ends the mode's 1 ms pause
   }

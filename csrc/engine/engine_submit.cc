@@ -48,7 +48,15 @@ void Engine::wakeForSubmission() {
   cv_.notify_one();
 }
 
-std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
+void Engine::notifySubmission(Driver driver) {
+  // In its drive window the engine thread wakes by itself, and in caller-driven mode it looks every millisecond; a
+  // waiting caller drives the cycle (and notifies the engine thread of anything it leaves behind, e.g. on a
+  // timeout). Work nobody will drive is handed over with this one wake-up (not one here and one in leaveToEngine).
+  if (driver == Driver::kEngine) handOverLocked();
+  else if (driver == Driver::kAnyone && wakeOnWork_ && !callerDriven_) wakeForSubmission();
+}
+
+std::shared_ptr<Handle> Engine::enqueue(Entry e, Driver driver) {
   NRT_CHECK_ARG(e.meta.groupSize == 0, "neptune_rt: rank ", rank_, ": tensor '", e.meta.name,
                 "' names a group; submit groups with enqueueGroup");
   if (e.meta.type != OpType::kShutdown) checkEntry(e, rank_, size_);
@@ -59,7 +67,7 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
                                        "' is already in flight; synchronize it before submitting the name again, "
                                        "or give this one another name"));
   e.handle = std::make_shared<Handle>(e.meta.name);
-  e.handle->submittedAsync = !callerWaits;
+  e.handle->submittedAsync = driver != Driver::kCaller;
   e.seq = nextSeq_++;
   e.queuedAt = Clock::now();
   auto handle = e.handle;
@@ -67,15 +75,12 @@ std::shared_ptr<Handle> Engine::enqueue(Entry e, bool callerWaits) {
   // Once queued: the entry keeps the handle (and so the name inFlight_ views) alive until finish/failEverything.
   inFlight_.insert(handle->name());
   if (incoming_.back().meta.codec != codec_format::kNone) ++compressedInFlight_;  // import_residuals refuses meanwhile
-  // In its drive window the engine thread wakes by itself, and in caller-driven mode it looks every millisecond; a
-  // waiting caller drives the cycle (and notifies the engine thread of anything it leaves behind, e.g. on a
-  // timeout).
   lastSubmitAt_ = incoming_.back().queuedAt;
-  if (wakeOnWork_ && !callerDriven_ && !callerWaits) wakeForSubmission();
+  notifySubmission(driver);
   return handle;
 }
 
-std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> entries, bool callerWaits) {
+std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> entries, Driver driver) {
   NRT_CHECK_ARG(!entries.empty(), "neptune_rt: rank ", rank_, ": an empty group of all-reduces");
   NRT_CHECK_ARG(entries.size() < (1u << 20), "neptune_rt: rank ", rank_, ": a group of ", entries.size(),
                 " all-reduces is too large (at most 2^20)");
@@ -98,7 +103,7 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   handles.reserve(entries.size());
   for (Entry& e : entries) {
     e.handle = std::make_shared<Handle>(e.meta.name);
-    e.handle->submittedAsync = !callerWaits;
+    e.handle->submittedAsync = driver != Driver::kCaller;
     handles.push_back(e.handle);
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -142,7 +147,7 @@ std::vector<std::shared_ptr<Handle>> Engine::enqueueGroup(std::vector<Entry> ent
   }
   if (compressed) compressedInFlight_ += static_cast<int>(entries.size());  // import_residuals refuses meanwhile
   lastSubmitAt_ = now;
-  if (wakeOnWork_ && !callerDriven_ && !callerWaits) wakeForSubmission();  // as in enqueue
+  notifySubmission(driver);
   return handles;
 }
 

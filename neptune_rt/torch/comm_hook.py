@@ -174,5 +174,6 @@ def hook(state: CommHookState, bucket: dist.GradBucket) -> torch.futures.Future[
 
     # One group, one completion callback for all its members (a Python callback per member cost ~4 us a tensor).
     _engine.grouped_allreduce_async_([part for _, part in parts], [name for name, _ in parts], op, compressor.codec,
-                                     prescale, 1.0, getattr(compressor, "adaptive", True)).add_done_callback(complete)
+                                     prescale, 1.0, getattr(compressor, "adaptive", True),
+                                     hand_over=True).add_done_callback(complete)  # the callback drives nothing
     return future

@@ -67,7 +67,7 @@ class GradBucket:
         wire, ctx = compression.compress(self.flat)
         self._wire = (wire, ctx)
         if codec == "none":
-            self.handles = [_engine.allreduce_async_(wire, self.name, op, codec, prescale, postscale)]
+            self.handles = [_engine.allreduce_async_(wire, self.name, op, codec, prescale, postscale, hand_over=True)]
         else:
             # Engine codec: one engine tensor per parameter (error feedback is kept per name), submitted as one
             # group, so the engine fuses exactly this bucket, in parameter order, whatever the timing
@@ -76,8 +76,9 @@ class GradBucket:
             sizes = [p.numel() for p in self.params]
             parts = _wire.flat_parts(wire, list(zip(itertools.accumulate(sizes, initial=0), sizes)))
             names = [self.prefix + name for name in self.names]
-            self.handles = [_engine.grouped_allreduce_async_(parts, names, op, codec, prescale, postscale, adaptive)]
-        _engine._leave_to_engine_thread()  # waited on passively (wait): the engine thread must take it now
+            self.handles = [_engine.grouped_allreduce_async_(parts, names, op, codec, prescale, postscale, adaptive,
+                                                             hand_over=True)]
+        # hand_over: waited on passively (wait), so the engine thread takes it now, woken once.
 
     def wait(self, compression: Compressor) -> None:
         """Waits for the reduced bucket; afterwards every parameter's .grad (a view) holds its result.

@@ -222,7 +222,8 @@ def scenario_sync_group() -> None:
 
 def scenario_passive_wait() -> None:
     """wait(drive=False) (how DistributedOptimizer waits) runs no cycle on the waiting thread (it sleeps in the native
-    wait) and hands the work to the engine thread at once (_leave_to_engine_thread). The test sets a drive window of
+    wait) and hands the work to the engine thread at once (_leave_to_engine_thread), as hand_over=True does at
+    submission, with one wake-up of the engine thread instead of two. The test sets a drive window of
     0.5 s, how long the engine thread leaves fresh work to a caller who may drive it: work polled with done() (which
     drives nothing and hands nothing over) takes at least the window, the control; a passive wait takes far less
     (until 2026-12-02 it waited the window out too), and so does a driving one."""
@@ -251,6 +252,27 @@ def scenario_passive_wait() -> None:
     assert took["passive"] < 0.5 * window, f"rank {r}: a passive wait did not hand the work over at once: {took}"
     assert took["driving"] < 0.5 * window, f"rank {r}: the driving wait waited for the engine thread: {took}"
     assert driven["passive"] == 0 < driven["driving"], f"rank {r}: a passive wait drove the engine: {driven}"
+    # hand_over=True hands the work over at submission: it starts at once with nobody waiting (polled, the control
+    # above took the window), and a passive wait after it wakes the engine thread no second time (without it, the
+    # submission woke the thread into its drive window and the wait's hand-over woke it again).
+    flat[:] = np.arange(60) + r
+    WORLD.Barrier()
+    t0 = time.monotonic()
+    group = nrt.grouped_allreduce_async_(views, names=[f"passive.{i}" for i in range(3)], hand_over=True)
+    while not group.done():
+        time.sleep(0.001)
+    took["handed"] = time.monotonic() - t0
+    assert np.array_equal(flat, n * np.arange(60) + sum(range(n))), ("handed", flat)
+    assert took["handed"] < 0.5 * window, f"rank {r}: hand_over=True did not start the work at once: {took}"
+    wakeups = {}
+    for handed in (False, True):
+        before = nrt.stats()["submit_wakeups"]
+        for _ in range(50):
+            nrt.grouped_allreduce_async_(views, names=[f"passive.{i}" for i in range(3)],
+                                         hand_over=handed).wait(drive=False)
+            nrt.allreduce_async_(np.ones(4), name="passive.one", hand_over=handed).wait(drive=False)
+        wakeups[handed] = (nrt.stats()["submit_wakeups"] - before) / 100
+    assert wakeups[True] <= 1.2 and wakeups[False] >= 1.5, f"rank {r}: engine wake-ups per submission {wakeups}"
     nrt.shutdown()
 
 
