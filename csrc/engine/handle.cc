@@ -87,25 +87,31 @@ bool HandleGroup::wait(double timeoutSeconds) const {
 
 namespace {
 
-// Runs `fn` once every member is done: at once if they are, else when the last of the pending ones completes (a
-// countdown over them: each decrements it once, at once if it completed meanwhile).
-void runWhenAllDone(const std::vector<std::shared_ptr<Handle>>& members,
+// Runs `fn` once every one of `others` is done: at once if they are, else when the last of them completes (a
+// countdown over all of them; one done already counts at once). Out of memory for the countdown, it waits for them
+// here instead: members always complete, by the engine's timeouts or its shut-down at the latest.
+void runWhenAllDone(const std::vector<std::shared_ptr<Handle>>& others,
                     const std::shared_ptr<std::function<void()>>& fn) {
-  std::vector<Handle*> pending;
-  for (const auto& h : members)
-    if (!h->done()) pending.push_back(h.get());
-  if (pending.empty()) return (*fn)();
-  auto remaining = std::make_shared<std::atomic<size_t>>(pending.size());
+  bool allDone = true;
+  for (const auto& h : others) allDone = allDone && h->done();
+  if (allDone) return (*fn)();
+  std::shared_ptr<std::atomic<size_t>> remaining;
+  try {
+    remaining = std::make_shared<std::atomic<size_t>>(others.size());
+  } catch (const std::bad_alloc&) {
+    for (const auto& h : others) h->wait(0.0);
+    return (*fn)();
+  }
   size_t registered = 0;
   try {
-    for (Handle* h : pending) {
+    for (const auto& h : others) {
       h->addCallback([remaining, fn] {
         if (remaining->fetch_sub(1, std::memory_order_acq_rel) == 1) (*fn)();
       });
       ++registered;
     }
   } catch (const std::bad_alloc&) {  // count the members left out as done, so that fn still runs once
-    const size_t left = pending.size() - registered;
+    const size_t left = others.size() - registered;
     if (remaining->fetch_sub(left, std::memory_order_acq_rel) == left) (*fn)();
     throw;
   }
