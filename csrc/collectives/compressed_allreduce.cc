@@ -1,6 +1,7 @@
 // Compressed all-reduce (see compressed_allreduce.h): the two-phase and requantizing-ring algorithms share
-// the segment layout, the payload all-gather and the final decode; they differ in how the reduced chunks
-// are produced. Exercised by tests/test_compressed_allreduce.py.
+// the segment layout and the all-gather of reduced payloads with its final decode; they differ in how the
+// reduced chunks are produced, and the ring starts its all-gather segment by segment inside its last
+// reduce-scatter step (FusedRingGather). Exercised by tests/test_compressed_allreduce.py.
 #include "collectives/compressed_allreduce.h"
 
 #include <algorithm>
@@ -151,8 +152,8 @@ GatherPlan makeGatherPlan(const Layout& L, int n, int shift) {
   return g;
 }
 
-// All-gather the slots along the ring, forwarding bytes unchanged, then decode every segment into the
-// buffer: all ranks decode the same bytes, so all end bitwise equal. Returns the bytes this rank sent.
+// All-gather the slots along the ring (two-phase), forwarding bytes unchanged, then decode every segment into
+// the buffer: all ranks decode the same bytes, so all end bitwise equal. Returns the bytes this rank sent.
 size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, const Layout& L,
                        const GatherPlan& g, Bytes& gather) {
   const int n = comm.size();
@@ -288,6 +289,85 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
   return result;
 }
 
+// The requantizing ring's all-gather, fused with its reduce-scatter: slot p holds the chunk rank p finished.
+// Every receive is posted up front (each into its own slot area, tag + 1), our own slot's segments leave
+// the moment the last reduce-scatter step has encoded them (not after the whole reduce-scatter), and our own
+// slot is decoded while the others' segments are still on the wire, one segment per poll that finds
+// nothing arrived. Every rank decodes the same bytes, so all end bitwise equal.
+class FusedRingGather {
+ public:
+  FusedRingGather(Communicator& comm, const CompressedAllreduceOptions& o, const Layout& L, const GatherPlan& plan,
+                  Bytes& gather, InFlight& inflight)
+      : comm_(comm), o_(o), L_(L), plan_(plan), gather_(gather), inflight_(inflight), n_(comm.size()),
+        r_(comm.rank()) {
+    // All-gather step s receives slot r-1-s from the left and (but for the last step) forwards it.
+    for (int s = 0; s + 1 < n_; ++s) {
+      const int p = mod(r_ - 1 - s);
+      for (size_t k = 0; k < L_.segs(slotChunk(p)); ++k) {
+        units_.push_back({s, p, k, inflight_.reqs.size()});
+        inflight_.reqs.push_back(comm_.irecv(payload(p, k), L_.segPayload(slotChunk(p), k), left(), tag()));
+      }
+    }
+  }
+
+  // Segment k of our own slot has just been encoded: it starts along the ring at once.
+  size_t sendOwn(size_t k, size_t bytes) {
+    if (n_ == 1) return 0;
+    inflight_.reqs.push_back(comm_.isend(payload(r_, k), bytes, right(), tag()));
+    return bytes;
+  }
+
+  // Receives, forwards and decodes every other slot, and decodes our own; returns the bytes forwarded.
+  size_t run(const Deadline& deadline) {
+    size_t forwarded = 0;
+    for (const Unit& u : units_) {
+      Request& req = inflight_.reqs[u.request];
+      const size_t expected = req.bytes;
+      size_t got = 0;
+      bool arrived = false;
+      while (ownDecoded_ < L_.segs(slotChunk(r_)) && !(arrived = comm_.test(req, &got))) decode(r_, ownDecoded_++);
+      if (!arrived) comm_.wait(req, deadline, o_.name.c_str(), &got);
+      checkReceived(comm_, got, expected, left(), o_.name);
+      if (u.step + 2 < n_) {  // the last step's slot is the right neighbour's own: it has it already
+        inflight_.reqs.push_back(comm_.isend(payload(u.slot, u.seg), got, right(), tag()));
+        forwarded += got;
+      }
+      decode(u.slot, u.seg);
+    }
+    while (ownDecoded_ < L_.segs(slotChunk(r_))) decode(r_, ownDecoded_++);
+    return forwarded;
+  }
+
+ private:
+  struct Unit {
+    int step;
+    int slot;
+    size_t seg;
+    size_t request;  // index into inflight.reqs
+  };
+
+  int mod(int x) const { return ((x % n_) + n_) % n_; }
+  int left() const { return mod(r_ - 1); }
+  int right() const { return mod(r_ + 1); }
+  int tag() const { return o_.tag + 1; }
+  int slotChunk(int p) const { return plan_.chunkOfSlot[p]; }
+  char* payload(int p, size_t k) { return gather_.at(plan_.slotOffset[p] + L_.segPayloadOffset(k)); }
+  void decode(int p, size_t k) {
+    const int c = slotChunk(p);
+    timedDecode(payload(p, k), L_.segPayload(c, k), o_.buffer + L_.segOffset(c, k), L_.segLen(c, k));
+  }
+
+  Communicator& comm_;
+  const CompressedAllreduceOptions& o_;
+  const Layout& L_;
+  const GatherPlan& plan_;
+  Bytes& gather_;
+  InFlight& inflight_;
+  const int n_, r_;
+  std::vector<Unit> units_;
+  size_t ownDecoded_ = 0;
+};
+
 CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedAllreduceOptions& o) {
   const int n = comm.size(), r = comm.rank();
   const int right = (r + 1) % n, left = (r - 1 + n) % n;
@@ -323,6 +403,7 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
           comm.irecv(incoming.at(stepArea[s] + L.segPayloadOffset(k)), L.segPayload(c, k), left, o.tag));
     }
   }
+  FusedRingGather allgather(comm, o, L, plan, gather, inflight);
 
   if (n == 1) {  // no hops: quantize once with error feedback
     for (size_t k = 0; k < L.segs(0); ++k)
@@ -338,7 +419,8 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
     }
   }
   // Each received segment: add it to our own values of that chunk, quantize the partial sum (our residual
-  // absorbs the error) and pass it on; the last step's result is our final chunk, into our gather slot.
+  // absorbs the error) and pass it on; the last step's result is our final chunk, into our gather slot,
+  // from where it starts the all-gather at once.
   for (int s = 0; s + 1 < n; ++s) {
     const int c = mod(r - s - 1);
     const bool last = s + 2 == n;
@@ -350,14 +432,12 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
       char* out = last ? gather.at(plan.slotOffset[r] + L.segPayloadOffset(k))
                        : outgoing.at(sendArea[s + 1] + L.segPayloadOffset(k));
       const size_t bytes = encodeSegment(params, L, c, k, o.buffer + off, residualAt(o, off), out);
-      if (!last) {
-        inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
-        result.wireBytes += bytes;
-      }
+      result.wireBytes += last ? allgather.sendOwn(k, bytes) : bytes;
+      if (!last) inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
     }
   }
+  result.wireBytes += allgather.run(deadline);
   comm.waitAll(inflight.reqs, deadline, o.name.c_str());
-  result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
   return result;
 }
 
