@@ -130,16 +130,15 @@ def run_workers(script: str, np: int, *args: str, timeout: float = 120,
 
 def assert_ok(proc: MpiResult, np: int, marker: str = "OK") -> list[str]:
     """mpirun exited 0 and every rank printed a line starting with `marker`; returns those lines."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-8000:]}"
-    oks = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
-    assert len(oks) == np, f"expected {np} '{marker}' lines, got {len(oks)}:\n{out[-8000:]}"
-    return oks
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.output[-8000:]}"
+    return assert_part_passed(proc, marker, np)
 
 
-def assert_part_passed(proc: MpiResult, marker: str, np: int) -> None:
+def assert_part_passed(proc: MpiResult, marker: str, np: int) -> list[str]:
     """Every rank printed a line starting with `marker`: that part of a launch running several passed, whatever
-    a later part did (so each part's test fails for its own part only). The exit status is the caller's."""
+    a later part did (so each part's test fails for its own part only). The exit status is the caller's.
+    Returns those lines."""
     lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
     assert len(lines) == np, f"{marker!r}: {len(lines)} of {np} ranks passed (exit {proc.returncode}):\n" \
                              f"{proc.output[-8000:]}"
+    return lines
