@@ -1,14 +1,13 @@
 // Compressed all-reduce (see compressed_allreduce.h): the two-phase and requantizing-ring algorithms share
-// the segment layout and the all-gather of reduced payloads with its final decode; they differ in how the
-// reduced chunks are produced, and the ring starts its all-gather segment by segment inside its last
-// reduce-scatter step (FusedRingGather). Exercised by tests/test_compressed_allreduce.py.
+// the segment layout and the all-gather of reduced payloads with its final decode (FusedRingGather, which
+// sends each reduced segment on as soon as it is encoded); they differ in how the reduced chunks are
+// produced. Exercised by tests/test_compressed_allreduce.py.
 #include "collectives/compressed_allreduce.h"
 
 #include <algorithm>
 #include <chrono>
 #include <utility>
 
-#include "collectives/allreduce.h"
 #include "collectives/ring.h"
 #include "common/error.h"
 
@@ -152,147 +151,10 @@ GatherPlan makeGatherPlan(const Layout& L, int n, int shift) {
   return g;
 }
 
-// All-gather the slots along the ring (two-phase), forwarding bytes unchanged, then decode every segment into
-// the buffer: all ranks decode the same bytes, so all end bitwise equal. Returns the bytes this rank sent.
-size_t gatherAndDecode(Communicator& comm, const CompressedAllreduceOptions& o, const Layout& L,
-                       const GatherPlan& g, Bytes& gather) {
-  const int n = comm.size();
-  AllgatherOptions ag;
-  static_cast<CollectiveOptions&>(ag) = o;
-  ag.tag = o.tag + 1;
-  ag.buffer = gather.at(0);
-  for (int p = 0; p < n; ++p) ag.bytes.push_back(g.slotOffset[p + 1] - g.slotOffset[p]);
-  const auto decodeSegment = [&](int p, size_t k) {
-    const int c = g.chunkOfSlot[p];
-    timedDecode(gather.at(g.slotOffset[p] + L.segPayloadOffset(k)), L.segPayload(c, k), o.buffer + L.segOffset(c, k),
-           L.segLen(c, k));
-  };
-  // One ring segment per payload segment, so each payload is decoded the moment it has arrived (and been
-  // forwarded): decoding overlaps the rest of the all-gather instead of following it.
-  ag.segmentBytes = std::max<size_t>(1, L.fullSegPayload);
-  ag.onGathered = decodeSegment;
-  for (size_t k = 0; k < L.segs(g.chunkOfSlot[comm.rank()]); ++k) decodeSegment(comm.rank(), k);
-  allgatherv(comm, ag);
-  // The ring all-gather sends every slot but the right neighbour's (it starts from its own).
-  size_t sent = 0;
-  for (int p = 0; p < n; ++p)
-    if (n > 1 && p != (comm.rank() + 1) % n) sent += ag.bytes[p];
-  return sent;
-}
-
-CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduceOptions& o) {
-  const int n = comm.size(), r = comm.rank();
-  const Layout L = makeLayout(o, n);
-  const Deadline deadline = Deadline::after(o.timeoutSeconds);
-  CompressedAllreduceResult result;
-
-  // Phase 1, an all-to-all as n-1 pairwise steps: in step d rank r sends its encoded chunk r+d to rank r+d
-  // and receives rank r-d's encoding of chunk r. One outgoing flow at a time: sending to every peer at once
-  // makes n-1 senders converge on each receiver (incast), which overflows switch queues on real Ethernet
-  // and halved throughput on the emulated 1 Gbit network. Steps are paced by our own sends only: receives of
-  // every step are posted up front, each into its own area, and decoded in step order as they arrive, so a
-  // late sender delays only what it sends, not our next step. Segments pipeline within a step.
-  std::vector<size_t> chunkArea(n + 1, 0);
-  for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
-  const size_t mySegs = L.segs(r);
-  const size_t stepArea = L.chunkPayload[r];
-  Bytes mine(o.scratch, 0, chunkArea[n]);
-  Bytes incoming(o.scratch, 1, stepArea * static_cast<size_t>(std::max(n - 1, 1)));
-  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
-  Bytes gather(o.scratch, 2, plan.slotOffset[n]);
-  const EncodeParams first = encodeParams(o, static_cast<uint64_t>(r));
-  const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
-  // Our own contribution goes through the codec too (with its error feedback), like everybody else's:
-  // encode it and decode it back into place before the first decode-add into our chunk.
-  const auto quantizeOwnChunk = [&] {
-    for (size_t k = 0; k < mySegs; ++k) {
-      const size_t off = L.segOffset(r, k);
-      char* out = mine.at(chunkArea[r] + L.segPayloadOffset(k));
-      const size_t bytes = encodeSegment(first, L, r, k, o.buffer + off, residualAt(o, off), out);
-      timedDecode(out, bytes, o.buffer + off, L.segLen(r, k));
-    }
-  };
-  // A fully reduced segment of our chunk is quantized again at once (second error feedback) into our
-  // all-gather slot, so that work overlaps the last step's transfers instead of delaying the all-gather.
-  const auto encodeReducedSegment = [&](size_t k) {
-    float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
-    encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
-                  gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
-  };
-  if (n == 1) {
-    quantizeOwnChunk();
-    for (size_t k = 0; k < mySegs; ++k) encodeReducedSegment(k);
-  }
-
-  PostedBuffers posted(comm, o.name);  // after the buffers requests point into: on an error they are kept
-  posted.keep(mine.own());
-  posted.keep(incoming.own());
-  posted.keep(gather.own());
-  InFlight inflight;
-  // Receive i = (d - 1) * mySegs + k is segment k of step d; requests 0 .. received-1 are receives.
-  const size_t receives = static_cast<size_t>(n - 1) * mySegs;
-  for (int d = 1; d < n; ++d)
-    for (size_t k = 0; k < mySegs; ++k)
-      inflight.reqs.push_back(comm.irecv(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
-                                         (r - d + n) % n, o.tag));
-  size_t nextReceive = 0;  // decoded strictly in order: the sum's order is fixed (own, r-1, r-2, ...)
-  const auto addReceived = [&](size_t i) {
-    const int d = 1 + static_cast<int>(i / mySegs);
-    const size_t k = i % mySegs;
-    timedDecodeAdd(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
-              o.buffer + L.segOffset(r, k), L.segLen(r, k));
-    if (d == n - 1) encodeReducedSegment(k);
-  };
-  const auto addArrived = [&] {  // true when at least one receive was handled
-    bool any = false;
-    size_t got = 0;
-    while (nextReceive < receives && comm.test(inflight.reqs[nextReceive], &got)) {
-      checkReceived(comm, got, L.segPayload(r, nextReceive % mySegs),
-                    (r - 1 - static_cast<int>(nextReceive / mySegs) + n) % n, o.name);
-      addReceived(nextReceive++);
-      any = true;
-    }
-    return any;
-  };
-  for (int d = 1; d < n; ++d) {
-    const int to = (r + d) % n;
-    const size_t firstSend = inflight.reqs.size();
-    for (size_t k = 0; k < L.segs(to); ++k) {  // encode and send segment by segment: the wire starts early
-      const size_t off = L.segOffset(to, k);
-      char* out = mine.at(chunkArea[to] + L.segPayloadOffset(k));
-      const size_t bytes = encodeSegment(first, L, to, k, o.buffer + off, residualAt(o, off), out);
-      inflight.reqs.push_back(comm.isend(out, bytes, to, o.tag));
-      result.wireBytes += bytes;
-    }
-    if (d == 1) quantizeOwnChunk();  // while the first step is on the wire, before any decode-add
-    if (d + 1 == n) break;
-    Backoff backoff;  // this step's sends leave before the next step's start; meanwhile, add what arrived
-    for (size_t i = firstSend; i < inflight.reqs.size(); ++i) {
-      while (!comm.test(inflight.reqs[i])) {
-        if (deadline.expired()) comm.wait(inflight.reqs[i], deadline, o.name.c_str());  // raises the timeout
-        if (addArrived()) {
-          backoff.reset();
-        } else {
-          backoff.pause();
-        }
-      }
-    }
-  }
-  for (; nextReceive < receives; ++nextReceive) {
-    waitExact(comm, inflight.reqs[nextReceive], deadline, o.name);
-    addReceived(nextReceive);
-  }
-  comm.waitAll(inflight.reqs, deadline, o.name.c_str());
-
-  // Phase 2: all-gather the encoded sums.
-  result.wireBytes += gatherAndDecode(comm, o, L, plan, gather);
-  return result;
-}
-
-// The requantizing ring's all-gather, fused with its reduce-scatter: slot p holds the chunk rank p finished.
-// Every receive is posted up front (each into its own slot area, tag + 1), our own slot's segments leave
-// the moment the last reduce-scatter step has encoded them (not after the whole reduce-scatter), and our own
-// slot is decoded while the others' segments are still on the wire, one segment per poll that finds
+// The all-gather of reduced payloads along the ring, fused with the phase that produces them: slot p holds
+// the chunk rank p finished. Every receive is posted up front (each into its own slot area, tag + 1), our own
+// slot's segments leave the moment they are encoded (not after the whole first phase has drained), and our
+// own slot is decoded while the others' segments are still on the wire, one segment per poll that finds
 // nothing arrived. Every rank decodes the same bytes, so all end bitwise equal.
 class FusedRingGather {
  public:
@@ -367,6 +229,119 @@ class FusedRingGather {
   std::vector<Unit> units_;
   size_t ownDecoded_ = 0;
 };
+
+CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduceOptions& o) {
+  const int n = comm.size(), r = comm.rank();
+  const Layout L = makeLayout(o, n);
+  const Deadline deadline = Deadline::after(o.timeoutSeconds);
+  CompressedAllreduceResult result;
+
+  // Phase 1, an all-to-all as n-1 pairwise steps: in step d rank r sends its encoded chunk r+d to rank r+d
+  // and receives rank r-d's encoding of chunk r. One outgoing flow at a time: sending to every peer at once
+  // makes n-1 senders converge on each receiver (incast), which overflows switch queues on real Ethernet
+  // and halved throughput on the emulated 1 Gbit network. Steps are paced by our own sends only: receives of
+  // every step are posted up front, each into its own area, and decoded in step order as they arrive, so a
+  // late sender delays only what it sends, not our next step. Segments pipeline within a step.
+  std::vector<size_t> chunkArea(n + 1, 0);
+  for (int c = 0; c < n; ++c) chunkArea[c + 1] = chunkArea[c] + L.chunkPayload[c];
+  const size_t mySegs = L.segs(r);
+  const size_t stepArea = L.chunkPayload[r];
+  Bytes mine(o.scratch, 0, chunkArea[n]);
+  Bytes incoming(o.scratch, 1, stepArea * static_cast<size_t>(std::max(n - 1, 1)));
+  const GatherPlan plan = makeGatherPlan(L, n, /*shift=*/0);
+  Bytes gather(o.scratch, 2, plan.slotOffset[n]);
+  const EncodeParams first = encodeParams(o, static_cast<uint64_t>(r));
+  const EncodeParams second = encodeParams(o, static_cast<uint64_t>(n) + r);
+  // Our own contribution goes through the codec too (with its error feedback), like everybody else's:
+  // encode it and decode it back into place before the first decode-add into our chunk.
+  const auto quantizeOwnChunk = [&] {
+    for (size_t k = 0; k < mySegs; ++k) {
+      const size_t off = L.segOffset(r, k);
+      char* out = mine.at(chunkArea[r] + L.segPayloadOffset(k));
+      const size_t bytes = encodeSegment(first, L, r, k, o.buffer + off, residualAt(o, off), out);
+      timedDecode(out, bytes, o.buffer + off, L.segLen(r, k));
+    }
+  };
+  // A fully reduced segment of our chunk is quantized again at once (second error feedback) into our
+  // all-gather slot, so that work overlaps the last step's transfers instead of delaying the all-gather...
+  PostedBuffers posted(comm, o.name);  // after the buffers requests point into: on an error they are kept
+  posted.keep(mine.own());
+  posted.keep(incoming.own());
+  posted.keep(gather.own());
+  InFlight inflight;
+  // Receive i = (d - 1) * mySegs + k is segment k of step d; requests 0 .. received-1 are receives.
+  const size_t receives = static_cast<size_t>(n - 1) * mySegs;
+  for (int d = 1; d < n; ++d)
+    for (size_t k = 0; k < mySegs; ++k)
+      inflight.reqs.push_back(comm.irecv(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
+                                         (r - d + n) % n, o.tag));
+  FusedRingGather allgather(comm, o, L, plan, gather, inflight);  // phase 2's receives, after phase 1's
+  // ... and it starts along the ring at once.
+  const auto encodeReducedSegment = [&](size_t k) {
+    float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
+    const size_t bytes = encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
+                                       gather.at(plan.slotOffset[r] + L.segPayloadOffset(k)));
+    result.wireBytes += allgather.sendOwn(k, bytes);
+  };
+  if (n == 1) {
+    quantizeOwnChunk();
+    for (size_t k = 0; k < mySegs; ++k) encodeReducedSegment(k);
+  }
+  size_t nextReceive = 0;  // decoded strictly in order: the sum's order is fixed (own, r-1, r-2, ...)
+  const auto addReceived = [&](size_t i) {
+    const int d = 1 + static_cast<int>(i / mySegs);
+    const size_t k = i % mySegs;
+    timedDecodeAdd(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
+              o.buffer + L.segOffset(r, k), L.segLen(r, k));
+    if (d == n - 1) encodeReducedSegment(k);
+  };
+  const auto addArrived = [&] {  // true when at least one receive was handled
+    bool any = false;
+    size_t got = 0;
+    while (nextReceive < receives && comm.test(inflight.reqs[nextReceive], &got)) {
+      checkReceived(comm, got, L.segPayload(r, nextReceive % mySegs),
+                    (r - 1 - static_cast<int>(nextReceive / mySegs) + n) % n, o.name);
+      addReceived(nextReceive++);
+      any = true;
+    }
+    return any;
+  };
+  for (int d = 1; d < n; ++d) {
+    const int to = (r + d) % n;
+    const size_t firstSend = inflight.reqs.size();
+    for (size_t k = 0; k < L.segs(to); ++k) {  // encode and send segment by segment: the wire starts early
+      const size_t off = L.segOffset(to, k);
+      char* out = mine.at(chunkArea[to] + L.segPayloadOffset(k));
+      const size_t bytes = encodeSegment(first, L, to, k, o.buffer + off, residualAt(o, off), out);
+      inflight.reqs.push_back(comm.isend(out, bytes, to, o.tag));
+      result.wireBytes += bytes;
+    }
+    if (d == 1) quantizeOwnChunk();  // while the first step is on the wire, before any decode-add
+    if (d + 1 == n) break;
+    // This step's sends leave before the next step's start; meanwhile, add what arrived (which may append
+    // all-gather sends: those are not waited for here).
+    Backoff backoff;
+    const size_t stepSends = inflight.reqs.size();
+    for (size_t i = firstSend; i < stepSends; ++i) {
+      while (!comm.test(inflight.reqs[i])) {
+        if (deadline.expired()) comm.wait(inflight.reqs[i], deadline, o.name.c_str());  // raises the timeout
+        if (addArrived()) {
+          backoff.reset();
+        } else {
+          backoff.pause();
+        }
+      }
+    }
+  }
+  for (; nextReceive < receives; ++nextReceive) {
+    waitExact(comm, inflight.reqs[nextReceive], deadline, o.name);
+    addReceived(nextReceive);
+  }
+  // Phase 2: all-gather the encoded sums (our own has been on its way since its last segment was reduced).
+  result.wireBytes += allgather.run(deadline);
+  comm.waitAll(inflight.reqs, deadline, o.name.c_str());
+  return result;
+}
 
 CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedAllreduceOptions& o) {
   const int n = comm.size(), r = comm.rank();
