@@ -183,7 +183,7 @@ class FusedRingGather {
   size_t run(const Deadline& deadline) {
     size_t forwarded = 0;
     for (const Unit& u : units_) {
-      Request& req = inflight_.reqs[u.request];
+      Request& req = inflight_.reqs[u.request];  // not used after the push_back below, which may move it
       const size_t expected = req.bytes;
       size_t got = 0;
       bool arrived = false;
@@ -262,21 +262,20 @@ CompressedAllreduceResult twoPhase(Communicator& comm, const CompressedAllreduce
       timedDecode(out, bytes, o.buffer + off, L.segLen(r, k));
     }
   };
-  // A fully reduced segment of our chunk is quantized again at once (second error feedback) into our
-  // all-gather slot, so that work overlaps the last step's transfers instead of delaying the all-gather...
   PostedBuffers posted(comm, o.name);  // after the buffers requests point into: on an error they are kept
   posted.keep(mine.own());
   posted.keep(incoming.own());
   posted.keep(gather.own());
   InFlight inflight;
-  // Receive i = (d - 1) * mySegs + k is segment k of step d; requests 0 .. received-1 are receives.
+  // Receive i = (d - 1) * mySegs + k is segment k of step d; requests 0 .. receives-1 are phase one's receives.
   const size_t receives = static_cast<size_t>(n - 1) * mySegs;
   for (int d = 1; d < n; ++d)
     for (size_t k = 0; k < mySegs; ++k)
       inflight.reqs.push_back(comm.irecv(incoming.at((d - 1) * stepArea + L.segPayloadOffset(k)), L.segPayload(r, k),
                                          (r - d + n) % n, o.tag));
   FusedRingGather allgather(comm, o, L, plan, gather, inflight);  // phase 2's receives, after phase 1's
-  // ... and it starts along the ring at once.
+  // A fully reduced segment of our chunk is quantized again at once (second error feedback) into our
+  // all-gather slot and starts along the ring, so that work overlaps the last step's transfers.
   const auto encodeReducedSegment = [&](size_t k) {
     float* res2 = o.chunkResidual ? o.chunkResidual + k * L.segElems : nullptr;
     const size_t bytes = encodeSegment(second, L, r, k, o.buffer + L.segOffset(r, k), res2,
