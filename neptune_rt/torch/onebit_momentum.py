@@ -65,7 +65,8 @@ class LocalMomentum:
     `u` replaces `.grad` and is all-reduced (compressed, with error feedback); `buf` stays on this rank, in the
     wrapped optimizer's state under "momentum_buffer" (so checkpoints keep it). With `sync` (default
     SYNC_MOMENTUM) and without Nesterov, `applying()` first sets `buf` to the averaged update ū in `.grad`, the
-    same on every rank: the momentum continues from the step actually taken, compression error included.
+    same on every rank: the momentum continues from the step actually taken, compression error included. (So
+    with `sync`, `transform` computes u into `.grad` without writing `buf`, which applying() replaces anyway.)
     Groups without momentum are left to the wrapped optimizer unchanged.
     """
 
@@ -96,11 +97,19 @@ class LocalMomentum:
                 d.add_(p, alpha=group["weight_decay"])
             state = self._opt.state[p]
             buf = state.get("momentum_buffer")
+            nesterov = group.get("nesterov", False)
             if buf is None:
                 buf = state["momentum_buffer"] = d.clone()
+            elif self._sync and not nesterov:
+                # u = momentum * buf + (1 - dampening) * d, into d; buf itself is replaced by the averaged update
+                # in applying(), so it is not written here: one pass over d and buf instead of three.
+                if dampening:
+                    d.mul_(1 - dampening)
+                d.add_(buf, alpha=momentum)
+                continue
             else:
                 buf.mul_(momentum).add_(d, alpha=1 - dampening)
-            if group.get("nesterov", False):
+            if nesterov:
                 d.add_(buf, alpha=momentum)
             else:
                 d.copy_(buf)
