@@ -228,7 +228,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--mpi-args", action="append", default=[], type=shlex.split,
                    help="extra mpirun arguments as one string, e.g. \"--mca coll_tuned_use_dynamic_rules 1\"")
     p.add_argument("--tcp-put", action="store_true",
-                   help="keep the TCP BTL's emulated RDMA put (Open MPI's default; see Caveats in the module docstring)")
+                   help="keep the TCP BTL's emulated RDMA put (Open MPI's default; see Caveats in the module "
+                        "docstring)")
     p.add_argument("-x", dest="env", action="append", default=[], help="extra env var for the ranks")
     p.add_argument("--cleanup-stale", action="store_true",
                    help="remove leftover namespaces (of --prefix, or of dead nrt<pid> runs) and exit")

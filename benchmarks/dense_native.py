@@ -1,6 +1,7 @@
 """Dense all-reduce of one buffer four ways, interleaved under mpirun: our decision function's choice (recursive
-doubling, halving-doubling or the ring) and our ring, on the calling thread (neptune_rt's Communicator), MPI_Allreduce, and MPI_Iallreduce polled with MPI_Test (what the engine runs
-for dense buckets up to kNativeAllreduceMaxBytes, csrc/engine/engine.h). The evidence behind that threshold:
+doubling, halving-doubling or the ring) and our ring, on the calling thread (neptune_rt's Communicator),
+MPI_Allreduce, and MPI_Iallreduce polled with MPI_Test (what the engine runs for dense buckets up to
+kNativeAllreduceMaxBytes, csrc/engine/engine.h). The evidence behind that threshold:
 
     mpirun -np 4 --oversubscribe --bind-to none python benchmarks/dense_native.py --json out.json
 """
@@ -45,8 +46,9 @@ def main() -> None:
         times = timed_interleaved(WORLD, cases, args.trials, args.reps)
         for impl, samples in times.items():
             med, lo, hi = summarize(samples)
-            rows.append({"impl": impl, "np": n, "algorithm": _C.choose_allreduce_algorithm(size, n)
-                     if impl == "neptune_rt_direct" else None, "size_bytes": size, "count": size // 4, "dtype": "float32",
+            algorithm = _C.choose_allreduce_algorithm(size, n) if impl == "neptune_rt_direct" else None
+            rows.append({"impl": impl, "np": n, "algorithm": algorithm,
+                         "size_bytes": size, "count": size // 4, "dtype": "float32",
                          "op": "sum", "codec": "none", "time_us": med * 1e6, "time_us_min": lo * 1e6,
                          "time_us_max": hi * 1e6, "algbw_gbps": size / med / 1e9,
                          "busbw_gbps": size / med / 1e9 * 2 * (n - 1) / n, "link": "shm",

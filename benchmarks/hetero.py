@@ -1,6 +1,7 @@
 """Dynamic batch-size scheduler benchmark on 4 uneven ranks, Fashion-MNIST MLP, run under mpirun:
 
-    mpirun -np 4 --oversubscribe --bind-to none .venv/bin/python benchmarks/hetero.py --json benchmarks/results/hetero.json
+    mpirun -np 4 --oversubscribe --bind-to none .venv/bin/python benchmarks/hetero.py \\
+        --json benchmarks/results/hetero.json
 
 Rank speeds are emulated (neptune_rt.schedule.slowdown_sleep, which the Trainer's --emulate-slowdown uses too):
 every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on top of the real forward/backward

@@ -87,7 +87,8 @@ def train(args: argparse.Namespace, block: int | None, rule: str, seed: int, opt
            "train_loss": round(loss, 5), "bits_per_value": bits_per_value(block) if block else 32.0}
     if reduce:
         row["worker_error_norm"] = round(float(sum(w.norm() for w in reduce.residual) / n), 5)
-        row["server_error_norm"] = round(float(sum(s.norm() for s in reduce.server) / n / n), 5)  # of the mean, not the sum
+        # of the mean, not the sum
+        row["server_error_norm"] = round(float(sum(s.norm() for s in reduce.server) / n / n), 5)
     return row
 
 

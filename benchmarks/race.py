@@ -183,10 +183,11 @@ def plot(paths: list[str]) -> None:
     for path in paths:
         rows = [r for r in json.load(open(path)) if not r.get("summary")]
         fig, ax = plt.subplots(figsize=(8, 5))
-        for impl in dict.fromkeys(r["impl"] for r in rows):
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        for impl in impls:
             for i, r in enumerate(r for r in rows if r["impl"] == impl):
                 xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
-                ax.plot(xs, ys, label=impl if i == 0 else None, color=f"C{list(dict.fromkeys(q['impl'] for q in rows)).index(impl) % 10}",
+                ax.plot(xs, ys, label=impl if i == 0 else None, color=f"C{impls.index(impl) % 10}",
                         alpha=0.8, linewidth=1.2)
         ax.axhline(rows[0].get("target", 85.0), color="grey", linestyle=":")
         ax.set_xlabel("training seconds (evaluation excluded)")
@@ -239,7 +240,8 @@ def main() -> None:
                       flush=True)
     if rank == 0:
         summary = summarize(rows)
-        print(f"\n{'impl':>16} {'runs':>4} {'t85 median (s)':>14} {'min-max':>13} {'steps':>6} {'step ms':>8} {'acc':>6}")
+        print(f"\n{'impl':>16} {'runs':>4} {'t85 median (s)':>14} {'min-max':>13} {'steps':>6} {'step ms':>8} "
+              f"{'acc':>6}")
         for s in summary:
             t = s["time_to_target_s"]
             print(f"{s['impl']:>16} {s['runs']:>4} {t if t is not None else '-':>14} "

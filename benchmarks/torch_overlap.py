@@ -95,7 +95,8 @@ def main() -> None:
     rank, size = nrt.rank(), nrt.size()
     init_gloo(rank, size)
     impls = args.impls.split(",")
-    steps = {impl: make_step(impl, args.width, args.depth, 1e-3, args.ddp_bucket_mb, args.nrt_bucket_mb) for impl in impls}
+    steps = {impl: make_step(impl, args.width, args.depth, 1e-3, args.ddp_bucket_mb, args.nrt_bucket_mb)
+             for impl in impls}
     params = sum(p.numel() for p in mlp(args.width, args.depth).parameters())
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(args.batch, args.width, generator=g)

@@ -1,7 +1,7 @@
 """Cheap submission under real mpirun: GroupHandle results against mpi4py's MPI_Allreduce (numpy and torch CPU
 buffers, in place and out of place, members on demand, callbacks, errors naming the tensor), groups of views of
-one buffer (reduced where they lie), the synchronous grouped_allreduce_ driven by its caller, wait(drive=False) that leaves the cycles to the engine
-thread, the plain-numpy fast path
+one buffer (reduced where they lie), the synchronous grouped_allreduce_ driven by its caller, wait(drive=False)
+that leaves the cycles to the engine thread, the plain-numpy fast path
 of allreduce_async_, asynchronous work that completes with nobody waiting (the engine thread's drive window), and
 asynchronous work waited on at once that stops waking the engine thread (caller-driven mode). Worker:
 workers/engine_groups_worker.py."""

@@ -1,5 +1,6 @@
 """`neptune-rt status RUN_DIR`: where a running or finished run stands (state, step, last metrics, rate, time
-left), read from its files only, so it works from another terminal or node. Exercised by tests/train/test_train_status.py.
+left), read from its files only, so it works from another terminal or node. Exercised by
+tests/train/test_train_status.py.
 """
 from __future__ import annotations
 

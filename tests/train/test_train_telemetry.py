@@ -51,6 +51,7 @@ def test_final_summary_says_how_the_gradients_travelled():
     assert "the cost model found dense faster than --compression int8" in gradients_summary(dense, "int8")
     assert "cost model" not in gradients_summary(dense, "none")
     # fp16/bf16 are casts before the engine (which moves them as "none"): no cost model was asked.
-    assert gradients_summary(dense, "bf16") == "gradients sent as bf16 (cast before the engine: 2.0x compression of fp32)\n"
+    assert gradients_summary(dense, "bf16") == \
+        "gradients sent as bf16 (cast before the engine: 2.0x compression of fp32)\n"
     assert gradients_summary({**dense, "ranks": 1}, "int8") == ""  # one rank: nothing travelled
     assert gradients_summary({"ranks": 2}, "int8") == ""  # an engine without statistics

@@ -104,7 +104,8 @@ def scenario_changes() -> None:
         ("prescale", lambda: (nrt.allreduce(x[:99].astype(np.float64), name="w", op="max", codec="fp16",
                                             prescale=2.0), 2 * reference(x[:99].astype(np.float64), MPI.MAX))),
         ("postscale", lambda: (nrt.allreduce(x[:99].astype(np.float64), name="w", op="max", codec="fp16",
-                                             prescale=2.0, postscale=0.5), reference(x[:99].astype(np.float64), MPI.MAX))),
+                                             prescale=2.0, postscale=0.5),
+                               reference(x[:99].astype(np.float64), MPI.MAX))),
         ("broadcast", lambda: (nrt.broadcast(x[:99].astype(np.float64), root=n - 1, name="w"),
                                WORLD.bcast(x[:99].astype(np.float64), root=n - 1))),
         ("root", lambda: (nrt.broadcast(x[:99].astype(np.float64), root=0, name="w"),
@@ -237,7 +238,8 @@ def scenario_capacity_mismatch() -> None:
     os.environ["NEPTUNE_RT_CACHE_CAPACITY"] = "16" if WORLD.rank == 1 else "1024"
     nrt.init()
     expect_error(lambda: nrt.allreduce(np.ones(3), name="x"), RuntimeError, f"rank {WORLD.rank}",
-                 "NEPTUNE_RT_CACHE_CAPACITY differs between ranks (rank 0: 1024, rank 1: 16)", "same value on every rank")
+                 "NEPTUNE_RT_CACHE_CAPACITY differs between ranks (rank 0: 1024, rank 1: 16)",
+                 "same value on every rank")
     print(f"CAPACITY-MISMATCH-OK {WORLD.rank}", flush=True)
     WORLD.Barrier()  # both have reported; the exit handler then aborts the job (the engine failed)
 

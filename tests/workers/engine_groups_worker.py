@@ -61,7 +61,8 @@ def scenario_group_handle() -> None:
             assert all(np.allclose(x, w, atol=1e-5) for x, w in zip(xs, want)), (dtype, op)
     # Torch CPU tensors (bfloat16 too: it crosses as 2-byte words with the tensor's shape) against numpy.
     for dtype in (torch.float32, torch.bfloat16):
-        ts = [torch.arange(12, dtype=torch.float32).reshape(3, 4).to(dtype) * (r + 1), torch.full((5,), r + 0.0).to(dtype)]
+        ts = [torch.arange(12, dtype=torch.float32).reshape(3, 4).to(dtype) * (r + 1),
+              torch.full((5,), r + 0.0).to(dtype)]
         want = [t.float().numpy() * sum(q + 1 for q in range(n)) / (r + 1) if i == 0 else
                 np.full(5, sum(range(n)), np.float32) for i, t in enumerate(ts)]
         got = nrt.grouped_allreduce_async_(ts, names=[f"torch.{dtype}.0", f"torch.{dtype}.1"]).wait()

@@ -123,7 +123,8 @@ def scenario_reinit() -> None:
 
 def scenario_silent_rank(variant: str) -> None:
     """Rank 1 stops (SIGSTOP) without exiting: before submitting ('idle'), or at a random point of a stream of
-    large all-reduces ('busy': our ring; 'busy_native': MPI_Iallreduce). Every other rank must fail with the engine's timeout, not hang."""
+    large all-reduces ('busy': our ring; 'busy_native': MPI_Iallreduce). Every other rank must fail with the
+    engine's timeout, not hang."""
     survivors = WORLD.Split(int(RANK == 1), RANK)  # ranks 0 and 2 finish their checks before either aborts
     nrt.init()
     n = nrt.size()
