@@ -102,7 +102,8 @@ class LocalMomentum:
                 buf = state["momentum_buffer"] = d.clone()
             elif self._sync and not nesterov:
                 # u = momentum * buf + (1 - dampening) * d, into d; buf itself is replaced by the averaged update
-                # in applying(), so it is not written here: one pass over d and buf instead of three.
+                # in applying(), so it is not written here: one pass over d and buf instead of three (two with
+                # dampening).
                 if dampening:
                     d.mul_(1 - dampening)
                 d.add_(buf, alpha=momentum)
