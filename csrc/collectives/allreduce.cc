@@ -163,7 +163,6 @@ void allgatherv(Communicator& comm, const AllgatherOptions& o) {
   std::exclusive_scan(o.bytes.begin(), o.bytes.end(), plan.chunkOffset.begin(), size_t{0});
   plan.reduceScatter = false;
   plan.agShift = 0;  // step 0 sends our own block
-  plan.onGathered = o.onGathered;
   runRing(comm, plan, o);
 }
 

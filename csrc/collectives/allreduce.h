@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstddef>
-#include <functional>
 #include <vector>
 
 #include "collectives/options.h"
@@ -67,8 +66,6 @@ void reduceScatter(Communicator& comm, const ReduceScatterOptions& opts);
 struct AllgatherOptions : CollectiveOptions {
   void* buffer = nullptr;
   std::vector<size_t> bytes;
-  // Optional: called as each segment (segmentBytes long, the block's last shorter) of block `rank` lands.
-  std::function<void(int rank, size_t seg)> onGathered;
 };
 void allgatherv(Communicator& comm, const AllgatherOptions& opts);
 

@@ -406,8 +406,12 @@ CompressedAllreduceResult requantizingRing(Communicator& comm, const CompressedA
       char* out = last ? gather.at(plan.slotOffset[r] + L.segPayloadOffset(k))
                        : outgoing.at(sendArea[s + 1] + L.segPayloadOffset(k));
       const size_t bytes = encodeSegment(params, L, c, k, o.buffer + off, residualAt(o, off), out);
-      result.wireBytes += last ? allgather.sendOwn(k, bytes) : bytes;
-      if (!last) inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
+      if (last) {
+        result.wireBytes += allgather.sendOwn(k, bytes);
+      } else {
+        inflight.reqs.push_back(comm.isend(out, bytes, right, o.tag));
+        result.wireBytes += bytes;
+      }
     }
   }
   result.wireBytes += allgather.run(deadline);
