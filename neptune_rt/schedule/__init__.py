@@ -7,7 +7,7 @@ meters.
 Tests in tests/schedule/.
 """
 from neptune_rt.schedule.emulate import EmulatedSlowdown, parse_factors, slowdown_sleep
-from neptune_rt.schedule.goodput import NoiseScale, efficiency, lr_scale
+from neptune_rt.schedule.goodput import NoiseScale, critical_batch, efficiency, lr_scale
 from neptune_rt.schedule.memory import CpuMemoryMeter, CudaMemoryMeter, MemoryProbe, SimulatedOOM
 from neptune_rt.schedule.plan import STAT_COLUMNS, Plan, micro_split, stats_row
 from neptune_rt.schedule.sampler import GlobalBatch, PlanSampler, equal_split
@@ -16,7 +16,8 @@ from neptune_rt.schedule.waterfill import continuous_split, integer_split, makes
 
 __all__ = [
     "BatchScheduler", "Plan", "STAT_COLUMNS", "stats_row", "micro_split", "PlanSampler", "GlobalBatch", "equal_split",
-    "NoiseScale", "efficiency", "lr_scale", "MemoryProbe", "SimulatedOOM", "CpuMemoryMeter", "CudaMemoryMeter",
+    "NoiseScale", "critical_batch", "efficiency", "lr_scale", "MemoryProbe", "SimulatedOOM", "CpuMemoryMeter",
+    "CudaMemoryMeter",
     "continuous_split", "integer_split", "makespan", "gather_stats", "gather_stats_async", "probe_max_micro",
     "local_backward", "micro_weights", "EmulatedSlowdown", "slowdown_sleep", "parse_factors", "StatsPipe",
 ]

@@ -45,6 +45,9 @@ class BatchScheduler:
     lr_rule: "adascale" (default), "sqrt" or "linear": the learning-rate multiplier for a batch other than B0
         (`lr_scale`; the AdaScale gain follows the noise scale every step), and the efficiency model that
         goodput mode uses (the efficiency of a batch depends on the learning rate it is trained with).
+    momentum: the optimizer's heavy-ball momentum (SGD's `momentum`; 0 for plain SGD and for optimizers the
+        model does not cover): goodput's efficiency then uses the critical batch phi / (1 - m) in place of the
+        noise scale phi (`critical_batch`). The learning-rate multiplier stays the AdaScale gain at phi.
     on_change: called with each new Plan (also logged at INFO on logger "neptune_rt.schedule").
     """
 
@@ -53,7 +56,7 @@ class BatchScheduler:
                  warmup_steps: int = 2, adaptive_batch: bool = False, base_batch: int | None = None,
                  batch_bounds: tuple[int, int] | None = None, lr_rule: str = "adascale",
                  goodput_gain: float = 0.05, goodput_interval: int = 10, noise_warmup: int = 10,
-                 noise_decay: float = 0.95, time_decay: float = 0.9,
+                 noise_decay: float = 0.95, time_decay: float = 0.9, momentum: float = 0.0,
                  on_change: Callable[[Plan], None] | None = None):
         if world_size < 1 or global_batch < world_size * min_local:
             raise ValueError(f"scheduler: global batch {global_batch} cannot give {world_size} ranks at least "
@@ -76,7 +79,10 @@ class BatchScheduler:
             raise ValueError(f"scheduler: batch_bounds {batch_bounds} must hold the global batch {global_batch} "
                              f"and allow {min_local} samples per rank")
         self.batch_bounds = (int(lo), int(hi))
-        self.lr_rule, self.goodput_gain = lr_rule, goodput_gain
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"scheduler: momentum must be in [0, 1) (the optimizer's heavy-ball momentum), "
+                             f"got {momentum}")
+        self.lr_rule, self.goodput_gain, self.momentum = lr_rule, goodput_gain, float(momentum)
         self.goodput_interval, self.noise_warmup = goodput_interval, noise_warmup
         self.on_change = on_change
         self.models = [LinearTimeModel(decay=time_decay) for _ in range(world_size)]
@@ -212,7 +218,7 @@ class BatchScheduler:
     def _split_plan(self, B: int, split: Sequence[int], micro: Sequence[int], reason: str) -> Plan:
         phi = self.noise.value
         t = self._step_time(split)
-        good = B / t * efficiency(phi, B, self.base_batch, self.lr_rule) if t > 0 else 0.0
+        good = B / t * self._efficiency(B) if t > 0 else 0.0
         scale = lr_scale(self.lr_rule, phi, B, self.base_batch) if B != self.base_batch else 1.0
         return Plan(version=self._next_version, step=self.steps, global_batch=B, local_batches=tuple(split),
                     max_micro=tuple(micro), lr_scale=scale, noise_scale=phi, predicted_step_s=t,
@@ -266,7 +272,10 @@ class BatchScheduler:
 
     def _goodput(self, B: int) -> tuple[float, list[int]]:
         split = self._ideal_split(B, self.plan.max_micro)
-        return B / self._step_time(split) * efficiency(self.noise.value, B, self.base_batch, self.lr_rule), split
+        return B / self._step_time(split) * self._efficiency(B), split
+
+    def _efficiency(self, B: int) -> float:
+        return efficiency(self.noise.value, B, self.base_batch, self.lr_rule, self.momentum)
 
     def _choose_batch(self) -> Plan | None:
         B, (lo, hi) = self.plan.global_batch, self.batch_bounds

@@ -2,13 +2,15 @@
 x ~ N(0, I_d), eps ~ N(0, s^2) at offset d = w - w* have |G|^2 = |d|^2 and tr(Sigma) = d (|d|^2 + s^2) + |d|^2
 (Gaussian fourth moments), so phi is known exactly. Ranks with unequal batches; the smoothed estimate must be
 within 15% of the truth. Also the learning-rate rules, and the efficiency under each rule against a Monte-Carlo
-SGD step on a noisy quadratic."""
+SGD step on a noisy quadratic, and momentum's critical batch against the exact noisy quadratic model."""
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from neptune_rt.schedule.goodput import NoiseScale, efficiency, lr_scale
+from neptune_rt.schedule.goodput import NoiseScale, critical_batch, efficiency, lr_scale
 
 
 def regression_step(rng, d, delta, sigma, batches):
@@ -102,3 +104,28 @@ def test_adascale_is_the_most_efficient_rule_and_pollux_efficiency():
             assert efficiency(phi, B, 64, "linear") <= pollux + 1e-12
     assert efficiency(10.0, 4096, 64, "linear") == 0.0  # lr far past twice the optimum: no progress (clipped)
     assert all(efficiency(50.0, 64, 64, r) == 1.0 for r in ("adascale", "sqrt", "linear"))
+
+
+def test_momentum_puts_the_critical_batch_in_the_noise_scales_place():
+    assert critical_batch(200.0) == 200.0 and critical_batch(200.0, 0.9) == pytest.approx(2000.0)
+    assert critical_batch(-5.0, 0.9) == 0.0
+    for rule in ("adascale", "sqrt", "linear"):
+        assert efficiency(200.0, 1024, 64, rule, momentum=0.9) == pytest.approx(efficiency(2000.0, 1024, 64, rule))
+    # B = 1024 against 64 at phi = 200: plain SGD's model 0.22, under momentum 0.9 0.68 (measured: 0.77-0.83)
+    assert efficiency(200.0, 1024, 64) == pytest.approx(264 / 1224)
+    assert efficiency(200.0, 1024, 64, momentum=0.9) == pytest.approx(2064 / 3024)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="momentum"):
+            critical_batch(1.0, bad)
+
+
+def test_momentums_critical_batch_matches_the_noisy_quadratic_model():
+    # Independent reference: heavy-ball SGD's critical batch Emin / Smin, exact in the NQM (benchmarks/nqm_momentum.py:
+    # h_i = 1/i over 1000 dimensions, noise shaped like the curvature, lr tuned at each end), is about 1 / (1 - m)
+    # times plain SGD's, as critical_batch says: 10.5x at m = 0.9 here (against 10).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from nqm_momentum import critical_batch_nqm
+    plain = critical_batch_nqm(0.0, dims=1000, lrs=32, points=300)["critical_batch"]
+    heavy = critical_batch_nqm(0.9, dims=1000, lrs=32, points=300)["critical_batch"]
+    assert heavy / plain == pytest.approx(critical_batch(1.0, 0.9) / critical_batch(1.0), rel=0.3), (plain, heavy)
+

@@ -327,6 +327,32 @@ def test_goodput_with_the_sqrt_rule_maximises_the_sqrt_rule_efficiency():
     assert picks["sqrt"] < picks["adascale"], picks
 
 
+def test_goodput_under_momentum_maximises_the_critical_batch_efficiency():
+    # Under heavy-ball momentum m the efficiency uses the critical batch phi / (1 - m): at phi = 200 momentum 0.9
+    # must pick a larger batch than plain SGD, each the best under its own model, with the same AdaScale lr rule.
+    rng = np.random.default_rng(11)
+    phi, picks = 200.0, {}
+    for m in (0.0, 0.9):
+        s = BatchScheduler(4, 64, adaptive_batch=True, batch_bounds=(64, 4096), noise_warmup=5, goodput_interval=5,
+                           momentum=m)
+        for _ in range(80):
+            s.observe(rows_for(s.plan, [1, 1, 1, 1], rng, a=0.02, c=0.0001, noise=0.0, norms=noise_norms(phi)))
+        picks[m] = s.plan.global_batch
+        B = picks[m]
+        assert s.plan.lr_scale == pytest.approx(B / 64 * (phi + 64) / (phi + B), rel=0.05), (m, s.plan)
+
+    def goodput(b, m):
+        per = integer_split([0.02] * 4, [0.0001] * 4, b, [1] * 4, [10**6] * 4)
+        crit = phi / (1 - m)
+        return b / (makespan([0.02] * 4, [0.0001] * 4, per) + 0.001) * (crit + 64) / (crit + b)
+    for m, B in picks.items():
+        best = max(goodput(b, m) for b in range(64, 4097, 8))
+        assert goodput(B, m) >= 0.93 * best, (m, B, goodput(B, m), best)
+    assert picks[0.9] > 2 * picks[0.0], picks
+    with pytest.raises(ValueError, match="momentum"):
+        BatchScheduler(4, 64, momentum=1.0)
+
+
 def test_one_slow_first_step_does_not_resplit_identical_ranks():
     # On identical ranks the first timed step had one rank 30% slow (a busy machine): a single step cannot tell
     # a slow rank from noise, so the equal split stays.

@@ -95,6 +95,13 @@ def test_probed_or_backed_off_limits_never_shrink_the_trainers_global_batch():
         assert balancer.scheduler.set_max_micro([1, 32, 32, 32]).global_batch == 4096
 
 
+def test_goodputs_efficiency_model_follows_sgd_momentum_only():
+    from neptune_rt.train.balance import Balancer
+    for optimizer, momentum, expected in (("sgd", 0.9, 0.9), ("sgd", 0.0, 0.0), ("adamw", 0.9, 0.0)):
+        config = TrainConfig(balance="goodput", batch_size=64, optimizer=optimizer, momentum=momentum).validate()
+        assert Balancer(config, rank=0, size=2).scheduler.momentum == expected, (optimizer, momentum)
+
+
 def test_a_ranks_own_micro_batch_cap_after_an_out_of_memory_survives_a_checkpoint():
     from neptune_rt.train.balance import Balancer
     config = TrainConfig(balance="hetero", batch_size=64).validate()
