@@ -15,8 +15,10 @@ every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on
   goodput: time to --target test accuracy with the scheduler choosing the global batch (one run per rule of
      --lr-rule), against fixed global batches (--fixed-batches) for each rule of --fixed-lr-rule (sqrt: the
      fixed multiplier sqrt(B/B0); adascale: the AdaScale gain from the measured noise scale, every step, which
-     is what AdaScale at a fixed B is), all interleaved step by step, with a per-step cost of
+     is what AdaScale at a fixed B is; default: both rules), all interleaved step by step, with a per-step cost of
      --goodput-step-ms (latency, synchronisation) on top. The learning rate --lr is the one for --goodput-base.
+     Every run is SGD with --momentum (0.9); the scheduler's efficiency model is told that momentum
+     (--efficiency-momentum auto) or another value (0: plain SGD's model, phi alone), one goodput run per value.
 One JSON row per run (`impl` "equal", "balanced" (statistics through StatsPipe), "balanced_now" (gathered at once),
 "fixed", "goodput"; `lr_rule`); step-part timings (`submit_ms`, `wait_ms`, `observe_ms`, ...); a table on rank 0.
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
+import os
 import statistics
 import sys
 import time
@@ -78,7 +82,7 @@ class Run:
     def __init__(self, args, data, *, policy: str, slow_at, steps: int, B: int, target: float | None = None,
                  adaptive: bool = False, lr_mult: float = 1.0, max_seconds: float = float("inf"),
                  lr_rule: str = "adascale", base_batch: int | None = None, max_micro: int | None = None,
-                 stats: str = "pipe"):
+                 stats: str = "pipe", efficiency_momentum: float | None = None):
         self.args, self.data, self.slow_at, self.max_steps, self.target = args, data, slow_at, steps, target
         self.adaptive, self.max_seconds, self.B = adaptive, max_seconds, B
         # The noise scale is measured in goodput mode and for an AdaScale learning rate at a fixed B != B0.
@@ -87,14 +91,15 @@ class Run:
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
         self.base_lr = args.lr * lr_mult
-        self.opt = nrt.DistributedOptimizer(torch.optim.SGD(self.model.parameters(), lr=self.base_lr, momentum=0.9),
-                                            named_parameters=self.model.named_parameters())
+        sgd = torch.optim.SGD(self.model.parameters(), lr=self.base_lr, momentum=args.momentum)
+        self.opt = nrt.DistributedOptimizer(sgd, named_parameters=self.model.named_parameters())
         self.sched = None
         if policy == "scheduler":
             self.sched = BatchScheduler(size, B, max_micro=max_micro or args.max_micro, adaptive_batch=adaptive,
                                         batch_bounds=(args.min_batch or B, args.max_batch) if adaptive else None,
                                         lr_rule=lr_rule, base_batch=base_batch,
-                                        goodput_interval=args.goodput_interval, noise_warmup=args.goodput_interval)
+                                        goodput_interval=args.goodput_interval, noise_warmup=args.goodput_interval,
+                                        momentum=args.momentum if efficiency_momentum is None else efficiency_momentum)
         self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
         self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
         # Statistics one step late in the next gradient cycle (StatsPipe), or at once (--stats-exchange now).
@@ -103,6 +108,7 @@ class Run:
         self.parts: list[tuple[float, ...]] = []
         self.clock, self.samples, self.step_s, self.reached = 0.0, 0, 0.0, None
         self.next_eval = args.eval_every
+        self.evals: list[tuple[int, float, float]] = []  # (samples, clock, test accuracy) at each evaluation
         self.done = False
 
     def step(self) -> None:
@@ -157,7 +163,9 @@ class Run:
             # the clock is each rank's own, so the slowest rank's clock decides.
             clock = float(nrt.allreduce(torch.tensor([self.clock], dtype=torch.float64), name="eval.clock",
                                         op=nrt.Max))
-            if accuracy(model, xt, yt) >= self.target:
+            acc = accuracy(model, xt, yt)
+            self.evals.append((self.samples, round(clock, 3), acc))
+            if acc >= self.target:
                 self.reached, self.done = clock, True
             self.done = self.done or clock > self.max_seconds
         self.done = self.done or len(self.times) >= self.max_steps
@@ -168,7 +176,7 @@ class Run:
         return {"step_ms": 1e3 * statistics.median(tail), "step_ms_min": 1e3 * min(tail),
                 "step_ms_max": 1e3 * max(tail), "steps": len(self.times), "train_s": self.clock,
                 "test_acc": accuracy(self.model, self.data[2], self.data[3]), "time_to_target_s": self.reached,
-                "samples": self.samples, "step_times_ms": [round(1e3 * t, 2) for t in self.times],
+                "samples": self.samples, "evals": self.evals, "step_times_ms": [round(1e3 * t, 2) for t in self.times],
                 "plans": [p.describe() for p in sched.history] if sched else [],
                 "final_batch": sched.plan.global_batch if sched else self.B,
                 "final_split": list(sched.plan.local_batches) if sched else self.equal,
@@ -200,6 +208,10 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=0.0, help="emulated fixed cost per step (static cases)")
     ap.add_argument("--max-micro", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--momentum", type=float, default=0.9, help="SGD (heavy-ball) momentum of every run")
+    ap.add_argument("--efficiency-momentum", default="auto",
+                    help="goodput runs, one per value and rule: the momentum the scheduler's efficiency model is told "
+                         "(auto: --momentum; 0: plain SGD's model, phi alone)")
     ap.add_argument("--lr-rule", default="adascale",
                     help="goodput case: the scheduler's lr rules, comma-separated (adascale, sqrt, linear)")
     ap.add_argument("--change-at", type=int, default=40)
@@ -214,8 +226,10 @@ def main() -> None:
                          "the learning rate was tuned for is the floor)")
     ap.add_argument("--max-batch", type=int, default=4096)
     ap.add_argument("--goodput-max-steps", type=int, default=5000)
+    ap.add_argument("--goodput-repeats", type=int, default=1,
+                    help="scheduler runs per rule and model, interleaved (their plans differ with the step timings)")
     ap.add_argument("--goodput-max-seconds", type=float, default=120.0, help="training-time cap per goodput run")
-    ap.add_argument("--fixed-lr-rule", default="sqrt",
+    ap.add_argument("--fixed-lr-rule", default="adascale,sqrt",
                     help="lr rules of the fixed-batch runs relative to --goodput-base, comma-separated (sqrt, "
                          "linear: fixed multipliers; adascale: the gain from the measured noise scale)")
     ap.add_argument("--eval-every", type=int, default=8192, help="samples between test evaluations")
@@ -232,12 +246,14 @@ def main() -> None:
     rows = []
 
     def record(row: dict) -> None:
+        row["loadavg_1min_after"] = os.getloadavg()[0]
         rows.append(row)
         if rank == 0:
             shown = {k: v for k, v in row.items() if k not in ("step_times_ms", "plans")}
             print("#", shown, flush=True)
 
-    common = {"np": size, "per_sample_ms": args.per_sample_ms}
+    load_before = os.getloadavg()[0]  # this machine is shared: every row says how busy it was
+    common = {"np": size, "per_sample_ms": args.per_sample_ms, "loadavg_1min_before": load_before}
     if "static" in cases:
         for text in args.profiles.split(";"):
             slow = [float(v) for v in text.split(",")]
@@ -268,7 +284,8 @@ def main() -> None:
         g = argparse.Namespace(**{**vars(args), "per_sample_ms": args.goodput_per_sample_ms,
                                   "step_ms": args.goodput_step_ms})
         flat = lambda _s: [1.0] * size  # noqa: E731
-        common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms}
+        common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms, "lr": args.lr,
+                  "momentum": args.momentum, "loadavg_1min_before": load_before}
         fixed = [int(v) for v in args.fixed_batches.split(",")]
         base = args.goodput_base
         runs = {}
@@ -285,18 +302,24 @@ def main() -> None:
                     runs[f"fixed{B}.{rule}"] = Run(g, data, policy="equal", slow_at=flat, steps=args.goodput_max_steps,
                                                    B=B, target=args.target, lr_mult=lr_scale(rule, 0.0, B, base),
                                                    max_seconds=args.goodput_max_seconds)
-        for rule in args.lr_rule.split(","):
-            runs[f"goodput.{rule}"] = Run(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps,
-                                          B=base, target=args.target, adaptive=True, lr_rule=rule,
-                                          max_seconds=args.goodput_max_seconds)
+        model_momenta = {}
+        for rule in filter(None, args.lr_rule.split(",")):  # --lr-rule "": the fixed batches alone
+            for text, repeat in itertools.product(args.efficiency_momentum.split(","), range(args.goodput_repeats)):
+                m = args.momentum if text == "auto" else float(text)
+                key = f"goodput.{rule}" + ("" if text == "auto" else f".m{text}") + (f".r{repeat}" if repeat else "")
+                model_momenta[key] = m
+                runs[key] = Run(g, data, policy="scheduler", slow_at=flat, steps=args.goodput_max_steps, B=base,
+                                target=args.target, adaptive=True, lr_rule=rule, max_seconds=args.goodput_max_seconds,
+                                efficiency_momentum=m)
         results = interleaved(runs)
         for key, r in results.items():
-            impl, rule = key.split(".")
+            impl, rule = key.split(".")[:2]
             record({"impl": "fixed" if impl.startswith("fixed") else "goodput", "case": "goodput", "lr_rule": rule,
-                    "global_batch": int(impl[5:]) if impl.startswith("fixed") else base, **common, **r})
+                    "global_batch": int(impl[5:]) if impl.startswith("fixed") else base,
+                    "efficiency_momentum": model_momenta.get(key), **common, **r})
     if rank == 0:
         print_table(rows, [("impl", "impl", "s"), ("case", "case", "s"), ("profile", "profile", "s"),
-                           ("lr_rule", "lr_rule", "s"),
+                           ("lr_rule", "lr_rule", "s"), ("eff_m", "efficiency_momentum", ".2f"),
                            ("B", "final_batch", "d"), ("step(ms)", "step_ms", ".1f"), ("speedup", "speedup", ".2f"),
                            ("ideal", "ideal_speedup", ".2f"), ("test_acc", "test_acc", ".4f"),
                            ("t_target(s)", "time_to_target_s", ".1f"), ("rebal", "rebalance_steps", "d")])
