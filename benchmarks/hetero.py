@@ -246,13 +246,13 @@ def main() -> None:
     rows = []
 
     def record(row: dict) -> None:
-        row["loadavg_1min_after"] = os.getloadavg()[0]
+        row["loadavg_1min_after"] = os.getloadavg()[0]  # when the case's (interleaved) runs have ended
         rows.append(row)
         if rank == 0:
             shown = {k: v for k, v in row.items() if k not in ("step_times_ms", "plans")}
             print("#", shown, flush=True)
 
-    load_before = os.getloadavg()[0]  # this machine is shared: every row says how busy it was
+    load_before = os.getloadavg()[0]  # this machine is shared: every row says how busy it was, before and after
     common = {"np": size, "per_sample_ms": args.per_sample_ms, "loadavg_1min_before": load_before}
     if "static" in cases:
         for text in args.profiles.split(";"):
@@ -303,8 +303,12 @@ def main() -> None:
                                                    B=B, target=args.target, lr_mult=lr_scale(rule, 0.0, B, base),
                                                    max_seconds=args.goodput_max_seconds)
         model_momenta = {}
+        models = args.efficiency_momentum.split(",")
+        if len(set(models)) != len(models) or args.goodput_repeats < 1:
+            sys.exit(f"--efficiency-momentum needs distinct values (got {args.efficiency_momentum}; use "
+                     f"--goodput-repeats for more runs of one) and --goodput-repeats >= 1 (got {args.goodput_repeats})")
         for rule in filter(None, args.lr_rule.split(",")):  # --lr-rule "": the fixed batches alone
-            for text, repeat in itertools.product(args.efficiency_momentum.split(","), range(args.goodput_repeats)):
+            for text, repeat in itertools.product(models, range(args.goodput_repeats)):
                 m = args.momentum if text == "auto" else float(text)
                 key = f"goodput.{rule}" + ("" if text == "auto" else f".m{text}") + (f".r{repeat}" if repeat else "")
                 model_momenta[key] = m
@@ -316,7 +320,7 @@ def main() -> None:
             impl, rule = key.split(".")[:2]
             record({"impl": "fixed" if impl.startswith("fixed") else "goodput", "case": "goodput", "lr_rule": rule,
                     "global_batch": int(impl[5:]) if impl.startswith("fixed") else base,
-                    "efficiency_momentum": model_momenta.get(key), **common, **r})
+                    "efficiency_momentum": model_momenta.get(key), "run": key, **common, **r})
     if rank == 0:
         print_table(rows, [("impl", "impl", "s"), ("case", "case", "s"), ("profile", "profile", "s"),
                            ("lr_rule", "lr_rule", "s"), ("eff_m", "efficiency_momentum", ".2f"),

@@ -14,21 +14,30 @@ __all__ = ["NoiseScale", "critical_batch", "efficiency", "lr_scale", "LR_RULES"]
 LR_RULES = ("adascale", "sqrt", "linear")
 
 
+# Largest factor momentum may give the critical batch: 1 / (1 - m) is checked up to m = 0.9 (the exact noisy
+# quadratic model at condition number 1000, and this project's goodput benchmark); beyond that the same model
+# shows the gain falling (6.3x at m = 0.95), so larger momenta get 10x, not 20x or 100x.
+MAX_MOMENTUM_FACTOR = 10.0
+
+
 def critical_batch(noise_scale: float, momentum: float = 0.0) -> float:
-    """The batch at which larger batches start to lose per-sample progress: the noise scale phi for plain SGD
-    (McCandlish et al. 2018), phi / (1 - m) under heavy-ball momentum m.
+    """The batch beyond which larger batches lose per-sample progress: the noise scale phi for plain SGD
+    (McCandlish et al. 2018), phi / (1 - m) under heavy-ball momentum m (the factor at most
+    MAX_MOMENTUM_FACTOR).
 
     A small batch is noise-limited: its best learning rate grows linearly with the batch, and momentum adds
     nothing there (it only rescales the effective learning rate eta / (1 - m)). A large batch is
     curvature-limited: plain SGD's learning rate is capped by the sharpest direction, while momentum's
-    effective step may be about 1 / (1 - m) times larger at the same stability, so progress keeps growing with
+    effective step may be about 1 / (1 - m) times larger at the same stability. So progress keeps growing with
     the batch that much further (the noisy quadratic model of Zhang et al., NeurIPS 2019: momentum leaves
-    small batches unchanged and extends perfect scaling to larger ones). On the goodput benchmark (m = 0.9,
-    phi = 150-250) the measured per-sample efficiency of B = 1024 against 64 is 0.77-0.83; phi alone predicts
-    0.18-0.25, phi / (1 - m) 0.62-0.73 (docs/schedule.md)."""
+    small batches unchanged and extends perfect scaling to larger ones). This is a heuristic, not a derivation.
+    Exact in that model (benchmarks/nqm_momentum.py), the factor is 12.3 at m = 0.9 and condition number 1000,
+    but only 6.3 at m = 0.95 (past heavy ball's best momentum for that conditioning) and 1.6 at m = 0.9 with
+    condition number 100. On the goodput benchmark (m = 0.9, phi = 150-250) the measured per-sample efficiency
+    of B = 1024 against 64 is 0.83; phi alone predicts 0.18-0.25, phi / (1 - m) 0.62-0.73 (docs/schedule.md)."""
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    return max(noise_scale, 0.0) / (1.0 - momentum)
+    return max(noise_scale, 0.0) * min(1.0 / (1.0 - momentum), MAX_MOMENTUM_FACTOR)
 
 
 def efficiency(noise_scale: float, batch: float, base_batch: float, rule: str = "adascale",
@@ -46,8 +55,12 @@ def efficiency(noise_scale: float, batch: float, base_batch: float, rule: str = 
     sqrt (s = sqrt(k)) and linear (s = k) fall short of it, and a rule whose lr passes 2r diverges: E <= 0,
     clipped to 0. Exactly 1 at B = B0 for every rule.
 
-    With heavy-ball `momentum` m the critical batch phi / (1 - m) (`critical_batch`) takes phi's place: the
-    one-step model above is plain SGD's, and it underrates large batches under momentum."""
+    With heavy-ball `momentum` m the critical batch phi / (1 - m) (`critical_batch`) takes phi's place in these
+    formulas, r included. That is an empirical substitution (Pollux's form at the critical batch), not a result
+    of the one-step model, which is plain SGD's and underrates large batches under momentum. The applied AdaScale
+    multiplier stays the gain at phi (`lr_scale`), smaller than this r. So under momentum "the learning rate
+    the rule gives" and "the most any rule reaches" hold only within the substitution. AdaScale and sqrt were
+    each measured once beside fixed batches under it (docs/schedule.md, "Measured (2026-12-03)")."""
     phi = critical_batch(noise_scale, momentum)
     if batch == base_batch:
         return 1.0

@@ -88,11 +88,11 @@ class Balancer:
         largest = self.largest_share  # a share may run as accumulated micro-batches
         # Accumulation is unbounded in effect: a probed or backed-off limit must never shrink the global batch.
         # Goodput's efficiency model follows SGD's heavy-ball momentum (critical batch phi / (1 - m)); AdamW's
-        # preconditioning is not modelled, so it gets plain SGD's (the more cautious) model.
+        # preconditioning is not modelled, so it gets plain SGD's (the more cautious) model; hetero ignores both.
         return BatchScheduler(self.size, c.batch_size, max_micro=c.max_micro or largest,
                               max_accum=largest, adaptive_batch=goodput,
                               batch_bounds=c.bounds(self.size) if goodput else None, lr_rule=c.lr_rule,
-                              momentum=c.momentum if c.optimizer == "sgd" else 0.0)
+                              momentum=c.momentum if goodput and c.optimizer == "sgd" else 0.0)
 
     def check_codec(self, local_momentum: bool) -> None:
         """Goodput's noise scale against the gradient codec (DistributedOptimizer's `local_momentum` says whether

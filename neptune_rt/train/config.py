@@ -122,6 +122,8 @@ class TrainConfig:
                               f"<= HI, got {self.batch_bounds!r}") from None
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--momentum must be in [0, 1) (heavy-ball SGD diverges at 1), got {self.momentum}")
         try:
             self.hidden_sizes()
         except ValueError:

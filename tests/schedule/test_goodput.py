@@ -3,8 +3,8 @@ x ~ N(0, I_d), eps ~ N(0, s^2) at offset d = w - w* have |G|^2 = |d|^2 and tr(Si
 (Gaussian fourth moments), so phi is known exactly. Ranks with unequal batches; the smoothed estimate must be
 within 15% of the truth. Also the learning-rate rules, and the efficiency under each rule against a Monte-Carlo
 SGD step on a noisy quadratic, and momentum's critical batch against the exact noisy quadratic model."""
+import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +117,20 @@ def test_momentum_puts_the_critical_batch_in_the_noise_scales_place():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="momentum"):
             critical_batch(1.0, bad)
+    # checked up to m = 0.9 only: larger momenta get the same 10x (the NQM gives 6.3x at 0.95, not 20x)
+    assert critical_batch(200.0, 0.95) == critical_batch(200.0, 0.99) == pytest.approx(2000.0)
 
 
-def test_momentums_critical_batch_matches_the_noisy_quadratic_model():
-    # Independent reference: heavy-ball SGD's critical batch Emin / Smin, exact in the NQM (benchmarks/nqm_momentum.py:
-    # h_i = 1/i over 1000 dimensions, noise shaped like the curvature, lr tuned at each end), is about 1 / (1 - m)
-    # times plain SGD's, as critical_batch says: 10.5x at m = 0.9 here (against 10).
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from nqm_momentum import critical_batch_nqm
-    plain = critical_batch_nqm(0.0, dims=1000, lrs=32, points=300)["critical_batch"]
-    heavy = critical_batch_nqm(0.9, dims=1000, lrs=32, points=300)["critical_batch"]
+def test_momentum_0_9s_critical_batch_matches_the_noisy_quadratic_model_at_condition_number_1000():
+    # Independent reference at the one point the rule is claimed for: heavy-ball SGD's critical batch Emin / Smin,
+    # exact in the NQM (benchmarks/nqm_momentum.py: h_i = 1/i over 1000 dimensions, noise shaped like the
+    # curvature, lr tuned at each end) is about 1 / (1 - m) times plain SGD's: 10.5x at m = 0.9 on these grids
+    # (12.3x on the benchmark's finer ones), against critical_batch's 10. (At m = 0.95, or at condition number
+    # 100, the NQM gives less: docs/schedule.md.)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "nqm_momentum.py"
+    spec = importlib.util.spec_from_file_location("nqm_momentum", path)
+    nqm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nqm)
+    plain = nqm.critical_batch_nqm(0.0, dims=1000, lrs=32, points=300)["critical_batch"]
+    heavy = nqm.critical_batch_nqm(0.9, dims=1000, lrs=32, points=300)["critical_batch"]
     assert heavy / plain == pytest.approx(critical_batch(1.0, 0.9) / critical_batch(1.0), rel=0.3), (plain, heavy)
-

@@ -100,6 +100,9 @@ def test_goodputs_efficiency_model_follows_sgd_momentum_only():
     for optimizer, momentum, expected in (("sgd", 0.9, 0.9), ("sgd", 0.0, 0.0), ("adamw", 0.9, 0.0)):
         config = TrainConfig(balance="goodput", batch_size=64, optimizer=optimizer, momentum=momentum).validate()
         assert Balancer(config, rank=0, size=2).scheduler.momentum == expected, (optimizer, momentum)
+    for bad in (1.0, -0.5):
+        with pytest.raises(ConfigError, match="--momentum must be in"):
+            TrainConfig(momentum=bad).validate()
 
 
 def test_a_ranks_own_micro_batch_cap_after_an_out_of_memory_survives_a_checkpoint():
