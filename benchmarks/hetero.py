@@ -88,7 +88,7 @@ class Run:
         # The noise scale is measured in goodput mode and for an AdaScale learning rate at a fixed B != B0.
         self.measure = adaptive or (lr_rule == "adascale" and base_batch not in (None, B))
         self.rank, size = nrt.rank(), nrt.size()
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)  # the same initial model in every run of one invocation
         self.model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
         self.base_lr = args.lr * lr_mult
         sgd = torch.optim.SGD(self.model.parameters(), lr=self.base_lr, momentum=args.momentum)
@@ -101,7 +101,7 @@ class Run:
                                         goodput_interval=args.goodput_interval, noise_warmup=args.goodput_interval,
                                         momentum=args.momentum if efficiency_momentum is None else efficiency_momentum)
         self.equal = integer_split([0.0] * size, [1.0] * size, B, [1] * size, [B] * size)
-        self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=1)
+        self.sampler = PlanSampler(len(data[0]), self.rank, size, seed=args.seed + 1)
         # Statistics one step late in the next gradient cycle (StatsPipe), or at once (--stats-exchange now).
         self.pipe = StatsPipe() if self.sched and stats == "pipe" else None
         self.times: list[float] = []
@@ -209,6 +209,7 @@ def main() -> None:
     ap.add_argument("--max-micro", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9, help="SGD (heavy-ball) momentum of every run")
+    ap.add_argument("--seed", type=int, default=0, help="initial model (seed) and data order (seed + 1) of every run")
     ap.add_argument("--efficiency-momentum", default="auto",
                     help="goodput runs, one per value and rule: the momentum the scheduler's efficiency model is told "
                          "(auto: --momentum; 0: plain SGD's model, phi alone)")
@@ -285,7 +286,7 @@ def main() -> None:
                                   "step_ms": args.goodput_step_ms})
         flat = lambda _s: [1.0] * size  # noqa: E731
         common = {"np": size, "per_sample_ms": g.per_sample_ms, "step_cost_ms": g.step_ms, "lr": args.lr,
-                  "momentum": args.momentum, "loadavg_1min_before": load_before}
+                  "momentum": args.momentum, "seed": args.seed, "loadavg_1min_before": load_before}
         fixed = [int(v) for v in args.fixed_batches.split(",")]
         base = args.goodput_base
         runs = {}
