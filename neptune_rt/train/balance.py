@@ -22,11 +22,20 @@ from neptune_rt.schedule import (BatchScheduler, CpuMemoryMeter, CudaMemoryMeter
                                  stats_row)
 from neptune_rt.train.config import ConfigError, TrainConfig
 
-__all__ = ["Balancer", "plan_record", "micro_backward"]
+__all__ = ["Balancer", "plan_record", "micro_backward", "sgd_momentum"]
 
 # Squared error over squared norm of one encoding, on a heavy-tailed gradient (2^16 lognormal-scaled normals, the
 # default block; measured with neptune_rt.codecs.encode/decode): int8 0.04%, int4 7.4%, onebit 104%.
 LOSSY_FOR_NOISE_SCALE = {"int4": "7%", "onebit": "100%"}
+
+
+def sgd_momentum(optimizer: torch.optim.Optimizer) -> float:
+    """The heavy-ball momentum goodput's efficiency model should assume for `optimizer`: torch.optim.SGD's
+    `momentum` (the smallest over its parameter groups, Nesterov's too), 0 for any other optimizer (AdamW's
+    preconditioning is not modelled, and plain SGD's model is the more cautious one)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return 0.0
+    return min(float(g.get("momentum", 0.0)) for g in optimizer.param_groups)
 
 
 def plan_record(plan: Plan, step: int) -> dict[str, Any]:
@@ -59,8 +68,9 @@ def micro_backward(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor],
 
 
 class Balancer:
-    def __init__(self, config: TrainConfig, rank: int, size: int):
-        self.config, self.rank, self.size = config, rank, size
+    def __init__(self, config: TrainConfig, rank: int, size: int, momentum: float = 0.0):
+        """momentum: the optimizer's heavy-ball momentum (`sgd_momentum`), for goodput's efficiency model."""
+        self.config, self.rank, self.size, self.momentum = config, rank, size, momentum
         self.mode = config.balance
         factors = config.check_world(size)
         self.slowdown = EmulatedSlowdown(factors[rank], config.emulate_per_sample_ms / 1e3 or None) \
@@ -87,12 +97,12 @@ class Balancer:
         goodput = self.mode == "goodput"
         largest = self.largest_share  # a share may run as accumulated micro-batches
         # Accumulation is unbounded in effect: a probed or backed-off limit must never shrink the global batch.
-        # Goodput's efficiency model follows SGD's heavy-ball momentum (critical batch phi / (1 - m)); AdamW's
-        # preconditioning is not modelled, so it gets plain SGD's (the more cautious) model; hetero ignores both.
+        # Goodput's efficiency model follows the optimizer's heavy-ball momentum (critical batch phi / (1 - m));
+        # hetero does not use it.
         return BatchScheduler(self.size, c.batch_size, max_micro=c.max_micro or largest,
                               max_accum=largest, adaptive_batch=goodput,
                               batch_bounds=c.bounds(self.size) if goodput else None, lr_rule=c.lr_rule,
-                              momentum=c.momentum if goodput and c.optimizer == "sgd" else 0.0)
+                              momentum=self.momentum if goodput else 0.0)
 
     def check_codec(self, local_momentum: bool) -> None:
         """Goodput's noise scale against the gradient codec (DistributedOptimizer's `local_momentum` says whether

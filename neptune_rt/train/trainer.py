@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import neptune_rt.torch as nrt
 from neptune_rt.schedule import PlanSampler
 from neptune_rt.train import checkpoint as ckpt
-from neptune_rt.train.balance import Balancer, micro_backward, plan_record
+from neptune_rt.train.balance import Balancer, micro_backward, plan_record, sgd_momentum
 from neptune_rt.train.config import ConfigError, TrainConfig
 from neptune_rt.train.datasets import training_pair
 from neptune_rt.train.evaluate import score_test_set
@@ -51,7 +51,7 @@ class Trainer:
         c = self.config
         nrt.init()
         self.rank, self.size = nrt.rank(), nrt.size()
-        self.balance = Balancer(c, self.rank, self.size)
+        self.balance = Balancer(c, self.rank, self.size, momentum=sgd_momentum(self.user_optimizer))
         self.device = torch.device("cuda", nrt.local_rank() % max(1, torch.cuda.device_count())) \
             if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()) else torch.device("cpu")
         if c.amp == "fp16" and self.device.type != "cuda":

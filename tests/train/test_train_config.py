@@ -96,10 +96,18 @@ def test_probed_or_backed_off_limits_never_shrink_the_trainers_global_batch():
 
 
 def test_goodputs_efficiency_model_follows_sgd_momentum_only():
-    from neptune_rt.train.balance import Balancer
-    for optimizer, momentum, expected in (("sgd", 0.9, 0.9), ("sgd", 0.0, 0.0), ("adamw", 0.9, 0.0)):
-        config = TrainConfig(balance="goodput", batch_size=64, optimizer=optimizer, momentum=momentum).validate()
-        assert Balancer(config, rank=0, size=2).scheduler.momentum == expected, (optimizer, momentum)
+    from neptune_rt.train.balance import Balancer, sgd_momentum
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert sgd_momentum(torch.optim.SGD(params, lr=0.1, momentum=0.5)) == 0.5
+    assert sgd_momentum(torch.optim.SGD(params, lr=0.1)) == 0.0
+    assert sgd_momentum(torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True)) == 0.9
+    assert sgd_momentum(torch.optim.AdamW(params, lr=0.1)) == 0.0
+    two_groups = torch.optim.SGD([{"params": params[:1], "momentum": 0.9},
+                                  {"params": [torch.nn.Parameter(torch.zeros(1))], "momentum": 0.5}], lr=0.1)
+    assert sgd_momentum(two_groups) == 0.5  # the more cautious model
+    for mode, expected in (("goodput", 0.5), ("hetero", 0.0)):
+        config = TrainConfig(balance=mode, batch_size=64).validate()
+        assert Balancer(config, rank=0, size=2, momentum=0.5).scheduler.momentum == expected, mode
     for bad in (1.0, -0.5):
         with pytest.raises(ConfigError, match="--momentum must be in"):
             TrainConfig(momentum=bad).validate()
