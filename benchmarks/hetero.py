@@ -21,6 +21,7 @@ every sample a rank computes costs it a sleep of `slowdown x --per-sample-ms` on
      (--efficiency-momentum auto) or another value (0: plain SGD's model, phi alone), one goodput run per value.
 One JSON row per run (`impl` "equal", "balanced" (statistics through StatsPipe), "balanced_now" (gathered at once),
 "fixed", "goodput"; `lr_rule`); step-part timings (`submit_ms`, `wait_ms`, `observe_ms`, ...); a table on rank 0.
+`hetero.py --plot F.json ...` (no mpirun) draws each file's goodput runs: accuracy against time, and the global batch.
 """
 from __future__ import annotations
 
@@ -198,6 +199,51 @@ def interleaved(runs: dict[str, Run]) -> dict[str, dict]:
     return {name: run.result() for name, run in runs.items()}
 
 
+def plot_goodput(paths: list[str]) -> None:
+    """One PNG per JSON, beside it: test accuracy against training seconds for every goodput-case run with its
+    evaluations (fixed batches thin, the scheduler bold), and the scheduler's global batch over the same seconds."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("hetero.py --plot needs matplotlib (pip install matplotlib; see README)")
+    import json
+    import re
+    for path in paths:
+        rows = [r for r in json.load(open(path)) if r.get("case") == "goodput" and r.get("evals")]
+        if not rows:
+            raise SystemExit(f"{path}: no goodput rows with evaluations (rows keep them since 2026-12-03)")
+        fig, (acc_ax, batch_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for i, r in enumerate(rows):
+            scheduler = r["impl"] == "goodput"
+            reached = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] else "not reached"
+            repeat = (r.get("run") or "").rpartition(".r")[2] if ".r" in (r.get("run") or "") else ""
+            label = (f"scheduler, {r['lr_rule']}, model m={r.get('efficiency_momentum')}"
+                     + (f" #{int(repeat) + 1}" if repeat else "") if scheduler
+                     else f"fixed B={r['global_batch']}, {r['lr_rule']}") + f": {reached}"
+            _, clock, acc = zip(*r["evals"])
+            acc_ax.plot(clock, [100 * a for a in acc], marker=".", linewidth=2.2 if scheduler else 1.0,
+                        color=f"C{i % 10}", label=label)
+            if scheduler:  # the global batch from each plan's first step, on that step's clock
+                ends = np.cumsum(r["step_times_ms"]) / 1e3
+                found = (re.search(r"from step (\d+): B=(\d+)", p) for p in r["plans"])
+                moves = [(int(m[1]), int(m[2])) for m in found]
+                xs = [ends[s - 1] if s else 0.0 for s, _ in moves] + [ends[-1]]
+                batch_ax.step(xs, [b for _, b in moves] + [moves[-1][1]], where="post", color=f"C{i % 10}", label=label)
+        acc_ax.axhline(100 * 0.85, color="grey", linestyle=":")
+        slowest = max(r["time_to_target_s"] or r["train_s"] for r in rows if r["impl"] == "goodput")
+        acc_ax.set_xlim(0, 2.5 * slowest)  # the slowest fixed batches run on past the frame
+        acc_ax.set(xlabel="training seconds (evaluation excluded)", ylabel="test accuracy (%)", ylim=(75, 88),
+                   title="Fashion-MNIST MLP, 4 ranks: time to 85%")
+        batch_ax.set(xlabel="training seconds", ylabel="global batch", yscale="log", title="scheduler's global batch")
+        acc_ax.legend(fontsize=7)
+        batch_ax.legend(fontsize=7)
+        out = str(Path(path).with_suffix(".png"))
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+        print(f"# wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", default="1,1,2,4;1,1,1,2;1,1,1,1")
@@ -238,7 +284,11 @@ def main() -> None:
                     help="static case: how the scheduler runs exchange statistics, comma-separated: pipe (StatsPipe, "
                          "one step late in the next gradient cycle), now (gather_stats_async after backward)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", nargs="+", metavar="JSON", help="plot the goodput runs of these result files, then exit "
+                    "(no mpirun needed)")
     args = ap.parse_args()
+    if args.plot:
+        return plot_goodput(args.plot)
     torch.set_num_threads(1)
     nrt.init()
     rank, size = nrt.rank(), nrt.size()
