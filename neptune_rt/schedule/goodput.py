@@ -59,8 +59,8 @@ def efficiency(noise_scale: float, batch: float, base_batch: float, rule: str = 
     formulas, r included. That is an empirical substitution (Pollux's form at the critical batch), not a result
     of the one-step model, which is plain SGD's and underrates large batches under momentum. The applied AdaScale
     multiplier stays the gain at phi (`lr_scale`), smaller than this r. So under momentum "the learning rate
-    the rule gives" and "the most any rule reaches" hold only within the substitution. AdaScale and sqrt were
-    each measured once beside fixed batches under it (docs/schedule.md, "Measured (2026-12-03)")."""
+    the rule gives" and "the most any rule reaches" hold only within the substitution. AdaScale was measured in
+    23 runs beside fixed batches under it, sqrt in one (docs/schedule.md, "Measured (2026-12-03)")."""
     phi = critical_batch(noise_scale, momentum)
     if batch == base_batch:
         return 1.0
